@@ -1,0 +1,168 @@
+"""The one settings object.
+
+Built once by an entry point (the CLI, a worker, the API factory) with
+:func:`load_settings` and passed down. Nothing else in stoker reads the environment.
+
+Sources, strongest first: explicit overrides (CLI flags, tests), ``STOKER_*``
+environment variables (nested with ``__``, e.g. ``STOKER_BUDGETS__CPU=4GiB``), then
+a TOML file (``--config``, ``$STOKER_CONFIG``, or ``~/.config/stoker/stoker.toml``).
+
+With nothing configured, everything is embedded under ``data_dir``: a SQLite broker
+(kombu's SQLAlchemy transport), a SQLite job store, and a local outputs directory.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ByteSize, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from stoker.errors import ConfigError
+
+Priority = Literal["interactive", "normal", "bulk"]
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("stoker_config_file", default=None)
+
+
+class ModelEntry(BaseModel):
+    """A model that lives at a path (not shipped as a Python package)."""
+
+    model_config = {"extra": "forbid"}
+
+    backend: str = Field(description="loader to use: 'piper', ...")
+    path: Path = Field(description="the model file or folder")
+    config: Path | None = Field(default=None, description="a side file (Piper's .onnx.json)")
+    options: dict[str, Any] = Field(default_factory=dict, description="load options")
+
+
+def default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "stoker"
+
+
+class Settings(BaseSettings):
+    """Every knob of stoker, typed, with units in the names."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STOKER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    # --- where things live --------------------------------------------------------
+    data_dir: Path = Field(default_factory=default_data_dir)
+    broker_url: str = ""  # "" = embedded: sqla+sqlite:///<data_dir>/broker.sqlite
+    state_url: str = ""  # "" = the broker's Redis, else sqlite:///<data_dir>/jobs.sqlite
+    storage_url: str = ""  # "" = file://<data_dir>/outputs
+
+    # --- S3 (any S3-compatible store: MinIO, Ceph, AWS) ----------------------------
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    presign_expiry_s: int = Field(default=3600, gt=0)
+
+    # --- queueing -------------------------------------------------------------------
+    # Longer than any one chunk may run; a Redis message not acked by then is redelivered.
+    visibility_timeout_s: int = Field(default=3600, gt=0)
+    broker_polling_interval_s: float = Field(default=0.05, gt=0)
+    task_max_retries: int = Field(default=5, ge=0)
+    retry_backoff_s: float = Field(default=2.0, gt=0)
+    retry_backoff_max_s: float = Field(default=300.0, gt=0)
+    default_priority: Priority = "normal"
+
+    # --- input limits ---------------------------------------------------------------
+    max_text_bytes: int = Field(default=1_000_000, gt=0)
+    speak_chunk_chars: int = Field(default=4000, ge=200)
+
+    # --- models and memory ------------------------------------------------------------
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    default_voice: str = "en_US-joe-medium"
+    # Per pool ("cpu", "cuda:0", ...). A pool with no entry gets a share of its memory.
+    budgets: dict[str, ByteSize] = Field(default_factory=dict)
+    keep_alive_s: float | None = Field(default=None, gt=0)  # None: never unload idle models
+    pinned_models: list[str] = Field(default_factory=list)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser()
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        if not self.state_url:
+            self.state_url = (
+                self.broker_url
+                if self.broker_url.startswith(("redis://", "rediss://"))
+                else f"sqlite:///{self.data_dir / 'jobs.sqlite'}"
+            )
+        if not self.storage_url:
+            self.storage_url = f"file://{self.data_dir / 'outputs'}"
+        if self.retry_backoff_max_s < self.retry_backoff_s:
+            raise ValueError("retry_backoff_max_s must be at least retry_backoff_s")
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("sqla+")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _CONFIG_FILE.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _find_config_file(explicit: Path | None) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist; check --config.")
+        return explicit
+    from_env = os.environ.get("STOKER_CONFIG")
+    if from_env:
+        path = Path(from_env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"STOKER_CONFIG points to {path}, which does not exist.")
+        return path
+    default = Path.home() / ".config" / "stoker" / "stoker.toml"
+    return default if default.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from overrides, ``STOKER_*`` variables and a TOML file.
+
+    Raises :class:`ConfigError` with the offending setting named when they are invalid.
+    """
+    token = _CONFIG_FILE.set(_find_config_file(config_file))
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"invalid settings: {_first_problem(exc)}") from exc
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def _first_problem(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return str(exc)

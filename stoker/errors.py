@@ -1,0 +1,130 @@
+"""The one error tree of stoker.
+
+Every error a user or an operator can see is a :class:`StokerError`. Its branch says
+what happens next:
+
+- :class:`PermanentError` — give up at once. Retrying cannot help (bad input, an
+  unknown model, a model too large for its budget). The job fails with the message.
+- :class:`TransientError` — retry with backoff (storage or broker unreachable, a
+  busy resource). After the configured number of retries the job fails.
+
+Messages are one sentence a user can act on: what was wrong, with which input, and
+what to do. The CLI prints ``str(error)`` and nothing else.
+"""
+
+from __future__ import annotations
+
+
+class StokerError(Exception):
+    """Root of every stoker error. ``retry`` tells a worker what to do with it."""
+
+    retry: bool = False
+
+    #: Short machine-readable name, stored in the job record's ``error.kind``.
+    kind: str = "error"
+
+
+class PermanentError(StokerError):
+    """Retrying cannot help: fail the job (or refuse the submission) now."""
+
+    retry = False
+    kind = "permanent"
+
+
+class TransientError(StokerError):
+    """A passing fault: the task is retried with backoff."""
+
+    retry = True
+    kind = "transient"
+
+
+# --- permanent -------------------------------------------------------------------
+
+
+class InvalidInput(PermanentError):
+    """The job's input or parameters are wrong; the message names which and why."""
+
+    kind = "invalid_input"
+
+
+class UnknownModel(PermanentError):
+    """A job named a model or voice the catalog does not have."""
+
+    kind = "unknown_model"
+
+    def __init__(self, name: str, known: list[str], what: str = "model") -> None:
+        self.name = name
+        self.known = sorted(known)
+        choices = ", ".join(self.known) if self.known else "none are installed"
+        super().__init__(
+            f"unknown {what} {name!r}; known {what}s: {choices}. "
+            f"Run `stoker models` to see where they come from, or add a path under "
+            f"[models] in the config."
+        )
+
+
+class ModelLoadError(PermanentError):
+    """The model's files exist but could not be loaded (corrupt, wrong format)."""
+
+    kind = "model_load_failed"
+
+
+class ModelTooLarge(PermanentError):
+    """The model cannot fit in its pool's memory budget even with everything evicted."""
+
+    kind = "model_too_large"
+
+
+class MissingDependency(PermanentError):
+    """An optional package needed for this capability is not installed."""
+
+    kind = "missing_dependency"
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} requires the {package!r} package; install it with "
+            f"`pip install 'stoker[{extra}]'`."
+        )
+
+
+class JobNotFound(PermanentError):
+    """No job record has this id (or it belongs to someone else)."""
+
+    kind = "not_found"
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}; `stoker jobs` lists recent jobs.")
+
+
+class ObjectNotFound(PermanentError):
+    """A storage key does not exist."""
+
+    kind = "not_found"
+
+
+class JobCancelled(PermanentError):
+    """Raised inside a worker to stop work on a job that was cancelled."""
+
+    kind = "cancelled"
+
+
+class ConfigError(PermanentError):
+    """The settings are inconsistent or unusable; the message names the setting."""
+
+    kind = "config"
+
+
+# --- transient -------------------------------------------------------------------
+
+
+class StorageUnavailable(TransientError):
+    """The storage backend could not be reached or refused a request temporarily."""
+
+    kind = "storage_unavailable"
+
+
+class BrokerUnavailable(TransientError):
+    """The broker or the job store could not be reached."""
+
+    kind = "broker_unavailable"
