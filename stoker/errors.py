@@ -109,6 +109,12 @@ class JobCancelled(PermanentError):
     kind = "cancelled"
 
 
+class InternalError(PermanentError):
+    """A bug in stoker itself; the job fails, the worker keeps serving."""
+
+    kind = "internal"
+
+
 class ConfigError(PermanentError):
     """The settings are inconsistent or unusable; the message names the setting."""
 

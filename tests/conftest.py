@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.deployment import Deployment
 from tests.servers import moto_s3_server, redis_server
 
 # Models load from local paths only; a hub lookup must fail loudly, never hang.
@@ -51,9 +52,7 @@ def s3_bucket(s3_endpoint: str) -> str:
     import boto3
 
     name = f"stoker-test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=name
-    )
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
 
 
@@ -62,3 +61,29 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "stoker-data"
     d.mkdir()
     return d
+
+
+@pytest.fixture()
+def deployment(
+    clean_redis: str, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> Iterator[Deployment]:
+    """Production shape: Celery on Redis, records in Redis, outputs in S3; no workers yet.
+
+    The visibility timeout is short so a killed worker's chunk is redelivered in seconds.
+    """
+    dep = Deployment(
+        env={
+            "STOKER_DATA_DIR": str(tmp_path / "data"),
+            "STOKER_BROKER_URL": clean_redis,
+            "STOKER_STORAGE_URL": f"s3://{s3_bucket}/stoker",
+            "STOKER_S3_ENDPOINT_URL": s3_endpoint,
+            "STOKER_VISIBILITY_TIMEOUT_S": "5",
+            "STOKER_SPEAK_CHUNK_CHARS": "200",
+            "STOKER_RETRY_BACKOFF_S": "0.2",
+        },
+        workdir=tmp_path,
+    )
+    try:
+        yield dep
+    finally:
+        dep.stop_all()

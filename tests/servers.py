@@ -53,8 +53,19 @@ def redis_server(workdir: Path, *, aof: bool = False, port: int | None = None) -
         raise RuntimeError("redis-server is not installed; `apt-get install redis-server`")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    args = [exe, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
-            "--save", "", "--appendonly", "yes" if aof else "no"]
+    args = [
+        exe,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if aof else "no",
+    ]
     if aof:
         args += ["--appendfsync", "always"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,8 +81,11 @@ def moto_s3_server() -> Iterator[str]:
     """A moto S3-protocol server process on loopback; yields its endpoint URL."""
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for_port(port, proc, "moto_server", 30)
         yield f"http://127.0.0.1:{port}"

@@ -1,0 +1,25 @@
+"""Capabilities: one module per kind of job. ``CAPABILITIES`` is the registry.
+
+Adding a capability = a module with a class that satisfies ``jobs.base.Capability``
+and one row here; its kind is also its Celery queue's name.
+"""
+
+from __future__ import annotations
+
+from stoker.errors import InvalidInput
+from stoker.jobs.base import Capability
+from stoker.jobs.echo import EchoCapability
+from stoker.jobs.speak import SpeakCapability
+
+CAPABILITIES: dict[str, Capability] = {
+    cap.kind: cap for cap in (SpeakCapability(), EchoCapability())
+}
+
+
+def get_capability(kind: str) -> Capability:
+    """The capability for ``kind``; InvalidInput listing the known kinds otherwise."""
+    try:
+        return CAPABILITIES[kind]
+    except KeyError:
+        known = ", ".join(sorted(CAPABILITIES))
+        raise InvalidInput(f"unknown job kind {kind!r}; this stoker runs: {known}.") from None

@@ -9,7 +9,12 @@ update the same job concurrently, so nothing here is read-modify-write of a whol
 
 from __future__ import annotations
 
-from typing import Protocol
+import builtins
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from stoker.queues.records import (
     JobError,
@@ -57,8 +62,9 @@ class JobStore(Protocol):
     def done_chunks(self, job_id: str) -> set[int]:
         """Indexes of finished chunks."""
 
-    def succeed(self, job_id: str, outputs: list[OutputRef]) -> bool:
-        """running → succeeded with outputs. False if the job was already terminal."""
+    # builtins.list: inside this class body, plain ``list`` names the method above.
+    def succeed(self, job_id: str, outputs: builtins.list[OutputRef]) -> bool:
+        """queued/running → succeeded with outputs (replacing any). False if already terminal."""
 
     def fail(self, job_id: str, error: JobError) -> bool:
         """queued/running → failed with the error. False if already terminal."""
@@ -66,8 +72,68 @@ class JobStore(Protocol):
     def cancel(self, job_id: str) -> bool:
         """queued/running → cancelled. False if already terminal."""
 
-    def add_outputs(self, job_id: str, outputs: list[OutputRef]) -> None:
+    def add_outputs(self, job_id: str, outputs: builtins.list[OutputRef]) -> None:
         """Append outputs (used for the partial outputs of a cancelled job)."""
 
     def close(self) -> None:
         """Release connections."""
+
+
+# --- helpers shared by the implementations ---------------------------------------------
+
+
+@dataclass(slots=True)
+class Tally:
+    """The :class:`ChunkTally` both stores return.
+
+    Not frozen: mypy only accepts settable attributes for ChunkTally's plain members.
+    """
+
+    newly_done: bool
+    done: int
+    total: int
+    state: JobState
+
+
+#: The part of a record fixed at submission; stored as one JSON document ("doc").
+DOC_FIELDS = frozenset(
+    {"id", "kind", "owner", "params", "inputs", "priority", "model", "chunks", "created_at"}
+)
+
+
+def record_doc(record: JobRecord) -> str:
+    """The immutable part of ``record`` as JSON."""
+    return record.model_dump_json(include=set(DOC_FIELDS))
+
+
+def initial_total(record: JobRecord) -> int:
+    """Chunks to count to: ``progress.total`` if the submitter set it, else ``len(chunks)``."""
+    return record.progress.total if record.progress.total > 0 else len(record.chunks)
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def assemble_record(doc: str, fields: Mapping[str, Any]) -> JobRecord:
+    """A record from its ``doc`` JSON and its mutable ``fields``, already decoded.
+
+    ``fields`` has: state, stage, done, total, attempts, outputs (list of dicts),
+    error (dict or None), started_at, finished_at.
+    """
+    data = json.loads(doc)
+    data.update(
+        state=fields["state"],
+        progress={"done": fields["done"], "total": fields["total"], "stage": fields["stage"]},
+        outputs=fields["outputs"],
+        error=fields["error"],
+        attempts=fields["attempts"],
+        started_at=fields["started_at"],
+        finished_at=fields["finished_at"],
+    )
+    return JobRecord.model_validate(data)

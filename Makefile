@@ -1,0 +1,45 @@
+# One command to try stoker, one to test it. Both install into $(VENV) first.
+#   make demo   speak a sample on the embedded default (SQLite broker, local outputs)
+#   make test   everything CI runs: unit + integration against real Redis, S3 and models
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= speak,dev
+# The venv is rebuilt only when what it is built from changes.
+DEPS_KEY := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+DEPS_STAMP := $(VENV)/.deps-$(DEPS_KEY)
+DEMO_OUT ?= out/demo
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(DEPS_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.deps-* && touch $@
+
+# The editable install is redone every time (seconds): a cached venv may have been
+# built from another checkout of this repo.
+install: $(DEPS_STAMP)
+	$(BIN)/pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+
+demo: install
+	STOKER_DATA_DIR=$${STOKER_DATA_DIR:-$(CURDIR)/.stoker} $(BIN)/stoker run speak \
+	  --text "Hello from stoker. This sentence was queued, spoken by a local Piper voice, and stored." \
+	  --out $(DEMO_OUT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: install
+	$(BIN)/ruff check stoker tests bench
+	$(BIN)/mypy stoker
+
+bench: install
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf .stoker out .pytest_cache .mypy_cache .ruff_cache

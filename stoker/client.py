@@ -1,0 +1,149 @@
+"""The Python API: submit jobs, follow them, cancel them, fetch their outputs.
+
+    from stoker.client import Stoker
+    from stoker.config import load_settings
+
+    with Stoker(load_settings()) as stoker:
+        job = stoker.submit("speak", {"text": "Hello there."})
+        job = stoker.wait(job.id)
+        stoker.download(job.id, Path("out"))
+
+The CLI and the HTTP API are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from celery import Celery
+
+from stoker.config import Priority, Settings
+from stoker.errors import InvalidInput
+from stoker.jobs import get_capability
+from stoker.jobs.base import PrepareContext
+from stoker.queues.records import JobFilter, JobRecord
+from stoker.queues.stores import JobStore, open_job_store
+from stoker.queues.submit import submit
+from stoker.storage import Storage, open_storage
+from stoker.workers.catalog import ModelCatalog
+from stoker.workers.execute import partial_output
+
+
+class Stoker:
+    """A client of one stoker deployment (one broker, one job store, one storage)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def app(self) -> Celery:
+        from stoker.queues.app import make_celery
+
+        return make_celery(self.settings)
+
+    @cached_property
+    def store(self) -> JobStore:
+        return open_job_store(self.settings)
+
+    @cached_property
+    def storage(self) -> Storage:
+        return open_storage(self.settings)
+
+    @cached_property
+    def catalog(self) -> ModelCatalog:
+        return ModelCatalog(self.settings)
+
+    def submit(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        *,
+        owner: str = "local",
+        priority: Priority | None = None,
+    ) -> JobRecord:
+        """Validate and queue a job; see queues.submit.submit for what is raised."""
+        return submit(
+            app=self.app,
+            store=self.store,
+            storage=self.storage,
+            ctx=PrepareContext(self.settings, self.catalog),
+            kind=kind,
+            request=request,
+            owner=owner,
+            priority=priority,
+        )
+
+    def status(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id)
+
+    def jobs(self, flt: JobFilter | None = None) -> list[JobRecord]:
+        return self.store.list(flt or JobFilter())
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float | None = None,
+        poll_s: float = 0.2,
+        on_update: Callable[[JobRecord], None] | None = None,
+    ) -> JobRecord:
+        """Poll until the job is terminal; returns its record. TimeoutError after ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            record = self.store.get(job_id)
+            if on_update is not None:
+                on_update(record)
+            if record.state.terminal:
+                return record
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {record.state} after {timeout_s}s")
+            time.sleep(poll_s)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued or running job; its finished chunks are kept as partial outputs.
+
+        A job that already ended is returned unchanged.
+        """
+        if self.store.cancel(job_id):
+            record = self.store.get(job_id)
+            cap = get_capability(record.kind)
+            done = sorted(self.store.done_chunks(job_id))
+            if done:
+                self.store.add_outputs(
+                    job_id, [partial_output(self.storage, cap, record, i) for i in done]
+                )
+        return self.store.get(job_id)
+
+    def download(self, job_id: str, out_dir: Path, *, include_partial: bool = False) -> list[Path]:
+        """Copy the job's outputs into ``out_dir``; returns the files written."""
+        record = self.store.get(job_id)
+        refs = [o for o in record.outputs if include_partial or not o.partial]
+        if not refs:
+            raise InvalidInput(
+                f"job {job_id} is {record.state} and has no outputs to download"
+                + ("; add --partial for the chunks it finished." if record.outputs else ".")
+            )
+        return [self.storage.download(ref.key, out_dir / ref.name) for ref in refs]
+
+    def output_url(self, key: str) -> str:
+        return self.storage.url_for(key, self.settings.presign_expiry_s)
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+
+    def __enter__(self) -> Stoker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

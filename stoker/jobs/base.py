@@ -1,0 +1,107 @@
+"""What a capability is: validate a request, split it into chunks, run one chunk on a
+loaded model, assemble the chunks into artifacts.
+
+A capability never talks to Redis or S3. It reads and writes local files; the
+worker's executor (stoker/workers/execute.py) moves them to and from storage, and
+the queues layer moves the work between processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from stoker.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from stoker.config import Settings
+    from stoker.workers.catalog import ModelCatalog
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One unit of work: ``payload`` travels in the task message (keep it small);
+    ``identity`` is everything the output depends on, hashed into its storage key so a
+    re-delivered or re-submitted chunk whose output exists is skipped."""
+
+    payload: dict[str, Any]
+    identity: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request, ready to become a job record and chunk tasks."""
+
+    params: dict[str, Any]  # stored in the job record: JSON-safe, no large inputs
+    model: str | None  # catalog name of the model the chunks need, if any
+    chunks: list[ChunkPlan]
+    inputs: dict[str, bytes] = field(default_factory=dict)  # kept under jobs/<id>/inputs/
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file produced by assembly, to be stored as ``jobs/<id>/<name>``."""
+
+    name: str
+    path: Path
+    content_type: str
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. duration_s; goes in the manifest
+
+
+@dataclass(frozen=True)
+class PrepareContext:
+    settings: Settings
+    catalog: ModelCatalog
+
+
+#: Polled by long-running chunks; True means the job was cancelled: stop early.
+StopCheck = Callable[[], bool]
+
+
+class Capability(Protocol):
+    kind: str  # also the name of its Celery queue
+    backend: str | None  # loader backend of its models; None if it needs no model
+    chunk_ext: str  # file extension of one chunk's output
+    chunk_content_type: str
+    work_stage: str  # progress stage shown while chunks run, e.g. "synthesize"
+
+    def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
+        """Validate ``request`` and plan the chunks.
+
+        Raises errors.InvalidInput or errors.UnknownModel with a sentence naming the field.
+        """
+        ...
+
+    def run_chunk(
+        self,
+        model: Any,
+        params: dict[str, Any],
+        payload: dict[str, Any],
+        out: Path,
+        should_stop: StopCheck,
+    ) -> None:
+        """Do one chunk's work on a loaded model and write its output to ``out``.
+
+        Raises errors.JobCancelled when ``should_stop()`` turns true mid-way.
+        """
+        ...
+
+    def assemble(
+        self, params: dict[str, Any], chunk_files: list[Path], workdir: Path
+    ) -> list[Artifact]:
+        """Build the job's artifacts from its chunk outputs (in chunk order) under ``workdir``."""
+        ...
+
+
+def parse_request(request: dict[str, Any], model: type[BaseModel]) -> Any:
+    """Validate ``request`` against ``model``; InvalidInput names the first bad field."""
+    try:
+        return model.model_validate(request)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        raise InvalidInput(f"invalid {where}: {first['msg']}") from exc

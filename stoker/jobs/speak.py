@@ -1,0 +1,154 @@
+"""speak: text → speech with a Piper voice.
+
+Plan: the text is split at sentence boundaries into chunks of at most
+``settings.speak_chunk_chars`` characters. Each chunk is synthesized to a 16-bit mono
+WAV (sentences separated by the voice's sentence silence); assembly streams the chunk
+WAVs, in order and with the same silence between them, into WAV, FLAC, OGG or MP3.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from stoker.errors import InvalidInput, JobCancelled, MissingDependency
+from stoker.jobs import audio, text
+from stoker.jobs.base import (
+    Artifact,
+    ChunkPlan,
+    PrepareContext,
+    Prepared,
+    StopCheck,
+    parse_request,
+)
+from stoker.workers.catalog import VoiceInfo
+
+
+class SpeakRequest(BaseModel):
+    """What a user may ask of ``speak``."""
+
+    model_config = {"extra": "forbid"}
+
+    text: str
+    voice: str | None = Field(default=None, description="catalog name; default_voice if unset")
+    format: Literal["wav", "flac", "mp3", "ogg"] = "wav"
+    speaker: int | str | None = Field(default=None, description="id or name, multi-speaker voices")
+    length_scale: float = Field(default=1.0, gt=0.1, le=5.0, description=">1 is slower speech")
+    sentence_silence_s: float = Field(default=0.2, ge=0.0, le=5.0)
+
+
+def _speaker_id(speaker: int | str | None, voice: str, info: VoiceInfo) -> int | None:
+    if speaker is None:
+        return None
+    if isinstance(speaker, str) and not speaker.isdigit():
+        if speaker not in info.speaker_id_map:
+            names = ", ".join(sorted(info.speaker_id_map)) or "none (single-speaker voice)"
+            raise InvalidInput(f"voice {voice!r} has no speaker {speaker!r}; speakers: {names}.")
+        return info.speaker_id_map[speaker]
+    sid = int(speaker)
+    if not 0 <= sid < max(info.num_speakers, 1):
+        raise InvalidInput(
+            f"speaker {sid} is out of range for voice {voice!r}, which has "
+            f"{info.num_speakers} speaker(s) (ids 0..{info.num_speakers - 1})."
+        )
+    return sid if info.num_speakers > 1 else None
+
+
+def check_text(raw: str, limit_bytes: int, what: str = "text") -> str:
+    size = len(raw.encode("utf-8"))
+    if size > limit_bytes:
+        raise InvalidInput(
+            f"the {what} is {size / 1e6:.1f} MB, over the {limit_bytes / 1e6:.1f} MB limit "
+            f"(max_text_bytes); split it, or use `stoker submit audiobook` for books."
+        )
+    clean = text.normalise(raw)
+    if not clean.strip():
+        raise InvalidInput(f"the {what} to speak is empty; pass --text or a non-empty --file.")
+    return clean
+
+
+class SpeakCapability:
+    kind: str = "speak"
+    backend: str | None = "piper"
+    chunk_ext: str = "wav"
+    chunk_content_type: str = "audio/wav"
+    work_stage: str = "synthesize"
+
+    def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
+        req: SpeakRequest = parse_request(request, SpeakRequest)
+        clean = check_text(req.text, ctx.settings.max_text_bytes)
+        voice = req.voice or ctx.settings.default_voice
+        spec = ctx.catalog.get(voice, backend=self.backend)
+        info = ctx.catalog.voice_info(voice)
+        params = {
+            "voice": voice,
+            "format": req.format,
+            "speaker_id": _speaker_id(req.speaker, voice, info),
+            "length_scale": req.length_scale,
+            "sentence_silence_s": req.sentence_silence_s,
+            "sample_rate": info.sample_rate,
+            "text_chars": len(clean),
+        }
+        sound = {k: params[k] for k in ("speaker_id", "length_scale", "sentence_silence_s")}
+        pieces = text.pack_chunks(text.split_sentences(clean), ctx.settings.speak_chunk_chars)
+        chunks = [
+            ChunkPlan(
+                payload={"text": piece},
+                identity={"model": spec.fingerprint, **sound, "text": piece},
+            )
+            for piece in pieces
+        ]
+        return Prepared(
+            params=params, model=voice, chunks=chunks, inputs={"input.txt": clean.encode("utf-8")}
+        )
+
+    def run_chunk(
+        self,
+        model: Any,
+        params: dict[str, Any],
+        payload: dict[str, Any],
+        out: Path,
+        should_stop: StopCheck,
+    ) -> None:
+        synthesize_to_wav(model, payload["text"], params, out, should_stop)
+
+    def assemble(
+        self, params: dict[str, Any], chunk_files: list[Path], workdir: Path
+    ) -> list[Artifact]:
+        fmt = audio.FORMATS[params["format"]]
+        out = workdir / f"speech.{fmt.ext}"
+        seconds = audio.concatenate(
+            chunk_files, out, fmt.ext, params["sample_rate"], params["sentence_silence_s"]
+        )
+        meta = {"duration_s": round(seconds, 3), "sample_rate": params["sample_rate"]}
+        return [Artifact(out.name, out, fmt.content_type, meta)]
+
+
+def synthesize_to_wav(
+    voice: Any, chunk_text: str, params: dict[str, Any], out: Path, should_stop: StopCheck
+) -> None:
+    """Synthesize ``chunk_text`` with a loaded PiperVoice into a mono 16-bit WAV.
+
+    Sentences are separated by ``params["sentence_silence_s"]`` of silence. Raises
+    JobCancelled if ``should_stop()`` turns true between two sentences.
+    """
+    try:
+        from piper import SynthesisConfig
+    except ImportError as exc:
+        raise MissingDependency("piper-tts", "speak", "Speaking text") from exc
+    config = SynthesisConfig(speaker_id=params["speaker_id"], length_scale=params["length_scale"])
+    rate = params["sample_rate"]
+    silence = b"\x00\x00" * round(params["sentence_silence_s"] * rate)
+    with wave.open(str(out), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        for i, sentence in enumerate(voice.synthesize(chunk_text, syn_config=config)):
+            if should_stop():
+                raise JobCancelled("the job was cancelled while this chunk was being spoken")
+            if i:
+                wav.writeframes(silence)
+            wav.writeframes(sentence.audio_int16_bytes)

@@ -1,0 +1,342 @@
+"""Job store in Redis, for clients and workers on several machines.
+
+Key layout (``p`` is the prefix, "stoker" by default)::
+
+    p:job:{id}            hash: doc (immutable JSON), state, stage, total, attempts,
+                          created_at, started_at, finished_at, error (JSON); a field is
+                          absent while its value is None
+    p:job:{id}:outputs    list of OutputRef JSON, in order
+    p:job:{id}:done       set of finished chunk indexes
+    p:idx:all             sorted set of job ids scored by created_at; likewise
+    p:idx:state:{state}   p:idx:kind:{kind} and p:idx:owner:{owner}
+
+Every change is one Lua script, so a state change and the move of the id between the
+state index sets happen together, and a change never lands on a job that does not exist.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from stoker.errors import BrokerUnavailable, ConfigError, JobNotFound
+from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef
+from stoker.queues.stores.base import (
+    Tally,
+    assemble_record,
+    initial_total,
+    record_doc,
+    safe_url,
+)
+
+# KEYS: job, outputs, idx:all, idx:state, idx:kind, idx:owner
+# ARGV: id, created_at, n, n hash field/value items, outputs...
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
+if #ARGV > 3 + n then redis.call('RPUSH', KEYS[2], unpack(ARGV, 4 + n)) end
+for i = 3, 6 do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+return 1
+"""
+
+# KEYS: job, idx:state:queued, idx:state:running.  ARGV: id, now
+_MARK_RUNNING = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if state == 'queued' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'created_at'), ARGV[1])
+  redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[2])
+  state = 'running'
+end
+if state == 'running' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+return state
+"""
+
+# KEYS: job, outputs, idx:state:queued, idx:state:running, idx:state:{target}
+# ARGV: id, target, replace_outputs ('1'/'0'), n, n field/value items, outputs...
+# Returns 1 if moved, 0 if the job is terminal, -1 if it does not exist.
+_FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state ~= 'queued' and state ~= 'running' then return 0 end
+redis.call('ZREM', state == 'queued' and KEYS[3] or KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], redis.call('HGET', KEYS[1], 'created_at'), ARGV[1])
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 5, 4 + n))
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[2])
+  if #ARGV > 4 + n then redis.call('RPUSH', KEYS[2], unpack(ARGV, 5 + n)) end
+end
+return 1
+"""
+
+# KEYS: job, done.  ARGV: index.  Returns {newly added, done, total, state} or nil.
+_CHUNK_DONE = """
+local job = redis.call('HMGET', KEYS[1], 'state', 'total')
+if not job[1] then return false end
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+return {added, redis.call('SCARD', KEYS[2]), tonumber(job[2]), job[1]}
+"""
+
+# KEYS: job, target.  ARGV: 'hset' field value | 'rpush' items...  Returns 0 if no job.
+_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call(ARGV[1], KEYS[2], unpack(ARGV, 2))
+return 1
+"""
+
+
+class RedisJobStore:
+    """:class:`~stoker.queues.stores.base.JobStore` in the Redis at ``url``.
+
+    Connects on first use. Raises BrokerUnavailable (retried by workers) when Redis
+    cannot be reached within the socket timeouts, ConfigError for a malformed URL,
+    and JobNotFound for a missing job.
+    """
+
+    def __init__(self, url: str, prefix: str = "stoker", *, timeout_s: float = 5.0) -> None:
+        self.url, self.prefix = url, prefix
+        try:
+            self._client = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                # Ride over a blip, but report an outage within about a second: the
+                # caller (a Celery task) retries with its own, longer backoff.
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"state_url {safe_url(url)!r} is not a valid Redis URL: {exc}."
+            ) from exc
+        register = self._client.register_script
+        self._create, self._mark_running = register(_CREATE), register(_MARK_RUNNING)
+        self._finish_script, self._chunk_done = register(_FINISH), register(_CHUNK_DONE)
+        self._if_exists = register(_IF_EXISTS)
+
+    # --- reads ----------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._guard():
+            pipe = self._client.pipeline()  # MULTI/EXEC: one consistent snapshot
+            self._queue_read(pipe, job_id)
+            fields, done, outputs = pipe.execute()
+        if not fields:
+            raise JobNotFound(job_id)
+        return _record(fields, done, outputs)
+
+    def state(self, job_id: str) -> JobState:
+        with self._guard():
+            state = cast(str | None, self._client.hget(self._job(job_id), "state"))
+        if state is None:
+            raise JobNotFound(job_id)
+        return JobState(state)
+
+    def list(self, flt: JobFilter) -> builtins.list[JobRecord]:
+        """Newest first (ties by id, descending), from the index sorted sets.
+
+        One filter reads its sorted set; several are intersected server-side, which
+        costs time in proportion to the smallest of them.
+        """
+        keys = self._index_keys(flt)
+        high = "+inf" if flt.before is None else f"({flt.before!r}"  # "(": exclusive
+        with self._guard():
+            pipe = self._client.pipeline()
+            if len(keys) == 1:
+                pipe.zrevrangebyscore(keys[0], high, "-inf", start=0, num=flt.limit)
+            else:
+                # Inside MULTI/EXEC, so the temporary key never outlives this call.
+                tmp = f"{self.prefix}:tmp:{uuid.uuid4().hex}"
+                pipe.zinterstore(tmp, keys, aggregate="MAX")  # every score is created_at
+                pipe.zrevrangebyscore(tmp, high, "-inf", start=0, num=flt.limit)
+                pipe.delete(tmp)
+            ids = pipe.execute()[0 if len(keys) == 1 else 1]
+            for job_id in ids:
+                self._queue_read(pipe, job_id)
+            replies = pipe.execute() if ids else []
+        triples = (replies[i : i + 3] for i in range(0, len(replies), 3))
+        return [_record(*triple) for triple in triples if triple[0]]
+
+    def done_chunks(self, job_id: str) -> set[int]:
+        with self._guard():
+            pipe = self._client.pipeline()
+            pipe.exists(self._job(job_id))
+            pipe.smembers(self._done(job_id))
+            exists, members = pipe.execute()
+        if not exists:
+            raise JobNotFound(job_id)
+        return {int(m) for m in members}
+
+    # --- changes --------------------------------------------------------------------
+
+    def create(self, record: JobRecord) -> None:
+        fields = {
+            "doc": record_doc(record),
+            "state": record.state.value,
+            "stage": record.progress.stage,
+            "total": initial_total(record),
+            "attempts": record.attempts,
+            "created_at": repr(record.created_at),
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+            "error": record.error.model_dump_json() if record.error else None,
+        }
+        items = _flatten(fields)
+        keys = [
+            self._job(record.id),
+            self._outputs(record.id),
+            self._idx("all"),
+            self._idx("state", record.state),
+            self._idx("kind", record.kind),
+            self._idx("owner", record.owner),
+        ]
+        args = [record.id, repr(record.created_at), len(items), *items]
+        with self._guard():
+            created = self._create(keys, [*args, *_outputs(record.outputs)])
+        if not created:
+            raise ValueError(f"a job with id {record.id!r} already exists")
+
+    def mark_running(self, job_id: str) -> JobState:
+        keys = [self._job(job_id), self._idx("state", "queued"), self._idx("state", "running")]
+        with self._guard():
+            state = self._mark_running(keys, [job_id, repr(time.time())])
+        if state is None:
+            raise JobNotFound(job_id)
+        return JobState(state)
+
+    def set_stage(self, job_id: str, stage: str) -> None:
+        self._if_job(job_id, "hset", self._job(job_id), ["stage", stage])
+
+    def chunk_done(self, job_id: str, index: int) -> Tally:
+        with self._guard():
+            reply = self._chunk_done([self._job(job_id), self._done(job_id)], [index])
+        if reply is None:
+            raise JobNotFound(job_id)
+        added, done, total, state = reply
+        return Tally(newly_done=added == 1, done=done, total=total, state=JobState(state))
+
+    def succeed(self, job_id: str, outputs: builtins.list[OutputRef]) -> bool:
+        return self._finish(job_id, JobState.SUCCEEDED, {"stage": "done"}, outputs)
+
+    def fail(self, job_id: str, error: JobError) -> bool:
+        return self._finish(job_id, JobState.FAILED, {"error": error.model_dump_json()})
+
+    def cancel(self, job_id: str) -> bool:
+        return self._finish(job_id, JobState.CANCELLED, {"stage": "cancelled"})
+
+    def add_outputs(self, job_id: str, outputs: builtins.list[OutputRef]) -> None:
+        if outputs:
+            self._if_job(job_id, "rpush", self._outputs(job_id), _outputs(outputs))
+        else:
+            self.state(job_id)  # raises JobNotFound for a missing job
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- internals ------------------------------------------------------------------
+
+    def _finish(
+        self,
+        job_id: str,
+        target: JobState,
+        fields: dict[str, Any],
+        outputs: Sequence[OutputRef] | None = None,
+    ) -> bool:
+        """queued/running → ``target``; ``outputs``, if given, replace the job's."""
+        items = _flatten({"finished_at": repr(time.time()), **fields})
+        keys = [
+            self._job(job_id),
+            self._outputs(job_id),
+            self._idx("state", "queued"),
+            self._idx("state", "running"),
+            self._idx("state", target),
+        ]
+        replace = "0" if outputs is None else "1"
+        args = [job_id, target.value, replace, len(items), *items, *_outputs(outputs or [])]
+        with self._guard():
+            moved = self._finish_script(keys, args)
+        if moved == -1:
+            raise JobNotFound(job_id)
+        return bool(moved == 1)
+
+    def _if_job(self, job_id: str, command: str, key: str, args: Sequence[str]) -> None:
+        """Run ``command key *args`` atomically if the job exists, else raise JobNotFound."""
+        with self._guard():
+            done = self._if_exists([self._job(job_id), key], [command, *args])
+        if not done:
+            raise JobNotFound(job_id)
+
+    def _queue_read(self, pipe: Any, job_id: str) -> None:
+        pipe.hgetall(self._job(job_id)).scard(self._done(job_id))
+        pipe.lrange(self._outputs(job_id), 0, -1)
+
+    def _index_keys(self, flt: JobFilter) -> builtins.list[str]:
+        keys = [
+            self._idx(name, value)
+            for name, value in (("state", flt.state), ("kind", flt.kind), ("owner", flt.owner))
+            if value is not None
+        ]
+        return keys or [self._idx("all")]
+
+    def _job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _outputs(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:outputs"
+
+    def _done(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:done"
+
+    def _idx(self, *parts: str) -> str:
+        return ":".join((self.prefix, "idx", *parts))
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turns Redis connection failures into BrokerUnavailable."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"the job store at {safe_url(self.url)} cannot be reached ({exc}); the "
+                f"task is retried, but if this persists check that Redis is running and "
+                f"that state_url points to it."
+            ) from exc
+
+
+def _record(fields: dict[str, str], done: int, outputs: Sequence[str]) -> JobRecord:
+    # Numbers come back as strings; the record's validation parses them.
+    return assemble_record(
+        fields["doc"],
+        {
+            "state": fields["state"],
+            "stage": fields["stage"],
+            "done": done,
+            "total": fields["total"],
+            "attempts": fields["attempts"],
+            "outputs": [json.loads(o) for o in outputs],
+            "error": json.loads(fields["error"]) if "error" in fields else None,
+            "started_at": fields.get("started_at"),
+            "finished_at": fields.get("finished_at"),
+        },
+    )
+
+
+def _flatten(fields: dict[str, Any]) -> list[Any]:
+    """Hash field/value items for HSET, leaving out None values."""
+    return [item for name, value in fields.items() if value is not None for item in (name, value)]
+
+
+def _outputs(outputs: Sequence[OutputRef]) -> list[str]:
+    return [o.model_dump_json() for o in outputs]

@@ -1,0 +1,308 @@
+"""Job store in one SQLite file, shared by the client and the workers of one machine.
+
+The file is in WAL mode so that readers never wait for a writer. Every change is one
+statement or one ``BEGIN IMMEDIATE`` transaction: the write lock is taken up front, so
+two processes never interleave inside a change (and never deadlock upgrading a lock).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from stoker.errors import BrokerUnavailable, ConfigError, JobNotFound
+from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef
+from stoker.queues.stores.base import Tally, assemble_record, initial_total, record_doc
+
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    doc         TEXT NOT NULL,  -- the immutable part of the record, JSON
+    state       TEXT NOT NULL,
+    stage       TEXT NOT NULL,
+    total       INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    outputs     TEXT NOT NULL,  -- JSON list of OutputRef
+    error       TEXT,           -- JSON JobError
+    started_at  REAL,
+    finished_at REAL
+);
+-- id ends each index so that ties in created_at are ordered by the index too.
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs (kind, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id);
+CREATE TABLE IF NOT EXISTS chunk_done (
+    job_id TEXT NOT NULL,
+    idx    INTEGER NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+COMMIT;
+"""
+
+_SELECT = (
+    "SELECT doc, state, stage, total, attempts, outputs, error, started_at, finished_at,"
+    " (SELECT COUNT(*) FROM chunk_done WHERE job_id = jobs.id) FROM jobs"
+)
+
+_ACTIVE = "('queued', 'running')"
+
+
+class SqliteJobStore:
+    """:class:`~stoker.queues.stores.base.JobStore` in the SQLite file at ``path``.
+
+    Opening creates the schema if needed; raises ConfigError if the file cannot be
+    opened. Later failures (a lock held past ``busy_timeout_s``, I/O errors) raise
+    BrokerUnavailable, which workers retry. Missing jobs raise JobNotFound.
+    """
+
+    def __init__(self, path: Path | str, *, busy_timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        # One connection per thread: a sqlite3 connection must not be used by two
+        # threads at once, and per-thread connections let WAL readers run in parallel.
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        try:
+            self._conn().executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self.close()
+            if _is_busy(exc):
+                raise self._unavailable(exc) from exc
+            raise ConfigError(
+                f"cannot open the job store {self.path} ({exc}); check state_url and "
+                f"that the file's directory exists and is writable."
+            ) from exc
+
+    # --- reads ----------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._guard() as conn:
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _record(row)
+
+    def state(self, job_id: str) -> JobState:
+        with self._guard() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return JobState(row[0])
+
+    def list(self, flt: JobFilter) -> builtins.list[JobRecord]:
+        """Newest first (ties by id, descending), served by the indexes on created_at."""
+        sql, params = list_query(flt)
+        with self._guard() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [_record(row) for row in rows]
+
+    def done_chunks(self, job_id: str) -> set[int]:
+        with self._guard() as conn:
+            rows = conn.execute("SELECT idx FROM chunk_done WHERE job_id = ?", (job_id,))
+            done = {int(idx) for (idx,) in rows}
+        if not done:
+            self.state(job_id)  # raises JobNotFound for a missing job
+        return done
+
+    # --- changes --------------------------------------------------------------------
+
+    def create(self, record: JobRecord) -> None:
+        row = {
+            "id": record.id,
+            "kind": record.kind,
+            "owner": record.owner,
+            "created_at": record.created_at,
+            "doc": record_doc(record),
+            "state": record.state.value,
+            "stage": record.progress.stage,
+            "total": initial_total(record),
+            "attempts": record.attempts,
+            "outputs": _outputs_json(record.outputs),
+            "error": record.error.model_dump_json() if record.error else None,
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+        }
+        sql = f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        with self._guard() as conn:
+            try:
+                conn.execute(sql, tuple(row.values()))
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"a job with id {record.id!r} already exists") from exc
+
+    def mark_running(self, job_id: str) -> JobState:
+        with self._guard() as conn:
+            # fetchall: the statement must run to its end for its write to commit.
+            rows = conn.execute(
+                "UPDATE jobs SET attempts = attempts + 1,"
+                " started_at = CASE state WHEN 'queued' THEN ? ELSE started_at END,"
+                " state = CASE state WHEN 'queued' THEN 'running' ELSE state END"
+                f" WHERE id = ? AND state IN {_ACTIVE} RETURNING state",
+                (time.time(), job_id),
+            ).fetchall()
+        # No row: the job is terminal (and stays so) or missing (state() raises).
+        return JobState(rows[0][0]) if rows else self.state(job_id)
+
+    def set_stage(self, job_id: str, stage: str) -> None:
+        with self._guard() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET stage = ? WHERE id = ?", (stage, job_id)
+            ).rowcount
+        if not changed:
+            raise JobNotFound(job_id)
+
+    def chunk_done(self, job_id: str, index: int) -> Tally:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT total, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            added = conn.execute(
+                "INSERT OR IGNORE INTO chunk_done (job_id, idx) VALUES (?, ?)", (job_id, index)
+            ).rowcount
+            (done,) = conn.execute(
+                "SELECT COUNT(*) FROM chunk_done WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return Tally(newly_done=added == 1, done=done, total=row[0], state=JobState(row[1]))
+
+    def succeed(self, job_id: str, outputs: builtins.list[OutputRef]) -> bool:
+        return self._finish(
+            job_id, JobState.SUCCEEDED, stage="done", outputs=_outputs_json(outputs)
+        )
+
+    def fail(self, job_id: str, error: JobError) -> bool:
+        return self._finish(job_id, JobState.FAILED, error=error.model_dump_json())
+
+    def cancel(self, job_id: str) -> bool:
+        return self._finish(job_id, JobState.CANCELLED, stage="cancelled")
+
+    def add_outputs(self, job_id: str, outputs: builtins.list[OutputRef]) -> None:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT outputs FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            merged = json.loads(row[0]) + [o.model_dump(mode="json") for o in outputs]
+            conn.execute("UPDATE jobs SET outputs = ? WHERE id = ?", (json.dumps(merged), job_id))
+
+    def close(self) -> None:
+        """Close every thread's connection; a later call opens new ones."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._local = threading.local()
+        for conn in connections:
+            conn.close()
+
+    # --- internals ------------------------------------------------------------------
+
+    def _finish(self, job_id: str, target: JobState, **fields: str) -> bool:
+        """queued/running → ``target`` with ``fields`` set; False if already terminal."""
+        assignments = "".join(f", {name} = ?" for name in fields)
+        with self._guard() as conn:
+            changed = conn.execute(
+                f"UPDATE jobs SET state = ?, finished_at = ?{assignments}"
+                f" WHERE id = ? AND state IN {_ACTIVE}",
+                (target.value, time.time(), *fields.values(), job_id),
+            ).rowcount
+        if not changed:
+            self.state(job_id)  # raises JobNotFound for a missing job
+        return bool(changed)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: no implicit transactions; we open them ourselves.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,  # so that close() may close it from any thread
+            )
+            with self._lock:
+                self._connections.append(conn)
+                self._local.conn = conn
+            conn.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the
+            # last commits, which a redelivered task redoes.
+            conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    @contextmanager
+    def _guard(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection; sqlite3 errors leave as BrokerUnavailable."""
+        try:
+            yield self._conn()
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back if the body raises."""
+        with self._guard() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT: the connection must not stay in a transaction.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _unavailable(self, exc: sqlite3.Error) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"the job store {self.path} could not be used ({exc}); the task is retried, "
+            f"but if this persists check the disk and that no process holds the file locked."
+        )
+
+
+def list_query(flt: JobFilter) -> tuple[str, Sequence[Any]]:
+    """The SQL and parameters of :meth:`SqliteJobStore.list` (tests read its plan)."""
+    where: builtins.list[str] = []
+    params: builtins.list[Any] = []
+    for column, value in (("state", flt.state), ("kind", flt.kind), ("owner", flt.owner)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(str(value))
+    if flt.before is not None:
+        where.append("created_at < ?")
+        params.append(flt.before)
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"{_SELECT}{condition} ORDER BY created_at DESC, id DESC LIMIT ?", [*params, flt.limit]
+
+
+def _record(row: Sequence[Any]) -> JobRecord:
+    doc, state, stage, total, attempts, outputs, error, started_at, finished_at, done = row
+    return assemble_record(
+        doc,
+        {
+            "state": state,
+            "stage": stage,
+            "done": done,
+            "total": total,
+            "attempts": attempts,
+            "outputs": json.loads(outputs),
+            "error": json.loads(error) if error else None,
+            "started_at": started_at,
+            "finished_at": finished_at,
+        },
+    )
+
+
+def _outputs_json(outputs: Sequence[OutputRef]) -> str:
+    return json.dumps([o.model_dump(mode="json") for o in outputs])
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message

@@ -1,0 +1,87 @@
+"""Submission: validate, write the job record, queue its chunks.
+
+Validation happens here, in the submitting process, so bad input (an unknown voice,
+an empty text) is refused before anything is queued, not an hour later on a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from stoker.config import Priority
+from stoker.errors import BrokerUnavailable
+from stoker.jobs import get_capability
+from stoker.jobs.base import ChunkPlan, PrepareContext
+from stoker.queues.app import RUN_CHUNK_TASK, priority_value
+from stoker.queues.records import ChunkRef, JobError, JobRecord, Progress, new_record
+from stoker.queues.stores.base import JobStore
+from stoker.storage import Storage
+from stoker.storage.keys import chunk_key, content_digest, input_key
+
+log = logging.getLogger(__name__)
+
+
+def submit(
+    *,
+    app: Celery,
+    store: JobStore,
+    storage: Storage,
+    ctx: PrepareContext,
+    kind: str,
+    request: dict[str, Any],
+    owner: str = "local",
+    priority: Priority | None = None,
+) -> JobRecord:
+    """Validate ``request`` for ``kind``, record the job and queue its chunks.
+
+    Raises InvalidInput / UnknownModel (nothing is recorded) or BrokerUnavailable
+    (the job is recorded as failed with that reason).
+    """
+    cap = get_capability(kind)
+    prepared = cap.prepare(request, ctx)
+    chunks = [
+        ChunkRef(index=i, key=chunk_key(kind, content_digest(plan.identity), cap.chunk_ext))
+        for i, plan in enumerate(prepared.chunks)
+    ]
+    record = new_record(
+        kind=kind,
+        owner=owner,
+        params=prepared.params,
+        model=prepared.model,
+        priority=priority or ctx.settings.default_priority,
+        chunks=chunks,
+        progress=Progress(total=len(chunks)),
+    )
+    for name, data in prepared.inputs.items():
+        key = input_key(record.id, name)
+        storage.put_bytes(key, data, "text/plain; charset=utf-8")
+        record.inputs.append(key)
+    store.create(record)
+    _enqueue(app, store, record, prepared.chunks)
+    log.info("queued %s job %s: %d chunk(s)", kind, record.id, len(chunks))
+    return record
+
+
+def _enqueue(app: Celery, store: JobStore, record: JobRecord, plans: list[ChunkPlan]) -> None:
+    try:
+        with app.producer_or_acquire() as producer:
+            for i, plan in enumerate(plans):
+                app.send_task(
+                    RUN_CHUNK_TASK,
+                    args=(record.id, i, plan.payload),
+                    queue=record.kind,
+                    routing_key=record.kind,
+                    priority=priority_value(record.priority),
+                    producer=producer,
+                )
+    except OperationalError as exc:
+        error = BrokerUnavailable(
+            f"could not queue job {record.id}: the broker is unreachable ({exc}); "
+            f"check STOKER_BROKER_URL and that the broker is running, then resubmit."
+        )
+        store.fail(record.id, JobError(kind=error.kind, message=str(error)))
+        raise error from exc

@@ -1,0 +1,183 @@
+"""Running one chunk on this worker, and assembling a job when its last chunk is done.
+
+This is where the parts meet: the job store (state, fan-in), storage (chunk and
+artifact files), the model manager (warm models) and a capability (the actual work).
+
+Resumability comes from content addressing: a chunk's output key is a hash of the
+model, the parameters and the chunk's input, so a chunk whose output already exists
+(a redelivered message, a resubmitted job) is not computed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from stoker.config import Settings
+from stoker.errors import StokerError
+from stoker.jobs import get_capability
+from stoker.jobs.base import Artifact, Capability
+from stoker.queues.records import JobError, JobRecord, JobState, OutputRef
+from stoker.queues.stores.base import JobStore
+from stoker.storage import Storage
+from stoker.storage.keys import job_key
+from stoker.storage.manifest import MANIFEST_NAME, Manifest, ManifestEntry
+from stoker.workers.catalog import ModelCatalog
+from stoker.workers.manager import ModelManager
+
+log = logging.getLogger(__name__)
+
+#: How often a running chunk looks for a cancellation, at most (seconds).
+CANCEL_POLL_S = 0.5
+
+
+class _CancelCheck:
+    """``should_stop`` for a running chunk: asks the store at most every CANCEL_POLL_S."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self._store, self._job_id = store, job_id
+        self._next = 0.0
+        self._cancelled = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now >= self._next:
+            self._next = now + CANCEL_POLL_S
+            self._cancelled = self._store.state(self._job_id) is JobState.CANCELLED
+        return self._cancelled
+
+
+class ChunkExecutor:
+    """Everything a worker process needs to run chunks; one per process, made at start."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: JobStore,
+        storage: Storage,
+        catalog: ModelCatalog,
+        manager: ModelManager,
+        device: str,
+    ) -> None:
+        self.settings, self.store, self.storage = settings, store, storage
+        self.catalog, self.manager, self.device = catalog, manager, device
+
+    def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None:
+        """Run chunk ``index`` of ``job_id`` unless its output exists; assemble if last."""
+        record = self.store.get(job_id)
+        if self.store.mark_running(job_id).terminal:
+            log.info("job %s is %s; chunk %d skipped", job_id, record.state, index)
+            return
+        cap = get_capability(record.kind)
+        chunk = record.chunks[index]
+        if self.storage.exists(chunk.key):
+            log.info("job %s chunk %d: output exists, not recomputed", job_id, index)
+        else:
+            self._produce(cap, record, index, payload)
+        tally = self.store.chunk_done(job_id, index)
+        if tally.state is JobState.CANCELLED:
+            if tally.newly_done:
+                self.store.add_outputs(job_id, [partial_output(self.storage, cap, record, index)])
+            return
+        # Both the first recorder of the last chunk and a redelivery after a crash
+        # between "last chunk recorded" and "job succeeded" assemble; assembly is
+        # idempotent (same keys, same bytes) and succeed() is conditional.
+        if tally.done == tally.total and not tally.state.terminal:
+            self.assemble(cap, record)
+
+    def fail(self, job_id: str, error: StokerError) -> None:
+        self.store.fail(job_id, JobError(kind=error.kind, message=str(error)))
+
+    def _produce(
+        self, cap: Capability, record: JobRecord, index: int, payload: dict[str, Any]
+    ) -> None:
+        self.store.set_stage(record.id, cap.work_stage)
+        stop = _CancelCheck(self.store, record.id)
+        with tempfile.TemporaryDirectory(prefix="stoker-chunk-") as tmp:
+            out = Path(tmp) / f"chunk.{cap.chunk_ext}"
+            started = time.perf_counter()
+            if cap.backend is None or record.model is None:
+                cap.run_chunk(None, record.params, payload, out, stop)
+            else:
+                spec = self.catalog.get(record.model, backend=cap.backend)
+                with self.manager.use(spec, self.device) as model:
+                    cap.run_chunk(model, record.params, payload, out, stop)
+            self.storage.put_file(record.chunks[index].key, out, cap.chunk_content_type)
+        log.info(
+            "job %s chunk %d/%d done in %.2fs",
+            record.id,
+            index + 1,
+            len(record.chunks),
+            time.perf_counter() - started,
+        )
+
+    def assemble(self, cap: Capability, record: JobRecord) -> None:
+        """Build, store and record the job's artifacts and manifest; mark it succeeded."""
+        self.store.set_stage(record.id, "assemble")
+        with tempfile.TemporaryDirectory(prefix="stoker-assemble-") as tmp:
+            chunk_dir = Path(tmp) / "chunks"
+            files = [
+                self.storage.download(c.key, chunk_dir / f"{c.index:06d}.{cap.chunk_ext}")
+                for c in record.chunks
+            ]
+            workdir = Path(tmp) / "out"
+            workdir.mkdir()
+            artifacts = cap.assemble(record.params, files, workdir)
+            outputs = [self._store_artifact(record.id, a) for a in artifacts]
+        outputs.append(self._write_manifest(record, artifacts, outputs))
+        if self.store.succeed(record.id, outputs):
+            log.info("job %s succeeded: %s", record.id, ", ".join(o.name for o in outputs))
+
+    def _store_artifact(self, job_id: str, artifact: Artifact) -> OutputRef:
+        key = job_key(job_id, artifact.name)
+        info = self.storage.put_file(key, artifact.path, artifact.content_type)
+        return OutputRef(
+            name=artifact.name,
+            key=key,
+            size_bytes=info.size_bytes,
+            content_type=artifact.content_type,
+        )
+
+    def _write_manifest(
+        self, record: JobRecord, artifacts: list[Artifact], outputs: list[OutputRef]
+    ) -> OutputRef:
+        entries = [
+            ManifestEntry(
+                name=o.name,
+                key=o.key,
+                size_bytes=o.size_bytes,
+                content_type=o.content_type,
+                meta=a.meta,
+            )
+            for o, a in zip(outputs, artifacts, strict=True)
+        ]
+        manifest = Manifest(
+            job_id=record.id,
+            kind=record.kind,
+            model=record.model,
+            params=record.params,
+            outputs=entries,
+            chunks=[c.key for c in record.chunks],
+            created_at=record.created_at,
+        )
+        key = job_key(record.id, MANIFEST_NAME)
+        info = self.storage.put_json(key, manifest.model_dump(mode="json"))
+        return OutputRef(
+            name=MANIFEST_NAME, key=key, size_bytes=info.size_bytes, content_type="application/json"
+        )
+
+
+def partial_output(storage: Storage, cap: Capability, record: JobRecord, index: int) -> OutputRef:
+    """The finished chunk ``index`` of a cancelled job, listed as a partial output."""
+    key = record.chunks[index].key
+    return OutputRef(
+        name=f"chunk-{index:05d}.{cap.chunk_ext}",
+        key=key,
+        size_bytes=storage.stat(key).size_bytes,
+        content_type=cap.chunk_content_type,
+        partial=True,
+    )

@@ -1,0 +1,14 @@
+"""Loaders per backend; :func:`default_loaders` is what a worker uses."""
+
+from __future__ import annotations
+
+from stoker.workers.loaders.base import Loader
+from stoker.workers.loaders.piper import PiperLoader
+
+__all__ = ["Loader", "PiperLoader", "default_loaders"]
+
+
+def default_loaders() -> dict[str, Loader]:
+    """One loader per backend name. Cheap: no backend library is imported here."""
+    loaders: list[Loader] = [PiperLoader()]
+    return {loader.backend: loader for loader in loaders}

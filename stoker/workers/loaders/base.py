@@ -1,0 +1,35 @@
+"""What the model manager needs from a backend: load a model, unload it.
+
+One loader per backend ("piper", later "whisper", "llama", ...). A loader holds no
+state about loaded models; the manager owns them, measures them and decides when
+they go. Loaders import their heavy libraries lazily, inside ``load``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from stoker.workers.catalog import ModelSpec
+
+
+class Loader(Protocol):
+    """Loads the models of one backend.
+
+    A loader may also define ``prepare(device: str) -> None`` that imports its
+    libraries: the manager calls it before measuring a load, so memory the library
+    takes once per process is not counted in the first model's footprint.
+    """
+
+    backend: str
+
+    def load(self, spec: ModelSpec, device: str) -> Any:
+        """The loaded model, ready to run on ``device`` ("cpu", "cuda:0", ...).
+
+        Raises MissingDependency when the backend's package is not installed and
+        ModelLoadError (naming the file) when the files cannot be loaded.
+        """
+        ...
+
+    def unload(self, model: Any) -> None:
+        """Release what ``model`` holds; the manager drops its last reference after."""
+        ...

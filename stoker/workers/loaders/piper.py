@@ -1,0 +1,56 @@
+"""Piper voices (piper-tts, ONNX Runtime underneath)."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from stoker.errors import MissingDependency, ModelLoadError
+from stoker.workers.catalog import ModelSpec
+
+
+def _import_piper() -> Any:
+    try:
+        import piper
+    except ImportError as exc:
+        raise MissingDependency("piper-tts", "speak", "Speaking text") from exc
+    return piper
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The first line of an error, clipped: ONNX Runtime's messages run long."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+class PiperLoader:
+    """Loads a Piper voice (``.onnx`` + ``.onnx.json``) as a ``piper.PiperVoice``."""
+
+    backend = "piper"
+
+    def prepare(self, device: str) -> None:
+        """Import piper-tts (and ONNX Runtime). Raises MissingDependency if absent."""
+        _import_piper()
+
+    def load(self, spec: ModelSpec, device: str) -> Any:
+        """The voice, on CUDA when ``device`` is "cuda:N".
+
+        Raises MissingDependency without piper-tts, and ModelLoadError naming the
+        file when it cannot be loaded (not a Piper voice, corrupt, unreadable).
+        """
+        piper = _import_piper()
+        try:
+            return piper.PiperVoice.load(
+                spec.path, config_path=spec.config_path, use_cuda=device.startswith("cuda")
+            )
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load voice {spec.name!r} from {spec.path}: {_short_reason(exc)}; "
+                f"check the file is a Piper .onnx voice"
+            ) from exc
+
+    def unload(self, model: Any) -> None:
+        """Drop the voice; ONNX Runtime frees its session when the object is collected."""
+        del model
+        gc.collect()

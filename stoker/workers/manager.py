@@ -1,0 +1,344 @@
+"""Keeps models warm under a memory budget per device pool.
+
+One pool per device string ("cpu", "cuda:0"). A pool's used bytes are the sum of
+its models' footprints, each measured at load as the device's used memory after the
+load minus before (RSS on the CPU). Measured footprints are remembered per
+(fingerprint, device) after eviction, so only a model's first load on a device is
+estimated from its size on disk.
+
+Eviction is least-recently-used, never a pinned model (``settings.pinned_models``)
+and never a model in use. A model that cannot fit raises ModelTooLarge, a permanent
+error: retrying on the same worker would not make room.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from stoker.config import Settings
+from stoker.errors import ConfigError, ModelTooLarge
+from stoker.workers import memory
+from stoker.workers.catalog import ModelSpec
+from stoker.workers.loaders import Loader, default_loaders
+
+log = logging.getLogger(__name__)
+
+MIB = 2**20
+# Share of a device's memory a pool may fill when no budget is configured for it.
+DEFAULT_BUDGET_SHARE = {"cpu": 0.5, "cuda": 0.9}
+
+
+@dataclass
+class LoadedModel:
+    """Snapshot of one loaded model. Times are ``clock()`` seconds."""
+
+    name: str
+    fingerprint: str
+    device: str
+    footprint_bytes: int
+    loaded_at: float
+    last_used_at: float
+    uses: int
+    pinned: bool
+    in_use: int
+
+
+@dataclass
+class PoolStats:
+    """Snapshot of one pool; ``used_bytes`` is the sum of its models' footprints."""
+
+    device: str
+    budget_bytes: int
+    used_bytes: int
+    hits: int
+    misses: int
+    loads: int
+    evictions: int
+    models: list[LoadedModel]
+
+
+@dataclass(eq=False)
+class _Slot:
+    info: LoadedModel
+    backend: str
+    model: Any
+
+    @property
+    def evictable(self) -> bool:
+        return not self.info.pinned and self.info.in_use == 0
+
+
+@dataclass
+class _Pool:
+    device: str
+    budget_bytes: int
+    slots: OrderedDict[str, _Slot]  # by fingerprint, least recently used first
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    evictions: int = 0
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(s.info.footprint_bytes for s in self.slots.values())
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:,.0f}"
+
+
+def _budget_hint(device: str) -> str:
+    return (
+        f'raise it with STOKER_BUDGETS__{device.upper()}=<size> (budgets."{device}" '
+        f"in the config file)"
+    )
+
+
+class ModelManager:
+    """Loads models on demand, keeps them warm, evicts them to stay under budget.
+
+    Thread-safe. ``clock`` gives seconds (keep-alive); ``measure(device)`` gives
+    the bytes used on a device (footprints). Both are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        loaders: Mapping[str, Loader] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        measure: Callable[[str], int] = memory.device_used_bytes,
+    ) -> None:
+        self._settings = settings
+        self._loaders = dict(default_loaders() if loaders is None else loaders)
+        self._clock = clock
+        self._measure = measure
+        self._pinned = frozenset(settings.pinned_models)
+        self._pools: dict[str, _Pool] = {}
+        self._footprints: dict[tuple[str, str], int] = {}
+        # One lock for all pools; held while loading, never while a model is used.
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def use(self, spec: ModelSpec, device: str) -> Iterator[Any]:
+        """The model of ``spec`` loaded on ``device``, kept from eviction for the block.
+
+        Raises ModelTooLarge when it cannot fit in the pool's budget, ConfigError for
+        a bad device or an unknown backend, and whatever the loader raises
+        (ModelLoadError, MissingDependency); models evicted to make room stay evicted.
+        """
+        slot = self._acquire(spec, device)
+        try:
+            yield slot.model
+        finally:
+            with self._lock:
+                slot.info.in_use -= 1
+                slot.info.last_used_at = self._clock()
+
+    def footprint(self, spec: ModelSpec, device: str) -> int | None:
+        """Bytes ``spec`` took on ``device`` at its last load here, or None if never loaded."""
+        key = (spec.fingerprint, device)
+        with self._lock:
+            return self._footprints.get(key)
+
+    def evict_idle(self) -> list[str]:
+        """Unload models unused for over ``keep_alive_s`` (not pinned, not in use).
+
+        Returns the names unloaded; none when ``keep_alive_s`` is unset.
+        """
+        keep_alive_s = self._settings.keep_alive_s
+        if keep_alive_s is None:
+            return []
+        with self._lock:
+            now = self._clock()
+            evicted = []
+            for pool in self._pools.values():
+                for slot in list(pool.slots.values()):
+                    if slot.evictable and now - slot.info.last_used_at > keep_alive_s:
+                        self._evict(pool, slot, f"idle for {now - slot.info.last_used_at:.0f} s")
+                        evicted.append(slot.info.name)
+            return evicted
+
+    def unload_all(self) -> None:
+        """Unload every model, pinned ones too (shutdown). Nothing may be in use."""
+        with self._lock:
+            for pool in self._pools.values():
+                for slot in list(pool.slots.values()):
+                    self._unload(pool, slot)
+                    log.info("unloaded %s from %s", slot.info.name, pool.device)
+
+    def stats(self) -> list[PoolStats]:
+        """One snapshot per pool used so far, models least recently used first."""
+        with self._lock:
+            return [
+                PoolStats(
+                    device=p.device,
+                    budget_bytes=p.budget_bytes,
+                    used_bytes=p.used_bytes,
+                    hits=p.hits,
+                    misses=p.misses,
+                    loads=p.loads,
+                    evictions=p.evictions,
+                    models=[replace(s.info) for s in p.slots.values()],
+                )
+                for p in self._pools.values()
+            ]
+
+    # --- internals (called with the lock held) --------------------------------------
+
+    def _acquire(self, spec: ModelSpec, device: str) -> _Slot:
+        fingerprint = spec.fingerprint
+        with self._lock:
+            pool = self._pool(device)
+            slot = pool.slots.get(fingerprint)
+            if slot is not None:
+                pool.hits += 1
+                pool.slots.move_to_end(fingerprint)
+            else:
+                pool.misses += 1
+                slot = self._load(pool, spec, fingerprint)
+            slot.info.uses += 1
+            slot.info.in_use += 1
+            slot.info.last_used_at = self._clock()
+            return slot
+
+    def _pool(self, device: str) -> _Pool:
+        pool = self._pools.get(device)
+        if pool is None:
+            pool = _Pool(device, self._budget(device), OrderedDict())
+            self._pools[device] = pool
+        return pool
+
+    def _budget(self, device: str) -> int:
+        kind, _ = memory.parse_device(device)
+        configured = self._settings.budgets.get(device)
+        if configured is not None:
+            return int(configured)
+        return int(memory.device_total_bytes(device) * DEFAULT_BUDGET_SHARE[kind])
+
+    def _loader(self, spec: ModelSpec) -> Loader:
+        loader = self._loaders.get(spec.backend)
+        if loader is None:
+            raise ConfigError(
+                f"model {spec.name!r} has backend {spec.backend!r}, which this worker "
+                f"cannot load; known backends: {', '.join(sorted(self._loaders)) or 'none'}"
+            )
+        return loader
+
+    def _load(self, pool: _Pool, spec: ModelSpec, fingerprint: str) -> _Slot:
+        loader = self._loader(spec)
+        estimate = self._footprints.get((fingerprint, pool.device)) or spec.disk_bytes()
+        if estimate > pool.budget_bytes:
+            raise self._too_large(spec.name, pool, estimate)
+        self._make_room(pool, spec.name, estimate)
+        model, footprint, seconds = self._measured_load(loader, spec, pool.device)
+        self._footprints[(fingerprint, pool.device)] = footprint
+        now = self._clock()
+        info = LoadedModel(
+            name=spec.name,
+            fingerprint=fingerprint,
+            device=pool.device,
+            footprint_bytes=footprint,
+            loaded_at=now,
+            last_used_at=now,
+            uses=0,
+            pinned=spec.name in self._pinned,
+            in_use=0,
+        )
+        slot = pool.slots[fingerprint] = _Slot(info, spec.backend, model)
+        pool.loads += 1
+        log.info(
+            "loaded %s on %s: %s MiB in %.2f s (estimated %s MiB)",
+            spec.name, pool.device, _mib(footprint), seconds, _mib(estimate),
+        )  # fmt: skip
+        if pool.used_bytes > pool.budget_bytes:
+            self._fit_after_load(pool, slot)
+        return slot
+
+    def _measured_load(
+        self, loader: Loader, spec: ModelSpec, device: str
+    ) -> tuple[Any, int, float]:
+        prepare = getattr(loader, "prepare", None)
+        if prepare is not None:
+            prepare(device)  # library memory is per process, not this model's
+        memory.release_freed_memory(device)  # else the load may reuse freed pages unseen
+        before = self._measure(device)
+        started = time.perf_counter()
+        model = loader.load(spec, device)
+        seconds = time.perf_counter() - started
+        return model, max(self._measure(device) - before, 1), seconds
+
+    def _fit_after_load(self, pool: _Pool, slot: _Slot) -> None:
+        """The estimate was low: evict others, or unload the new model and raise."""
+        info = slot.info
+        # Out of the pool while making room, so the others are weighed against its
+        # measured footprint (and it cannot be chosen as a victim).
+        del pool.slots[info.fingerprint]
+        try:
+            if info.footprint_bytes > pool.budget_bytes:
+                raise self._too_large(info.name, pool, info.footprint_bytes)
+            self._make_room(pool, info.name, info.footprint_bytes)
+        except ModelTooLarge:
+            self._unload(pool, slot)
+            raise
+        pool.slots[info.fingerprint] = slot
+
+    def _make_room(self, pool: _Pool, name: str, need: int) -> None:
+        """Evict LRU models until ``need`` more bytes fit; raise first if they cannot."""
+        victims = [s for s in pool.slots.values() if s.evictable]
+        freeable = sum(s.info.footprint_bytes for s in victims)
+        if pool.used_bytes - freeable + need > pool.budget_bytes:
+            held = [s for s in pool.slots.values() if not s.evictable]
+            raise self._held(name, pool, need, held)
+        for victim in victims:
+            if pool.used_bytes + need <= pool.budget_bytes:
+                break
+            self._evict(pool, victim, f"to make room for {name}")
+
+    def _evict(self, pool: _Pool, slot: _Slot, why: str) -> None:
+        started = time.perf_counter()
+        self._unload(pool, slot)
+        pool.evictions += 1
+        log.info(
+            "evicted %s from %s (%s): freed %s MiB in %.2f s",
+            slot.info.name, pool.device, why, _mib(slot.info.footprint_bytes),
+            time.perf_counter() - started,
+        )  # fmt: skip
+
+    def _unload(self, pool: _Pool, slot: _Slot) -> None:
+        pool.slots.pop(slot.info.fingerprint, None)
+        model, slot.model = slot.model, None
+        try:
+            self._loaders[slot.backend].unload(model)
+        except Exception:
+            # The model is out of the pool either way; a failed cleanup must not
+            # leave the bookkeeping wrong.
+            log.exception("unloading %s from %s failed", slot.info.name, pool.device)
+        del model
+        memory.release_freed_memory(pool.device)
+
+    def _too_large(self, name: str, pool: _Pool, need: int) -> ModelTooLarge:
+        return ModelTooLarge(
+            f"model {name!r} needs about {_mib(need)} MiB on {pool.device} but the "
+            f"{pool.device} pool's budget is {_mib(pool.budget_bytes)} MiB; "
+            f"{_budget_hint(pool.device)} or use a smaller model"
+        )
+
+    def _held(self, name: str, pool: _Pool, need: int, held: list[_Slot]) -> ModelTooLarge:
+        holders = ", ".join(
+            f"{s.info.name!r} ({'pinned' if s.info.pinned else 'in use'}, "
+            f"{_mib(s.info.footprint_bytes)} MiB)"
+            for s in held
+        )
+        return ModelTooLarge(
+            f"model {name!r} needs about {_mib(need)} MiB on {pool.device}, but {holders} "
+            f"cannot be evicted and leave too little of the pool's {_mib(pool.budget_bytes)} "
+            f"MiB budget; {_budget_hint(pool.device)}, unpin a model, or retry when idle"
+        )

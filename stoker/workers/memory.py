@@ -1,0 +1,130 @@
+"""How much memory a device has and how much this process uses on it.
+
+``torch`` and ``pynvml`` are imported lazily and only for ``cuda:N`` devices, because
+CUDA must be initialised only in the process that runs the model (it is not fork-safe),
+and a CPU-only worker need not have either installed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib.util
+import re
+import sys
+from functools import cache
+from typing import Any
+
+import psutil
+
+from stoker.errors import ConfigError
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """``"cpu"`` → ``("cpu", None)``, ``"cuda:1"`` → ``("cuda", 1)``.
+
+    Raises ConfigError for anything else.
+    """
+    match = re.fullmatch(r"cpu|cuda:(\d+)", device)
+    if match is None:
+        raise ConfigError(f"device {device!r} is not valid; use 'cpu' or 'cuda:N' (e.g. 'cuda:0')")
+    return ("cuda", int(match.group(1))) if match.group(1) is not None else ("cpu", None)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, in bytes."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def device_total_bytes(device: str) -> int:
+    """Total memory of ``device`` in bytes: RAM for ``cpu``, the GPU's memory for ``cuda:N``.
+
+    Raises ConfigError when the device is invalid or its memory cannot be read
+    (neither torch nor pynvml installed, no such GPU): set a budget for it instead.
+    """
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return int(psutil.virtual_memory().total)
+    assert index is not None
+    try:
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            return int(torch.cuda.get_device_properties(index).total_memory)
+        return int(_nvml_memory(index).total)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot read the memory size of {device} ({exc}); set a budget for it with "
+            f'STOKER_BUDGETS__{device.upper()}=<size> or budgets."{device}" in the config'
+        ) from exc
+
+
+def device_used_bytes(device: str) -> int:
+    """Bytes this process uses on ``device``: RSS for ``cpu``.
+
+    For ``cuda:N``: torch's allocated bytes when torch has initialised CUDA here, else
+    the GPU's used memory from NVML (device-wide: one worker per GPU is assumed).
+    Raises ConfigError when neither can be read.
+    """
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return rss_bytes()
+    assert index is not None
+    torch = _initialised_torch()
+    if torch is not None:
+        return int(torch.cuda.memory_allocated(index))
+    try:
+        return int(_nvml_memory(index).used)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot measure memory used on {device}: {exc}") from exc
+
+
+def release_freed_memory(device: str = "cpu") -> None:
+    """Collect garbage and hand freed memory back to the OS (or the GPU).
+
+    Without this, glibc keeps a freed model's pages and the next load reuses them,
+    so the RSS delta of that load (its measured footprint) would read near zero.
+    """
+    gc.collect()
+    if device == "cpu":
+        trim = _malloc_trim()
+        if trim is not None:
+            trim(0)
+        return
+    torch = _initialised_torch()
+    if torch is not None:
+        torch.cuda.empty_cache()
+
+
+def _initialised_torch() -> Any:
+    """torch, if this process has imported it and initialised CUDA; else None."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return torch
+    return None
+
+
+def _nvml_memory(index: int) -> Any:
+    try:
+        import pynvml
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot read the memory of cuda:{index}: install torch or nvidia-ml-py, or set "
+            f'a budget with STOKER_BUDGETS__CUDA:{index}=<size> (budgets."cuda:{index}")'
+        ) from exc
+    pynvml.nvmlInit()
+    # NVML numbers GPUs physically and ignores CUDA_VISIBLE_DEVICES; torch does not.
+    return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+
+
+@cache
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None on other C libraries (musl, macOS)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None

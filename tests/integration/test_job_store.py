@@ -1,0 +1,433 @@
+"""The job store contract: SQLite and Redis pass the same tests.
+
+Redis is a real redis-server of the test session's own; SQLite is a file under tmp_path.
+Where a test needs several processes, it uses one store object per thread, all pointed
+at the same file or server, as separate processes would.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from stoker.config import Settings
+from stoker.errors import BrokerUnavailable, ConfigError, JobNotFound
+from stoker.queues.records import (
+    ChunkRef,
+    JobError,
+    JobFilter,
+    JobRecord,
+    JobState,
+    OutputRef,
+    Progress,
+    new_record,
+)
+from stoker.queues.stores import JobStore, RedisJobStore, SqliteJobStore, open_job_store
+from stoker.queues.stores.sqlite import list_query
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+StoreFactory = Callable[[], JobStore]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens stores on one shared backend; closes them after the test."""
+    opened: list[JobStore] = []
+
+    def make() -> JobStore:
+        store: JobStore
+        if request.param == "sqlite":
+            store = SqliteJobStore(tmp_path / "jobs.sqlite")
+        else:
+            store = RedisJobStore(request.getfixturevalue("clean_redis"), prefix="test")
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture()
+def store(make_store: StoreFactory) -> JobStore:
+    return make_store()
+
+
+def job(chunks: int = 3, **fields: object) -> JobRecord:
+    refs = [ChunkRef(index=i, key=f"chunks/speak/{i:04d}.wav") for i in range(chunks)]
+    return new_record(kind=fields.pop("kind", "speak"), chunks=refs, **fields)
+
+
+def output(name: str) -> OutputRef:
+    return OutputRef(name=name, key=f"jobs/x/{name}", size_bytes=12, content_type="audio/wav")
+
+
+def ids(records: list[JobRecord]) -> list[str]:
+    return [r.id for r in records]
+
+
+# --- records --------------------------------------------------------------------------
+
+
+def test_get_returns_every_field_as_created(store: JobStore) -> None:
+    # Given a record with every field set to something other than its default
+    record = job(
+        owner="ana", params={"voice": "joe", "rate": 1.25}, inputs=["inputs/a.txt"],
+        priority="bulk", model="piper-joe", state=JobState.RUNNING,
+        progress=Progress(stage="synthesize"), outputs=[output("a.wav")],
+        error=JobError(kind="transient", message="once"), attempts=2,
+        created_at=1000.123456789, started_at=1001.5, finished_at=1002.25,
+    )  # fmt: skip
+    # When it is stored and read back
+    store.create(record)
+    got = store.get(record.id)
+    # Then it is the same record, with total taken from the chunks
+    assert got == record.model_copy(update={"progress": Progress(total=3, stage="synthesize")})
+    assert store.state(record.id) is JobState.RUNNING
+
+
+def test_total_is_the_submitters_when_set(store: JobStore) -> None:
+    record = job(chunks=2, progress=Progress(total=5))
+    store.create(record)
+    assert store.get(record.id).progress.total == 5
+
+
+def test_create_refuses_an_existing_id(store: JobStore) -> None:
+    record = job()
+    store.create(record)
+    with pytest.raises(ValueError, match=record.id):
+        store.create(record.model_copy(update={"kind": "other"}))
+    assert store.get(record.id).kind == "speak"
+
+
+def test_every_method_raises_job_not_found_for_a_missing_job(store: JobStore) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: store.get("job_nope"),
+        lambda: store.state("job_nope"),
+        lambda: store.mark_running("job_nope"),
+        lambda: store.set_stage("job_nope", "x"),
+        lambda: store.chunk_done("job_nope", 0),
+        lambda: store.done_chunks("job_nope"),
+        lambda: store.succeed("job_nope", []),
+        lambda: store.fail("job_nope", JobError(kind="x", message="y")),
+        lambda: store.cancel("job_nope"),
+        lambda: store.add_outputs("job_nope", [output("a")]),
+    ]
+    for call in calls:
+        with pytest.raises(JobNotFound, match="job_nope"):
+            call()
+
+
+# --- running and progress ---------------------------------------------------------------
+
+
+def test_mark_running_counts_attempts_and_starts_once(store: JobStore) -> None:
+    record = job()
+    store.create(record)
+    assert store.mark_running(record.id) is JobState.RUNNING
+    started_at = store.get(record.id).started_at
+    assert started_at is not None and started_at >= record.created_at
+    # A second chunk task starting counts an attempt but keeps the start time
+    assert store.mark_running(record.id) is JobState.RUNNING
+    got = store.get(record.id)
+    assert (got.attempts, got.started_at) == (2, started_at)
+
+
+def test_mark_running_leaves_a_terminal_job_alone(store: JobStore) -> None:
+    record = job()
+    store.create(record)
+    store.cancel(record.id)
+    assert store.mark_running(record.id) is JobState.CANCELLED
+    got = store.get(record.id)
+    assert (got.state, got.attempts, got.started_at) == (JobState.CANCELLED, 0, None)
+
+
+def test_set_stage_is_shown_with_progress(store: JobStore) -> None:
+    record = job()
+    store.create(record)
+    store.set_stage(record.id, "synthesize")
+    assert store.get(record.id).progress.stage == "synthesize"
+
+
+def test_chunk_done_tallies_distinct_chunks(store: JobStore) -> None:
+    record = job(chunks=3)
+    store.create(record)
+    first = store.chunk_done(record.id, 0)
+    assert (first.newly_done, first.done, first.total, first.state) == (
+        True, 1, 3, JobState.QUEUED,
+    )  # fmt: skip
+    # A redelivered chunk is recorded once
+    again = store.chunk_done(record.id, 0)
+    assert (again.newly_done, again.done) == (False, 1)
+    store.chunk_done(record.id, 2)
+    last = store.chunk_done(record.id, 1)
+    assert (last.newly_done, last.done, last.total) == (True, 3, 3)
+    assert store.done_chunks(record.id) == {0, 1, 2}
+    assert store.get(record.id).progress.done == 3
+
+
+def test_exactly_one_worker_sees_the_last_chunk(make_store: StoreFactory) -> None:
+    # Given an 8-chunk job and 8 workers, each with its own store object
+    record = job(chunks=8)
+    make_store().create(record)
+    stores = [make_store() for _ in range(8)]
+    barrier = threading.Barrier(8)
+    tallies = []
+
+    def finish(index: int) -> None:
+        barrier.wait()
+        tallies.append(stores[index].chunk_done(record.id, index))
+
+    # When each finishes a different chunk at the same moment
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # Then every call saw a different count, and exactly one saw the job complete
+    assert sorted(t.done for t in tallies) == list(range(1, 9))
+    assert all(t.newly_done for t in tallies)
+    assert sum(t.done == t.total for t in tallies) == 1
+
+
+# --- transitions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["succeed", "fail", "cancel"])
+def test_a_job_ends_once(store: JobStore, end: str) -> None:
+    record = job()
+    store.create(record)
+    store.mark_running(record.id)
+    error = JobError(kind="invalid_input", message="bad text")
+    finish: dict[str, Callable[[], bool]] = {
+        "succeed": lambda: store.succeed(record.id, [output("speech.wav")]),
+        "fail": lambda: store.fail(record.id, error),
+        "cancel": lambda: store.cancel(record.id),
+    }
+    assert finish[end]() is True
+    first = store.get(record.id)
+    assert finish[end]() is False
+    assert store.get(record.id) == first
+    assert first.finished_at is not None and first.finished_at >= (first.started_at or 0)
+    expected = {
+        "succeed": (JobState.SUCCEEDED, "done", [output("speech.wav")], None),
+        "fail": (JobState.FAILED, record.progress.stage, [], error),  # stage: where it failed
+        "cancel": (JobState.CANCELLED, "cancelled", [], None),
+    }[end]
+    assert (first.state, first.progress.stage, first.outputs, first.error) == expected
+
+
+def test_a_queued_job_can_end_without_running(store: JobStore) -> None:
+    record = job()
+    store.create(record)
+    assert store.succeed(record.id, []) is True
+    assert store.state(record.id) is JobState.SUCCEEDED
+
+
+def test_cancel_after_success_changes_nothing(store: JobStore) -> None:
+    record = job()
+    store.create(record)
+    store.succeed(record.id, [output("speech.wav")])
+    assert store.cancel(record.id) is False
+    assert store.fail(record.id, JobError(kind="x", message="y")) is False
+    got = store.get(record.id)
+    assert (got.state, got.outputs, got.error) == (
+        JobState.SUCCEEDED, [output("speech.wav")], None,
+    )  # fmt: skip
+
+
+def test_add_outputs_appends(store: JobStore) -> None:
+    record = job(outputs=[output("a.wav")])
+    store.create(record)
+    store.cancel(record.id)
+    store.add_outputs(record.id, [output("b.wav")])
+    store.add_outputs(record.id, [output("c.wav"), output("d.wav")])
+    store.add_outputs(record.id, [])
+    names = [o.name for o in store.get(record.id).outputs]
+    assert names == ["a.wav", "b.wav", "c.wav", "d.wav"]
+
+
+def test_succeed_replaces_outputs(store: JobStore) -> None:
+    record = job(outputs=[output("partial.wav")])
+    store.create(record)
+    store.succeed(record.id, [output("speech.wav"), output("manifest.json")])
+    assert [o.name for o in store.get(record.id).outputs] == ["speech.wav", "manifest.json"]
+
+
+# --- listing ----------------------------------------------------------------------------
+
+
+def test_list_is_newest_first_and_limited(store: JobStore) -> None:
+    records = [job(created_at=1000.0 + i) for i in range(5)]
+    # Two jobs created at the same instant are ordered by id, descending
+    tied = [job(created_at=2000.0).model_copy(update={"id": f"job_tie_{c}"}) for c in "ab"]
+    for r in [*records, *tied]:
+        store.create(r)
+    newest = store.list(JobFilter(limit=4))
+    assert ids(newest) == ["job_tie_b", "job_tie_a", records[4].id, records[3].id]
+    assert newest[2] == store.get(records[4].id)
+
+
+def test_before_cursor_pages_through_every_job_once(store: JobStore) -> None:
+    records = [job(created_at=1000.0 + i * 0.001) for i in range(25)]
+    for r in records:
+        store.create(r)
+    seen: list[str] = []
+    flt = JobFilter(limit=7)
+    while page := store.list(flt):
+        seen += ids(page)
+        flt = flt.model_copy(update={"before": page[-1].created_at})
+    assert seen == [r.id for r in reversed(records)]
+
+
+def test_filters_combine(store: JobStore) -> None:
+    # Given jobs of two kinds and two owners, every third one (from the second) running
+    grid = [(k, o) for k in ("speak", "echo") for o in ("ana", "bo")] * 2
+    records = [job(kind=k, owner=o, created_at=1000.0 + i) for i, (k, o) in enumerate(grid)]
+    for r in records:
+        store.create(r)
+    for r in records[1::3]:
+        store.mark_running(r.id)
+    matches: list[dict[str, str]] = [
+        {"kind": "echo"}, {"owner": "bo"}, {"state": "running"},
+        {"kind": "speak", "owner": "ana"}, {"kind": "echo", "state": "queued"},
+        {"kind": "speak", "owner": "bo", "state": "running"}, {"owner": "nobody"},
+    ]  # fmt: skip
+    for match in matches:
+        # When listing with a filter, Then it gets exactly the matching jobs, newest first
+        expected = [
+            r.id
+            for r in reversed(records)
+            if all(_field(store, r, name) == value for name, value in match.items())
+        ]
+        assert ids(store.list(JobFilter.model_validate(match))) == expected, match
+    # And a cursor applies to a combined filter too
+    page = store.list(JobFilter(kind="speak", owner="ana", before=1000.0 + 4))
+    assert ids(page) == [records[0].id]
+
+
+def _field(store: JobStore, record: JobRecord, name: str) -> str:
+    return store.state(record.id).value if name == "state" else str(getattr(record, name))
+
+
+def test_a_state_change_moves_the_job_between_state_filters(store: JobStore) -> None:
+    record = job()
+    store.create(record)
+
+    def listed_in() -> list[JobState]:
+        return [s for s in JobState if ids(store.list(JobFilter(state=s))) == [record.id]]
+
+    assert listed_in() == [JobState.QUEUED]
+    store.mark_running(record.id)
+    assert listed_in() == [JobState.RUNNING]
+    store.cancel(record.id)
+    assert listed_in() == [JobState.CANCELLED]
+    assert ids(store.list(JobFilter())) == [record.id]
+
+
+def test_redis_list_reads_indexes_not_every_job(clean_redis: str) -> None:
+    # Given 2,000 jobs of kind "a" and 3 of kind "b"
+    store = RedisJobStore(clean_redis, prefix="test")
+    for i in range(2000):
+        store.create(job(chunks=1, kind="a", created_at=1000.0 + i))
+    wanted = [job(chunks=1, kind="b", created_at=500.0 + i) for i in range(3)]
+    for r in wanted:
+        store.create(r)
+    admin = redis.Redis.from_url(clean_redis, decode_responses=True)
+    try:
+        for flt in [JobFilter(kind="b"), JobFilter(kind="b", state=JobState.QUEUED)]:
+            store.list(flt)  # warm: the connection's handshake is not counted
+            admin.config_resetstat()
+            # When listing kind "b"
+            listed = store.list(flt)
+            stats = admin.info("commandstats")
+            # Then it gets the 3 jobs with a handful of commands, not one per job
+            calls = {k: v["calls"] for k, v in stats.items() if not k.startswith(_ADMIN)}
+            assert ids(listed) == [r.id for r in reversed(wanted)]
+            assert sum(calls.values()) <= 20, calls
+    finally:
+        admin.close()
+        store.close()
+
+
+_ADMIN = ("cmdstat_info", "cmdstat_config")  # the test's own INFO and CONFIG RESETSTAT
+
+
+def test_sqlite_list_is_served_by_indexes(tmp_path: Path) -> None:
+    SqliteJobStore(tmp_path / "jobs.sqlite").close()
+    conn = sqlite3.connect(tmp_path / "jobs.sqlite")
+    try:
+        for match in [{}, {"state": JobState.QUEUED}, {"kind": "a"}, {"owner": "o"},
+                      {"kind": "a", "owner": "o", "before": 5.0}]:  # fmt: skip
+            sql, params = list_query(JobFilter.model_validate(match))
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            jobs_steps = [step for step in plan if " jobs " in f"{step} "]
+            assert jobs_steps and all("USING" in s and "INDEX" in s for s in jobs_steps), plan
+            assert not any("TEMP B-TREE" in step for step in plan), plan
+    finally:
+        conn.close()
+
+
+# --- opening ----------------------------------------------------------------------------
+
+
+def test_open_job_store_picks_the_store_from_state_url(tmp_path: Path, clean_redis: str) -> None:
+    path = tmp_path / "new" / "dir" / "jobs.sqlite"
+    sqlite_store = open_job_store(Settings(data_dir=tmp_path, state_url=f"sqlite:///{path}"))
+    redis_store = open_job_store(Settings(data_dir=tmp_path, state_url=clean_redis))
+    try:
+        assert isinstance(sqlite_store, SqliteJobStore) and path.is_file()
+        assert isinstance(redis_store, RedisJobStore)
+    finally:
+        sqlite_store.close()
+        redis_store.close()
+
+
+def test_an_unsupported_state_url_is_a_config_error(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, state_url="postgres://db/jobs")
+    with pytest.raises(ConfigError, match=r"postgres://db/jobs.*sqlite:///.*redis://"):
+        open_job_store(settings)
+
+
+def test_an_unwritable_sqlite_path_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    settings = Settings(data_dir=tmp_path, state_url=f"sqlite:///{blocker}/jobs.sqlite")
+    with pytest.raises(ConfigError, match="a-file"):
+        open_job_store(settings)
+    with pytest.raises(ConfigError, match="a-file"):
+        SqliteJobStore(blocker / "jobs.sqlite")
+
+
+def test_a_locked_sqlite_file_is_broker_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    store = SqliteJobStore(path, busy_timeout_s=0.1)
+    record = job()
+    store.create(record)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process is writing, and takes too long
+    try:
+        with pytest.raises(BrokerUnavailable, match=r"jobs\.sqlite.*locked"):
+            store.chunk_done(record.id, 0)
+        store.state(record.id)  # readers are not blocked (WAL)
+    finally:
+        holder.close()
+        store.close()
+
+
+def test_unreachable_redis_is_broker_unavailable() -> None:
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    store = RedisJobStore(url)
+    try:
+        with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1") as caught:
+            store.state("job_x")
+        assert "secret" not in str(caught.value)
+    finally:
+        store.close()

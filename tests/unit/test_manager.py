@@ -1,0 +1,347 @@
+"""The model manager with a fake loader, a fake memory meter and a fake clock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from stoker.config import Settings
+from stoker.errors import ConfigError, ModelLoadError, ModelTooLarge
+from stoker.workers import memory
+from stoker.workers.catalog import ModelSpec
+from stoker.workers.manager import ModelManager, PoolStats
+
+
+@dataclass
+class FakeModel:
+    name: str
+    size: int
+
+
+@dataclass
+class FakeLoader:
+    """Loads a model of ``options["size"]`` bytes into a fake device memory."""
+
+    backend: str = "fake"
+    used_bytes: int = 0  # what measure() reports, for every device
+    events: list[str] = field(default_factory=list)
+
+    def load(self, spec: ModelSpec, device: str) -> FakeModel:
+        if spec.options.get("fail"):
+            raise ModelLoadError(f"could not load {spec.name!r}")
+        self.used_bytes += spec.options["size"]
+        self.events.append(f"load {spec.name}")
+        return FakeModel(spec.name, spec.options["size"])
+
+    def unload(self, model: FakeModel) -> None:
+        self.used_bytes -= model.size
+        self.events.append(f"unload {model.name}")
+
+    def measure(self, device: str) -> int:
+        return self.used_bytes
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def loader() -> FakeLoader:
+    return FakeLoader()
+
+
+@pytest.fixture()
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture()
+def spec(tmp_path: Path) -> Callable[..., ModelSpec]:
+    """spec(name, size, disk=size): a model of ``disk`` bytes on disk, ``size`` loaded."""
+
+    def make(name: str, size: int, disk: int | None = None, **options: Any) -> ModelSpec:
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(b"\0" * (size if disk is None else disk))
+        return ModelSpec(name, "fake", path, options={"size": size, **options})
+
+    return make
+
+
+@pytest.fixture()
+def manager_for(
+    tmp_path: Path, loader: FakeLoader, clock: FakeClock
+) -> Callable[..., ModelManager]:
+    def make(budget: int = 1500, **settings: Any) -> ModelManager:
+        settings.setdefault("budgets", {"cpu": budget})
+        s = Settings(data_dir=tmp_path / "data", **settings)
+        return ModelManager(s, {"fake": loader}, clock=clock, measure=loader.measure)
+
+    return make
+
+
+def use_once(manager: ModelManager, spec: ModelSpec, device: str = "cpu") -> Any:
+    with manager.use(spec, device) as model:
+        return model
+
+
+def pool(manager: ModelManager) -> PoolStats:
+    (stats,) = manager.stats()
+    return stats
+
+
+def loaded(manager: ModelManager) -> list[str]:
+    return [m.name for m in pool(manager).models]
+
+
+def test_second_use_is_a_hit(manager_for: Callable[..., ModelManager], spec: Any) -> None:
+    manager = manager_for()
+    a = spec("A", 1000)
+
+    first = use_once(manager, a)
+    second = use_once(manager, a)
+
+    assert first is second
+    stats = pool(manager)
+    assert (stats.hits, stats.misses, stats.loads, stats.evictions) == (1, 1, 1, 0)
+
+
+def test_budget_for_one_alternating_two_models_reloads_each_time(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    # Given a budget that fits one of two 1000-byte models
+    manager = manager_for(budget=1500)
+    a, b = spec("A", 1000), spec("B", 1000)
+
+    # When they are used A, B, A, B
+    for s in (a, b, a, b):
+        assert use_once(manager, s).name == s.name
+
+    # Then each use loaded its model after evicting the other
+    stats = pool(manager)
+    assert (stats.loads, stats.evictions, stats.hits, stats.misses) == (4, 3, 0, 4)
+    assert loaded(manager) == ["B"]
+    assert loader.events[:3] == ["load A", "unload A", "load B"]
+    assert manager.footprint(a, "cpu") == manager.footprint(b, "cpu") == 1000
+
+
+def test_estimate_is_disk_size_first_then_measured(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    # Given a model small on disk (100 B) but large once loaded (1500 B), and a budget of 2000
+    manager = manager_for(budget=2000)
+    small, x = spec("S", 700), spec("X", 1500, disk=100)
+    use_once(manager, small)
+    assert manager.footprint(x, "cpu") is None
+
+    # When X is loaded the first time, the disk estimate fits: S is evicted only after
+    use_once(manager, x)
+    assert loader.events == ["load S", "load X", "unload S"]
+    assert manager.footprint(x, "cpu") == 1500
+
+    # When X is loaded again, its measured footprint is the estimate: S goes first
+    manager.unload_all()
+    loader.events.clear()
+    use_once(manager, small)
+    use_once(manager, x)
+    assert loader.events == ["load S", "unload S", "load X"]
+
+
+def test_model_larger_than_budget_is_refused_without_evicting(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    manager = manager_for(budget=1500)
+    use_once(manager, spec("A", 1000))
+
+    with pytest.raises(ModelTooLarge) as raised:
+        use_once(manager, spec("huge", 2000))
+
+    message = str(raised.value)
+    assert "needs" in message and "budget" in message and "STOKER_BUDGETS__CPU" in message
+    assert loaded(manager) == ["A"]
+    assert pool(manager).evictions == 0
+    assert loader.events == ["load A"]
+
+
+def test_pinned_model_is_never_evicted(
+    manager_for: Callable[..., ModelManager], spec: Any, clock: FakeClock
+) -> None:
+    manager = manager_for(budget=1500, pinned_models=["A"], keep_alive_s=10)
+    use_once(manager, spec("A", 1000))
+
+    with pytest.raises(ModelTooLarge, match=r"'A' \(pinned"):
+        use_once(manager, spec("B", 1000))
+
+    clock.now += 3600
+    assert manager.evict_idle() == []
+    assert loaded(manager) == ["A"]
+    assert pool(manager).models[0].pinned
+
+
+def test_model_in_use_is_not_evicted(manager_for: Callable[..., ModelManager], spec: Any) -> None:
+    manager = manager_for(budget=1500)
+    a, b = spec("A", 1000), spec("B", 1000)
+
+    with manager.use(a, "cpu"):
+        with pytest.raises(ModelTooLarge, match=r"'A' \(in use"):
+            use_once(manager, b)
+        assert pool(manager).models[0].in_use == 1
+
+    # Once released, A can make room for B
+    use_once(manager, b)
+    assert loaded(manager) == ["B"]
+
+
+def test_low_estimate_with_nothing_evictable_unloads_the_new_model(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    # Given a pinned model and one whose disk size (100 B) hides its real size (800 B)
+    manager = manager_for(budget=1500, pinned_models=["P"])
+    use_once(manager, spec("P", 1000))
+    x = spec("X", 800, disk=100)
+
+    # When it is loaded, it does not fit after all: it is unloaded, and its size remembered
+    with pytest.raises(ModelTooLarge, match="pinned"):
+        use_once(manager, x)
+    assert loader.events == ["load P", "load X", "unload X"]
+    assert loaded(manager) == ["P"]
+    assert manager.footprint(x, "cpu") == 800
+
+    # And the next attempt is refused before loading
+    with pytest.raises(ModelTooLarge):
+        use_once(manager, x)
+    assert loader.events[-1] == "unload X"
+
+
+def test_keep_alive_evicts_idle_models(
+    manager_for: Callable[..., ModelManager], spec: Any, clock: FakeClock
+) -> None:
+    manager = manager_for(budget=5000, keep_alive_s=60)
+    a, b = spec("A", 1000), spec("B", 1000)
+    use_once(manager, a)
+    clock.now += 30
+    use_once(manager, b)
+
+    clock.now += 31  # A idle 61 s, B 31 s
+    assert manager.evict_idle() == ["A"]
+    with manager.use(b, "cpu"):
+        clock.now += 120  # B in use: kept however long it runs
+        assert manager.evict_idle() == []
+    clock.now += 61
+    assert manager.evict_idle() == ["B"]
+    assert pool(manager).evictions == 2
+
+
+def test_no_keep_alive_keeps_models(
+    manager_for: Callable[..., ModelManager], spec: Any, clock: FakeClock
+) -> None:
+    manager = manager_for()
+    use_once(manager, spec("A", 1000))
+    clock.now += 10**6
+    assert manager.evict_idle() == []
+
+
+def test_failed_load_leaves_the_pool_unchanged(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    manager = manager_for(budget=5000)
+    use_once(manager, spec("A", 1000))
+    before = pool(manager)
+
+    with pytest.raises(ModelLoadError):
+        use_once(manager, spec("bad", 1000, fail=True))
+
+    after = pool(manager)
+    assert after.models == before.models
+    assert (after.used_bytes, after.loads, after.evictions) == (1000, 1, 0)
+    assert loader.used_bytes == 1000
+    assert use_once(manager, spec("B", 1000)).name == "B"
+
+
+def test_stats_numbers(
+    manager_for: Callable[..., ModelManager], spec: Any, clock: FakeClock
+) -> None:
+    manager = manager_for(budget=2500)
+    a, b, c = spec("A", 1000), spec("B", 1000), spec("C", 1000)
+    use_once(manager, a)
+    clock.now += 1
+    use_once(manager, b)
+    clock.now += 1
+    use_once(manager, a)  # hit: B is now least recently used
+    clock.now += 1
+    use_once(manager, c)  # evicts B
+
+    stats = pool(manager)
+    assert stats.device == "cpu"
+    assert (stats.budget_bytes, stats.used_bytes) == (2500, 2000)
+    assert (stats.hits, stats.misses, stats.loads, stats.evictions) == (1, 3, 3, 1)
+    first, second = stats.models
+    assert (first.name, first.uses, first.loaded_at, first.last_used_at) == ("A", 2, 1000, 1002)
+    assert (second.name, second.footprint_bytes, second.in_use) == ("C", 1000, 0)
+    assert first.fingerprint == a.fingerprint
+
+
+def test_pools_are_per_device(manager_for: Callable[..., ModelManager], spec: Any) -> None:
+    manager = manager_for(budgets={"cpu": 1500, "cuda:0": 1500})
+    a = spec("A", 1000)
+    with manager.use(a, "cpu") as on_cpu, manager.use(a, "cuda:0") as on_gpu:
+        assert on_cpu is not on_gpu
+    assert [p.device for p in manager.stats()] == ["cpu", "cuda:0"]
+
+
+def test_default_cpu_budget_is_half_the_ram(tmp_path: Path, spec: Any, loader: FakeLoader) -> None:
+    manager = ModelManager(Settings(data_dir=tmp_path), {"fake": loader}, measure=loader.measure)
+    use_once(manager, spec("A", 1000))
+    assert pool(manager).budget_bytes == psutil.virtual_memory().total // 2
+
+
+def test_unknown_backend_and_bad_device_are_config_errors(
+    manager_for: Callable[..., ModelManager], tmp_path: Path
+) -> None:
+    manager = manager_for()
+    (tmp_path / "m.bin").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="backend 'llama'"):
+        use_once(manager, ModelSpec("m", "llama", tmp_path / "m.bin"))
+    with pytest.raises(ConfigError, match="'gpu'"):
+        use_once(manager, ModelSpec("m", "fake", tmp_path / "m.bin"), "gpu")
+
+
+def test_lock_is_not_held_while_a_model_is_used(
+    manager_for: Callable[..., ModelManager], spec: Any
+) -> None:
+    manager = manager_for(budget=5000, keep_alive_s=1)
+    done = threading.Event()
+    with manager.use(spec("A", 1000), "cpu"):
+        thread = threading.Thread(target=lambda: done.set() if manager.evict_idle() == [] else None)
+        thread.start()
+        assert done.wait(5)
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    ("device", "parsed"),
+    [("cpu", ("cpu", None)), ("cuda:0", ("cuda", 0)), ("cuda:12", ("cuda", 12))],
+)
+def test_parse_device(device: str, parsed: tuple[str, int | None]) -> None:
+    assert memory.parse_device(device) == parsed
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda", "cuda:x", "CPU", "cuda:-1", " cpu"])
+def test_parse_device_refuses_others(device: str) -> None:
+    with pytest.raises(ConfigError, match="'cpu' or 'cuda:N'"):
+        memory.parse_device(device)
+
+
+def test_cpu_memory_figures() -> None:
+    assert memory.device_total_bytes("cpu") == psutil.virtual_memory().total
+    assert 0 < memory.device_used_bytes("cpu") < memory.device_total_bytes("cpu")
+    memory.release_freed_memory("cpu")
