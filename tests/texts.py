@@ -22,3 +22,21 @@ def words(n: int) -> str:
     """A text of exactly ``n`` words, cycling through PARAGRAPH."""
     vocab = PARAGRAPH.split()
     return " ".join(vocab[i % len(vocab)] for i in range(n))
+
+
+def story(n_words: int) -> str:
+    """About ``n_words`` of plain English in which no two sentences are the same.
+
+    Benchmarks use it so content addressing cannot skip repeated chunks.
+    """
+    parts = [p.strip().rstrip(".") for p in PARAGRAPH.split(". ") if p.strip()]
+    out: list[str] = []
+    count, day = 0, 1
+    while count < n_words:
+        sentence = (
+            f"On day {day}, {parts[day % len(parts)][0].lower()}{parts[day % len(parts)][1:]}."
+        )
+        out.append(sentence)
+        count += len(sentence.split())
+        day += 1
+    return " ".join(out)

@@ -22,6 +22,7 @@ from celery import Celery
 from kombu import Queue
 
 from stoker.config import Priority, Settings
+from stoker.queues.sqla_transport import kombu_url
 
 #: One queue per capability; a worker chooses which to consume.
 QUEUES: tuple[str, ...] = (
@@ -64,7 +65,7 @@ def make_celery(settings: Settings) -> Celery:
     """A Celery app configured from ``settings``, with stoker's tasks registered."""
     if settings.embedded_broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("stoker", broker=settings.broker_url, set_as_current=False)
+    app = Celery("stoker", broker=kombu_url(settings.broker_url), set_as_current=False)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -167,3 +167,16 @@ def test_cancelling_a_running_job_keeps_partial_outputs_marked(deployment: Deplo
     assert record.outputs and all(o.partial for o in record.outputs)
     assert record.progress.done < record.progress.total
     assert len({o.name for o in record.outputs}) == len(record.outputs)
+
+
+def test_interactive_jobs_jump_ahead_of_bulk_ones(deployment: Deployment) -> None:
+    with Stoker(deployment.settings()) as client:
+        # Given bulk work queued before an interactive job, with no worker yet
+        bulk = [client.submit("echo", {"text": f"bulk {i}"}, priority="bulk") for i in range(5)]
+        urgent = client.submit("echo", {"text": "now"}, priority="interactive")
+        # When a worker starts
+        deployment.start_worker("echo")
+        done = [client.wait(j.id, timeout_s=60) for j in [*bulk, urgent]]
+    # Then the interactive job ran first
+    started = {r.id: r.started_at for r in done}
+    assert all(started[urgent.id] < started[b.id] for b in bulk)  # type: ignore[operator]
