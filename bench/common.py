@@ -14,20 +14,26 @@ import psutil
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall-clock seconds of ``repeats`` calls."""
-    samples = []
+def timed_interleaved(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median wall-clock seconds of each of ``fns``, run in turn ``repeats`` times.
+
+    Interleaving (A, B, A, B, ...) keeps slow drift of the machine (thermal, other
+    load) from landing on one side of the comparison.
+    """
+    samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            samples[i].append(time.perf_counter() - start)
+    return [statistics.median(s) for s in samples]
 
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     mem_gib = psutil.virtual_memory().total / 2**30
-    return f"{psutil.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, no GPU, Python {platform.python_version()}"
+    python = platform.python_version()
+    return f"{psutil.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, no GPU, Python {python}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, markdown_table, timed, write_section  # noqa: E402
+from bench.common import machine, markdown_table, timed_interleaved, write_section  # noqa: E402
 from tests.servers import redis_server  # noqa: E402
 from tests.texts import story  # noqa: E402
 
@@ -98,7 +98,8 @@ def speak_seconds(words: int, repeats: int, work: Path) -> tuple[float, float, i
                         "--out", str(data / "out")], env={**env, "STOKER_DATA_DIR": str(data)},
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    return timed(plain, repeats), timed(via_stoker, repeats), len(text.read_text())
+    plain_s, stoker_s = timed_interleaved([plain, via_stoker], repeats)
+    return plain_s, stoker_s, len(text.read_text())
 
 
 def main() -> None:
@@ -128,7 +129,7 @@ def main() -> None:
         f"(a) {args.jobs} no-op jobs, one solo worker, one run:",
         markdown_table(["path", "jobs/s", "ratio"], rows_a),
         f"(b) speaking {args.words} words ({chars} characters), whole process, "
-        f"median of {args.repeats}:",
+        f"median of {args.repeats} interleaved runs:",
         markdown_table(["path", "wall s", "ratio"], rows_b),
     ])
     print(body)

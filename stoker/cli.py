@@ -340,22 +340,16 @@ def worker(
     ] = None,
     device: DeviceOpt = "cpu",
     preload: Annotated[list[str] | None, typer.Option(help="Model to load at start.")] = None,
-    loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+    loglevel: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING.")] = None,
 ) -> None:
     """Run a worker for one device until SIGTERM (the running chunk finishes first)."""
     from stoker.workers.process import default_queues, run_worker
 
-    logging.basicConfig(
-        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    settings = settings_of(ctx)
+    level = (loglevel or settings.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [q.strip() for q in queues.split(",")] if queues else default_queues()
-    run_worker(
-        settings_of(ctx),
-        queues=names,
-        device=device,
-        preload_models=preload or [],
-        loglevel=loglevel.upper(),
-    )
+    run_worker(settings, queues=names, device=device, preload_models=preload or [], loglevel=level)
 
 
 @app.command()

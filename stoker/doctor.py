@@ -58,7 +58,7 @@ def check_job_store(settings: Settings) -> Check:
         finally:
             store.close()
     except StokerError as exc:
-        return Check("job store", False, f"{url}: {exc}", "fix STOKER_STATE_URL")
+        return Check("job store", False, str(exc), "fix STOKER_STATE_URL")
     return Check("job store", True, url)
 
 

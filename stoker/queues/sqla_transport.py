@@ -3,7 +3,7 @@
 Celery's synchronous consumer loop (used with this transport) calls
 ``drain_events(timeout=2.0)`` and checks for shutdown only between calls, so a
 worker asked to stop waits up to 2 s. `stoker run` stops its in-process worker after
-every job, so that is 2 s added to every run. Capping each wait at a quarter second
+every job, so that is 2 s added to every run. Capping each wait at a tenth of a second
 makes a stop prompt; polling itself is unchanged (``broker_polling_interval_s``).
 
 Registered under its own alias; users keep writing ``sqla+sqlite:///...``.
@@ -17,7 +17,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport.sqlalchemy import Transport as SqlaTransport
 
 ALIAS = "stokersqla"
-MAX_DRAIN_S = 0.25
+MAX_DRAIN_S = 0.1
 
 
 class Transport(SqlaTransport):
