@@ -38,17 +38,39 @@ with wave.open(sys.argv[2], "wb") as out:
 
 
 def _worker(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def plain_celery_jobs_per_s(redis_url: str, n: int) -> float:
     os.environ["BENCH_REDIS_URL"] = redis_url
     from bench.plain_celery import noop
 
-    worker = _worker([sys.executable, "-m", "celery", "-A", "bench.plain_celery", "worker",
-                      "-P", "solo", "-Q", "plain", "-l", "WARNING", "--without-gossip",
-                      "--without-mingle", "--without-heartbeat"], {"BENCH_REDIS_URL": redis_url})
+    worker = _worker(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.plain_celery",
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            "plain",
+            "-l",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        {"BENCH_REDIS_URL": redis_url},
+    )
     try:
         noop.delay("warm-up").get(timeout=60)
         start = time.perf_counter()
@@ -66,8 +88,10 @@ def stoker_jobs_per_s(redis_url: str, n: int, data_dir: Path) -> float:
     from stoker.config import load_settings
 
     env = {"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)}
-    worker = _worker([sys.executable, "-m", "stoker.cli", "worker", "--queues", "echo",
-                      "--loglevel", "WARNING"], env)
+    worker = _worker(
+        [sys.executable, "-m", "stoker.cli", "worker", "--queues", "echo", "--loglevel", "WARNING"],
+        env,
+    )
     try:
         with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
             client.wait(client.submit("echo", {"text": "warm-up"}).id, timeout_s=60, poll_s=0.01)
@@ -86,17 +110,32 @@ def speak_seconds(words: int, repeats: int, work: Path) -> tuple[float, float, i
     text.write_text(story(words), encoding="utf-8")
 
     def plain() -> None:
-        subprocess.run([sys.executable, "-c", PLAIN_PIPER, str(text), str(work / "plain.wav")],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-c", PLAIN_PIPER, str(text), str(work / "plain.wav")], check=True
+        )
 
     runs = iter(range(repeats))
 
     def via_stoker() -> None:
         data = work / f"stoker-{next(runs)}"  # fresh every run: no chunk is reused
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_")}
-        subprocess.run([sys.executable, "-m", "stoker.cli", "run", "speak", "--file", str(text),
-                        "--out", str(data / "out")], env={**env, "STOKER_DATA_DIR": str(data)},
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stoker.cli",
+                "run",
+                "speak",
+                "--file",
+                str(text),
+                "--out",
+                str(data / "out"),
+            ],
+            env={**env, "STOKER_DATA_DIR": str(data)},
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     plain_s, stoker_s = timed_interleaved([plain, via_stoker], repeats)
     return plain_s, stoker_s, len(text.read_text())
@@ -117,21 +156,33 @@ def main() -> None:
             stoker_rate = stoker_jobs_per_s(url, args.jobs, work / "data")
         plain_s, stoker_s, chars = speak_seconds(args.words, args.repeats, work)
 
-    rows_a = [["plain Celery task (Redis broker + result backend)", f"{plain_rate:.0f}", "1.00"],
-              ["stoker `echo` job (Redis queue + records, local outputs)", f"{stoker_rate:.0f}",
-               f"{stoker_rate / plain_rate:.2f}"]]
-    rows_b = [["plain piper: load + synthesize_wav", f"{plain_s:.2f}", "1.00"],
-              ["`stoker run speak --file` (embedded default)", f"{stoker_s:.2f}",
-               f"{stoker_s / plain_s:.3f}"]]
-    body = "\n\n".join([
-        f"Machine: {machine()}. Command: `python bench/overhead.py --jobs {args.jobs} "
-        f"--words {args.words} --repeats {args.repeats}`.",
-        f"(a) {args.jobs} no-op jobs, one solo worker, one run:",
-        markdown_table(["path", "jobs/s", "ratio"], rows_a),
-        f"(b) speaking {args.words} words ({chars} characters), whole process, "
-        f"median of {args.repeats} interleaved runs:",
-        markdown_table(["path", "wall s", "ratio"], rows_b),
-    ])
+    rows_a = [
+        ["plain Celery task (Redis broker + result backend)", f"{plain_rate:.0f}", "1.00"],
+        [
+            "stoker `echo` job (Redis queue + records, local outputs)",
+            f"{stoker_rate:.0f}",
+            f"{stoker_rate / plain_rate:.2f}",
+        ],
+    ]
+    rows_b = [
+        ["plain piper: load + synthesize_wav", f"{plain_s:.2f}", "1.00"],
+        [
+            "`stoker run speak --file` (embedded default)",
+            f"{stoker_s:.2f}",
+            f"{stoker_s / plain_s:.3f}",
+        ],
+    ]
+    body = "\n\n".join(
+        [
+            f"Machine: {machine()}. Command: `python bench/overhead.py --jobs {args.jobs} "
+            f"--words {args.words} --repeats {args.repeats}`.",
+            f"(a) {args.jobs} no-op jobs, one solo worker, one run:",
+            markdown_table(["path", "jobs/s", "ratio"], rows_a),
+            f"(b) speaking {args.words} words ({chars} characters), whole process, "
+            f"median of {args.repeats} interleaved runs:",
+            markdown_table(["path", "wall s", "ratio"], rows_b),
+        ]
+    )
     print(body)
     if not args.no_write:
         write_section("overhead", body)

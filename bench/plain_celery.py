@@ -12,8 +12,12 @@ from celery import Celery
 
 url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 app = Celery("plain", broker=url, backend=url)
-app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, task_default_queue="plain",
-                worker_hijack_root_logger=False)
+app.conf.update(
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue="plain",
+    worker_hijack_root_logger=False,
+)
 
 
 @app.task(name="plain.noop")

@@ -26,6 +26,7 @@ from stoker.config import Priority, Settings
 from stoker.errors import InvalidInput
 from stoker.jobs import get_capability
 from stoker.jobs.base import PrepareContext
+from stoker.queues.batches import BATCH_KIND, child_ended, children, submit_batch
 from stoker.queues.records import JobFilter, JobRecord
 from stoker.queues.stores import JobStore, open_job_store
 from stoker.queues.submit import submit
@@ -78,6 +79,45 @@ class Stoker:
             priority=priority,
         )
 
+    def submit_batch(
+        self,
+        kind: str,
+        requests: list[dict[str, Any]],
+        *,
+        source: str,
+        owner: str = "local",
+        priority: Priority | None = None,
+    ) -> JobRecord:
+        """One batch job with a child per request; inputs refused at submission are
+        recorded as failed children (with their reason) and the rest go on."""
+
+        def submit_child(request: dict[str, Any], parent: str, index: int) -> JobRecord:
+            return submit(
+                app=self.app,
+                store=self.store,
+                storage=self.storage,
+                ctx=PrepareContext(self.settings, self.catalog),
+                kind=kind,
+                request=request,
+                owner=owner,
+                priority=priority,
+                parent=parent,
+                parent_index=index,
+            )
+
+        return submit_batch(
+            store=self.store,
+            storage=self.storage,
+            kind=kind,
+            requests=requests,
+            submit_child=submit_child,
+            owner=owner,
+            source=source,
+        )
+
+    def children(self, batch_id: str) -> list[JobRecord]:
+        return children(self.store, batch_id)
+
     def status(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)
 
@@ -107,16 +147,24 @@ class Stoker:
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued or running job; its finished chunks are kept as partial outputs.
 
-        A job that already ended is returned unchanged.
+        A batch is cancelled first, then each of its unfinished children. A job that
+        already ended is returned unchanged.
         """
-        if self.store.cancel(job_id):
-            record = self.store.get(job_id)
+        if not self.store.cancel(job_id):
+            return self.store.get(job_id)
+        record = self.store.get(job_id)
+        if record.kind == BATCH_KIND:
+            for kid in children(self.store, job_id):
+                if not kid.state.terminal:
+                    self.cancel(kid.id)
+            return self.store.get(job_id)
+        done = sorted(self.store.done_chunks(job_id))
+        if done:
             cap = get_capability(record.kind)
-            done = sorted(self.store.done_chunks(job_id))
-            if done:
-                self.store.add_outputs(
-                    job_id, [partial_output(self.storage, cap, record, i) for i in done]
-                )
+            partial = [partial_output(self.storage, cap, record, i) for i in done]
+            self.store.add_outputs(job_id, partial)
+        if record.parent is not None and record.parent_index is not None:
+            child_ended(self.store, self.storage, record.parent, record.parent_index)
         return self.store.get(job_id)
 
     def download(self, job_id: str, out_dir: Path, *, include_partial: bool = False) -> list[Path]:
@@ -128,7 +176,20 @@ class Stoker:
                 f"job {job_id} is {record.state} and has no outputs to download"
                 + ("; add --partial for the chunks it finished." if record.outputs else ".")
             )
-        return [self.storage.download(ref.key, out_dir / ref.name) for ref in refs]
+        written = [self.storage.download(ref.key, out_dir / ref.name) for ref in refs]
+        if record.kind == BATCH_KIND:
+            written += self._download_children(job_id, out_dir)
+        return written
+
+    def _download_children(self, batch_id: str, out_dir: Path) -> list[Path]:
+        """Each input's outputs beside its relative path: ``talks/a.mp3`` → ``talks/a.srt``."""
+        written = []
+        for kid in children(self.store, batch_id):
+            folder = out_dir / Path(str(kid.params.get("name", kid.id))).parent
+            for ref in kid.outputs:
+                if not ref.partial and ref.name != "manifest.json":
+                    written.append(self.storage.download(ref.key, folder / ref.name))
+        return written
 
     def output_url(self, key: str) -> str:
         return self.storage.url_for(key, self.settings.presign_expiry_s)

@@ -81,7 +81,13 @@ class Settings(BaseSettings):
 
     # --- input limits ---------------------------------------------------------------
     max_text_bytes: int = Field(default=1_000_000, gt=0)
+    # Workers keep recent inputs (recordings) on local disk, so the chunks of one
+    # long file download it once.
+    input_cache_bytes: ByteSize = Field(default=ByteSize(10 * 2**30))
     speak_chunk_chars: int = Field(default=4000, ge=200)
+    # Audio per transcription chunk: long files become many short tasks, each far
+    # inside the visibility timeout. Boundaries move to the nearest pause.
+    transcribe_chunk_s: float = Field(default=600.0, ge=5.0)
 
     # --- models and memory ------------------------------------------------------------
     models: dict[str, ModelEntry] = Field(default_factory=dict)

@@ -113,13 +113,12 @@ def check_models(settings: Settings) -> list[Check]:
     return checks
 
 
-#: (capability, import name, extra that provides it)
-_ENGINES = [("speak", "piper", "speak"), ("speak", "soundfile", "speak")]
-
-
 def check_engines() -> list[Check]:
+    from stoker.jobs import CAPABILITIES
+
     checks = []
-    for capability, module, extra in _ENGINES:
+    engines = {(kind, m, e) for kind, cap in CAPABILITIES.items() for m, e in cap.engines}
+    for capability, module, extra in sorted(engines):
         found = importlib.util.find_spec(module) is not None
         checks.append(
             Check(

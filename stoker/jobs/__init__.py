@@ -6,14 +6,22 @@ and one row here; its kind is also its Celery queue's name.
 
 from __future__ import annotations
 
+import importlib.util
+
 from stoker.errors import InvalidInput
 from stoker.jobs.base import Capability
 from stoker.jobs.echo import EchoCapability
 from stoker.jobs.speak import SpeakCapability
+from stoker.jobs.transcribe import TranscribeCapability
 
 CAPABILITIES: dict[str, Capability] = {
-    cap.kind: cap for cap in (SpeakCapability(), EchoCapability())
+    cap.kind: cap for cap in (SpeakCapability(), TranscribeCapability(), EchoCapability())
 }
+
+
+def installed(cap: Capability) -> bool:
+    """Whether every engine ``cap`` needs can be imported here (without importing it)."""
+    return all(importlib.util.find_spec(module) is not None for module, _ in cap.engines)
 
 
 def get_capability(kind: str) -> Capability:

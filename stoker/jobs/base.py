@@ -8,7 +8,7 @@ the queues layer moves the work between processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,6 +40,9 @@ class Prepared:
     model: str | None  # catalog name of the model the chunks need, if any
     chunks: list[ChunkPlan]
     inputs: dict[str, bytes] = field(default_factory=dict)  # kept under jobs/<id>/inputs/
+    # Local files to store under content-addressed keys (key → path); a key that
+    # already exists is not uploaded again, so resubmitting an archive is cheap.
+    uploads: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,25 @@ class PrepareContext:
 StopCheck = Callable[[], bool]
 
 
+@dataclass(frozen=True)
+class ChunkContext:
+    """What one chunk gets besides its payload: where to write, when to stop, and local
+    copies of the storage keys listed in ``payload["inputs"]``."""
+
+    out: Path
+    should_stop: StopCheck
+    inputs: Mapping[str, Path] = field(default_factory=dict)
+
+
 class Capability(Protocol):
     kind: str  # also the name of its Celery queue
     backend: str | None  # loader backend of its models; None if it needs no model
     chunk_ext: str  # file extension of one chunk's output
     chunk_content_type: str
     work_stage: str  # progress stage shown while chunks run, e.g. "synthesize"
+    # (import name, pip extra) of the packages its work needs; a worker started without
+    # --queues serves only capabilities whose engines are installed.
+    engines: tuple[tuple[str, str], ...]
 
     def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
         """Validate ``request`` and plan the chunks.
@@ -77,16 +93,11 @@ class Capability(Protocol):
         ...
 
     def run_chunk(
-        self,
-        model: Any,
-        params: dict[str, Any],
-        payload: dict[str, Any],
-        out: Path,
-        should_stop: StopCheck,
+        self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
     ) -> None:
-        """Do one chunk's work on a loaded model and write its output to ``out``.
+        """Do one chunk's work on a loaded model and write its output to ``ctx.out``.
 
-        Raises errors.JobCancelled when ``should_stop()`` turns true mid-way.
+        Raises errors.JobCancelled when ``ctx.should_stop()`` turns true mid-way.
         """
         ...
 

@@ -16,10 +16,10 @@ from pydantic import BaseModel
 from stoker.errors import InvalidInput
 from stoker.jobs.base import (
     Artifact,
+    ChunkContext,
     ChunkPlan,
     PrepareContext,
     Prepared,
-    StopCheck,
     parse_request,
 )
 
@@ -36,6 +36,7 @@ class EchoCapability:
     chunk_ext: str = "txt"
     chunk_content_type: str = "text/plain"
     work_stage: str = "echo"
+    engines: tuple[tuple[str, str], ...] = ()
 
     def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
         req: EchoRequest = parse_request(request, EchoRequest)
@@ -45,14 +46,9 @@ class EchoCapability:
         return Prepared(params={"chars": len(req.text)}, model=None, chunks=[chunk])
 
     def run_chunk(
-        self,
-        model: Any,
-        params: dict[str, Any],
-        payload: dict[str, Any],
-        out: Path,
-        should_stop: StopCheck,
+        self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
     ) -> None:
-        out.write_text(payload["text"], encoding="utf-8")
+        ctx.out.write_text(payload["text"], encoding="utf-8")
 
     def assemble(
         self, params: dict[str, Any], chunk_files: list[Path], workdir: Path

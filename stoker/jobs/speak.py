@@ -18,6 +18,7 @@ from stoker.errors import InvalidInput, JobCancelled, MissingDependency
 from stoker.jobs import audio, text
 from stoker.jobs.base import (
     Artifact,
+    ChunkContext,
     ChunkPlan,
     PrepareContext,
     Prepared,
@@ -76,6 +77,7 @@ class SpeakCapability:
     chunk_ext: str = "wav"
     chunk_content_type: str = "audio/wav"
     work_stage: str = "synthesize"
+    engines: tuple[tuple[str, str], ...] = (("piper", "speak"), ("soundfile", "speak"))
 
     def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
         req: SpeakRequest = parse_request(request, SpeakRequest)
@@ -106,14 +108,9 @@ class SpeakCapability:
         )
 
     def run_chunk(
-        self,
-        model: Any,
-        params: dict[str, Any],
-        payload: dict[str, Any],
-        out: Path,
-        should_stop: StopCheck,
+        self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
     ) -> None:
-        synthesize_to_wav(model, payload["text"], params, out, should_stop)
+        synthesize_to_wav(model, payload["text"], params, ctx.out, ctx.should_stop)
 
     def assemble(
         self, params: dict[str, Any], chunk_files: list[Path], workdir: Path

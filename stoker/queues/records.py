@@ -77,6 +77,9 @@ class JobRecord(BaseModel):
     priority: Priority = "normal"
     model: str | None = None
     chunks: list[ChunkRef] = Field(default_factory=list)
+    # A child job of a batch (one file of a folder) names its batch and its place in it.
+    parent: str | None = None
+    parent_index: int | None = None
     state: JobState = JobState.QUEUED
     progress: Progress = Field(default_factory=Progress)
     outputs: list[OutputRef] = Field(default_factory=list)
@@ -93,6 +96,7 @@ class JobFilter(BaseModel):
     state: JobState | None = None
     kind: str | None = None
     owner: str | None = None
+    parent: str | None = None  # the children of one batch
     limit: int = Field(default=50, ge=1, le=1000)
     before: float | None = None  # created_at cursor: only jobs created strictly before
 

@@ -35,8 +35,12 @@ def submit(
     request: dict[str, Any],
     owner: str = "local",
     priority: Priority | None = None,
+    parent: str | None = None,
+    parent_index: int | None = None,
 ) -> JobRecord:
     """Validate ``request`` for ``kind``, record the job and queue its chunks.
+
+    ``parent``/``parent_index`` make it a child of a batch (see batches.py).
 
     Raises InvalidInput / UnknownModel (nothing is recorded) or BrokerUnavailable
     (the job is recorded as failed with that reason).
@@ -55,10 +59,16 @@ def submit(
         priority=priority or ctx.settings.default_priority,
         chunks=chunks,
         progress=Progress(total=len(chunks)),
+        parent=parent,
+        parent_index=parent_index,
     )
     for name, data in prepared.inputs.items():
         key = input_key(record.id, name)
         storage.put_bytes(key, data, "text/plain; charset=utf-8")
+        record.inputs.append(key)
+    for key, path in prepared.uploads.items():
+        if not storage.exists(key):  # content-addressed: the same bytes are there already
+            storage.put_file(key, path)
         record.inputs.append(key)
     store.create(record)
     _enqueue(app, store, record, prepared.chunks)

@@ -110,3 +110,11 @@ def chunk_key(kind: str, digest: str, ext: str) -> str:
     The two-character fan-out keeps local directories small. Raises InvalidInput.
     """
     return validate_key(f"chunks/{kind}/{digest[:2]}/{digest}.{ext}")
+
+
+def content_input_key(digest: str, ext: str) -> str:
+    """Where an uploaded input lives, by content: ``inputs/<digest[:2]>/<digest>.<ext>``.
+
+    The same recording submitted twice (or by two batches) is stored once.
+    """
+    return validate_key(f"inputs/{digest[:2]}/{digest}.{ext}")

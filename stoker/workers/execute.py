@@ -19,13 +19,15 @@ from typing import Any
 from stoker.config import Settings
 from stoker.errors import StokerError
 from stoker.jobs import get_capability
-from stoker.jobs.base import Artifact, Capability
+from stoker.jobs.base import Artifact, Capability, ChunkContext
+from stoker.queues.batches import child_ended
 from stoker.queues.records import JobError, JobRecord, JobState, OutputRef
 from stoker.queues.stores.base import JobStore
 from stoker.storage import Storage
 from stoker.storage.keys import job_key
 from stoker.storage.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from stoker.workers.catalog import ModelCatalog
+from stoker.workers.inputs import InputCache
 from stoker.workers.manager import ModelManager
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,9 @@ class ChunkExecutor:
     ) -> None:
         self.settings, self.store, self.storage = settings, store, storage
         self.catalog, self.manager, self.device = catalog, manager, device
+        self.inputs = InputCache(
+            storage, settings.data_dir / "cache" / "inputs", settings.input_cache_bytes
+        )
 
     def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None:
         """Run chunk ``index`` of ``job_id`` unless its output exists; assemble if last."""
@@ -90,23 +95,32 @@ class ChunkExecutor:
             self.assemble(cap, record)
 
     def fail(self, job_id: str, error: StokerError) -> None:
-        self.store.fail(job_id, JobError(kind=error.kind, message=str(error)))
+        if self.store.fail(job_id, JobError(kind=error.kind, message=str(error))):
+            self._tell_batch(self.store.get(job_id))
+
+    def _tell_batch(self, record: JobRecord) -> None:
+        if record.parent is not None and record.parent_index is not None:
+            child_ended(self.store, self.storage, record.parent, record.parent_index)
 
     def _produce(
         self, cap: Capability, record: JobRecord, index: int, payload: dict[str, Any]
     ) -> None:
         self.store.set_stage(record.id, cap.work_stage)
-        stop = _CancelCheck(self.store, record.id)
+        inputs = {key: self.inputs.path_for(key) for key in payload.get("inputs", [])}
         with tempfile.TemporaryDirectory(prefix="stoker-chunk-") as tmp:
-            out = Path(tmp) / f"chunk.{cap.chunk_ext}"
+            ctx = ChunkContext(
+                out=Path(tmp) / f"chunk.{cap.chunk_ext}",
+                should_stop=_CancelCheck(self.store, record.id),
+                inputs=inputs,
+            )
             started = time.perf_counter()
             if cap.backend is None or record.model is None:
-                cap.run_chunk(None, record.params, payload, out, stop)
+                cap.run_chunk(None, record.params, payload, ctx)
             else:
                 spec = self.catalog.get(record.model, backend=cap.backend)
                 with self.manager.use(spec, self.device) as model:
-                    cap.run_chunk(model, record.params, payload, out, stop)
-            self.storage.put_file(record.chunks[index].key, out, cap.chunk_content_type)
+                    cap.run_chunk(model, record.params, payload, ctx)
+            self.storage.put_file(record.chunks[index].key, ctx.out, cap.chunk_content_type)
         log.info(
             "job %s chunk %d/%d done in %.2fs",
             record.id,
@@ -131,6 +145,7 @@ class ChunkExecutor:
         outputs.append(self._write_manifest(record, artifacts, outputs))
         if self.store.succeed(record.id, outputs):
             log.info("job %s succeeded: %s", record.id, ", ".join(o.name for o in outputs))
+            self._tell_batch(record)
 
     def _store_artifact(self, job_id: str, artifact: Artifact) -> OutputRef:
         key = job_key(job_id, artifact.name)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from celery import Celery
 
 from stoker.config import Settings
-from stoker.jobs import CAPABILITIES
+from stoker.jobs import CAPABILITIES, installed
 from stoker.queues.app import make_celery
 from stoker.queues.stores import open_job_store
 from stoker.queues.tasks import attach_executor
@@ -47,7 +47,8 @@ def build_executor(settings: Settings, device: str) -> ChunkExecutor:
 
 
 def default_queues() -> list[str]:
-    return sorted(CAPABILITIES)
+    """Every capability whose engines are installed on this machine."""
+    return sorted(kind for kind, cap in CAPABILITIES.items() if installed(cap))
 
 
 def preload(executor: ChunkExecutor, names: Sequence[str]) -> None:

@@ -332,6 +332,22 @@ def test_a_state_change_moves_the_job_between_state_filters(store: JobStore) -> 
     assert ids(store.list(JobFilter())) == [record.id]
 
 
+def test_the_children_of_a_batch_are_listed_by_parent(store: JobStore) -> None:
+    # Given a batch with three children and an unrelated job
+    batch = job(chunks=0, kind="batch")
+    store.create(batch)
+    children = [job(parent=batch.id, parent_index=i, created_at=100.0 + i) for i in range(3)]
+    for child in children:
+        store.create(child)
+    store.create(job())
+    # Then the parent filter lists exactly the children, newest first, and combines
+    assert ids(store.list(JobFilter(parent=batch.id))) == ids(children[::-1])
+    store.fail(children[1].id, JobError(kind="invalid_input", message="corrupt"))
+    failed = store.list(JobFilter(parent=batch.id, state=JobState.FAILED))
+    assert ids(failed) == [children[1].id]
+    assert failed[0].parent == batch.id and failed[0].parent_index == 1
+
+
 def test_redis_list_reads_indexes_not_every_job(clean_redis: str) -> None:
     # Given 2,000 jobs of kind "a" and 3 of kind "b"
     store = RedisJobStore(clean_redis, prefix="test")

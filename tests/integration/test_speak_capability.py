@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from stoker.config import load_settings
-from stoker.jobs.base import PrepareContext
+from stoker.jobs.base import ChunkContext, PrepareContext
 from stoker.jobs.speak import SpeakCapability
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.loaders.piper import PiperLoader
@@ -35,7 +35,7 @@ def speak(voice: Any, tmp_path: Path, **request: Any) -> tuple[Path, dict[str, A
     chunk_files = []
     for i, plan in enumerate(prepared.chunks):
         out = tmp_path / f"chunk{i}.wav"
-        cap.run_chunk(voice, prepared.params, plan.payload, out, lambda: False)
+        cap.run_chunk(voice, prepared.params, plan.payload, ChunkContext(out, lambda: False))
         chunk_files.append(out)
     (tmp_path / "out").mkdir(exist_ok=True)
     [artifact] = cap.assemble(prepared.params, chunk_files, tmp_path / "out")
@@ -72,6 +72,5 @@ def test_cancellation_stops_a_chunk_between_sentences(voice: Any, tmp_path: Path
     cap = SpeakCapability()
     prepared = cap.prepare({"text": TEXT}, PrepareContext(settings, ModelCatalog(settings)))
     with pytest.raises(JobCancelled):
-        cap.run_chunk(
-            voice, prepared.params, prepared.chunks[0].payload, tmp_path / "x.wav", lambda: True
-        )
+        ctx = ChunkContext(tmp_path / "x.wav", lambda: True)
+        cap.run_chunk(voice, prepared.params, prepared.chunks[0].payload, ctx)

@@ -62,7 +62,7 @@ def test_config_entry_is_added_and_overrides_a_package(tmp_path: Path, joe_copy:
     catalog = ModelCatalog(settings)
 
     # Then both are config entries; the piper side file defaults to <path>.json
-    assert catalog.names() == sorted(["mine", JOE])
+    assert catalog.names("piper") == sorted(["mine", JOE])
     mine = catalog.get("mine")
     assert mine.source == "config"
     assert mine.config_path == Path(f"{joe_copy}.json")

@@ -97,7 +97,19 @@ class Tally:
 
 #: The part of a record fixed at submission; stored as one JSON document ("doc").
 DOC_FIELDS = frozenset(
-    {"id", "kind", "owner", "params", "inputs", "priority", "model", "chunks", "created_at"}
+    {
+        "id",
+        "kind",
+        "owner",
+        "params",
+        "inputs",
+        "priority",
+        "model",
+        "chunks",
+        "created_at",
+        "parent",
+        "parent_index",
+    }
 )
 
 

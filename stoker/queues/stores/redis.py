@@ -8,7 +8,8 @@ Key layout (``p`` is the prefix, "stoker" by default)::
     p:job:{id}:outputs    list of OutputRef JSON, in order
     p:job:{id}:done       set of finished chunk indexes
     p:idx:all             sorted set of job ids scored by created_at; likewise
-    p:idx:state:{state}   p:idx:kind:{kind} and p:idx:owner:{owner}
+    p:idx:state:{state}   p:idx:kind:{kind}, p:idx:owner:{owner} and, for the child
+                          jobs of a batch, p:idx:parent:{batch id}
 
 Every change is one Lua script, so a state change and the move of the id between the
 state index sets happen together, and a change never lands on a job that does not exist.
@@ -38,14 +39,14 @@ from stoker.queues.stores.base import (
     safe_url,
 )
 
-# KEYS: job, outputs, idx:all, idx:state, idx:kind, idx:owner
+# KEYS: job, outputs, idx:all, idx:state, idx:kind, idx:owner[, idx:parent]
 # ARGV: id, created_at, n, n hash field/value items, outputs...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local n = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
 if #ARGV > 3 + n then redis.call('RPUSH', KEYS[2], unpack(ARGV, 4 + n)) end
-for i = 3, 6 do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+for i = 3, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
 return 1
 """
 
@@ -202,6 +203,8 @@ class RedisJobStore:
             self._idx("kind", record.kind),
             self._idx("owner", record.owner),
         ]
+        if record.parent is not None:
+            keys.append(self._idx("parent", record.parent))
         args = [record.id, repr(record.created_at), len(items), *items]
         with self._guard():
             created = self._create(keys, [*args, *_outputs(record.outputs)])
@@ -285,7 +288,12 @@ class RedisJobStore:
     def _index_keys(self, flt: JobFilter) -> builtins.list[str]:
         keys = [
             self._idx(name, value)
-            for name, value in (("state", flt.state), ("kind", flt.kind), ("owner", flt.owner))
+            for name, value in (
+                ("state", flt.state),
+                ("kind", flt.kind),
+                ("owner", flt.owner),
+                ("parent", flt.parent),
+            )
             if value is not None
         ]
         return keys or [self._idx("all")]

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id          TEXT PRIMARY KEY,
     kind        TEXT NOT NULL,
     owner       TEXT NOT NULL,
+    parent      TEXT,           -- the batch a child job belongs to
     created_at  REAL NOT NULL,
     doc         TEXT NOT NULL,  -- the immutable part of the record, JSON
     state       TEXT NOT NULL,
@@ -77,6 +78,7 @@ class SqliteJobStore:
         self._connections: list[sqlite3.Connection] = []
         try:
             self._conn().executescript(_SCHEMA)
+            _migrate(self._conn())
         except sqlite3.Error as exc:
             self.close()
             if _is_busy(exc):
@@ -124,6 +126,7 @@ class SqliteJobStore:
             "id": record.id,
             "kind": record.kind,
             "owner": record.owner,
+            "parent": record.parent,
             "created_at": record.created_at,
             "doc": record_doc(record),
             "state": record.state.value,
@@ -266,11 +269,26 @@ class SqliteJobStore:
         )
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a job store made by an older stoker up to this schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    if "parent" not in columns:
+        conn.execute("ALTER TABLE jobs ADD COLUMN parent TEXT")
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (parent, created_at, id)")
+    conn.commit()
+
+
 def list_query(flt: JobFilter) -> tuple[str, Sequence[Any]]:
     """The SQL and parameters of :meth:`SqliteJobStore.list` (tests read its plan)."""
     where: builtins.list[str] = []
     params: builtins.list[Any] = []
-    for column, value in (("state", flt.state), ("kind", flt.kind), ("owner", flt.owner)):
+    filters = (
+        ("state", flt.state),
+        ("kind", flt.kind),
+        ("owner", flt.owner),
+        ("parent", flt.parent),
+    )
+    for column, value in filters:
         if value is not None:
             where.append(f"{column} = ?")
             params.append(str(value))

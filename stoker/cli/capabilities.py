@@ -1,0 +1,249 @@
+"""`stoker submit KIND` and `stoker run KIND`: one command per capability."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stoker.cli.app import (
+    DeviceOpt,
+    OutOpt,
+    PriorityOpt,
+    client_of,
+    console,
+    parse_priority,
+    run_app,
+    settings_of,
+    submit_app,
+)
+from stoker.cli.jobs import exit_unless_succeeded, follow
+from stoker.config import Priority
+from stoker.errors import InvalidInput
+from stoker.queues.records import JobRecord
+
+# --- speak / echo requests --------------------------------------------------------------
+
+
+def _read_text(text: str | None, file: Path | None, limit_bytes: int) -> str:
+    from stoker.jobs.text import decode_text
+
+    if (text is None) == (file is None):
+        raise InvalidInput("give exactly one of --text or --file.")
+    if text is not None:
+        return text
+    assert file is not None
+    if not file.is_file():
+        raise InvalidInput(f"--file {file} does not exist or is not a file.")
+    size = file.stat().st_size
+    if size > limit_bytes:
+        raise InvalidInput(
+            f"{file} is {size / 1e6:.1f} MB, over the {limit_bytes / 1e6:.1f} MB limit "
+            f"(max_text_bytes); split it, or use `stoker submit audiobook` for books."
+        )
+    return decode_text(file.read_bytes(), str(file))
+
+
+TextOpt = Annotated[str | None, typer.Option("--text", help="The text itself.")]
+FileOpt = Annotated[Path | None, typer.Option("--file", help="A UTF-8 text file.")]
+VoiceOpt = Annotated[str | None, typer.Option(help="Voice name (`stoker models`).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="wav, flac, mp3 or ogg.")]
+SpeakerOpt = Annotated[str | None, typer.Option(help="Speaker id or name.")]
+LengthOpt = Annotated[float, typer.Option(help="Speech length scale; >1 is slower.")]
+SilenceOpt = Annotated[float, typer.Option(help="Seconds of silence between sentences.")]
+
+
+def _speak_request(
+    ctx: typer.Context,
+    text: str | None,
+    file: Path | None,
+    voice: str | None,
+    fmt: str,
+    speaker: str | None,
+    length_scale: float,
+    silence: float,
+) -> dict[str, Any]:
+    body = _read_text(text, file, settings_of(ctx).max_text_bytes)
+    return {
+        "text": body,
+        "voice": voice,
+        "format": fmt,
+        "speaker": speaker,
+        "length_scale": length_scale,
+        "sentence_silence_s": silence,
+    }
+
+
+@submit_app.command("speak")
+def submit_speak(
+    ctx: typer.Context,
+    text: TextOpt = None,
+    file: FileOpt = None,
+    voice: VoiceOpt = None,
+    fmt: FormatOpt = "wav",
+    speaker: SpeakerOpt = None,
+    length_scale: LengthOpt = 1.0,
+    sentence_silence: SilenceOpt = 0.2,
+    priority: PriorityOpt = "normal",
+) -> None:
+    """Queue text to be spoken by a Piper voice."""
+    request = _speak_request(ctx, text, file, voice, fmt, speaker, length_scale, sentence_silence)
+    _submit(ctx, "speak", request, priority)
+
+
+@submit_app.command("echo")
+def submit_echo(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Option(help="Text to echo.")],
+    priority: PriorityOpt = "normal",
+) -> None:
+    """Queue a no-model job that returns its text (a round-trip check)."""
+    _submit(ctx, "echo", {"text": text}, priority)
+
+
+def _submit(ctx: typer.Context, kind: str, request: dict[str, Any], priority: str) -> None:
+    with client_of(ctx) as client:
+        record = client.submit(kind, request, priority=parse_priority(priority))
+    console.print(record.id)
+
+
+@run_app.command("speak")
+def run_speak(
+    ctx: typer.Context,
+    text: TextOpt = None,
+    file: FileOpt = None,
+    voice: VoiceOpt = None,
+    fmt: FormatOpt = "wav",
+    speaker: SpeakerOpt = None,
+    length_scale: LengthOpt = 1.0,
+    sentence_silence: SilenceOpt = 0.2,
+    out: OutOpt = Path("."),
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Speak text on this machine and write the audio to --out."""
+    request = _speak_request(ctx, text, file, voice, fmt, speaker, length_scale, sentence_silence)
+    _run(ctx, "speak", request, out, device)
+
+
+@run_app.command("echo")
+def run_echo(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Option(help="Text to echo.")],
+    out: OutOpt = Path("."),
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Echo text through an in-process worker (a round-trip check)."""
+    _run(ctx, "echo", {"text": text}, out, device)
+
+
+def _run(ctx: typer.Context, kind: str, request: dict[str, Any], out: Path, device: str) -> None:
+    _run_with(
+        ctx, kind, lambda client: client.submit(kind, request, priority="interactive"), out, device
+    )
+
+
+def _run_with(
+    ctx: typer.Context, kind: str, submit: Callable[[Any], JobRecord], out: Path, device: str
+) -> None:
+    """Submit with ``submit(client)``, serve ``kind`` in-process until done, download."""
+    from stoker.workers.inprocess import inprocess_worker
+
+    settings = settings_of(ctx)
+    with client_of(ctx) as client:
+        record = submit(client)
+        if not record.state.terminal:
+            with inprocess_worker(settings, [kind], device):
+                record = follow(client, record.id)
+        exit_unless_succeeded(record)
+        for path in client.download(record.id, out):
+            console.print(str(path))
+
+
+# --- transcribe ---------------------------------------------------------------------------
+
+TargetArg = Annotated[str, typer.Argument(help="A recording, or a folder of them (recursive).")]
+ModelOpt = Annotated[str, typer.Option(help="Whisper model name (`stoker models`).")]
+LanguageOpt = Annotated[str, typer.Option(help="ISO 639-1 code such as en, or auto.")]
+FormatsOpt = Annotated[str, typer.Option(help="Comma-separated: txt,srt,vtt,json.")]
+WordsOpt = Annotated[bool, typer.Option("--word-timestamps", help="Word times in the JSON.")]
+
+
+def _transcribe_requests(
+    target: str, model: str, language: str, formats: str, words: bool
+) -> tuple[list[dict[str, Any]], bool]:
+    """The per-file requests for ``target`` and whether it is a batch (a folder)."""
+    from stoker.jobs.media import MEDIA_EXTENSIONS, find_media
+
+    if target.startswith("s3://"):
+        raise InvalidInput(
+            "reading recordings from an s3:// prefix is not supported yet; copy them here "
+            "first (e.g. `aws s3 sync s3://bucket/prefix ./archive`) and submit the folder."
+        )
+    base = {
+        "model": model,
+        "language": language,
+        "word_timestamps": words,
+        "formats": [f.strip() for f in formats.split(",") if f.strip()],
+    }
+    path = Path(target)
+    if not path.is_dir():
+        return [{**base, "path": str(path), "name": path.name}], False
+    files = find_media(path)
+    if not files:
+        kinds = " ".join(sorted(MEDIA_EXTENSIONS))
+        raise InvalidInput(f"{path} holds no audio or video files (looked for {kinds}).")
+    return [{**base, "path": str(f), "name": f.relative_to(path).as_posix()} for f in files], True
+
+
+def _submit_transcribe(
+    client: Any, target: str, requests: list[dict[str, Any]], batch: bool, priority: Priority
+) -> JobRecord:
+    if batch:
+        return client.submit_batch(
+            "transcribe",
+            requests,
+            source=target,
+            priority=priority,
+        )
+    return client.submit("transcribe", requests[0], priority=priority)
+
+
+@submit_app.command("transcribe")
+def submit_transcribe(
+    ctx: typer.Context,
+    target: TargetArg,
+    model: ModelOpt = "base",
+    language: LanguageOpt = "auto",
+    formats: FormatsOpt = "txt,srt,vtt,json",
+    word_timestamps: WordsOpt = False,
+    priority: PriorityOpt = "normal",
+) -> None:
+    """Queue a recording (one job) or a folder of them (one batch, a job per file)."""
+    requests, batch = _transcribe_requests(target, model, language, formats, word_timestamps)
+    with client_of(ctx) as client:
+        record = _submit_transcribe(client, target, requests, batch, parse_priority(priority))
+    console.print(record.id)
+
+
+@run_app.command("transcribe")
+def run_transcribe(
+    ctx: typer.Context,
+    target: TargetArg,
+    model: ModelOpt = "base",
+    language: LanguageOpt = "auto",
+    formats: FormatsOpt = "txt,srt,vtt,json",
+    word_timestamps: WordsOpt = False,
+    out: OutOpt = Path("."),
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Transcribe a recording or a folder on this machine; transcripts go to --out."""
+    requests, batch = _transcribe_requests(target, model, language, formats, word_timestamps)
+    _run_with(
+        ctx,
+        "transcribe",
+        lambda client: _submit_transcribe(client, target, requests, batch, "interactive"),
+        out,
+        device,
+    )

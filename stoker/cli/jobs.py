@@ -1,0 +1,168 @@
+"""Following jobs: status, wait, get, cancel, jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from stoker.cli.app import (
+    JobArg,
+    OutOpt,
+    app,
+    client_of,
+    console,
+    err,
+    table_of,
+)
+from stoker.errors import InvalidInput
+from stoker.queues.batches import BATCH_KIND, request_counts
+from stoker.queues.records import JobFilter, JobRecord, JobState
+
+# --- following jobs -----------------------------------------------------------------------
+
+
+def follow(client: Any, job_id: str, timeout_s: float | None = None) -> JobRecord:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[chunks]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(job_id, total=None, chunks="")
+
+        def update(rec: JobRecord) -> None:
+            bar.update(
+                task,
+                description=f"{rec.kind} {rec.id} [{rec.progress.stage}]",
+                completed=rec.progress.done,
+                total=rec.progress.total or None,
+                chunks=f"{rec.progress.done}/{rec.progress.total} {_units(rec)}",
+            )
+
+        return client.wait(job_id, timeout_s=timeout_s, on_update=update)
+
+
+def _units(record: JobRecord) -> str:
+    return "files" if record.kind == BATCH_KIND else "chunks"
+
+
+def exit_unless_succeeded(record: JobRecord) -> None:
+    """Exit 1 unless the job succeeded; a batch succeeds even if some files failed."""
+    if record.state is JobState.SUCCEEDED:
+        return
+    reason = record.error.message if record.error else record.state.value
+    err.print(
+        f"error: job {record.id} {record.state.value}: {reason}", markup=False, soft_wrap=True
+    )
+    raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    job_id: JobArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Show a job's state, progress, outputs and error."""
+    with client_of(ctx) as client:
+        record = client.status(job_id)
+        if as_json:
+            console.print_json(record.model_dump_json())
+            return
+        _print_record(record, client)
+
+
+def _print_children(kids: list[JobRecord]) -> None:
+    counts = request_counts(kids)
+    console.print(
+        f"  {counts['completed']} completed, {counts['failed']} failed, {counts['total']} in all"
+    )
+    table = table_of("file", "job", "state", "progress", "error")
+    for kid in kids:
+        table.add_row(
+            str(kid.params.get("name", "")),
+            kid.id,
+            kid.state.value,
+            f"{kid.progress.done}/{kid.progress.total}",
+            kid.error.message if kid.error else "",
+        )
+    console.print(table)
+
+
+def _print_record(record: JobRecord, client: Any) -> None:
+    p = record.progress
+    console.print(
+        f"[bold]{record.id}[/] {record.kind} · [bold]{record.state.value}[/] · "
+        f"{p.done}/{p.total} {_units(record)} · stage {p.stage} · attempts {record.attempts}"
+    )
+    if record.kind == BATCH_KIND:
+        _print_children(client.children(record.id))
+    if record.error:
+        console.print(f"[red]error ({record.error.kind}):[/] {record.error.message}")
+    for out in record.outputs:
+        tag = " (partial)" if out.partial else ""
+        console.print(f"  {out.name}{tag}  {out.size_bytes} bytes  {client.output_url(out.key)}")
+
+
+@app.command()
+def wait(
+    ctx: typer.Context,
+    job_id: JobArg,
+    timeout: Annotated[float | None, typer.Option(help="Give up after seconds.")] = None,
+) -> None:
+    """Wait for a job with a progress bar; exit 1 unless it succeeded."""
+    with client_of(ctx) as client:
+        exit_unless_succeeded(follow(client, job_id, timeout))
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    job_id: JobArg,
+    out: OutOpt = Path("."),
+    partial: Annotated[bool, typer.Option(help="Include a cancelled job's chunks.")] = False,
+) -> None:
+    """Download a job's outputs into --out."""
+    with client_of(ctx) as client:
+        for path in client.download(job_id, out, include_partial=partial):
+            console.print(str(path))
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: JobArg) -> None:
+    """Cancel a queued or running job (finished chunks are kept as partial outputs)."""
+    with client_of(ctx) as client:
+        record = client.cancel(job_id)
+    console.print(f"{record.id} {record.state.value}")
+
+
+@app.command()
+def jobs(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+) -> None:
+    """List recent jobs, newest first."""
+    try:
+        flt = JobFilter(state=JobState(state) if state else None, kind=kind, limit=limit)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"--state must be one of {', '.join(s.value for s in JobState)}."
+        ) from exc
+    with client_of(ctx) as client:
+        table = table_of("id", "kind", "state", "progress", "stage")
+        for r in client.jobs(flt):
+            table.add_row(
+                r.id,
+                r.kind,
+                r.state.value,
+                f"{r.progress.done}/{r.progress.total}",
+                r.progress.stage,
+            )
+    console.print(table)

@@ -1,0 +1,159 @@
+"""Batches: one submission of many inputs (a folder of recordings) as one parent job.
+
+The parent (kind ``batch``) has one child job per input; its progress counts
+children that ended, like OpenAI's ``request_counts``. A child that cannot even be
+submitted (an empty or corrupt file) is recorded as failed with its reason — the
+batch goes on. When the last child ends, the batch writes ``manifest.json`` (every
+input → its outputs, duration, language, state) and ``errors.jsonl`` (one line per
+failed input) and succeeds.
+
+Children are counted with the same atomic tally as chunks (``chunk_done`` on the
+parent, indexed by the child's place in the batch), so exactly one process sees the
+last child end and assembles the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from stoker.errors import PermanentError
+from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef, Progress
+from stoker.queues.records import new_record as _new_record
+from stoker.queues.stores.base import JobStore
+from stoker.storage import Storage
+from stoker.storage.keys import job_key
+
+log = logging.getLogger(__name__)
+
+BATCH_KIND = "batch"
+
+#: submits one child: (request, parent id, index) → the child's record
+SubmitChild = Callable[[dict[str, Any], str, int], JobRecord]
+
+
+def submit_batch(
+    *,
+    store: JobStore,
+    storage: Storage,
+    kind: str,
+    requests: list[dict[str, Any]],
+    submit_child: SubmitChild,
+    owner: str,
+    source: str,
+) -> JobRecord:
+    """Record a batch of ``requests`` for ``kind`` and submit each as a child job."""
+    parent = _new_record(
+        kind=BATCH_KIND,
+        owner=owner,
+        params={"kind": kind, "source": source},
+        progress=Progress(total=len(requests), stage="running"),
+    )
+    store.create(parent)
+    for index, request in enumerate(requests):
+        try:
+            submit_child(request, parent.id, index)
+        except PermanentError as exc:
+            _record_refused(store, kind, owner, request, parent.id, index, exc)
+            child_ended(store, storage, parent.id, index)
+    if not requests:
+        assemble_batch(store, storage, parent.id)
+    return store.get(parent.id)
+
+
+def _record_refused(
+    store: JobStore,
+    kind: str,
+    owner: str,
+    request: dict[str, Any],
+    parent_id: str,
+    index: int,
+    exc: PermanentError,
+) -> None:
+    name = request.get("name") or request.get("path") or f"input {index}"
+    child = _new_record(
+        kind=kind, owner=owner, params={"name": str(name)}, parent=parent_id, parent_index=index
+    )
+    store.create(child)
+    store.fail(child.id, JobError(kind=exc.kind, message=str(exc)))
+    log.info("batch %s: %s refused: %s", parent_id, name, exc)
+
+
+def child_ended(store: JobStore, storage: Storage, parent_id: str, index: int) -> None:
+    """Count child ``index`` as ended; the caller that ends the last one assembles."""
+    tally = store.chunk_done(parent_id, index)
+    if tally.done == tally.total and not tally.state.terminal:
+        assemble_batch(store, storage, parent_id)
+
+
+def children(store: JobStore, parent_id: str) -> list[JobRecord]:
+    """Every child of the batch, in input order (pages through the parent index)."""
+    found: dict[str, JobRecord] = {}
+    before: float | None = None
+    while True:
+        page = store.list(JobFilter(parent=parent_id, limit=1000, before=before))
+        found.update((r.id, r) for r in page)
+        if len(page) < 1000:
+            break
+        before = page[-1].created_at
+    return sorted(found.values(), key=lambda r: r.parent_index or 0)
+
+
+def request_counts(kids: list[JobRecord]) -> dict[str, int]:
+    failed = sum(k.state in (JobState.FAILED, JobState.CANCELLED) for k in kids)
+    completed = sum(k.state is JobState.SUCCEEDED for k in kids)
+    return {"total": len(kids), "completed": completed, "failed": failed}
+
+
+def _entry(kid: JobRecord, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": kid.params.get("name"),
+        "job_id": kid.id,
+        "state": kid.state.value,
+        "outputs": {o.name: o.key for o in kid.outputs if not o.partial},
+        "duration_s": kid.params.get("duration_s"),
+        "language": meta.get("language"),
+        "error": kid.error.model_dump() if kid.error else None,
+    }
+
+
+def _child_meta(storage: Storage, kid: JobRecord) -> dict[str, Any]:
+    manifest = next((o for o in kid.outputs if o.name == "manifest.json"), None)
+    if manifest is None:
+        return {}
+    outputs = json.loads(storage.get_bytes(manifest.key)).get("outputs", [])
+    return dict(outputs[0].get("meta", {})) if outputs else {}
+
+
+def assemble_batch(store: JobStore, storage: Storage, parent_id: str) -> None:
+    """Write the batch's manifest and error file; mark it succeeded."""
+    parent = store.get(parent_id)
+    kids = children(store, parent_id)
+    manifest = {
+        "batch_id": parent_id,
+        "kind": parent.params.get("kind"),
+        "source": parent.params.get("source"),
+        "request_counts": request_counts(kids),
+        "files": [_entry(k, _child_meta(storage, k)) for k in kids],
+    }
+    errors = "".join(
+        json.dumps({"name": k.params.get("name"), "job_id": k.id, "error": k.error.model_dump()})
+        + "\n"
+        for k in kids
+        if k.error is not None
+    )
+    outputs = []
+    for name, data, content_type in (
+        ("manifest.json", json.dumps(manifest, indent=2).encode(), "application/json"),
+        ("errors.jsonl", errors.encode(), "application/jsonl"),
+    ):
+        info = storage.put_bytes(job_key(parent_id, name), data, content_type)
+        outputs.append(
+            OutputRef(
+                name=name, key=info.key, size_bytes=info.size_bytes, content_type=content_type
+            )
+        )
+    if store.succeed(parent_id, outputs):
+        log.info("batch %s done: %s", parent_id, manifest["request_counts"])

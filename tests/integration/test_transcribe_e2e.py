@@ -1,0 +1,141 @@
+"""transcribe end to end: a folder of mixed recordings (long, short, silent, broken)
+through real worker processes, Redis, an S3-protocol server and real Whisper models."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from stoker.client import Stoker
+from stoker.queues.records import JobState
+from tests.deployment import Deployment
+from tests.integration.test_speak_e2e import wait_until
+from tests.media_files import encode, silence_wav, speech_wav
+from tests.texts import sentences, story
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+LONG_TEXT = story(300)
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    return float(jiwer.wer(" ".join(words(reference)), " ".join(words(hypothesis))))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder as an archivist has it: good files in several formats, some broken."""
+    root = tmp_path_factory.mktemp("archive")
+    work = tmp_path_factory.mktemp("sources")
+    (root / "good").mkdir()
+    (root / "talks").mkdir()
+    speech_wav(root / "good" / "a.wav", sentences(3))
+    encode(speech_wav(work / "b.wav", sentences(4)), root / "good" / "b.mp3", "mp3")
+    encode(speech_wav(work / "long.wav", LONG_TEXT), root / "talks" / "long.m4a", "aac")
+    encode(speech_wav(work / "v.wav", sentences(2)), root / "talks" / "video.mp4", "aac")
+    silence_wav(root / "quiet.wav", 5.0)
+    (root / "broken.mp3").write_bytes(os.urandom(20_000))
+    (root / "empty.wav").write_bytes(b"")
+    (root / "notes.mp3").write_text("meeting notes, not a recording\n" * 50)
+    return root
+
+
+def requests_for(root: Path, model: str = "base") -> list[dict[str, object]]:
+    from stoker.jobs.media import find_media
+
+    return [
+        {"path": str(p), "name": p.relative_to(root).as_posix(), "model": model}
+        for p in find_media(root)
+    ]
+
+
+def test_a_folder_becomes_a_batch_that_finishes_with_every_format(
+    deployment: Deployment, archive: Path
+) -> None:
+    deployment.env["STOKER_TRANSCRIBE_CHUNK_S"] = "20"
+    deployment.start_worker("transcribe")
+    with Stoker(deployment.settings()) as client:
+        # When the whole folder is submitted
+        batch = client.submit_batch("transcribe", requests_for(archive), source=str(archive))
+        done = client.wait(batch.id, timeout_s=240)
+        kids = {k.params["name"]: k for k in client.children(batch.id)}
+        manifest = json.loads(client.storage.get_bytes(f"jobs/{batch.id}/manifest.json"))
+        errors = client.storage.get_bytes(f"jobs/{batch.id}/errors.jsonl").decode().splitlines()
+        long_json = json.loads(client.storage.get_bytes(kids["talks/long.m4a"].outputs[3].key))
+        long_txt = client.storage.get_bytes(kids["talks/long.m4a"].outputs[0].key).decode()
+
+    # Then the batch finished, counting the broken files as failed with reasons
+    assert done.state is JobState.SUCCEEDED
+    assert manifest["request_counts"] == {"total": 8, "completed": 5, "failed": 3}
+    failed = {json.loads(line)["name"]: json.loads(line)["error"]["message"] for line in errors}
+    assert set(failed) == {"broken.mp3", "empty.wav", "notes.mp3"}
+    assert "empty (0 bytes)" in failed["empty.wav"]
+    assert "not an audio or video file" in failed["notes.mp3"]
+    # Every good file has all four formats; silence is an empty transcript, not an error
+    for name in ("good/a.wav", "good/b.mp3", "talks/long.m4a", "talks/video.mp4", "quiet.wav"):
+        assert kids[name].state is JobState.SUCCEEDED, kids[name].error
+        assert [o.name.rsplit(".", 1)[1] for o in kids[name].outputs] == [
+            "txt",
+            "srt",
+            "vtt",
+            "json",
+            "json",
+        ]
+    assert kids["quiet.wav"].progress.total == 1
+    # The long file was several chunks, joined without losing or doubling speech
+    assert kids["talks/long.m4a"].progress.total >= 4
+    assert wer(LONG_TEXT, long_txt) < 0.10
+    starts = [s["start"] for s in long_json["segments"]]
+    assert (
+        starts == sorted(starts)
+        and long_json["segments"][-1]["end"] <= long_json["duration_s"] + 0.5
+    )
+    assert long_json["language"] == "en"
+
+
+def test_resubmitting_the_folder_reuses_every_finished_chunk(
+    deployment: Deployment, archive: Path, tmp_path: Path
+) -> None:
+    deployment.env["STOKER_TRANSCRIBE_CHUNK_S"] = "20"
+    worker = deployment.start_worker("transcribe")
+    good = tmp_path / "good"
+    good.mkdir()
+    for name in ("a.wav", "b.mp3"):
+        (good / name).write_bytes((archive / "good" / name).read_bytes())
+    with Stoker(deployment.settings()) as client:
+        first = client.wait(
+            client.submit_batch("transcribe", requests_for(good), source=str(good)).id,
+            timeout_s=120,
+        )
+        second = client.wait(
+            client.submit_batch("transcribe", requests_for(good), source=str(good)).id,
+            timeout_s=120,
+        )
+    assert first.state is second.state is JobState.SUCCEEDED
+    assert worker.text().count("output exists, not recomputed") == 2  # one chunk per file
+
+
+def test_a_worker_killed_mid_file_loses_nothing(deployment: Deployment, archive: Path) -> None:
+    deployment.env["STOKER_TRANSCRIBE_CHUNK_S"] = "10"
+    a = deployment.start_worker("transcribe")
+    long_file = archive / "talks" / "long.m4a"
+    with Stoker(deployment.settings()) as client:
+        job = client.submit("transcribe", {"path": str(long_file), "model": "tiny.en"})
+        wait_until(lambda: client.status(job.id).progress.done >= 2, 120, "two chunks done")
+        a.kill()
+        deployment.start_worker("transcribe")
+        done = client.wait(job.id, timeout_s=180)
+        text = client.storage.get_bytes(done.outputs[0].key).decode()
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert done.progress.done == done.progress.total == len(job.chunks) >= 8
+    assert wer(LONG_TEXT, text) < 0.15  # tiny.en; every chunk's speech once
