@@ -14,7 +14,8 @@ The CLI and the HTTP API are thin layers over this class.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +32,7 @@ from stoker.queues.records import JobFilter, JobRecord
 from stoker.queues.stores import JobStore, open_job_store
 from stoker.queues.submit import submit
 from stoker.storage import Storage, open_storage
+from stoker.storage.sources import is_s3_url, list_s3, staged
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.execute import partial_output
 
@@ -68,16 +70,7 @@ class Stoker:
         priority: Priority | None = None,
     ) -> JobRecord:
         """Validate and queue a job; see queues.submit.submit for what is raised."""
-        return submit(
-            app=self.app,
-            store=self.store,
-            storage=self.storage,
-            ctx=PrepareContext(self.settings, self.catalog),
-            kind=kind,
-            request=request,
-            owner=owner,
-            priority=priority,
-        )
+        return self._submit_one(kind, request, owner, priority)
 
     def submit_batch(
         self,
@@ -92,18 +85,7 @@ class Stoker:
         recorded as failed children (with their reason) and the rest go on."""
 
         def submit_child(request: dict[str, Any], parent: str, index: int) -> JobRecord:
-            return submit(
-                app=self.app,
-                store=self.store,
-                storage=self.storage,
-                ctx=PrepareContext(self.settings, self.catalog),
-                kind=kind,
-                request=request,
-                owner=owner,
-                priority=priority,
-                parent=parent,
-                parent_index=index,
-            )
+            return self._submit_one(kind, request, owner, priority, parent, index)
 
         return submit_batch(
             store=self.store,
@@ -114,6 +96,48 @@ class Stoker:
             owner=owner,
             source=source,
         )
+
+    def _submit_one(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        owner: str,
+        priority: Priority | None,
+        parent: str | None = None,
+        parent_index: int | None = None,
+    ) -> JobRecord:
+        with self._staged(request) as local:
+            return submit(
+                app=self.app,
+                store=self.store,
+                storage=self.storage,
+                ctx=PrepareContext(self.settings, self.catalog),
+                kind=kind,
+                request=local,
+                owner=owner,
+                priority=priority,
+                parent=parent,
+                parent_index=parent_index,
+            )
+
+    @contextmanager
+    def _staged(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """``request`` with an ``s3://`` path replaced by a local copy, for the block."""
+        location = str(request.get("path", ""))
+        if not is_s3_url(location):
+            yield request
+            return
+        with staged(location, self.settings) as path:
+            yield {**request, "path": str(path), "name": request.get("name") or path.name}
+
+    def media_under(self, target: str) -> list[tuple[str, str]]:
+        """``(name, location)`` of every recording under a folder or an ``s3://`` prefix."""
+        from stoker.jobs.media import MEDIA_EXTENSIONS, find_media
+
+        if is_s3_url(target):
+            return list_s3(target, self.settings, MEDIA_EXTENSIONS)
+        root = Path(target)
+        return [(p.relative_to(root).as_posix(), str(p)) for p in find_media(root)]
 
     def children(self, batch_id: str) -> list[JobRecord]:
         return children(self.store, batch_id)

@@ -170,43 +170,42 @@ FormatsOpt = Annotated[str, typer.Option(help="Comma-separated: txt,srt,vtt,json
 WordsOpt = Annotated[bool, typer.Option("--word-timestamps", help="Word times in the JSON.")]
 
 
-def _transcribe_requests(
-    target: str, model: str, language: str, formats: str, words: bool
-) -> tuple[list[dict[str, Any]], bool]:
-    """The per-file requests for ``target`` and whether it is a batch (a folder)."""
-    from stoker.jobs.media import MEDIA_EXTENSIONS, find_media
+def _is_single(target: str) -> bool:
+    from stoker.jobs.media import MEDIA_EXTENSIONS
 
     if target.startswith("s3://"):
-        raise InvalidInput(
-            "reading recordings from an s3:// prefix is not supported yet; copy them here "
-            "first (e.g. `aws s3 sync s3://bucket/prefix ./archive`) and submit the folder."
-        )
+        return Path(target).suffix.lower() in MEDIA_EXTENSIONS
+    return not Path(target).is_dir()
+
+
+def _transcribe_requests(
+    client: Any, target: str, model: str, language: str, formats: str, words: bool
+) -> tuple[list[dict[str, Any]], bool]:
+    """The per-file requests for ``target`` and whether it is a batch (a folder or an
+    s3:// prefix, searched recursively)."""
     base = {
         "model": model,
         "language": language,
         "word_timestamps": words,
         "formats": [f.strip() for f in formats.split(",") if f.strip()],
     }
-    path = Path(target)
-    if not path.is_dir():
-        return [{**base, "path": str(path), "name": path.name}], False
-    files = find_media(path)
-    if not files:
-        kinds = " ".join(sorted(MEDIA_EXTENSIONS))
-        raise InvalidInput(f"{path} holds no audio or video files (looked for {kinds}).")
-    return [{**base, "path": str(f), "name": f.relative_to(path).as_posix()} for f in files], True
+    if _is_single(target):
+        return [{**base, "path": target, "name": target.rstrip("/").rsplit("/", 1)[-1]}], False
+    found = client.media_under(target)
+    if not found:
+        raise InvalidInput(
+            f"{target} holds no audio or video files; `stoker submit "
+            f"transcribe FILE` takes a single recording."
+        )
+    return [{**base, "path": location, "name": name} for name, location in found], True
 
 
 def _submit_transcribe(
-    client: Any, target: str, requests: list[dict[str, Any]], batch: bool, priority: Priority
+    client: Any, target: str, request_args: tuple[Any, ...], priority: Priority
 ) -> JobRecord:
+    requests, batch = _transcribe_requests(client, target, *request_args)
     if batch:
-        return client.submit_batch(
-            "transcribe",
-            requests,
-            source=target,
-            priority=priority,
-        )
+        return client.submit_batch("transcribe", requests, source=target, priority=priority)
     return client.submit("transcribe", requests[0], priority=priority)
 
 
@@ -220,10 +219,10 @@ def submit_transcribe(
     word_timestamps: WordsOpt = False,
     priority: PriorityOpt = "normal",
 ) -> None:
-    """Queue a recording (one job) or a folder of them (one batch, a job per file)."""
-    requests, batch = _transcribe_requests(target, model, language, formats, word_timestamps)
+    """Queue a recording (one job), or a folder or s3:// prefix of them (one batch)."""
+    args = (model, language, formats, word_timestamps)
     with client_of(ctx) as client:
-        record = _submit_transcribe(client, target, requests, batch, parse_priority(priority))
+        record = _submit_transcribe(client, target, args, parse_priority(priority))
     console.print(record.id)
 
 
@@ -238,12 +237,12 @@ def run_transcribe(
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Transcribe a recording or a folder on this machine; transcripts go to --out."""
-    requests, batch = _transcribe_requests(target, model, language, formats, word_timestamps)
+    """Transcribe a recording, a folder or an s3:// prefix here; transcripts go to --out."""
+    args = (model, language, formats, word_timestamps)
     _run_with(
         ctx,
         "transcribe",
-        lambda client: _submit_transcribe(client, target, requests, batch, "interactive"),
+        lambda client: _submit_transcribe(client, target, args, "interactive"),
         out,
         device,
     )

@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from stoker.cli.app import (
     JobArg,
@@ -25,26 +32,38 @@ from stoker.queues.records import JobFilter, JobRecord, JobState
 
 
 def follow(client: Any, job_id: str, timeout_s: float | None = None) -> JobRecord:
+    """Wait for the job with a progress bar: chunks (or files of a batch), audio, ETA."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("{task.fields[chunks]}"),
+        TextColumn("{task.fields[counts]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
     )
+    audio = _audio_hours(client, client.status(job_id))
     with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(job_id, total=None, chunks="")
+        task = bar.add_task(job_id, total=None, counts="")
 
         def update(rec: JobRecord) -> None:
+            p = rec.progress
             bar.update(
                 task,
-                description=f"{rec.kind} {rec.id} [{rec.progress.stage}]",
-                completed=rec.progress.done,
-                total=rec.progress.total or None,
-                chunks=f"{rec.progress.done}/{rec.progress.total} {_units(rec)}",
+                description=f"{rec.kind} {rec.id} [{p.stage}]",
+                completed=p.done,
+                total=p.total or None,
+                counts=f"{p.done}/{p.total} {_units(rec)}{audio}",
             )
 
         return client.wait(job_id, timeout_s=timeout_s, on_update=update)
+
+
+def _audio_hours(client: Any, record: JobRecord) -> str:
+    """ " · 3.2 h audio" for work on recordings, else ""; read once, not every poll."""
+    kids = client.children(record.id) if record.kind == BATCH_KIND else [record]
+    seconds = sum(float(k.params.get("duration_s") or 0) for k in kids)
+    return f" · {seconds / 3600:.2f} h audio" if seconds else ""
 
 
 def _units(record: JobRecord) -> str:

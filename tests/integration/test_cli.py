@@ -97,3 +97,38 @@ def test_models_and_doctor_and_help(data_dir: Path) -> None:
     for command in ([], ["worker"], ["submit", "speak"], ["run", "speak"], ["wait"]):
         helped = stoker(*command, "--help", data_dir=data_dir)
         assert helped.returncode == 0 and "Usage" in helped.stdout
+
+
+def test_run_transcribe_on_a_folder_writes_transcripts_beside_their_paths(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    from tests.media_files import speech_wav
+
+    # Given a folder with one recording in a subfolder and one empty file
+    archive = tmp_path / "archive"
+    (archive / "day1").mkdir(parents=True)
+    speech_wav(archive / "day1" / "talk.wav", "The lighthouse keeper lit the lamp.")
+    (archive / "empty.wav").write_bytes(b"")
+    out = tmp_path / "out"
+    # When it is transcribed on this machine
+    result = stoker(
+        "run",
+        "transcribe",
+        str(archive),
+        "--model",
+        "tiny.en",
+        "--formats",
+        "txt,srt",
+        "--out",
+        str(out),
+        data_dir=data_dir,
+    )
+    # Then the batch succeeded, the transcripts sit beside their relative paths, and
+    # the empty file is listed with its reason
+    assert result.returncode == 0, result.stderr
+    assert "lighthouse" in (out / "day1" / "talk.txt").read_text().lower()
+    assert (out / "day1" / "talk.srt").exists()
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["name"] for e in errors] == ["empty.wav"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request_counts"] == {"total": 2, "completed": 1, "failed": 1}

@@ -138,4 +138,62 @@ def test_a_worker_killed_mid_file_loses_nothing(deployment: Deployment, archive:
         text = client.storage.get_bytes(done.outputs[0].key).decode()
     assert done.state is JobState.SUCCEEDED, done.error
     assert done.progress.done == done.progress.total == len(job.chunks) >= 8
+    # Chunks finished before the kill were not redone: at most the one in flight was.
+    computed = sum(w.text().count(f"job {job.id} chunk ") for w in deployment.workers)
+    assert len(job.chunks) <= computed <= len(job.chunks) + 1
     assert wer(LONG_TEXT, text) < 0.15  # tiny.en; every chunk's speech once
+
+
+def test_an_s3_prefix_is_a_batch_too(
+    deployment: Deployment, archive: Path, s3_endpoint: str, s3_bucket: str
+) -> None:
+    import subprocess
+    import sys
+
+    import boto3
+
+    # Given recordings (and a non-recording) under a prefix of a bucket
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    for name in ("good/a.wav", "good/b.mp3"):
+        s3.upload_file(str(archive / name), s3_bucket, f"interviews/{name}")
+    s3.put_object(Bucket=s3_bucket, Key="interviews/README.txt", Body=b"not audio")
+    deployment.start_worker("transcribe")
+    # When the prefix is submitted with the CLI
+    env = {**os.environ, **deployment.env}
+    submitted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stoker.cli",
+            "submit",
+            "transcribe",
+            f"s3://{s3_bucket}/interviews/",
+            "--model",
+            "tiny.en",
+            "--formats",
+            "txt",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    with Stoker(deployment.settings()) as client:
+        done = client.wait(submitted.stdout.strip(), timeout_s=120)
+        kids = client.children(done.id)
+        texts = [client.storage.get_bytes(k.outputs[0].key).decode() for k in kids]
+    # Then both recordings were transcribed, named by their path under the prefix
+    assert done.state is JobState.SUCCEEDED
+    assert [k.params["name"] for k in kids] == ["good/a.wav", "good/b.mp3"]
+    assert all("lighthouse" in t.lower() for t in texts)
+    # And `stoker status` shows the counts and every file
+    status = subprocess.run(
+        [sys.executable, "-m", "stoker.cli", "status", done.id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "2 completed, 0 failed, 2 in all" in status.stdout
+    assert "good/a.wav" in status.stdout and "good/b.mp3" in status.stdout

@@ -33,3 +33,10 @@ class Loader(Protocol):
     def unload(self, model: Any) -> None:
         """Release what ``model`` holds; the manager drops its last reference after."""
         ...
+
+
+def short_reason(exc: BaseException) -> str:
+    """The first line of an error, clipped: ONNX Runtime's and CTranslate2's messages run long."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    return first if len(first) <= 200 else first[:197] + "..."

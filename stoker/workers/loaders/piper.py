@@ -7,6 +7,7 @@ from typing import Any
 
 from stoker.errors import MissingDependency, ModelLoadError
 from stoker.workers.catalog import ModelSpec
+from stoker.workers.loaders.base import short_reason
 
 
 def _import_piper() -> Any:
@@ -15,13 +16,6 @@ def _import_piper() -> Any:
     except ImportError as exc:
         raise MissingDependency("piper-tts", "speak", "Speaking text") from exc
     return piper
-
-
-def _short_reason(exc: BaseException) -> str:
-    """The first line of an error, clipped: ONNX Runtime's messages run long."""
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else type(exc).__name__
-    return first if len(first) <= 200 else first[:197] + "..."
 
 
 class PiperLoader:
@@ -46,7 +40,7 @@ class PiperLoader:
             )
         except Exception as exc:
             raise ModelLoadError(
-                f"could not load voice {spec.name!r} from {spec.path}: {_short_reason(exc)}; "
+                f"could not load voice {spec.name!r} from {spec.path}: {short_reason(exc)}; "
                 f"check the file is a Piper .onnx voice"
             ) from exc
 

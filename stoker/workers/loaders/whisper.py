@@ -7,7 +7,7 @@ from typing import Any
 
 from stoker.errors import MissingDependency, ModelLoadError
 from stoker.workers.catalog import ModelSpec
-from stoker.workers.loaders.piper import _short_reason
+from stoker.workers.loaders.base import short_reason
 
 
 def _import_faster_whisper() -> Any:
@@ -60,7 +60,7 @@ class WhisperLoader:
         except Exception as exc:
             raise ModelLoadError(
                 f"could not load Whisper model {spec.name!r} from {spec.path}: "
-                f"{_short_reason(exc)}; check the folder holds a CTranslate2 Whisper model "
+                f"{short_reason(exc)}; check the folder holds a CTranslate2 Whisper model "
                 f"(model.bin, config.json, tokenizer.json)"
             ) from exc
 

@@ -1,0 +1,47 @@
+"""Inputs that live in an S3-compatible bucket (``s3://bucket/prefix/``).
+
+Workers read every input from stoker's own storage under a content-addressed key, so
+a recording in another bucket is staged through the submitting machine: downloaded to
+a temporary file, submitted like a local file (hashed, probed, stored once), deleted.
+One object is staged at a time, so an archive larger than the local disk still works.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from stoker.config import Settings
+from stoker.storage.s3 import S3Storage, parse_s3_url
+
+
+def is_s3_url(location: str) -> bool:
+    return location.startswith("s3://")
+
+
+def list_s3(prefix_url: str, settings: Settings, suffixes: frozenset[str]) -> list[tuple[str, str]]:
+    """``(name, url)`` of every object under ``prefix_url`` whose suffix is in ``suffixes``.
+
+    Names are relative to the prefix (``talks/a.mp3``); hidden names are skipped.
+    """
+    if not prefix_url.endswith("/"):
+        prefix_url += "/"
+    storage = S3Storage(prefix_url, settings)
+    found = []
+    for info in storage.list(""):
+        path = PurePosixPath(info.key)
+        if path.suffix.lower() in suffixes and not any(p.startswith(".") for p in path.parts):
+            found.append((info.key, prefix_url + info.key))
+    return found
+
+
+@contextmanager
+def staged(url: str, settings: Settings) -> Iterator[Path]:
+    """A local copy of the object at ``url``, deleted when the block ends."""
+    bucket, key = parse_s3_url(url.rsplit("/", 1)[0] + "/")
+    name = url.rsplit("/", 1)[1]
+    storage = S3Storage(f"s3://{bucket}/{key}", settings)
+    with tempfile.TemporaryDirectory(prefix="stoker-stage-") as tmp:
+        yield storage.download(name, Path(tmp) / name)
