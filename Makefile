@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= speak,transcribe,dev
+EXTRAS ?= speak,transcribe,audiobook,dev
 # The venv is rebuilt only when what it is built from changes.
 DEPS_KEY := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_KEY)

@@ -246,3 +246,102 @@ def run_transcribe(
         out,
         device,
     )
+
+
+# --- audiobook ----------------------------------------------------------------------------
+
+BookArg = Annotated[Path, typer.Argument(help="An .epub, .md or .txt book.")]
+BookFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="Comma-separated: m4b (whole book) and/or mp3, flac, wav, ogg (one file per chapter).",
+    ),
+]
+ChaptersOpt = Annotated[str, typer.Option(help="auto, heading, blank-lines:N or none.")]
+FrontOpt = Annotated[bool, typer.Option(help="Keep copyright, dedication and TOC pages.")]
+ChapterSilenceOpt = Annotated[float, typer.Option(help="Seconds of silence between chapters.")]
+
+
+def _book_request(
+    book: Path,
+    voice: str | None,
+    fmt: str,
+    chapters_by: str,
+    front: bool,
+    speaker: str | None,
+    length_scale: float,
+    silence: float,
+    chapter_silence: float,
+) -> dict[str, Any]:
+    return {
+        "path": str(book),
+        "name": book.name,
+        "voice": voice,
+        "formats": [f.strip() for f in fmt.split(",") if f.strip()],
+        "chapters_by": chapters_by,
+        "skip_front_matter": not front,
+        "speaker": speaker,
+        "length_scale": length_scale,
+        "sentence_silence_s": silence,
+        "chapter_silence_s": chapter_silence,
+    }
+
+
+@submit_app.command("audiobook")
+def submit_audiobook(
+    ctx: typer.Context,
+    book: BookArg,
+    voice: VoiceOpt = None,
+    fmt: BookFormatOpt = "m4b,mp3",
+    chapters_by: ChaptersOpt = "auto",
+    front_matter: FrontOpt = False,
+    speaker: SpeakerOpt = None,
+    length_scale: LengthOpt = 1.0,
+    sentence_silence: SilenceOpt = 0.3,
+    chapter_silence: ChapterSilenceOpt = 1.5,
+    priority: PriorityOpt = "bulk",
+) -> None:
+    """Queue a book: one audio file per chapter and an M4B with chapter markers."""
+    request = _book_request(
+        book,
+        voice,
+        fmt,
+        chapters_by,
+        front_matter,
+        speaker,
+        length_scale,
+        sentence_silence,
+        chapter_silence,
+    )
+    _submit(ctx, "audiobook", request, priority)
+
+
+@run_app.command("audiobook")
+def run_audiobook(
+    ctx: typer.Context,
+    book: BookArg,
+    voice: VoiceOpt = None,
+    fmt: BookFormatOpt = "m4b,mp3",
+    chapters_by: ChaptersOpt = "auto",
+    front_matter: FrontOpt = False,
+    speaker: SpeakerOpt = None,
+    length_scale: LengthOpt = 1.0,
+    sentence_silence: SilenceOpt = 0.3,
+    chapter_silence: ChapterSilenceOpt = 1.5,
+    out: OutOpt = Path("."),
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Narrate a book on this machine; the chapters and the M4B go to --out."""
+    request = _book_request(
+        book,
+        voice,
+        fmt,
+        chapters_by,
+        front_matter,
+        speaker,
+        length_scale,
+        sentence_silence,
+        chapter_silence,
+    )
+    _run(ctx, "audiobook", request, out, device)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import importlib.util
 
 from stoker.errors import InvalidInput
+from stoker.jobs.audiobook import AudiobookCapability
 from stoker.jobs.base import Capability
 from stoker.jobs.echo import EchoCapability
 from stoker.jobs.speak import SpeakCapability
 from stoker.jobs.transcribe import TranscribeCapability
 
 CAPABILITIES: dict[str, Capability] = {
-    cap.kind: cap for cap in (SpeakCapability(), TranscribeCapability(), EchoCapability())
+    cap.kind: cap
+    for cap in (SpeakCapability(), AudiobookCapability(), TranscribeCapability(), EchoCapability())
 }
 
 

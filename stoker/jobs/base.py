@@ -42,7 +42,7 @@ class Prepared:
     inputs: dict[str, bytes] = field(default_factory=dict)  # kept under jobs/<id>/inputs/
     # Local files to store under content-addressed keys (key → path); a key that
     # already exists is not uploaded again, so resubmitting an archive is cheap.
-    uploads: dict[str, Path] = field(default_factory=dict)
+    uploads: dict[str, Path | bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,16 @@ class PrepareContext:
 
 #: Polled by long-running chunks; True means the job was cancelled: stop early.
 StopCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class AssembleContext:
+    """What assembly gets: the chunk outputs in order, a folder for the artifacts, and
+    local copies of the storage keys listed in ``params["assemble_inputs"]``."""
+
+    chunk_files: list[Path]
+    workdir: Path
+    inputs: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,10 +111,8 @@ class Capability(Protocol):
         """
         ...
 
-    def assemble(
-        self, params: dict[str, Any], chunk_files: list[Path], workdir: Path
-    ) -> list[Artifact]:
-        """Build the job's artifacts from its chunk outputs (in chunk order) under ``workdir``."""
+    def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
+        """Build the job's artifacts from its chunk outputs (in chunk order)."""
         ...
 
 

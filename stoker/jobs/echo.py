@@ -8,7 +8,6 @@ measure stoker's own cost per job.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,6 +15,7 @@ from pydantic import BaseModel
 from stoker.errors import InvalidInput
 from stoker.jobs.base import (
     Artifact,
+    AssembleContext,
     ChunkContext,
     ChunkPlan,
     PrepareContext,
@@ -50,9 +50,8 @@ class EchoCapability:
     ) -> None:
         ctx.out.write_text(payload["text"], encoding="utf-8")
 
-    def assemble(
-        self, params: dict[str, Any], chunk_files: list[Path], workdir: Path
-    ) -> list[Artifact]:
+    def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
+        chunk_files, workdir = ctx.chunk_files, ctx.workdir
         out = workdir / "echo.txt"
         shutil.copyfile(chunk_files[0], out)
         return [Artifact(out.name, out, "text/plain; charset=utf-8")]

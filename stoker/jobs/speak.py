@@ -18,6 +18,7 @@ from stoker.errors import InvalidInput, JobCancelled, MissingDependency
 from stoker.jobs import audio, text
 from stoker.jobs.base import (
     Artifact,
+    AssembleContext,
     ChunkContext,
     ChunkPlan,
     PrepareContext,
@@ -41,7 +42,7 @@ class SpeakRequest(BaseModel):
     sentence_silence_s: float = Field(default=0.2, ge=0.0, le=5.0)
 
 
-def _speaker_id(speaker: int | str | None, voice: str, info: VoiceInfo) -> int | None:
+def speaker_id(speaker: int | str | None, voice: str, info: VoiceInfo) -> int | None:
     if speaker is None:
         return None
     if isinstance(speaker, str) and not speaker.isdigit():
@@ -88,7 +89,7 @@ class SpeakCapability:
         params = {
             "voice": voice,
             "format": req.format,
-            "speaker_id": _speaker_id(req.speaker, voice, info),
+            "speaker_id": speaker_id(req.speaker, voice, info),
             "length_scale": req.length_scale,
             "sentence_silence_s": req.sentence_silence_s,
             "sample_rate": info.sample_rate,
@@ -112,9 +113,8 @@ class SpeakCapability:
     ) -> None:
         synthesize_to_wav(model, payload["text"], params, ctx.out, ctx.should_stop)
 
-    def assemble(
-        self, params: dict[str, Any], chunk_files: list[Path], workdir: Path
-    ) -> list[Artifact]:
+    def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
+        chunk_files, workdir = ctx.chunk_files, ctx.workdir
         fmt = audio.FORMATS[params["format"]]
         out = workdir / f"speech.{fmt.ext}"
         seconds = audio.concatenate(

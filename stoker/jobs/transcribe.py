@@ -21,6 +21,7 @@ from stoker.errors import InvalidInput, JobCancelled
 from stoker.jobs import cuts, media, transcript
 from stoker.jobs.base import (
     Artifact,
+    AssembleContext,
     ChunkContext,
     ChunkPlan,
     PrepareContext,
@@ -170,9 +171,8 @@ class TranscribeCapability:
         chunk = {"start": start, "end": stop, "transcript": transcript.to_json_dict(part)}
         ctx.out.write_text(json.dumps(chunk), encoding="utf-8")
 
-    def assemble(
-        self, params: dict[str, Any], chunk_files: list[Path], workdir: Path
-    ) -> list[Artifact]:
+    def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
+        chunk_files, workdir = ctx.chunk_files, ctx.workdir
         parts = [
             transcript.from_json_dict(json.loads(f.read_text(encoding="utf-8"))["transcript"])
             for f in chunk_files

@@ -66,9 +66,13 @@ def submit(
         key = input_key(record.id, name)
         storage.put_bytes(key, data, "text/plain; charset=utf-8")
         record.inputs.append(key)
-    for key, path in prepared.uploads.items():
-        if not storage.exists(key):  # content-addressed: the same bytes are there already
-            storage.put_file(key, path)
+    for key, content in prepared.uploads.items():
+        if storage.exists(key):  # content-addressed: the same bytes are there already
+            pass
+        elif isinstance(content, bytes):
+            storage.put_bytes(key, content)
+        else:
+            storage.put_file(key, content)
         record.inputs.append(key)
     store.create(record)
     _enqueue(app, store, record, prepared.chunks)

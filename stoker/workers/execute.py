@@ -19,7 +19,7 @@ from typing import Any
 from stoker.config import Settings
 from stoker.errors import StokerError
 from stoker.jobs import get_capability
-from stoker.jobs.base import Artifact, Capability, ChunkContext
+from stoker.jobs.base import Artifact, AssembleContext, Capability, ChunkContext
 from stoker.queues.batches import child_ended
 from stoker.queues.records import JobError, JobRecord, JobState, OutputRef
 from stoker.queues.stores.base import JobStore
@@ -140,7 +140,8 @@ class ChunkExecutor:
             ]
             workdir = Path(tmp) / "out"
             workdir.mkdir()
-            artifacts = cap.assemble(record.params, files, workdir)
+            inputs = {k: self.inputs.path_for(k) for k in record.params.get("assemble_inputs", [])}
+            artifacts = cap.assemble(record.params, AssembleContext(files, workdir, inputs))
             outputs = [self._store_artifact(record.id, a) for a in artifacts]
         outputs.append(self._write_manifest(record, artifacts, outputs))
         if self.store.succeed(record.id, outputs):

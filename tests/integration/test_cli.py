@@ -132,3 +132,23 @@ def test_run_transcribe_on_a_folder_writes_transcripts_beside_their_paths(
     assert [e["name"] for e in errors] == ["empty.wav"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+
+
+def test_run_audiobook_on_a_markdown_book(data_dir: Path, tmp_path: Path) -> None:
+    from mutagen.mp4 import MP4
+
+    book = tmp_path / "notes.md"
+    book.write_text(
+        "# The Harbour\n\nBoats came in at dawn.\n\n# The Light\n\nIt shone all night.\n"
+    )
+    out = tmp_path / "out"
+    result = stoker(
+        "run", "audiobook", str(book), "--format", "m4b,flac", "--out", str(out), data_dir=data_dir
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("*.flac")) == [
+        "001 The Harbour.flac",
+        "002 The Light.flac",
+    ]
+    chapters = MP4(str(next(out.glob("*.m4b")))).chapters
+    assert [c.title for c in chapters] == ["The Harbour", "The Light"]

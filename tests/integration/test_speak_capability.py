@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from stoker.config import load_settings
-from stoker.jobs.base import ChunkContext, PrepareContext
+from stoker.jobs.base import AssembleContext, ChunkContext, PrepareContext
 from stoker.jobs.speak import SpeakCapability
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.loaders.piper import PiperLoader
@@ -38,7 +38,7 @@ def speak(voice: Any, tmp_path: Path, **request: Any) -> tuple[Path, dict[str, A
         cap.run_chunk(voice, prepared.params, plan.payload, ChunkContext(out, lambda: False))
         chunk_files.append(out)
     (tmp_path / "out").mkdir(exist_ok=True)
-    [artifact] = cap.assemble(prepared.params, chunk_files, tmp_path / "out")
+    [artifact] = cap.assemble(prepared.params, AssembleContext(chunk_files, tmp_path / "out"))
     return artifact.path, artifact.meta
 
 

@@ -1,0 +1,189 @@
+"""audiobook: an EPUB, Markdown or text book → one audio file per chapter and an M4B.
+
+Plan (at submission): the book is read into chapters with their real titles
+(books.py); each chapter is its title as the first sentence, then its sentences,
+packed into chunks as for ``speak``. Chunks are content-addressed like speak's, so a
+rerun after a crash, or a resubmission with the same voice and options, synthesizes
+only what is missing. Assembly streams each chapter's chunks into per-chapter files
+(mp3, flac, wav or ogg) and the whole book into an AAC ``.m4b`` whose chapter markers
+carry the real titles, with the book's title, author and cover.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from stoker.errors import InvalidInput
+from stoker.jobs import audio, books, text
+from stoker.jobs.base import (
+    Artifact,
+    AssembleContext,
+    ChunkContext,
+    ChunkPlan,
+    PrepareContext,
+    Prepared,
+    parse_request,
+)
+from stoker.jobs.speak import speaker_id, synthesize_to_wav
+from stoker.storage.keys import content_digest, content_input_key
+
+BookFormat = Literal["m4b", "mp3", "flac", "wav", "ogg"]
+DEFAULT_FORMATS: tuple[BookFormat, ...] = ("m4b", "mp3")
+
+
+class AudiobookRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    path: str = Field(description="the book (.epub, .md, .txt) on the submitting machine")
+    name: str | None = None
+    voice: str | None = None
+    formats: list[BookFormat] = Field(
+        default_factory=lambda: list(DEFAULT_FORMATS),
+        description="m4b: the whole book; others: per chapter",
+    )
+    chapters_by: str = Field(default="auto", description="auto, heading, blank-lines:N, none")
+    skip_front_matter: bool = True
+    speaker: int | str | None = None
+    length_scale: float = Field(default=1.0, gt=0.1, le=5.0)
+    sentence_silence_s: float = Field(default=0.3, ge=0.0, le=5.0)
+    chapter_silence_s: float = Field(default=1.5, ge=0.0, le=10.0)
+
+
+def _cover(book: books.Book, params: dict[str, Any]) -> dict[str, Path | bytes]:
+    if book.cover is None:
+        return {}
+    ext = "png" if book.cover_type == "image/png" else "jpg"
+    key = content_input_key(content_digest(book.cover), ext)
+    params.update(cover_key=key, cover_type=book.cover_type, assemble_inputs=[key])
+    return {key: book.cover}
+
+
+class AudiobookCapability:
+    kind: str = "audiobook"
+    backend: str | None = "piper"
+    chunk_ext: str = "wav"
+    chunk_content_type: str = "audio/wav"
+    work_stage: str = "synthesize"
+    engines: tuple[tuple[str, str], ...] = (
+        ("piper", "speak"),
+        ("soundfile", "speak"),
+        ("ebooklib", "audiobook"),
+        ("av", "audiobook"),
+    )
+
+    def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
+        req: AudiobookRequest = parse_request(request, AudiobookRequest)
+        path = Path(req.path)
+        name = req.name or path.name
+        if not path.is_file():
+            raise InvalidInput(f"{name} does not exist or is not a file.")
+        voice = req.voice or ctx.settings.default_voice
+        spec = ctx.catalog.get(voice, backend="piper")
+        info = ctx.catalog.voice_info(voice)
+        book = books.read_book(
+            path, chapters_by=req.chapters_by, skip_front_matter=req.skip_front_matter, name=name
+        )
+        sound = {
+            "speaker_id": speaker_id(req.speaker, voice, info),
+            "length_scale": req.length_scale,
+            "sentence_silence_s": req.sentence_silence_s,
+        }
+        chunks, chapters = self._plan(book, spec.fingerprint, sound, ctx.settings.speak_chunk_chars)
+        params = {
+            "name": name,
+            "title": book.title,
+            "author": book.author,
+            "voice": voice,
+            "formats": list(dict.fromkeys(req.formats)),
+            "sample_rate": info.sample_rate,
+            "chapter_silence_s": req.chapter_silence_s,
+            "chapters": chapters,
+            **sound,
+        }
+        return Prepared(params=params, model=voice, chunks=chunks, uploads=_cover(book, params))
+
+    @staticmethod
+    def _plan(
+        book: books.Book, fingerprint: str, sound: dict[str, Any], max_chars: int
+    ) -> tuple[list[ChunkPlan], list[dict[str, Any]]]:
+        chunks: list[ChunkPlan] = []
+        chapters = []
+        for chapter in book.chapters:
+            heading = chapter.title if chapter.title[-1:] in ".!?" else f"{chapter.title}."
+            pieces = text.pack_chunks([heading, *text.split_sentences(chapter.text)], max_chars)
+            chapters.append({"title": chapter.title, "first": len(chunks), "count": len(pieces)})
+            chunks.extend(
+                ChunkPlan(payload={"text": p}, identity={"model": fingerprint, **sound, "text": p})
+                for p in pieces
+            )
+        return chunks, chapters
+
+    def run_chunk(
+        self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
+    ) -> None:
+        synthesize_to_wav(model, payload["text"], params, ctx.out, ctx.should_stop)
+
+    def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
+        chapters = [
+            audio.ChapterAudio(c["title"], ctx.chunk_files[c["first"] : c["first"] + c["count"]])
+            for c in params["chapters"]
+        ]
+        artifacts = [
+            a
+            for fmt in params["formats"]
+            if fmt != "m4b"
+            for a in _chapter_files(chapters, fmt, params, ctx.workdir)
+        ]
+        if "m4b" in params["formats"]:
+            artifacts.insert(0, _book_file(chapters, params, ctx))
+        return artifacts
+
+
+def _safe(title: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in " -_" else "_" for c in title).strip()
+    return cleaned[:60] or "chapter"
+
+
+def _chapter_files(
+    chapters: list[audio.ChapterAudio], fmt: str, params: dict[str, Any], workdir: Path
+) -> list[Artifact]:
+    spec = audio.FORMATS[fmt]
+    artifacts = []
+    for n, chapter in enumerate(chapters, start=1):
+        out = workdir / f"{n:03d} {_safe(chapter.title)}.{spec.ext}"
+        seconds = audio.concatenate(
+            chapter.parts, out, fmt, params["sample_rate"], params["sentence_silence_s"]
+        )
+        meta = {"chapter": n, "title": chapter.title, "duration_s": round(seconds, 3)}
+        artifacts.append(Artifact(out.name, out, spec.content_type, meta))
+    return artifacts
+
+
+def _book_file(
+    chapters: list[audio.ChapterAudio], params: dict[str, Any], ctx: AssembleContext
+) -> Artifact:
+    out = ctx.workdir / f"{_safe(params['title'])}.m4b"
+    metadata = {"title": params["title"], "album": params["title"], "genre": "Audiobook"}
+    if params.get("author"):
+        metadata["artist"] = params["author"]
+    starts = audio.write_m4b(
+        chapters,
+        out,
+        params["sample_rate"],
+        params["sentence_silence_s"],
+        params["chapter_silence_s"],
+        metadata,
+    )
+    if params.get("cover_key") in ctx.inputs:
+        audio.add_cover(out, ctx.inputs[params["cover_key"]].read_bytes(), params["cover_type"])
+    meta = {
+        "duration_s": round(audio.duration_s_av(out), 3),
+        "chapters": [
+            {"title": c.title, "start_s": round(s, 3)}
+            for c, s in zip(chapters, starts, strict=True)
+        ],
+    }
+    return Artifact(out.name, out, "audio/mp4", meta)
