@@ -139,6 +139,10 @@ class Stoker:
         root = Path(target)
         return [(p.relative_to(root).as_posix(), str(p)) for p in find_media(root)]
 
+    def done_chunks(self, job_id: str) -> set[int]:
+        """Indexes of the job's finished chunks (per-chapter progress of a book)."""
+        return self.store.done_chunks(job_id)
+
     def children(self, batch_id: str) -> list[JobRecord]:
         return children(self.store, batch_id)
 

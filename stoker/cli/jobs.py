@@ -113,6 +113,17 @@ def _print_children(kids: list[JobRecord]) -> None:
     console.print(table)
 
 
+def _print_chapters(record: JobRecord, done: set[int]) -> None:
+    """Per-chapter progress of a book: chunks done of each chapter's chunks."""
+    table = table_of("#", "chapter", "chunks done")
+    for n, chapter in enumerate(record.params["chapters"], start=1):
+        indexes = range(chapter["first"], chapter["first"] + chapter["count"])
+        table.add_row(
+            str(n), chapter["title"], f"{sum(i in done for i in indexes)}/{chapter['count']}"
+        )
+    console.print(table)
+
+
 def _print_record(record: JobRecord, client: Any) -> None:
     p = record.progress
     console.print(
@@ -121,6 +132,8 @@ def _print_record(record: JobRecord, client: Any) -> None:
     )
     if record.kind == BATCH_KIND:
         _print_children(client.children(record.id))
+    elif record.params.get("chapters"):
+        _print_chapters(record, client.done_chunks(record.id))
     if record.error:
         console.print(f"[red]error ({record.error.kind}):[/] {record.error.message}")
     for out in record.outputs:

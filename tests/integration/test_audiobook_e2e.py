@@ -79,6 +79,21 @@ def test_a_worker_killed_mid_book_redoes_only_missing_chunks(
         m4b = client.storage.download(done.outputs[0].key, tmp_path / "out.m4b")
     marks, _ = m4b_chapters(m4b)
     assert [t for _, t in marks] == [t for t, _ in a_story(3, 10)]  # every chapter once, in order
+    # `stoker status` shows each chapter's chunks, all done
+    import subprocess
+    import sys
+
+    status = subprocess.run(
+        [sys.executable, "-m", "stoker.cli", "status", job.id],
+        env={**os.environ, **deployment.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    for n, (title, _) in enumerate(a_story(3, 10), start=1):
+        chapter = job.params["chapters"][n - 1]
+        assert f"{title}" in status.stdout
+        assert f"{chapter['count']}/{chapter['count']}" in status.stdout
     computed = sum(w.text().count(f"job {job.id} chunk ") for w in deployment.workers)
     assert len(job.chunks) <= computed <= len(job.chunks) + 1
 
