@@ -77,11 +77,6 @@ def concatenate(
     return frames / sample_rate
 
 
-def duration_s(path: Path) -> float:
-    info = _soundfile().info(str(path))
-    return float(info.frames) / float(info.samplerate)
-
-
 @dataclass(frozen=True)
 class ChapterAudio:
     """One chapter of a book: its title and its chunk WAVs, in order."""
@@ -167,7 +162,7 @@ def add_cover(m4b: Path, image: bytes, content_type: str) -> None:
     tagged.save()
 
 
-def duration_s_av(path: Path) -> float:
+def duration_s(path: Path) -> float:
     """Duration of any container PyAV reads (soundfile cannot read MP4)."""
     import av
 

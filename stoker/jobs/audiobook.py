@@ -180,7 +180,7 @@ def _book_file(
     if params.get("cover_key") in ctx.inputs:
         audio.add_cover(out, ctx.inputs[params["cover_key"]].read_bytes(), params["cover_type"])
     meta = {
-        "duration_s": round(audio.duration_s_av(out), 3),
+        "duration_s": round(audio.duration_s(out), 3),
         "chapters": [
             {"title": c.title, "start_s": round(s, 3)}
             for c, s in zip(chapters, starts, strict=True)
