@@ -22,10 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, markdown_table, write_section  # noqa: E402
+from bench.common import machine, markdown_table, timed_on_workers, write_section  # noqa: E402
 from bench.overhead import PLAIN_PIPER  # noqa: E402
 from tests.books import write_epub  # noqa: E402
-from tests.deployment import Deployment  # noqa: E402
 from tests.servers import redis_server  # noqa: E402
 from tests.texts import story  # noqa: E402
 
@@ -36,8 +35,10 @@ def make_book(folder: Path, n_words: int) -> tuple[Path, Path, int]:
     """An EPUB and the same text as a plain file; returns both and the character count."""
     sentences = story(n_words).split(". ")
     per = len(sentences) // CHAPTERS
-    chapters = [(f"Chapter {i + 1}", ". ".join(sentences[i * per:(i + 1) * per]) + ".")
-                for i in range(CHAPTERS)]
+    chapters = [
+        (f"Chapter {i + 1}", ". ".join(sentences[i * per : (i + 1) * per]) + ".")
+        for i in range(CHAPTERS)
+    ]
     epub = write_epub(folder / "book.epub", "The Long Watch", "Bench Writer", chapters)
     plain = folder / "book.txt"
     plain.write_text("\n\n".join(text for _, text in chapters), encoding="utf-8")
@@ -51,24 +52,15 @@ def plain_piper(text: Path, out: Path) -> float:
 
 
 def via_stoker(epub: Path, workers: int, redis_url: str, data_dir: Path) -> float:
-    from stoker.client import Stoker
-    from stoker.config import load_settings
-
-    data_dir.mkdir(parents=True)
-    dep = Deployment(env={"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)},
-                     workdir=data_dir)
-    try:
-        for _ in range(workers):
-            dep.start_worker("audiobook", "--preload", "en_US-joe-medium")
-        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
-            start = time.perf_counter()
-            job = client.submit("audiobook", {"path": str(epub), "formats": ["m4b", "mp3"]})
-            done = client.wait(job.id, timeout_s=7200, poll_s=0.1)
-            elapsed = time.perf_counter() - start
-        assert done.state == "succeeded", done.error
-        return elapsed
-    finally:
-        dep.stop_all()
+    request = {"path": str(epub), "formats": ["m4b", "mp3"]}
+    return timed_on_workers(
+        "audiobook",
+        "en_US-joe-medium",
+        workers,
+        redis_url,
+        data_dir,
+        lambda client: client.submit("audiobook", request),
+    )
 
 
 def main() -> None:
@@ -87,15 +79,20 @@ def main() -> None:
     def row(name: str, seconds: float) -> list[str]:
         return [name, f"{seconds:.0f}", f"{chars / seconds:.0f}", f"{plain_s / seconds:.2f}"]
 
-    body = "\n\n".join([
-        f"Machine: {machine()}. Command: `python bench/audiobook.py --words {args.words}`. "
-        f"{args.words} words, {CHAPTERS} chapters, {chars} characters; voice en_US-joe-medium.",
-        markdown_table(["path", "wall s", "chars / s", "vs plain piper"], [
-            row("plain piper: whole text, one loop, one WAV (incl. voice load)", plain_s),
-            row("stoker, 1 worker: M4B + 20 MP3s (voice warm)", one_s),
-            row("stoker, 2 workers on the same 2 cores", two_s),
-        ]),
-    ])
+    body = "\n\n".join(
+        [
+            f"Machine: {machine()}. Command: `python bench/audiobook.py --words {args.words}`. "
+            f"{args.words} words, {CHAPTERS} chapters, {chars} characters; voice en_US-joe-medium.",
+            markdown_table(
+                ["path", "wall s", "chars / s", "vs plain piper"],
+                [
+                    row("plain piper: whole text, one loop, one WAV (incl. voice load)", plain_s),
+                    row("stoker, 1 worker: M4B + 20 MP3s (voice warm)", one_s),
+                    row("stoker, 2 workers on the same 2 cores", two_s),
+                ],
+            ),
+        ]
+    )
     print(body)
     if not args.no_write:
         write_section("audiobook", body)

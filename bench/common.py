@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -52,3 +53,34 @@ def write_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOCS.write_text(text)
+
+
+def timed_on_workers(
+    queue: str,
+    model: str,
+    workers: int,
+    redis_url: str,
+    data_dir: Path,
+    submit: Callable[[Any], Any],
+) -> float:
+    """Seconds from ``submit(client)`` to its job being done, served by ``workers`` real
+    `stoker worker` processes on ``queue`` with ``model`` preloaded (started beforehand)."""
+    from stoker.client import Stoker
+    from stoker.config import load_settings
+    from tests.deployment import Deployment
+
+    data_dir.mkdir(parents=True)
+    dep = Deployment(
+        env={"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)}, workdir=data_dir
+    )
+    try:
+        for _ in range(workers):  # each returns once its model is loaded and it consumes
+            dep.start_worker(queue, "--preload", model)
+        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
+            start = time.perf_counter()
+            done = client.wait(submit(client).id, timeout_s=7200, poll_s=0.05)
+            elapsed = time.perf_counter() - start
+        assert done.state == "succeeded", done.error
+        return elapsed
+    finally:
+        dep.stop_all()

@@ -24,8 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, markdown_table, write_section  # noqa: E402
-from tests.deployment import Deployment  # noqa: E402
+from bench.common import machine, markdown_table, timed_on_workers, write_section  # noqa: E402
 from tests.media_files import speech_wav  # noqa: E402
 from tests.servers import redis_server  # noqa: E402
 from tests.texts import story  # noqa: E402
@@ -81,30 +80,20 @@ def batched_vs_sequential(files: list[Path], path: str) -> tuple[float, float]:
 
 
 def via_stoker(folder: Path, workers: int, redis_url: str, data_dir: Path) -> float:
-    from stoker.client import Stoker
-    from stoker.config import load_settings
     from stoker.jobs.media import find_media
 
-    data_dir.mkdir(parents=True)
-    dep = Deployment(
-        env={"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)}, workdir=data_dir
+    requests = [
+        {"path": str(f), "name": f.name, "model": MODEL, "formats": ["txt"]}
+        for f in find_media(folder)
+    ]
+    return timed_on_workers(
+        "transcribe",
+        MODEL,
+        workers,
+        redis_url,
+        data_dir,
+        lambda client: client.submit_batch("transcribe", requests, source=str(folder)),
     )
-    try:
-        for _ in range(workers):  # each returns once its model is loaded and it consumes
-            dep.start_worker("transcribe", "--preload", MODEL)
-        requests = [
-            {"path": str(f), "name": f.name, "model": MODEL, "formats": ["txt"]}
-            for f in find_media(folder)
-        ]
-        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
-            start = time.perf_counter()
-            batch = client.submit_batch("transcribe", requests, source=str(folder))
-            done = client.wait(batch.id, timeout_s=3600, poll_s=0.05)
-            elapsed = time.perf_counter() - start
-        assert done.state == "succeeded", done.error
-        return elapsed
-    finally:
-        dep.stop_all()
 
 
 def main() -> None:
