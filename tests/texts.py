@@ -18,12 +18,6 @@ def sentences(n: int) -> str:
     return " ".join(parts[i % len(parts)].rstrip(".") + "." for i in range(n))
 
 
-def words(n: int) -> str:
-    """A text of exactly ``n`` words, cycling through PARAGRAPH."""
-    vocab = PARAGRAPH.split()
-    return " ".join(vocab[i % len(vocab)] for i in range(n))
-
-
 def story(n_words: int) -> str:
     """About ``n_words`` of plain English in which no two sentences are the same.
 

@@ -27,7 +27,7 @@ from stoker.jobs.base import (
     Prepared,
     parse_request,
 )
-from stoker.jobs.speak import speaker_id, synthesize_to_wav
+from stoker.jobs.speak import speaker_id, speech_chunks, synthesize_to_wav
 from stoker.storage.keys import content_digest, content_input_key
 
 BookFormat = Literal["m4b", "mp3", "flac", "wav", "ogg"]
@@ -115,10 +115,7 @@ class AudiobookCapability:
             heading = chapter.title if chapter.title[-1:] in ".!?" else f"{chapter.title}."
             pieces = text.pack_chunks([heading, *text.split_sentences(chapter.text)], max_chars)
             chapters.append({"title": chapter.title, "first": len(chunks), "count": len(pieces)})
-            chunks.extend(
-                ChunkPlan(payload={"text": p}, identity={"model": fingerprint, **sound, "text": p})
-                for p in pieces
-            )
+            chunks.extend(speech_chunks(pieces, fingerprint, sound))
         return chunks, chapters
 
     def run_chunk(

@@ -59,17 +59,26 @@ def speaker_id(speaker: int | str | None, voice: str, info: VoiceInfo) -> int | 
     return sid if info.num_speakers > 1 else None
 
 
-def check_text(raw: str, limit_bytes: int, what: str = "text") -> str:
+def check_text(raw: str, limit_bytes: int) -> str:
     size = len(raw.encode("utf-8"))
     if size > limit_bytes:
         raise InvalidInput(
-            f"the {what} is {size / 1e6:.1f} MB, over the {limit_bytes / 1e6:.1f} MB limit "
+            f"the text is {size / 1e6:.1f} MB, over the {limit_bytes / 1e6:.1f} MB limit "
             f"(max_text_bytes); split it, or use `stoker submit audiobook` for books."
         )
     clean = text.normalise(raw)
     if not clean.strip():
-        raise InvalidInput(f"the {what} to speak is empty; pass --text or a non-empty --file.")
+        raise InvalidInput("the text to speak is empty; pass --text or a non-empty --file.")
     return clean
+
+
+def speech_chunks(pieces: list[str], fingerprint: str, sound: dict[str, Any]) -> list[ChunkPlan]:
+    """One chunk per piece of text. The identity is the voice, the options that change
+    the sound and the text alone, so `speak` and `audiobook` reuse each other's chunks."""
+    return [
+        ChunkPlan(payload={"text": p}, identity={"model": fingerprint, **sound, "text": p})
+        for p in pieces
+    ]
 
 
 class SpeakCapability:
@@ -97,13 +106,7 @@ class SpeakCapability:
         }
         sound = {k: params[k] for k in ("speaker_id", "length_scale", "sentence_silence_s")}
         pieces = text.pack_chunks(text.split_sentences(clean), ctx.settings.speak_chunk_chars)
-        chunks = [
-            ChunkPlan(
-                payload={"text": piece},
-                identity={"model": spec.fingerprint, **sound, "text": piece},
-            )
-            for piece in pieces
-        ]
+        chunks = speech_chunks(pieces, spec.fingerprint, sound)
         return Prepared(
             params=params, model=voice, chunks=chunks, inputs={"input.txt": clean.encode("utf-8")}
         )

@@ -31,7 +31,6 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
 
 
 class Progress(BaseModel):
@@ -40,10 +39,6 @@ class Progress(BaseModel):
     done: int = 0
     total: int = 0
     stage: str = "queued"
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 0.0
 
 
 class OutputRef(BaseModel):

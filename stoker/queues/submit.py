@@ -67,13 +67,13 @@ def submit(
         storage.put_bytes(key, data, "text/plain; charset=utf-8")
         record.inputs.append(key)
     for key, content in prepared.uploads.items():
+        record.inputs.append(key)
         if storage.exists(key):  # content-addressed: the same bytes are there already
-            pass
-        elif isinstance(content, bytes):
+            continue
+        if isinstance(content, bytes):
             storage.put_bytes(key, content)
         else:
             storage.put_file(key, content)
-        record.inputs.append(key)
     store.create(record)
     _enqueue(app, store, record, prepared.chunks)
     log.info("queued %s job %s: %d chunk(s)", kind, record.id, len(chunks))
