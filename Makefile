@@ -4,7 +4,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= speak,transcribe,audiobook,dev
+EXTRAS ?= speak,transcribe,audiobook,generate,embed,image,mesh,api,dev
+# llama-cpp-python has no wheel on PyPI for this platform: it compiles from source
+# (about 4 minutes on 2 cores). It is built once per pinned version into a wheelhouse
+# outside the checkout and installed from there; a fresh machine builds it.
+WHEELHOUSE ?= $(HOME)/.cache/stoker/wheels
+LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
+LLAMA_WHEEL := $(WHEELHOUSE)/.built-llama-cpp-python-$(LLAMA_VERSION)
 # The venv is rebuilt only when what it is built from changes.
 DEPS_KEY := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_KEY)
@@ -12,10 +18,17 @@ DEMO_OUT ?= out/demo
 
 .PHONY: install demo test test-fast lint bench clean
 
-$(DEPS_STAMP): pyproject.toml constraints.txt
+$(LLAMA_WHEEL):
+	mkdir -p $(WHEELHOUSE)
+	# Portable build: the wheel may be reused on another machine of the same kind.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PYTHON) -m pip wheel -q --no-deps -w $(WHEELHOUSE) \
+	  llama-cpp-python==$(LLAMA_VERSION)
+	touch $@
+
+$(DEPS_STAMP): pyproject.toml constraints.txt $(LLAMA_WHEEL)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q -c constraints.txt --find-links $(WHEELHOUSE) -e '.[$(EXTRAS)]'
 	rm -f $(VENV)/.deps-* && touch $@
 
 # The editable install is redone every time (seconds): a cached venv may have been

@@ -97,6 +97,21 @@ class Stoker:
             source=source,
         )
 
+    def submit_child(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        *,
+        parent: str,
+        index: int,
+        owner: str = "local",
+        priority: Priority | None = None,
+    ) -> JobRecord:
+        """Submit one child of a batch the caller records itself (the HTTP API's
+        OpenAI batches go through ``queues.batches.submit_batch`` with their own
+        per-line translation); raises like :meth:`submit`."""
+        return self._submit_one(kind, request, owner, priority, parent, index)
+
     def _submit_one(
         self,
         kind: str,

@@ -44,6 +44,30 @@ class ModelEntry(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="load options")
 
 
+class ApiSettings(BaseModel):
+    """The HTTP API (``stoker api``): where it listens and what it accepts."""
+
+    model_config = {"extra": "forbid"}
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=2_000_000, gt=0)  # JSON bodies
+    max_upload_bytes: int = Field(default=2 * 2**30, gt=0)  # multipart file uploads
+    max_batch_lines: int = Field(default=50_000, gt=0)
+    # Queued chunk messages per capability beyond which submissions get 429.
+    max_queue_depth: dict[str, int] = Field(default_factory=dict)
+    default_max_queue_depth: int | None = Field(default=None, gt=0)
+    retry_after_s: int = Field(default=5, gt=0)  # Retry-After of a 429
+    sync_wait_s: float = Field(default=120.0, gt=0)  # sync OpenAI routes wait this long
+    # Local paths a job's "path" param may name (nothing else on the API host is readable).
+    path_roots: list[Path] = Field(default_factory=list)
+    webhook_allow_hosts: list[str] = Field(default_factory=list)  # empty: any host
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_backoff_s: float = Field(default=2.0, gt=0)  # doubles after each failure
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    poll_s: float = Field(default=0.5, gt=0)  # webhook watcher and SSE polling period
+
+
 def default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
@@ -88,16 +112,22 @@ class Settings(BaseSettings):
     # Audio per transcription chunk: long files become many short tasks, each far
     # inside the visibility timeout. Boundaries move to the nearest pause.
     transcribe_chunk_s: float = Field(default=600.0, ge=5.0)
+    # Batchable capabilities (embed): a worker buffers up to this many chunks, of any
+    # jobs, or waits at most batch_wait_s for more, then runs them in one model call.
+    batch_max_chunks: int = Field(default=64, ge=1, le=1024)
+    batch_wait_s: float = Field(default=0.05, ge=0)
 
     # --- models and memory ------------------------------------------------------------
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     default_voice: str = "en_US-joe-medium"
+    default_embed_model: str = "all-MiniLM-L6-v2"
     # Per pool ("cpu", "cuda:0", ...). A pool with no entry gets a share of its memory.
     budgets: dict[str, ByteSize] = Field(default_factory=dict)
     keep_alive_s: float | None = Field(default=None, gt=0)  # None: never unload idle models
     pinned_models: list[str] = Field(default_factory=list)
 
     log_level: str = "INFO"
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

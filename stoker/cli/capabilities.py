@@ -27,7 +27,7 @@ from stoker.queues.records import JobRecord
 # --- speak / echo requests --------------------------------------------------------------
 
 
-def _read_text(text: str | None, file: Path | None, limit_bytes: int) -> str:
+def read_text_option(text: str | None, file: Path | None, limit_bytes: int) -> str:
     from stoker.jobs.text import decode_text
 
     if (text is None) == (file is None):
@@ -65,7 +65,7 @@ def _speak_request(
     length_scale: float,
     silence: float,
 ) -> dict[str, Any]:
-    body = _read_text(text, file, settings_of(ctx).max_text_bytes)
+    body = read_text_option(text, file, settings_of(ctx).max_text_bytes)
     return {
         "text": body,
         "voice": voice,
@@ -90,7 +90,7 @@ def submit_speak(
 ) -> None:
     """Queue text to be spoken by a Piper voice."""
     request = _speak_request(ctx, text, file, voice, fmt, speaker, length_scale, sentence_silence)
-    _submit(ctx, "speak", request, priority)
+    submit_job(ctx, "speak", request, priority)
 
 
 @submit_app.command("echo")
@@ -100,10 +100,10 @@ def submit_echo(
     priority: PriorityOpt = "normal",
 ) -> None:
     """Queue a no-model job that returns its text (a round-trip check)."""
-    _submit(ctx, "echo", {"text": text}, priority)
+    submit_job(ctx, "echo", {"text": text}, priority)
 
 
-def _submit(ctx: typer.Context, kind: str, request: dict[str, Any], priority: str) -> None:
+def submit_job(ctx: typer.Context, kind: str, request: dict[str, Any], priority: str) -> None:
     with client_of(ctx) as client:
         record = client.submit(kind, request, priority=parse_priority(priority))
     console.print(record.id)
@@ -124,7 +124,7 @@ def run_speak(
 ) -> None:
     """Speak text on this machine and write the audio to --out."""
     request = _speak_request(ctx, text, file, voice, fmt, speaker, length_scale, sentence_silence)
-    _run(ctx, "speak", request, out, device)
+    run_job(ctx, "speak", request, out, device)
 
 
 @run_app.command("echo")
@@ -135,16 +135,16 @@ def run_echo(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Echo text through an in-process worker (a round-trip check)."""
-    _run(ctx, "echo", {"text": text}, out, device)
+    run_job(ctx, "echo", {"text": text}, out, device)
 
 
-def _run(ctx: typer.Context, kind: str, request: dict[str, Any], out: Path, device: str) -> None:
-    _run_with(
+def run_job(ctx: typer.Context, kind: str, request: dict[str, Any], out: Path, device: str) -> None:
+    run_with(
         ctx, kind, lambda client: client.submit(kind, request, priority="interactive"), out, device
     )
 
 
-def _run_with(
+def run_with(
     ctx: typer.Context, kind: str, submit: Callable[[Any], JobRecord], out: Path, device: str
 ) -> None:
     """Submit with ``submit(client)``, serve ``kind`` in-process until done, download."""
@@ -239,7 +239,7 @@ def run_transcribe(
 ) -> None:
     """Transcribe a recording, a folder or an s3:// prefix here; transcripts go to --out."""
     args = (model, language, formats, word_timestamps)
-    _run_with(
+    run_with(
         ctx,
         "transcribe",
         lambda client: _submit_transcribe(client, target, args, "interactive"),
@@ -314,7 +314,7 @@ def submit_audiobook(
         sentence_silence,
         chapter_silence,
     )
-    _submit(ctx, "audiobook", request, priority)
+    submit_job(ctx, "audiobook", request, priority)
 
 
 @run_app.command("audiobook")
@@ -344,4 +344,4 @@ def run_audiobook(
         sentence_silence,
         chapter_silence,
     )
-    _run(ctx, "audiobook", request, out, device)
+    run_job(ctx, "audiobook", request, out, device)

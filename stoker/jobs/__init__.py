@@ -12,12 +12,21 @@ from stoker.errors import InvalidInput
 from stoker.jobs.audiobook import AudiobookCapability
 from stoker.jobs.base import Capability
 from stoker.jobs.echo import EchoCapability
+from stoker.jobs.embed import EmbedCapability
+from stoker.jobs.generate import GenerateCapability
 from stoker.jobs.speak import SpeakCapability
 from stoker.jobs.transcribe import TranscribeCapability
 
 CAPABILITIES: dict[str, Capability] = {
     cap.kind: cap
-    for cap in (SpeakCapability(), AudiobookCapability(), TranscribeCapability(), EchoCapability())
+    for cap in (
+        SpeakCapability(),
+        AudiobookCapability(),
+        TranscribeCapability(),
+        EmbedCapability(),
+        GenerateCapability(),
+        EchoCapability(),
+    )
 }
 
 

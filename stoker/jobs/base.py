@@ -37,6 +37,8 @@ class Prepared:
     """A validated request, ready to become a job record and chunk tasks."""
 
     params: dict[str, Any]  # stored in the job record: JSON-safe, no large inputs
+    # params["load_options"], when present, are added to the model's configured load
+    # options (ModelSpec.with_options): a job asking for another n_ctx gets its own model.
     model: str | None  # catalog name of the model the chunks need, if any
     chunks: list[ChunkPlan]
     inputs: dict[str, bytes] = field(default_factory=dict)  # kept under jobs/<id>/inputs/

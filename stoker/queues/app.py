@@ -41,6 +41,8 @@ PRIORITY_STEPS = [0, 3, 6, 9]
 PRIORITIES: dict[Priority, int] = {"interactive": 0, "normal": 3, "bulk": 6}
 
 RUN_CHUNK_TASK = "stoker.run_chunk"
+#: The same work for batchable capabilities: a worker runs many at once (batching.py).
+BATCHED_CHUNK_TASK = "stoker.run_chunk_batched"
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -84,6 +86,7 @@ def make_celery(settings: Settings) -> Celery:
         # The SQL transport has no fanout exchanges, so broadcast features are off there.
         worker_enable_remote_control=not settings.embedded_broker,
     )
+    app.stoker_settings = settings  # read by the tasks and the batching strategy
     from stoker.queues.tasks import register_tasks
 
     register_tasks(app, settings)

@@ -16,7 +16,7 @@ from stoker.config import Priority
 from stoker.errors import BrokerUnavailable
 from stoker.jobs import get_capability
 from stoker.jobs.base import ChunkPlan, PrepareContext
-from stoker.queues.app import RUN_CHUNK_TASK, priority_value
+from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK, priority_value
 from stoker.queues.records import ChunkRef, JobError, JobRecord, Progress, new_record
 from stoker.queues.stores.base import JobStore
 from stoker.storage import Storage
@@ -83,9 +83,12 @@ def submit(
 def _enqueue(app: Celery, store: JobStore, record: JobRecord, plans: list[ChunkPlan]) -> None:
     try:
         with app.producer_or_acquire() as producer:
+            # Batchable capabilities' chunks are run many at a time (batching.py).
+            batched = getattr(get_capability(record.kind), "batchable", False)
+            task = BATCHED_CHUNK_TASK if batched else RUN_CHUNK_TASK
             for i, plan in enumerate(plans):
                 app.send_task(
-                    RUN_CHUNK_TASK,
+                    task,
                     args=(record.id, i, plan.payload),
                     queue=record.kind,
                     routing_key=record.kind,

@@ -1,4 +1,4 @@
-"""The one Celery task: run one chunk of one job.
+"""The Celery tasks: run one chunk of one job (or, batched, many chunks at once).
 
 A job of N chunks is N ``stoker.run_chunk`` messages on its capability's queue. Fan-in
 is counted in the job store: each finished chunk is recorded atomically, and the
@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery, Task
+from celery.worker.state import task_ready
 
 from stoker.errors import (
     InternalError,
@@ -23,7 +24,7 @@ from stoker.errors import (
     StokerError,
     TransientError,
 )
-from stoker.queues.app import RUN_CHUNK_TASK
+from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK
 
 if TYPE_CHECKING:
     from stoker.config import Settings
@@ -36,7 +37,13 @@ class Executor(Protocol):
 
     def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None: ...
 
+    def run_chunks(self, items: list[ChunkArgs]) -> list[BaseException | None]: ...
+
     def fail(self, job_id: str, error: StokerError) -> None: ...
+
+
+#: A chunk task's arguments: job id, chunk index, payload.
+ChunkArgs = tuple[str, int, dict[str, Any]]
 
 
 def attach_executor(app: Celery, executor: Executor) -> None:
@@ -55,6 +62,56 @@ def backoff_s(settings: Settings, retries: int) -> float:
     return min(settings.retry_backoff_s * (2**retries), settings.retry_backoff_max_s)
 
 
+def settle(
+    executor: Executor, settings: Settings, args: ChunkArgs, exc: BaseException, retries: int
+) -> float | None:
+    """Decide what happens to a chunk whose run raised ``exc``: seconds until a retry,
+    or None when it is settled (the job failed, or was cancelled)."""
+    job_id, index, _ = args
+    if isinstance(exc, JobCancelled):
+        log.info("job %s chunk %d stopped: cancelled", job_id, index)
+    elif isinstance(exc, TransientError):
+        if retries < settings.task_max_retries:
+            delay = backoff_s(settings, retries)
+            log.warning("job %s chunk %d: %s; retrying in %.0fs", job_id, index, exc, delay)
+            return delay
+        executor.fail(job_id, exc)
+    elif isinstance(exc, PermanentError):
+        log.warning("job %s failed: %s", job_id, exc)
+        executor.fail(job_id, exc)
+    else:  # a bug of ours: fail this job, keep the worker serving
+        log.error("job %s chunk %d crashed", job_id, index, exc_info=exc)
+        executor.fail(job_id, _internal(exc))
+    return None
+
+
+class BatchedChunkTask(Task):
+    """``stoker.run_chunk_batched``: chunks that a worker runs many at a time
+    (queues/batching.py forms the batches; this runs one)."""
+
+    Strategy = "stoker.queues.batching:batching_strategy"
+
+    def run_batch(self, requests: list[Any]) -> None:
+        """Run the chunks of ``requests`` together; acknowledge or retry each."""
+        executor, settings = _executor(self.app), self.app.stoker_settings
+        items: list[ChunkArgs] = [tuple(r.args) for r in requests]
+        outcomes = executor.run_chunks(items)
+        for request, args, exc in zip(requests, items, outcomes, strict=True):
+            retries = int(request.request_dict.get("retries") or 0)
+            delay = None if exc is None else settle(executor, settings, args, exc, retries)
+            if delay is not None:
+                # What Task.retry does: publish a copy with a countdown, ack this one.
+                self.apply_async(
+                    args=args,
+                    countdown=delay,
+                    retries=retries + 1,
+                    queue=request.delivery_info.get("routing_key"),
+                    priority=request.delivery_info.get("priority"),
+                )
+            request.acknowledge()
+            task_ready(request, successful=exc is None)
+
+
 def register_tasks(app: Celery, settings: Settings) -> None:
     # shared=False: a client and an in-process worker are two apps in one process,
     # each with its own settings; a shared task would be bound to the first one only.
@@ -63,24 +120,30 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         executor = _executor(self.app)
         try:
             executor.run_chunk(job_id, index, payload)
-        except JobCancelled:
-            log.info("job %s chunk %d stopped: cancelled", job_id, index)
-        except TransientError as exc:
-            if self.request.retries >= settings.task_max_retries:
-                executor.fail(job_id, exc)
-                return
-            delay = backoff_s(settings, self.request.retries)
-            log.warning("job %s chunk %d: %s; retrying in %.0fs", job_id, index, exc, delay)
-            raise self.retry(exc=exc, countdown=delay) from exc
-        except PermanentError as exc:
-            log.warning("job %s failed: %s", job_id, exc)
-            executor.fail(job_id, exc)
-        except Exception as exc:  # a bug of ours: fail this job, keep the worker serving
-            log.exception("job %s chunk %d crashed", job_id, index)
-            executor.fail(job_id, _internal(exc))
+        except Exception as exc:
+            delay = settle(executor, settings, (job_id, index, payload), exc, self.request.retries)
+            if delay is not None:
+                raise self.retry(exc=exc, countdown=delay) from exc
+
+    @app.task(
+        name=BATCHED_CHUNK_TASK,
+        base=BatchedChunkTask,
+        bind=True,
+        shared=False,
+        max_retries=settings.task_max_retries,
+    )
+    def run_chunk_batched(self: Task, job_id: str, index: int, payload: dict[str, Any]) -> None:
+        # Reached for a retried chunk (an ETA message goes straight to the pool):
+        # a batch of one.
+        args: ChunkArgs = (job_id, index, payload)
+        exc = _executor(self.app).run_chunks([args])[0]
+        if exc is not None:
+            delay = settle(_executor(self.app), settings, args, exc, self.request.retries)
+            if delay is not None:
+                raise self.retry(exc=exc, countdown=delay) from exc
 
 
-def _internal(exc: Exception) -> InternalError:
+def _internal(exc: BaseException) -> InternalError:
     return InternalError(
         f"internal error ({type(exc).__name__}: {exc}); this is a stoker bug, the worker "
         f"log has the traceback — please report it."

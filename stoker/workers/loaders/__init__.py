@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from stoker.workers.loaders.base import Loader
+from stoker.workers.loaders.embedding import EmbeddingLoader
+from stoker.workers.loaders.llama import LlamaLoader
 from stoker.workers.loaders.piper import PiperLoader
 from stoker.workers.loaders.whisper import WhisperLoader
 
-__all__ = ["Loader", "PiperLoader", "WhisperLoader", "default_loaders"]
+__all__ = [
+    "EmbeddingLoader",
+    "LlamaLoader",
+    "Loader",
+    "PiperLoader",
+    "WhisperLoader",
+    "default_loaders",
+]
 
 
 def default_loaders() -> dict[str, Loader]:
     """One loader per backend name. Cheap: no backend library is imported here."""
-    loaders: list[Loader] = [PiperLoader(), WhisperLoader()]
+    loaders: list[Loader] = [PiperLoader(), WhisperLoader(), EmbeddingLoader()]
+    loaders.append(LlamaLoader())
     return {loader.backend: loader for loader in loaders}

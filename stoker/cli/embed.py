@@ -1,0 +1,98 @@
+"""`stoker submit embed` and `stoker run embed`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stoker.cli.app import DeviceOpt, OutOpt, PriorityOpt, run_app, settings_of, submit_app
+from stoker.cli.capabilities import run_job, submit_job
+from stoker.errors import InvalidInput
+
+TextOpt = Annotated[str | None, typer.Option("--text", help="One text to embed.")]
+FileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        help='Texts to embed: one per line, or a .jsonl file of {"id", "text"} lines.',
+    ),
+]
+ModelOpt = Annotated[str | None, typer.Option(help="Embedding model (`stoker models`).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="jsonl, parquet or npy.")]
+NormalizeOpt = Annotated[bool, typer.Option("--normalize", help="Unit-length vectors.")]
+
+
+def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str] | None]:
+    """Texts (and ids, for JSONL) from ``path``; InvalidInput naming the line at fault."""
+    from stoker.jobs.text import decode_text
+
+    if not path.is_file():
+        raise InvalidInput(f"--file {path} does not exist or is not a file.")
+    lines = decode_text(path.read_bytes(), str(path)).splitlines()
+    if path.suffix.lower() != ".jsonl":
+        return [line for line in lines if line.strip()], None
+    texts, ids = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text, id_ = row["text"], str(row.get("id", number))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput(
+                f'{path} line {number} is not a JSON object with a "text" field ({exc}); '
+                f'write each line as {{"id": "...", "text": "..."}}.'
+            ) from exc
+        texts.append(str(text))
+        ids.append(id_)
+    return texts, ids
+
+
+def _request(
+    ctx: typer.Context,
+    text: str | None,
+    file: Path | None,
+    model: str | None,
+    fmt: str,
+    normalize: bool,
+) -> dict[str, Any]:
+    if (text is None) == (file is None):
+        raise InvalidInput("give exactly one of --text or --file.")
+    request: dict[str, Any] = {"model": model, "format": fmt, "normalize": normalize}
+    if text is not None:
+        return request | {"text": text}
+    assert file is not None
+    texts, ids = read_texts(file, settings_of(ctx).max_text_bytes)
+    return request | {"texts": texts, "ids": ids}
+
+
+@submit_app.command("embed")
+def submit_embed(
+    ctx: typer.Context,
+    text: TextOpt = None,
+    file: FileOpt = None,
+    model: ModelOpt = None,
+    fmt: FormatOpt = "jsonl",
+    normalize: NormalizeOpt = False,
+    priority: PriorityOpt = "normal",
+) -> None:
+    """Queue texts to be embedded as vectors."""
+    submit_job(ctx, "embed", _request(ctx, text, file, model, fmt, normalize), priority)
+
+
+@run_app.command("embed")
+def run_embed(
+    ctx: typer.Context,
+    text: TextOpt = None,
+    file: FileOpt = None,
+    model: ModelOpt = None,
+    fmt: FormatOpt = "jsonl",
+    normalize: NormalizeOpt = False,
+    out: OutOpt = Path("."),
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Embed texts on this machine and write the vectors to --out."""
+    run_job(ctx, "embed", _request(ctx, text, file, model, fmt, normalize), out, device)

@@ -1,0 +1,166 @@
+"""`stoker submit generate` and `stoker run generate`: prompts → completions (GGUF).
+
+``--model`` is a catalog name, or for ``stoker run`` also the path of a ``.gguf``
+file (registered for that run as a configured model named by its path). Workers of
+``stoker submit`` know only their catalog: add such a file under ``[models.NAME]``
+(``backend = "llama"``, ``path = ...``) in the config they read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stoker.cli.app import DeviceOpt, OutOpt, PriorityOpt, run_app, settings_of, submit_app
+from stoker.cli.capabilities import run_job, submit_job
+from stoker.config import ModelEntry
+from stoker.errors import InvalidInput
+
+PromptOpt = Annotated[str | None, typer.Option("--prompt", help="One prompt (completion).")]
+PromptsOpt = Annotated[
+    Path | None, typer.Option("--prompts", help='JSONL: one {"prompt"} or {"messages"} a line.')
+]
+MessagesOpt = Annotated[
+    Path | None, typer.Option("--messages", help="JSON file: a chat messages list.")
+]
+ModelOpt = Annotated[str, typer.Option(help="GGUF model name (`stoker models`) or .gguf path.")]
+MaxTokensOpt = Annotated[int, typer.Option(help="Tokens to generate, at most, per prompt.")]
+TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")]
+TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
+TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest tokens; 0 = all.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed, for repeatable output.")]
+StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop text (repeatable).")]
+SchemaOpt = Annotated[Path | None, typer.Option(help="JSON Schema file the output must match.")]
+GrammarOpt = Annotated[Path | None, typer.Option(help="GBNF grammar file to constrain output.")]
+NCtxOpt = Annotated[int | None, typer.Option(help="Context window in tokens (default 2048).")]
+
+
+def _read(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise InvalidInput(f"{what} {path} does not exist or is not a file.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} {path} is not UTF-8 text ({exc.reason}).") from exc
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(_read(path, what))
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} {path} is not valid JSON: {exc}.") from exc
+
+
+def _source(prompt: str | None, prompts: Path | None, messages: Path | None) -> dict[str, Any]:
+    given = [x for x in (prompt, prompts, messages) if x is not None]
+    if len(given) != 1:
+        raise InvalidInput("give exactly one of --prompt, --prompts FILE or --messages FILE.")
+    if prompt is not None:
+        return {"prompt": prompt}
+    if prompts is not None:
+        return {"prompts": _read(prompts, "--prompts")}
+    assert messages is not None
+    return {"messages": _read_json(messages, "--messages")}
+
+
+def _request(
+    source: dict[str, Any],
+    model: str,
+    sampling: dict[str, Any],
+    schema: Path | None,
+    grammar: Path | None,
+    n_ctx: int | None,
+) -> dict[str, Any]:
+    request = {**source, "model": model, **sampling}
+    if schema is not None:
+        request["json_schema"] = _read_json(schema, "--json-schema")
+    if grammar is not None:
+        request["grammar"] = _read(grammar, "--grammar")
+    if n_ctx is not None:
+        request["n_ctx"] = n_ctx
+    return request
+
+
+def _sampling(
+    max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: Any
+) -> dict[str, Any]:
+    return {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "seed": seed,
+        "stop": list(stop or []),
+    }
+
+
+def _is_path(model: str) -> bool:
+    return model.endswith(".gguf") or "/" in model
+
+
+@submit_app.command("generate")
+def submit_generate(
+    ctx: typer.Context,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
+    messages: MessagesOpt = None,
+    model: ModelOpt = "gemma-3-270m",
+    max_tokens: MaxTokensOpt = 256,
+    temperature: TemperatureOpt = 0.8,
+    top_p: TopPOpt = 0.95,
+    top_k: TopKOpt = 40,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    json_schema: SchemaOpt = None,
+    grammar: GrammarOpt = None,
+    n_ctx: NCtxOpt = None,
+    priority: PriorityOpt = "normal",
+) -> None:
+    """Queue prompts for a GGUF model; results.jsonl (and result.json for one prompt)."""
+    if _is_path(model) and model not in settings_of(ctx).models:
+        raise InvalidInput(
+            f"--model {model} is a path: workers load models from their catalog, so add "
+            f'it under [models.NAME] (backend = "llama", path = ...) in their config and '
+            f"pass --model NAME, or use `stoker run generate` to run it here."
+        )
+    sampling = _sampling(max_tokens, temperature, top_p, top_k, seed, stop)
+    source = _source(prompt, prompts, messages)
+    submit_job(
+        ctx, "generate", _request(source, model, sampling, json_schema, grammar, n_ctx), priority
+    )
+
+
+@run_app.command("generate")
+def run_generate(
+    ctx: typer.Context,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
+    messages: MessagesOpt = None,
+    model: ModelOpt = "gemma-3-270m",
+    max_tokens: MaxTokensOpt = 256,
+    temperature: TemperatureOpt = 0.8,
+    top_p: TopPOpt = 0.95,
+    top_k: TopKOpt = 40,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    json_schema: SchemaOpt = None,
+    grammar: GrammarOpt = None,
+    n_ctx: NCtxOpt = None,
+    out: OutOpt = Path("."),
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Generate here with an in-process worker; results go to --out."""
+    if _is_path(model):
+        path = Path(model).expanduser().resolve()
+        if not path.is_file():
+            raise InvalidInput(f"--model {model} does not exist or is not a file.")
+        model = str(path)
+        # The in-process worker shares these settings: the file becomes a model for this run.
+        settings_of(ctx).models[model] = ModelEntry(backend="llama", path=path)
+    sampling = _sampling(max_tokens, temperature, top_p, top_k, seed, stop)
+    source = _source(prompt, prompts, messages)
+    request = _request(source, model, sampling, json_schema, grammar, n_ctx)
+    run_job(ctx, "generate", request, out, device)

@@ -1,0 +1,176 @@
+"""One prompt item on a loaded llama.cpp model → one result line (or error line).
+
+Chat messages use the model's own chat template when its GGUF metadata has one
+(``tokenizer.chat_template``, rendered by llama-cpp-python's
+``create_chat_completion``). Base models have none (the packaged Gemma 3 270M is a
+base model): they get :func:`fallback_prompt`, a plain transcript::
+
+    system: You are terse.
+    user: Name a colour.
+    assistant:
+
+and generation stops where the model starts a next turn (``\\nuser:`` ...). Each chat
+result says which was used: ``"chat_template": "gguf" | "fallback"``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from stoker.jobs.prompts import PromptItem, Sampling
+
+TEMPLATE_KEY = "tokenizer.chat_template"
+# A base model continues the transcript with the next turn; stop before it.
+FALLBACK_STOPS = ("\nuser:", "\nsystem:", "\nassistant:", "\ndeveloper:")
+
+
+class ItemFailed(Exception):
+    """This item cannot run; ``code`` and the message go in its error line."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fallback_prompt(messages: list[dict[str, str]]) -> str:
+    """The plain ``role: content`` transcript, ending with ``assistant:`` for the reply."""
+    turns = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*turns, "assistant:"])
+
+
+def _grammar(model: Any, sampling: Sampling) -> Any | None:
+    """The LlamaGrammar for ``sampling``'s json_schema or grammar, checked by llama.cpp.
+
+    An invalid GBNF grammar aborts the process when llama-cpp-python samples with it,
+    so it is parsed here first, on its own, and refused with llama.cpp's reason.
+    """
+    if sampling.json_schema is None and sampling.grammar is None:
+        return None
+    import llama_cpp
+
+    from stoker.workers.loaders.llama import captured_errors
+
+    if sampling.json_schema is not None:
+        try:
+            grammar = llama_cpp.LlamaGrammar.from_json_schema(
+                json.dumps(sampling.json_schema), verbose=False
+            )
+        except Exception as exc:
+            raise ItemFailed(
+                "invalid_json_schema",
+                f"the json_schema cannot be turned into a grammar: {exc}; "
+                f"use plain types, properties, required, enum and items",
+            ) from exc
+    else:
+        grammar = llama_cpp.LlamaGrammar.from_string(str(sampling.grammar), verbose=False)
+    with captured_errors(llama_cpp) as errors:
+        checked = llama_cpp.llama_sampler_init_grammar(
+            model._model.vocab, grammar._grammar.encode(), grammar._root.encode()
+        )
+    if not checked:
+        reason = errors[0] if errors else "it does not parse"
+        raise ItemFailed("invalid_grammar", f"the grammar is not valid GBNF: {reason}")
+    llama_cpp.llama_sampler_free(checked)
+    return grammar
+
+
+def _gguf_chat_tokens(model: Any, template: str, messages: list[dict[str, str]]) -> int:
+    """Prompt tokens of ``messages`` rendered with the GGUF template, as llama-cpp-python does."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    bos = model.detokenize([model.token_bos()], special=True).decode("utf-8", "replace")
+    eos = model.detokenize([model.token_eos()], special=True).decode("utf-8", "replace")
+    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+    rendered = formatter(messages=cast(Any, messages))
+    text = rendered.prompt.encode("utf-8")
+    return len(model.tokenize(text, add_bos=not rendered.added_special, special=True))
+
+
+def _check_fits(model: Any, item: PromptItem, prompt_tokens: int) -> None:
+    n_ctx = model.n_ctx()
+    wanted = prompt_tokens + item.sampling.max_tokens
+    if wanted > n_ctx:
+        raise ItemFailed(
+            "context_length_exceeded",
+            f"line {item.line}: the prompt is {prompt_tokens} tokens and max_tokens is "
+            f"{item.sampling.max_tokens}, {wanted} in all, over the context of {n_ctx} "
+            f"tokens (n_ctx); shorten the prompt, lower max_tokens, or submit with a "
+            f"larger --n-ctx",
+        )
+
+
+def _options(sampling: Sampling, grammar: Any, extra_stops: tuple[str, ...] = ()) -> dict:
+    return {
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "min_p": sampling.min_p,
+        "repeat_penalty": sampling.repeat_penalty,
+        "seed": sampling.seed,
+        "stop": [*sampling.stop, *extra_stops],
+        "grammar": grammar,
+    }
+
+
+def _usage(response: dict[str, Any]) -> dict[str, int]:
+    usage = response["usage"]
+    return {k: int(usage[k]) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def _complete(model: Any, item: PromptItem, grammar: Any) -> dict[str, Any]:
+    assert item.prompt is not None
+    tokens = model.tokenize(item.prompt.encode("utf-8"), add_bos=True, special=True)
+    _check_fits(model, item, len(tokens))
+    response = model.create_completion(item.prompt, **_options(item.sampling, grammar))
+    choice = response["choices"][0]
+    return {
+        "text": choice["text"],
+        "finish_reason": choice["finish_reason"],
+        "usage": _usage(response),
+    }
+
+
+def _chat(model: Any, item: PromptItem, grammar: Any) -> dict[str, Any]:
+    assert item.messages is not None
+    template = model.metadata.get(TEMPLATE_KEY)
+    if template:
+        _check_fits(model, item, _gguf_chat_tokens(model, template, item.messages))
+        response = model.create_chat_completion(item.messages, **_options(item.sampling, grammar))
+        choice = response["choices"][0]
+        content = choice["message"].get("content") or ""
+        used = "gguf"
+    else:
+        prompt = fallback_prompt(item.messages)
+        tokens = model.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        _check_fits(model, item, len(tokens))
+        options = _options(item.sampling, grammar, FALLBACK_STOPS)
+        response = model.create_completion(prompt, **options)
+        choice = response["choices"][0]
+        content = choice["text"].strip()
+        used = "fallback"
+    message = {"role": "assistant", "content": content}
+    return {
+        "message": message,
+        "finish_reason": choice["finish_reason"],
+        "usage": _usage(response),
+        "chat_template": used,
+    }
+
+
+def run_item(model: Any, item: PromptItem) -> dict[str, Any]:
+    """The result line of ``item`` on ``model`` (a ``llama_cpp.Llama``).
+
+    ``{"index", "custom_id", "text" | "message", "finish_reason", "usage",
+    "chat_template"?}``, or ``{"index", "custom_id", "error": {"code", "message"}}``
+    when the item cannot run (too long for the context, a bad schema or grammar).
+    """
+    head = {"index": item.index, "custom_id": item.custom_id}
+    try:
+        grammar = _grammar(model, item.sampling)
+        if item.prompt is not None:
+            return {**head, **_complete(model, item, grammar)}
+        return {**head, **_chat(model, item, grammar)}
+    except ItemFailed as exc:
+        return {**head, "error": {"code": exc.code, "message": str(exc)}}

@@ -1,0 +1,243 @@
+"""embed: texts → vectors with a sentence-transformers model.
+
+A job carries one or many texts. They are packed into chunks of at most
+CHUNK_TEXTS texts (and CHUNK_BYTES of text, so a task message stays small); each
+chunk's output is a float32 ``.npy`` matrix. Assembly stacks them into one file:
+``embeddings.parquet`` (columns ``id``, ``embedding``), ``embeddings.npy`` (plus
+``ids.json``) or ``embeddings.jsonl`` (``{"id", "embedding"}`` per line).
+
+Embedding is the capability where one text per job is the common case (an API call
+per sentence), and a model is ~4× faster on a batch of 64 than one at a time. So it
+is *batchable*: the worker buffers many chunks, of many jobs, and calls
+:meth:`EmbedCapability.run_chunks` once per model (see queues/batching.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from stoker.errors import InvalidInput, MissingDependency
+from stoker.jobs.base import (
+    Artifact,
+    AssembleContext,
+    ChunkContext,
+    ChunkPlan,
+    PrepareContext,
+    Prepared,
+    parse_request,
+)
+
+#: Texts per chunk: big enough to fill a batch, small enough to keep a message small.
+CHUNK_TEXTS = 256
+#: Bytes of text per chunk, whatever the count: the texts travel in the task message.
+CHUNK_BYTES = 256 * 1024
+#: Texts per job: a bigger corpus goes in as a batch of jobs (or several jobs).
+MAX_TEXTS = 100_000
+#: The model's own batch size when encoding one call's texts.
+ENCODE_BATCH = 64
+
+Format = Literal["jsonl", "npy", "parquet"]
+CONTENT_TYPES: dict[str, str] = {
+    "jsonl": "application/x-ndjson",
+    "npy": "application/octet-stream",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+class EmbedRequest(BaseModel):
+    """What a user may ask of ``embed``: ``text`` or ``texts``, optional ``ids``."""
+
+    model_config = {"extra": "forbid"}
+
+    text: str | None = None
+    texts: list[str] | None = None
+    ids: list[str] | None = None
+    model: str | None = None
+    normalize: bool = False
+    format: Format = "jsonl"
+    # How many texts the model encodes at once; bigger uses more memory.
+    batch_size: int = Field(default=ENCODE_BATCH, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> EmbedRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of text or texts")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+def _import_numpy() -> Any:
+    try:
+        import numpy
+    except ImportError as exc:
+        raise MissingDependency("numpy", "embed", "Embedding text") from exc
+    return numpy
+
+
+def check_texts(texts: list[str], ids: list[str] | None, limit_bytes: int) -> list[str]:
+    """The ids of ``texts`` ("0", "1", ... unless given); InvalidInput naming the bad item."""
+    if not texts:
+        raise InvalidInput("texts is empty; give at least one text to embed.")
+    if len(texts) > MAX_TEXTS:
+        raise InvalidInput(
+            f"{len(texts)} texts is over the {MAX_TEXTS} per job limit; split them over "
+            f"several jobs (or a batch)."
+        )
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidInput(f"text {i} is empty; remove it or give it some words.")
+        if len(text.encode("utf-8")) > limit_bytes:
+            raise InvalidInput(f"text {i} is over the {limit_bytes} byte limit (max_text_bytes).")
+    if ids is None:
+        return [str(i) for i in range(len(texts))]
+    if len(ids) != len(texts):
+        raise InvalidInput(f"ids has {len(ids)} entries for {len(texts)} texts; give one per text.")
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("ids must be unique; two texts share an id.")
+    return ids
+
+
+def pack(texts: list[str]) -> list[tuple[int, int]]:
+    """(start, end) ranges of ``texts``: ≤ CHUNK_TEXTS texts and ≤ CHUNK_BYTES each.
+
+    A single text over CHUNK_BYTES gets a chunk of its own.
+    """
+    ranges, start, size = [], 0, 0
+    for i, text in enumerate(texts):
+        n = len(text.encode("utf-8"))
+        if i > start and (i - start >= CHUNK_TEXTS or size + n > CHUNK_BYTES):
+            ranges.append((start, i))
+            start, size = i, 0
+        size += n
+    ranges.append((start, len(texts)))
+    return ranges
+
+
+class EmbedCapability:
+    kind: str = "embed"
+    backend: str | None = "sentence-transformers"
+    chunk_ext: str = "npy"
+    chunk_content_type: str = "application/octet-stream"
+    work_stage: str = "embed"
+    engines: tuple[tuple[str, str], ...] = (("sentence_transformers", "embed"),)
+    # Chunks of many jobs are run together (queues/batching.py).
+    batchable: bool = True
+
+    def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
+        req: EmbedRequest = parse_request(request, EmbedRequest)
+        texts = req.all_texts()
+        ids = check_texts(texts, req.ids, ctx.settings.max_text_bytes)
+        name = req.model or ctx.settings.default_embed_model
+        spec = ctx.catalog.get(name, backend=self.backend)
+        chunks = [
+            ChunkPlan(
+                payload={"texts": texts[a:b]},
+                identity={
+                    "model": spec.fingerprint,
+                    "normalize": req.normalize,
+                    "texts": texts[a:b],
+                },
+            )
+            for a, b in pack(texts)
+        ]
+        params = {
+            "model": name,
+            "normalize": req.normalize,
+            "format": req.format,
+            "batch_size": req.batch_size,
+            "count": len(texts),
+            # Ids stay out of the messages; they are only needed by assembly.
+            "ids": None if req.ids is None else ids,
+        }
+        return Prepared(params=params, model=name, chunks=chunks)
+
+    def run_chunk(
+        self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
+    ) -> None:
+        self.run_chunks(model, [(params, payload, ctx)])
+
+    def run_chunks(
+        self, model: Any, items: list[tuple[dict[str, Any], dict[str, Any], ChunkContext]]
+    ) -> None:
+        """Encode the texts of every item in one call per ``normalize`` setting.
+
+        All ``items`` share ``model``. Each item's vectors go to its ``ctx.out``.
+        """
+        numpy = _import_numpy()
+        for normalize in (False, True):
+            group = [it for it in items if bool(it[0]["normalize"]) is normalize]
+            if not group:
+                continue
+            texts = [t for _, payload, _ in group for t in payload["texts"]]
+            vectors = model.encode(
+                texts,
+                batch_size=max(int(p.get("batch_size", ENCODE_BATCH)) for p, _, _ in group),
+                normalize_embeddings=normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ).astype(numpy.float32, copy=False)
+            start = 0
+            for _, payload, ctx in group:
+                end = start + len(payload["texts"])
+                numpy.save(ctx.out, vectors[start:end], allow_pickle=False)
+                start = end
+
+    def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
+        numpy = _import_numpy()
+        parts = [numpy.load(f, allow_pickle=False) for f in ctx.chunk_files]
+        vectors = parts[0] if len(parts) == 1 else numpy.concatenate(parts)
+        ids = params.get("ids") or [str(i) for i in range(len(vectors))]
+        fmt = params["format"]
+        out = ctx.workdir / f"embeddings.{fmt}"
+        meta = {"count": len(vectors), "dimensions": int(vectors.shape[1])}
+        meta |= {"model": params["model"], "normalized": params["normalize"]}
+        artifacts = [Artifact(out.name, out, CONTENT_TYPES[fmt], meta)]
+        if fmt == "jsonl":
+            write_jsonl(out, ids, vectors)
+        elif fmt == "parquet":
+            write_parquet(out, ids, vectors)
+        else:
+            numpy.save(out, vectors, allow_pickle=False)
+            ids_file = ctx.workdir / "ids.json"
+            ids_file.write_text(json.dumps(ids), encoding="utf-8")
+            artifacts.append(Artifact(ids_file.name, ids_file, "application/json"))
+        return artifacts
+
+
+def write_jsonl(path: Path, ids: list[str], vectors: Any) -> None:
+    """One ``{"id", "embedding"}`` line per vector (floats as JSON numbers)."""
+    with path.open("w", encoding="utf-8") as f:
+        for id_, vector in zip(ids, vectors.tolist(), strict=True):
+            f.write(json.dumps({"id": id_, "embedding": vector}) + "\n")
+
+
+def write_parquet(path: Path, ids: list[str], vectors: Any) -> None:
+    """Columns ``id`` (string) and ``embedding`` (fixed-size list of float32)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise MissingDependency("pyarrow", "embed", "Writing parquet") from exc
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(flat, int(vectors.shape[1]))
+    pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "embedding": column}), path)
+
+
+def read_vectors(data: bytes, fmt: str) -> tuple[list[str], list[list[float]]]:
+    """Ids and vectors from an ``embeddings.<fmt>`` file's bytes (jsonl or parquet)."""
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+        return [r["id"] for r in rows], [r["embedding"] for r in rows]
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data))
+        return table.column("id").to_pylist(), table.column("embedding").to_pylist()
+    raise ValueError(f"read_vectors reads jsonl or parquet, not {fmt!r}")

