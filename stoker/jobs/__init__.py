@@ -14,6 +14,8 @@ from stoker.jobs.base import Capability
 from stoker.jobs.echo import EchoCapability
 from stoker.jobs.embed import EmbedCapability
 from stoker.jobs.generate import GenerateCapability
+from stoker.jobs.image import ImageCapability
+from stoker.jobs.mesh import MeshCapability
 from stoker.jobs.speak import SpeakCapability
 from stoker.jobs.transcribe import TranscribeCapability
 
@@ -25,6 +27,8 @@ CAPABILITIES: dict[str, Capability] = {
         TranscribeCapability(),
         EmbedCapability(),
         GenerateCapability(),
+        ImageCapability(),
+        MeshCapability(),
         EchoCapability(),
     )
 }

@@ -1,0 +1,159 @@
+"""image and mesh on tiny random diffusers pipelines, without queues: the loader,
+seeds, metadata, formats and cancellation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stoker.config import load_settings
+from stoker.errors import JobCancelled, ModelLoadError
+from stoker.jobs.base import AssembleContext, ChunkContext, PrepareContext
+from stoker.jobs.image import EXIF_DESCRIPTION, ImageCapability
+from stoker.jobs.mesh import MeshCapability
+from stoker.workers.catalog import ModelCatalog
+from stoker.workers.loaders.diffusers import DiffusersLoader
+from tests.diffusers_models import IGNORE_HEUN_WARNING, TinyPipelines, tiny_pipelines
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings(IGNORE_HEUN_WARNING)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyPipelines:
+    return tiny_pipelines(tmp_path_factory.getbasetemp() / "diffusers-models")
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny: TinyPipelines, tmp_path_factory: pytest.TempPathFactory) -> ModelCatalog:
+    settings = load_settings(data_dir=tmp_path_factory.mktemp("data"), models=tiny.models())
+    return ModelCatalog(settings)
+
+
+@pytest.fixture(scope="module")
+def sd(catalog: ModelCatalog) -> Any:
+    return DiffusersLoader().load(catalog.get("tiny_sd"), "cpu")
+
+
+@pytest.fixture(scope="module")
+def shap_e(catalog: ModelCatalog) -> Any:
+    return DiffusersLoader().load(catalog.get("tiny_shap_e"), "cpu")
+
+
+def run(
+    cap: Any, model: Any, catalog: ModelCatalog, tmp: Path, request: dict[str, Any]
+) -> list[Any]:
+    """prepare → every chunk → assemble, as a worker would; the artifacts."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(data_dir=tmp)
+    prepared = cap.prepare(request, PrepareContext(settings, catalog))
+    files = []
+    for i, plan in enumerate(prepared.chunks):
+        out = tmp / f"chunk{i}.{cap.chunk_ext}"
+        cap.run_chunk(model, prepared.params, plan.payload, ChunkContext(out, lambda: False))
+        files.append(out)
+    (tmp / "out").mkdir(exist_ok=True)
+    return list(cap.assemble(prepared.params, AssembleContext(files, tmp / "out")))
+
+
+IMAGE = {"model": "tiny_sd", "prompt": "a lighthouse at dusk", "steps": 2}
+
+
+def test_the_same_seed_gives_the_same_bytes_and_the_metadata_says_how(
+    sd: Any, catalog: ModelCatalog, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    # When the same request with seed 7 runs twice, and once with seed 8
+    a = run(ImageCapability(), sd, catalog, tmp_path / "a", {**IMAGE, "seed": 7})
+    b = run(ImageCapability(), sd, catalog, tmp_path / "b", {**IMAGE, "seed": 7})
+    c = run(ImageCapability(), sd, catalog, tmp_path / "c", {**IMAGE, "seed": 8})
+    # Then the two seed-7 PNGs are byte-identical and the seed-8 one differs
+    assert a[0].path.read_bytes() == b[0].path.read_bytes() != c[0].path.read_bytes()
+    # And the PNG carries its parameters in tEXt chunks, as does the manifest meta
+    with Image.open(a[0].path) as image:
+        assert image.size == (64, 64)
+        text = dict(image.text)
+    assert text["prompt"] == "a lighthouse at dusk" and text["seed"] == "7"
+    assert json.loads(text["parameters"]) == a[0].meta
+    assert a[0].meta == {
+        "prompt": "a lighthouse at dusk",
+        "negative_prompt": None,
+        "seed": 7,
+        "steps": 2,
+        "guidance_scale": None,
+        "model": "tiny_sd",
+        "size": "64x64",
+    }
+
+
+def test_webp_images_carry_their_parameters_in_exif(
+    sd: Any, catalog: ModelCatalog, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    request = {**IMAGE, "seed": 1, "count": 2, "format": "webp", "width": 72, "height": 64}
+    artifacts = run(ImageCapability(), sd, catalog, tmp_path, request)
+    assert [a.name for a in artifacts] == ["image-00.webp", "image-01.webp"]
+    for i, artifact in enumerate(artifacts):
+        with Image.open(artifact.path) as image:
+            assert image.format == "WEBP" and image.size == (72, 64)
+            meta = json.loads(image.getexif()[EXIF_DESCRIPTION])
+        assert meta["seed"] == 1 + i and meta["size"] == "72x64"
+
+
+def test_a_cancelled_job_stops_between_denoising_steps(
+    sd: Any, catalog: ModelCatalog, tmp_path: Path
+) -> None:
+    cap = ImageCapability()
+    settings = load_settings(data_dir=tmp_path)
+    prepared = cap.prepare({**IMAGE, "steps": 8}, PrepareContext(settings, catalog))
+    calls = []
+
+    def stop_after_two_checks() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    ctx = ChunkContext(tmp_path / "x.png", stop_after_two_checks)
+    with pytest.raises(JobCancelled, match="denoising step 2"):
+        cap.run_chunk(sd, prepared.params, prepared.chunks[0].payload, ctx)
+    assert not ctx.out.exists()
+
+
+@pytest.mark.parametrize("name", ["half_copied_sd", "no_unet_sd"])
+def test_the_loader_names_the_missing_component(catalog: ModelCatalog, name: str) -> None:
+    spec = catalog.get(name)
+    with pytest.raises(ModelLoadError, match=rf"{spec.path / 'unet'} is missing"):
+        DiffusersLoader().load(spec, "cpu")
+
+
+@pytest.mark.parametrize("fmt", ["glb", "ply", "obj"])
+def test_a_mesh_job_writes_a_mesh_trimesh_can_load(
+    shap_e: Any, catalog: ModelCatalog, tmp_path: Path, fmt: str
+) -> None:
+    import trimesh
+
+    request = {"model": "tiny_shap_e", "prompt": "a chair", "steps": 2, "seed": 3}
+    [artifact] = run(
+        MeshCapability(), shap_e, catalog, tmp_path, {**request, "resolution": 32, "format": fmt}
+    )
+    assert artifact.name == f"mesh.{fmt}"
+    mesh = trimesh.load(artifact.path, file_type=fmt, force="mesh")
+    assert len(mesh.faces) == artifact.meta["faces"] > 0
+    assert artifact.meta["vertices"] > 0 and len(artifact.meta["bounds"]) == 2
+
+
+def test_a_big_mesh_is_decimated_under_max_faces(
+    shap_e: Any, catalog: ModelCatalog, tmp_path: Path
+) -> None:
+    request = {"model": "tiny_shap_e", "prompt": "a chair", "steps": 2, "seed": 3}
+    [artifact] = run(
+        MeshCapability(),
+        shap_e,
+        catalog,
+        tmp_path,
+        {**request, "resolution": 32, "max_faces": 5000, "format": "ply"},
+    )
+    assert 0 < artifact.meta["faces"] <= 5000

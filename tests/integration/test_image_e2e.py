@@ -1,0 +1,109 @@
+"""image and mesh end to end: a real `stoker worker` process on queues "image,mesh",
+real Redis, a real S3-protocol server and tiny random diffusers pipelines."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from stoker.client import Stoker
+from stoker.errors import InvalidInput
+from stoker.queues.records import JobState
+from tests.deployment import Deployment
+from tests.diffusers_models import TinyPipelines, tiny_pipelines
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+IMAGE = {"model": "tiny_sd", "prompt": "a lighthouse at dusk", "steps": 2}
+MESH = {"model": "tiny_shap_e", "prompt": "a chair", "steps": 2, "seed": 3, "resolution": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyPipelines:
+    return tiny_pipelines(tmp_path_factory.getbasetemp() / "diffusers-models")
+
+
+@pytest.fixture()
+def visual(deployment: Deployment, tiny: TinyPipelines) -> Deployment:
+    """The deployment with the tiny pipelines configured as models."""
+    deployment.env.update(tiny.env())
+    return deployment
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        return dict(image.text)
+
+
+def test_images_and_meshes_are_made_stored_and_reproducible(visual: Deployment) -> None:
+    import trimesh
+
+    visual.start_worker("image,mesh")
+    with Stoker(visual.settings()) as client:
+        # When 3 images with seed 7 and a mesh in three formats are submitted
+        images = client.submit("image", {**IMAGE, "seed": 7, "count": 3})
+        meshes = {f: client.submit("mesh", {**MESH, "format": f}) for f in ("glb", "ply", "obj")}
+        done = client.wait(images.id, timeout_s=120)
+
+        # Then there are 3 PNGs, seeds 7, 8, 9 in their metadata, all different
+        assert done.state is JobState.SUCCEEDED, done.error
+        names = [o.name for o in done.outputs]
+        assert names == ["image-00.png", "image-01.png", "image-02.png", "manifest.json"]
+        pngs = [client.storage.get_bytes(o.key) for o in done.outputs[:3]]
+        assert [png_text(p)["seed"] for p in pngs] == ["7", "8", "9"]
+        assert len(set(pngs)) == 3
+        manifest = json.loads(client.storage.get_bytes(done.outputs[3].key))
+        assert manifest["outputs"][1]["meta"]["seed"] == 8
+        assert manifest["outputs"][1]["meta"]["size"] == "64x64"
+
+        # When the chunks are deleted and seed 8 is asked for again
+        for chunk in done.chunks:
+            client.storage.delete(chunk.key)
+        again = client.wait(client.submit("image", {**IMAGE, "seed": 8}).id, timeout_s=120)
+        # Then the recomputed image is byte-identical to the first job's seed-8 image
+        assert again.state is JobState.SUCCEEDED, again.error
+        assert client.storage.get_bytes(again.outputs[0].key) == pngs[1]
+
+        # And each mesh format loads in trimesh with triangles
+        for fmt, job in meshes.items():
+            mesh_done = client.wait(job.id, timeout_s=120)
+            assert mesh_done.state is JobState.SUCCEEDED, mesh_done.error
+            assert mesh_done.outputs[0].name == f"mesh.{fmt}"
+            data = client.storage.get_bytes(mesh_done.outputs[0].key)
+            mesh = trimesh.load(io.BytesIO(data), file_type=fmt, force="mesh")
+            assert len(mesh.faces) > 0
+
+
+def test_a_bad_size_is_refused_at_submission_naming_the_valid_size(visual: Deployment) -> None:
+    with Stoker(visual.settings()) as client:
+        with pytest.raises(InvalidInput, match=r"width 100 .*nearest valid width is 104"):
+            client.submit("image", {**IMAGE, "width": 100})
+        with pytest.raises(InvalidInput, match=r"resolution"):
+            client.submit("mesh", {**MESH, "resolution": 1024})
+        assert client.jobs() == []
+
+
+def test_a_half_copied_model_fails_its_job_and_the_worker_serves_the_next(
+    visual: Deployment, tiny: TinyPipelines
+) -> None:
+    worker = visual.start_worker("image,mesh")
+    with Stoker(visual.settings()) as client:
+        # Given a model folder whose unet has its config but no weights
+        bad = client.submit("image", {**IMAGE, "model": "half_copied_sd"})
+        good = client.submit("image", {**IMAGE, "seed": 1})
+        bad_done = client.wait(bad.id, timeout_s=120)
+        good_done = client.wait(good.id, timeout_s=120)
+    # Then the bad job failed naming the folder and the component, the good one succeeded
+    assert bad_done.state is JobState.FAILED
+    assert bad_done.error is not None and bad_done.error.kind == "model_load_failed"
+    unet = Path(tiny.image_without_unet_weights) / "unet"
+    assert f"{unet} is missing" in bad_done.error.message
+    assert "lists unet in model_index.json" in bad_done.error.message
+    assert good_done.state is JobState.SUCCEEDED, good_done.error
+    assert worker.alive

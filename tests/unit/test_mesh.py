@@ -1,0 +1,116 @@
+"""mesh: request checks, Shap-E mesh → trimesh, face limits, and the test fixture's
+marching-cubes table (checked on a sphere, so the tiny pipelines' meshes are real)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stoker.config import load_settings
+from stoker.errors import InvalidInput
+from stoker.jobs.base import PrepareContext
+from stoker.jobs.mesh import MeshCapability, cluster_decimate, limit_faces, to_trimesh
+from stoker.workers.catalog import ModelCatalog
+from tests.diffusers_models import TinyPipelines, marching_cubes_table, tiny_pipelines
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyPipelines:
+    return tiny_pipelines(tmp_path_factory.getbasetemp() / "diffusers-models")
+
+
+@pytest.fixture()
+def ctx(tiny: TinyPipelines, tmp_path: Path) -> PrepareContext:
+    settings = load_settings(data_dir=tmp_path, models=tiny.models())
+    return PrepareContext(settings, ModelCatalog(settings))
+
+
+def sphere_mesh(grid: int = 24, radius: float = 0.6) -> Any:
+    """diffusers' MeshDecoder, with the table filled, run on a sphere's SDF."""
+    import torch
+    from diffusers.pipelines.shap_e.renderer import MeshDecoder
+
+    decoder = MeshDecoder()
+    cases, masks = marching_cubes_table()
+    decoder.cases.copy_(cases)
+    decoder.masks.copy_(masks)
+    axis = torch.linspace(-1, 1, grid)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    field = radius - (x**2 + y**2 + z**2).sqrt()  # positive inside, as Shap-E's SDF
+    raw = decoder(field, torch.tensor([-1.0, -1.0, -1.0]), torch.tensor([2.0, 2.0, 2.0]))
+    n = len(raw.verts)
+    raw.vertex_channels = {
+        c: torch.full((n,), v) for c, v in zip("RGB", (1.0, 0.5, 0.0), strict=True)
+    }
+    return raw
+
+
+def test_the_marching_cubes_table_makes_a_closed_sphere() -> None:
+    # Given a sphere's signed distance field decoded with the fixture's table
+    mesh = to_trimesh(sphere_mesh(), {"seed": 1, "resolution": 24})
+    mesh.merge_vertices()
+    # Then the surface is closed, consistently wound, and of the sphere's volume
+    assert mesh.is_watertight and mesh.is_winding_consistent
+    assert abs(mesh.volume) == pytest.approx(4 / 3 * math.pi * 0.6**3, rel=0.05)
+    # And the vertex colours are carried over as 8-bit RGBA
+    assert mesh.visual.vertex_colors[0].tolist() == [255, 128, 0, 255]
+
+
+def test_an_empty_mesh_fails_with_a_sentence() -> None:
+    import torch
+    from diffusers.pipelines.shap_e.renderer import MeshDecoderOutput
+
+    empty = MeshDecoderOutput(
+        verts=torch.zeros(0, 3), faces=torch.zeros(0, 3, dtype=torch.long), vertex_channels={}
+    )
+    with pytest.raises(InvalidInput, match=r"empty mesh .*seed 5 at resolution 64"):
+        to_trimesh(empty, {"seed": 5, "resolution": 64})
+
+
+def test_a_mesh_over_the_face_limit_is_decimated_keeping_its_shape() -> None:
+    # Given a sphere of several thousand triangles
+    mesh = to_trimesh(sphere_mesh(grid=48), {"seed": 1, "resolution": 48})
+    assert len(mesh.faces) > 5000
+    # When it is limited to 1500 faces (vertex clustering: fast-simplification is absent)
+    small = cluster_decimate(mesh, 1500)
+    # Then it has at most 1500 faces and still spans the same box, with colours
+    assert 0 < len(small.faces) <= 1500
+    assert small.bounds == pytest.approx(mesh.bounds, abs=0.1)
+    assert small.visual.vertex_colors[0].tolist()[:3] == [255, 128, 0]
+
+
+def test_a_mesh_under_the_limit_is_unchanged() -> None:
+    mesh = to_trimesh(sphere_mesh(), {"seed": 1, "resolution": 24})
+    assert limit_faces(mesh, len(mesh.faces)) is mesh
+
+
+def test_a_mesh_job_is_one_chunk_with_its_parameters(ctx: PrepareContext) -> None:
+    cap = MeshCapability()
+    prepared = cap.prepare({"prompt": "a chair", "model": "tiny_shap_e", "seed": 3}, ctx)
+    assert len(prepared.chunks) == 1
+    assert prepared.params["seed"] == 3 and prepared.params["format"] == "glb"
+    glb = cap.prepare({"prompt": "a chair", "model": "tiny_shap_e", "seed": 3}, ctx)
+    ply = cap.prepare(
+        {"prompt": "a chair", "model": "tiny_shap_e", "seed": 3, "format": "ply"}, ctx
+    )
+    # The format is applied at assembly: every format shares the one mesh chunk
+    assert glb.chunks[0].identity == ply.chunks[0].identity
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"model": "tiny_sd"}, "StableDiffusionPipeline; `mesh` needs .*Shap-E"),
+        ({"resolution": 512}, "invalid resolution"),
+        ({"format": "stl"}, "invalid format"),
+        ({"prompt": ""}, "prompt is empty"),
+    ],
+)
+def test_bad_mesh_requests_are_refused(
+    ctx: PrepareContext, request_: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        MeshCapability().prepare({"prompt": "a chair", "model": "tiny_shap_e", **request_}, ctx)
