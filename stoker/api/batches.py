@@ -1,0 +1,314 @@
+"""OpenAI Batches over stoker batches: one stoker batch job per OpenAI batch, one child
+job per input line, the batch id being the parent job's id.
+
+A line that cannot run (not JSON, wrong method or url, a body the capability refuses)
+becomes a failed child and a line of the error file; the others run. A duplicate
+``custom_id`` or more than ``api.max_batch_lines`` lines refuse the whole batch (400).
+When the parent job ends, the first read writes ``output_file_id`` (one line per
+successful request) and ``error_file_id`` (one per failed or cancelled one).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from stoker.api import inputs
+from stoker.api.errors import ApiError, not_found
+from stoker.api.files import FileObject, get_file, store_bytes
+from stoker.api.keys import ApiKey
+from stoker.api.meta import Doc
+from stoker.api.openai_shapes import Adapter, adapter_for
+from stoker.api.state import ApiState
+from stoker.api.submission import check_capacity
+from stoker.errors import InvalidInput, StokerError
+from stoker.queues.batches import children, request_counts, submit_batch
+from stoker.queues.records import JobRecord, JobState
+
+BATCH_NS = "batch"
+_REFUSED = "__refused__"
+
+
+def _lines(state: ApiState, obj: FileObject) -> Iterator[tuple[int, str]]:
+    """(line number from 1, text) of every non-blank line, read as a stream."""
+    limit = state.settings.api.max_batch_lines
+    count = 0
+    with state.stoker.storage.open(obj.key) as f:
+        for number, raw in enumerate(f, start=1):
+            text = raw.decode("utf-8", errors="replace").strip()
+            if not text:
+                continue
+            count += 1
+            if count > limit:
+                raise ApiError(
+                    400,
+                    f"the input file has more than {limit} requests "
+                    f"(api.max_batch_lines); split it.",
+                    param="input_file_id",
+                    code="too_many_lines",
+                )
+            yield number, text
+
+
+def _parse_line(number: int, text: str, adapter: Adapter) -> tuple[str | None, dict[str, Any]]:
+    """(custom_id, stoker request), or a refusal request naming what is wrong."""
+    try:
+        line = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, {_REFUSED: f"line {number} is not JSON ({exc.msg})."}
+    if not isinstance(line, dict):
+        return None, {_REFUSED: f"line {number} must be a JSON object."}
+    custom_id = line.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        return None, {_REFUSED: f"line {number} has no custom_id string."}
+    problem = None
+    if line.get("method") != "POST":
+        problem = f"line {number}: method must be POST."
+    elif line.get("url") != adapter.endpoint:
+        problem = (
+            f"line {number}: url {line.get('url')!r} must equal the batch's endpoint "
+            f"{adapter.endpoint!r}."
+        )
+    elif not isinstance(line.get("body"), dict):
+        problem = f"line {number}: body must be a JSON object."
+    if problem:
+        return custom_id, {_REFUSED: problem}
+    try:
+        return custom_id, adapter.to_request(line["body"])
+    except InvalidInput as exc:
+        return custom_id, {_REFUSED: f"line {number}: {exc}"}
+
+
+def read_requests(
+    state: ApiState, obj: FileObject, adapter: Adapter
+) -> tuple[list[str | None], list[dict[str, Any]]]:
+    custom_ids: list[str | None] = []
+    requests = []
+    seen: set[str] = set()
+    for number, text in _lines(state, obj):
+        custom_id, request = _parse_line(number, text, adapter)
+        if custom_id is not None:
+            if custom_id in seen:
+                raise ApiError(
+                    400,
+                    f"line {number}: custom_id {custom_id!r} is used twice; "
+                    f"each line needs its own.",
+                    param="input_file_id",
+                    code="duplicate_custom_id",
+                )
+            seen.add(custom_id)
+        custom_ids.append(custom_id)
+        requests.append(request)
+    if not requests:
+        raise ApiError(
+            400, "the input file has no requests.", param="input_file_id", code="empty_file"
+        )
+    return custom_ids, requests
+
+
+def create_batch(
+    state: ApiState,
+    key: ApiKey,
+    *,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str,
+    metadata: dict[str, str] | None,
+) -> dict[str, Any]:
+    try:
+        adapter = adapter_for(endpoint)
+    except InvalidInput as exc:
+        raise ApiError(400, str(exc), param="endpoint", code="invalid_endpoint") from None
+    if completion_window != "24h":
+        raise ApiError(400, "completion_window must be '24h'.", param="completion_window")
+    obj = get_file(state.meta, key, input_file_id)
+    custom_ids, requests = read_requests(state, obj, adapter)
+    check_capacity(state, adapter.kind)
+
+    def submit_child(request: dict[str, Any], parent: str, index: int) -> JobRecord:
+        if _REFUSED in request:
+            raise InvalidInput(request[_REFUSED])
+        with inputs.resolved(state, key, request) as local:
+            return state.stoker.submit_child(
+                adapter.kind,
+                local,
+                parent=parent,
+                index=index,
+                owner=key.owner,
+                priority="bulk",
+            )
+
+    parent = submit_batch(
+        store=state.stoker.store,
+        storage=state.stoker.storage,
+        kind=adapter.kind,
+        requests=requests,
+        submit_child=submit_child,
+        owner=key.owner,
+        source=input_file_id,
+    )
+    state.metrics.submitted.labels("batch").inc()
+    state.queued(adapter.kind, len(requests))
+    data = {
+        "endpoint": endpoint,
+        "input_file_id": input_file_id,
+        "completion_window": completion_window,
+        "metadata": metadata,
+        "custom_ids": custom_ids,
+    }
+    state.meta.put(Doc(BATCH_NS, parent.id, key.owner, parent.created_at, data))
+    return batch_object(state, parent, data)
+
+
+def owned_batch(state: ApiState, key: ApiKey, batch_id: str) -> tuple[JobRecord, Doc]:
+    doc = state.meta.get(BATCH_NS, batch_id)
+    if doc is None or not (key.admin or doc.owner == key.owner):
+        raise not_found("batch", batch_id)
+    return state.stoker.status(batch_id), doc
+
+
+def _status(parent: JobRecord, data: dict[str, Any]) -> str:
+    if parent.state is JobState.FAILED:
+        return "failed"
+    if parent.state is JobState.CANCELLED:
+        return "cancelled" if "finalized_at" in data else "cancelling"
+    if parent.state is JobState.SUCCEEDED:
+        return "completed" if "finalized_at" in data else "finalizing"
+    return "in_progress"
+
+
+def batch_object(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's Batch object for the batch ``parent``, finalizing it first if it ended."""
+    if parent.state.terminal and "finalized_at" not in data:
+        data = finalize(state, parent, data)
+    # Counted once at finalization; while running, from the children's records.
+    counts = data.get("request_counts") or request_counts(children(state.stoker.store, parent.id))
+    status = _status(parent, data)
+    ended = int(parent.finished_at) if parent.finished_at else None
+    created = int(parent.created_at)
+    return {
+        "id": parent.id,
+        "object": "batch",
+        "endpoint": data["endpoint"],
+        "errors": None,
+        "input_file_id": data["input_file_id"],
+        "completion_window": data["completion_window"],
+        "status": status,
+        "output_file_id": data.get("output_file_id"),
+        "error_file_id": data.get("error_file_id"),
+        "created_at": created,
+        "in_progress_at": created,
+        "expires_at": created + 24 * 3600,
+        "finalizing_at": ended if status in ("finalizing", "completed") else None,
+        "completed_at": int(data["finalized_at"]) if status == "completed" else None,
+        "failed_at": ended if status == "failed" else None,
+        "expired_at": None,
+        "cancelling_at": data.get("cancelling_at"),
+        "cancelled_at": ended if status == "cancelled" else None,
+        "request_counts": counts,
+        "metadata": data.get("metadata"),
+    }
+
+
+def _result_line(
+    state: ApiState, adapter: Adapter, kid: JobRecord, custom_id: str | None
+) -> tuple[bool, dict[str, Any]]:
+    """(succeeded, the output or error line) of one child."""
+    line_id = f"batch_req_{kid.id}"
+    if kid.state is JobState.SUCCEEDED:
+        try:
+            body = adapter.response_body(
+                kid, state.stoker.output_url, state.stoker.storage.get_bytes
+            )
+        except StokerError as exc:
+            body, kid_error = None, str(exc)
+        else:
+            response = {"status_code": 200, "request_id": kid.id, "body": body}
+            return True, {
+                "id": line_id,
+                "custom_id": custom_id,
+                "response": response,
+                "error": None,
+            }
+        return False, {
+            "id": line_id,
+            "custom_id": custom_id,
+            "response": None,
+            "error": {"code": "result_unreadable", "message": kid_error},
+        }
+    if kid.state is JobState.CANCELLED:
+        error = {"code": "batch_cancelled", "message": "the batch was cancelled first."}
+        return False, {"id": line_id, "custom_id": custom_id, "response": None, "error": error}
+    err = kid.error
+    code = err.kind if err else "failed"
+    status = 400 if code in ("invalid_input", "unknown_model") else 500
+    message = err.message if err else "the request failed."
+    body = {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error" if status == 400 else "server_error",
+            "code": code,
+            "param": None,
+        }
+    }
+    response = {"status_code": status, "request_id": kid.id, "body": body}
+    return False, {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+
+
+def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[str, Any]:
+    """Write the output and error files of an ended batch; returns the updated record."""
+    adapter = adapter_for(data["endpoint"])
+    custom_ids = data.get("custom_ids", [])
+    good: list[str] = []
+    bad: list[str] = []
+    kids = children(state.stoker.store, parent.id)
+    if not all(kid.state.terminal for kid in kids):  # a cancel still reaching children
+        return data
+    for kid in kids:
+        index = kid.parent_index or 0
+        custom_id = custom_ids[index] if index < len(custom_ids) else None
+        ok, line = _result_line(state, adapter, kid, custom_id)
+        (good if ok else bad).append(json.dumps(line) + "\n")
+    data = dict(data)
+    for lines, name, field in (
+        (good, "output", "output_file_id"),
+        (bad, "errors", "error_file_id"),
+    ):
+        if lines:
+            obj = store_bytes(
+                state.meta,
+                state.stoker.storage,
+                "".join(lines).encode(),
+                file_id=f"file-{parent.id}-{name}",
+                filename=f"batch_{parent.id}_{name}.jsonl",
+                purpose="batch_output",
+                owner=parent.owner,
+            )
+            data[field] = obj.id
+    data["request_counts"] = request_counts(kids)
+    data["finalized_at"] = time.time()
+    state.meta.put(Doc(BATCH_NS, parent.id, parent.owner, parent.created_at, data))
+    return data
+
+
+def list_batches(state: ApiState, key: ApiKey, *, after: str | None, limit: int) -> dict[str, Any]:
+    before = owned_batch(state, key, after)[1].created_at if after else None
+    docs = state.meta.list(BATCH_NS, None if key.admin else key.owner, limit + 1, before)
+    page = docs[:limit]
+    data = [batch_object(state, state.stoker.status(d.id), d.data) for d in page]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(docs) > limit,
+    }
+
+
+def cancel_batch(state: ApiState, key: ApiKey, batch_id: str) -> dict[str, Any]:
+    _, doc = owned_batch(state, key, batch_id)
+    data = {**doc.data, "cancelling_at": int(time.time())}
+    state.meta.put(Doc(BATCH_NS, batch_id, doc.owner, doc.created_at, data))
+    return batch_object(state, state.stoker.cancel(batch_id), data)

@@ -1,0 +1,281 @@
+"""OpenAI request and response shapes ↔ stoker requests and results, one adapter per
+endpoint. Batches and the synchronous routes both use these.
+
+- ``/v1/audio/speech`` → ``speak``. ``input`` → text; ``voice`` is a catalog voice, or
+  one of OpenAI's names (alloy, nova, ...) which mean the default voice; ``model`` names
+  a catalog voice when it is not an OpenAI model name; ``response_format`` mp3, wav,
+  flac, opus (→ ogg); ``speed`` → 1/length_scale.
+  A *batch* line's response body cannot hold audio bytes, so it is JSON naming the
+  output: ``{"object": "audio.speech", "job_id", "outputs": [{name, url, ...}]}``
+  (presigned URLs expire after ``presign_expiry_s``; the job keeps the key).
+- ``/v1/audio/transcriptions`` → ``transcribe`` (``file`` is an uploaded file id).
+- ``/v1/embeddings`` → ``embed``; the body is OpenAI's ``list`` of ``embedding``.
+- ``/v1/chat/completions``, ``/v1/completions`` → ``generate``; its ``result.json`` is
+  already in OpenAI's chat.completion / text_completion shape and is passed through.
+- ``/v1/images/generations`` → ``image``; the body lists image URLs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stoker.errors import InvalidInput
+from stoker.queues.records import JobRecord, OutputRef
+
+#: (storage key) → readable URL, and (storage key) → bytes
+UrlFor = Callable[[str], str]
+ReadBytes = Callable[[str], bytes]
+
+OPENAI_VOICES = frozenset(
+    [
+        "alloy",
+        "ash",
+        "ballad",
+        "coral",
+        "echo",
+        "fable",
+        "onyx",
+        "nova",
+        "sage",
+        "shimmer",
+        "verse",
+        "marin",
+        "cedar",
+    ]
+)
+OPENAI_TTS_MODELS = frozenset({"tts-1", "tts-1-hd", "gpt-4o-mini-tts"})
+#: OpenAI's own model names: they mean "the default model" here, so that a batch file
+#: written for OpenAI runs unchanged.
+OPENAI_MODEL_PREFIXES = (
+    "gpt-",
+    "o1",
+    "o3",
+    "o4",
+    "text-embedding-",
+    "davinci",
+    "babbage",
+    "dall-e",
+    "tts-",
+    "whisper-",
+    "chatgpt-",
+)
+SPEECH_FORMATS = {"mp3": "mp3", "wav": "wav", "flac": "flac", "opus": "ogg"}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    endpoint: str
+    kind: str
+    to_request: Callable[[dict[str, Any]], dict[str, Any]]  # raises InvalidInput
+    response_body: Callable[[JobRecord, UrlFor, ReadBytes], dict[str, Any]]
+
+
+def local_model(body: dict[str, Any]) -> dict[str, Any]:
+    """``{"model": name}`` when the body names a model of this stoker, else ``{}``."""
+    model = body.get("model")
+    if isinstance(model, str) and model and not model.startswith(OPENAI_MODEL_PREFIXES):
+        return {"model": model}
+    return {}
+
+
+def _text(body: dict[str, Any], field: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"body.{field} must be a non-empty string.")
+    return value
+
+
+def _outputs(record: JobRecord, url_for: UrlFor) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": o.name,
+            "content_type": o.content_type,
+            "bytes": o.size_bytes,
+            "key": o.key,
+            "url": url_for(o.key),
+        }
+        for o in record.outputs
+        if not o.partial and o.name != "manifest.json"
+    ]
+
+
+def output_named(record: JobRecord, *suffixes: str) -> OutputRef | None:
+    """The first non-partial output whose name ends with one of ``suffixes``."""
+    return next((o for o in record.outputs if not o.partial and o.name.endswith(suffixes)), None)
+
+
+# --- speak -----------------------------------------------------------------------------
+
+
+def speech_request(body: dict[str, Any]) -> dict[str, Any]:
+    request: dict[str, Any] = {"text": _text(body, "input")}
+    voice, model = body.get("voice"), body.get("model")
+    if isinstance(voice, str) and voice and voice not in OPENAI_VOICES:
+        request["voice"] = voice
+    elif isinstance(model, str) and model and model not in OPENAI_TTS_MODELS:
+        request["voice"] = model
+    fmt = body.get("response_format", "mp3")
+    if fmt not in SPEECH_FORMATS:
+        raise InvalidInput(
+            f"body.response_format {fmt!r} is not supported; use one of "
+            f"{', '.join(SPEECH_FORMATS)}."
+        )
+    request["format"] = SPEECH_FORMATS[fmt]
+    speed = body.get("speed")
+    if speed is not None:
+        if not isinstance(speed, int | float) or not 0.25 <= speed <= 4.0:
+            raise InvalidInput("body.speed must be a number from 0.25 to 4.0.")
+        request["length_scale"] = round(1.0 / speed, 4)
+    return request
+
+
+def speech_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
+    return {"object": "audio.speech", "job_id": record.id, "outputs": _outputs(record, url_for)}
+
+
+# --- transcribe --------------------------------------------------------------------------
+
+
+#: OpenAI's response_format → the transcript format that answers it
+TRANSCRIPT_FORMATS = {
+    "json": "txt",
+    "text": "txt",
+    "srt": "srt",
+    "vtt": "vtt",
+    "verbose_json": "json",
+}
+
+
+def transcription_request(body: dict[str, Any]) -> dict[str, Any]:
+    file_id = _text(body, "file")
+    fmt = TRANSCRIPT_FORMATS.get(str(body.get("response_format", "json")))
+    if fmt is None:
+        raise InvalidInput(f"body.response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}.")
+    formats = ["txt"] if fmt == "txt" else ["txt", fmt]
+    request: dict[str, Any] = {"path": file_id, "formats": formats}
+    request |= local_model(body)
+    if isinstance(body.get("language"), str):
+        request["language"] = body["language"]
+    return request
+
+
+def transcription_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
+    txt = output_named(record, ".txt")
+    text = read(txt.key).decode("utf-8").strip() if txt else ""
+    return {"text": text, "job_id": record.id, "outputs": _outputs(record, url_for)}
+
+
+# --- embed -------------------------------------------------------------------------------
+
+
+def embeddings_request(body: dict[str, Any]) -> dict[str, Any]:
+    raw = body.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidInput(
+            "body.input must be a string or a list of strings (token arrays are not supported)."
+        )
+    return {"texts": texts, "format": "jsonl", **local_model(body)}
+
+
+def embeddings_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
+    out = output_named(record, ".jsonl")
+    lines = read(out.key).decode("utf-8").splitlines() if out else []
+    data = [
+        {"object": "embedding", "index": i, "embedding": json.loads(line)["embedding"]}
+        for i, line in enumerate(lines)
+        if line.strip()
+    ]
+    model = record.model or ""
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+    }
+
+
+# --- generate ----------------------------------------------------------------------------
+
+_SAMPLING = ("max_tokens", "temperature", "top_p", "stop", "seed")
+
+
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    request = {k: body[k] for k in _SAMPLING if body.get(k) is not None}
+    if body.get("max_completion_tokens") is not None:
+        request["max_tokens"] = body["max_completion_tokens"]
+    if isinstance(request.get("stop"), str):
+        request["stop"] = [request["stop"]]
+    return {**request, **local_model(body)}
+
+
+def chat_request(body: dict[str, Any]) -> dict[str, Any]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInput("body.messages must be a non-empty list of {role, content}.")
+    return {"messages": messages, **_sampling(body)}
+
+
+def completion_request(body: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": _text(body, "prompt"), **_sampling(body)}
+
+
+def generate_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
+    out = output_named(record, "result.json")
+    if out is None:
+        raise InvalidInput(f"job {record.id} has no result.json to answer with.")
+    body: dict[str, Any] = json.loads(read(out.key))
+    return body
+
+
+# --- image -------------------------------------------------------------------------------
+
+
+def image_request(body: dict[str, Any]) -> dict[str, Any]:
+    request: dict[str, Any] = {"prompt": _text(body, "prompt")}
+    n = body.get("n", 1)
+    if not isinstance(n, int) or not 1 <= n <= 16:
+        raise InvalidInput("body.n must be an integer from 1 to 16.")
+    request["count"] = n
+    size = body.get("size")
+    if isinstance(size, str) and size != "auto":
+        width, _, height = size.partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            raise InvalidInput(f"body.size {size!r} must look like 512x512.")
+        request["width"], request["height"] = int(width), int(height)
+    return {**request, **local_model(body)}
+
+
+def image_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
+    images = [o for o in record.outputs if not o.partial and o.content_type.startswith("image/")]
+    created = int(record.finished_at or time.time())
+    return {"created": created, "data": [{"url": url_for(o.key)} for o in images]}
+
+
+ADAPTERS: dict[str, Adapter] = {
+    a.endpoint: a
+    for a in (
+        Adapter("/v1/audio/speech", "speak", speech_request, speech_body),
+        Adapter(
+            "/v1/audio/transcriptions", "transcribe", transcription_request, transcription_body
+        ),
+        Adapter("/v1/embeddings", "embed", embeddings_request, embeddings_body),
+        Adapter("/v1/chat/completions", "generate", chat_request, generate_body),
+        Adapter("/v1/completions", "generate", completion_request, generate_body),
+        Adapter("/v1/images/generations", "image", image_request, image_body),
+    )
+}
+
+
+def adapter_for(url: str) -> Adapter:
+    """The adapter of an endpoint; InvalidInput naming the supported ones otherwise."""
+    try:
+        return ADAPTERS[url]
+    except KeyError:
+        raise InvalidInput(
+            f"endpoint {url!r} is not supported; use one of {', '.join(sorted(ADAPTERS))}."
+        ) from None

@@ -1,0 +1,1 @@
+"""Thin routers: parse, check ownership, call stoker.client / the api services, render."""

@@ -1,0 +1,174 @@
+"""OpenAI's synchronous routes: submit, wait up to ``api.sync_wait_s``, answer.
+
+A capability that is not deployed here answers 503. A job still unfinished at the
+deadline answers 504 with the job id (header ``X-Stoker-Job-Id`` and the message): it
+keeps running and can be read at ``/v1/jobs/{id}``. We chose 504 over 202 because an
+OpenAI client expects the result body or an error, never an accepted-for-later answer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, File, Form, UploadFile
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+
+from stoker.api.deps import KeyDep, StateDep
+from stoker.api.errors import ApiError
+from stoker.api.keys import ApiKey
+from stoker.api.openai_shapes import ADAPTERS, TRANSCRIPT_FORMATS, output_named
+from stoker.api.routes.files import save_upload
+from stoker.api.state import ApiState
+from stoker.api.submission import submit_job
+from stoker.jobs import CAPABILITIES, installed
+from stoker.queues.records import JobRecord, JobState
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+OpenAIBody = Annotated[dict[str, Any], Body(description="the OpenAI request body")]
+
+
+def require_deployed(kind: str) -> None:
+    cap = CAPABILITIES.get(kind)
+    if cap is None or not installed(cap):
+        raise ApiError(
+            503,
+            f"the {kind} capability is not deployed on this stoker; ask the operator to "
+            f"install it (pip install 'stoker[{kind}]') and run a worker for it.",
+            type="server_error",
+            code="capability_unavailable",
+        )
+
+
+def run_sync(state: ApiState, key: ApiKey, endpoint: str, body: dict[str, Any]) -> JobRecord:
+    """Submit the request of ``endpoint`` and wait for its job; the finished record."""
+    adapter = ADAPTERS[endpoint]
+    require_deployed(adapter.kind)
+    request = adapter.to_request(body)
+    record, _ = submit_job(
+        state,
+        key,
+        kind=adapter.kind,
+        params=request,
+        priority="interactive",
+        webhook=None,
+        idempotency_key=None,
+    )
+    wait_s = state.settings.api.sync_wait_s
+    try:
+        done = state.stoker.wait(record.id, timeout_s=wait_s)
+    except TimeoutError:
+        raise ApiError(
+            504,
+            f"job {record.id} did not finish within {wait_s:g} s; it keeps running: "
+            f"read it at /v1/jobs/{record.id}.",
+            type="server_error",
+            code="timeout",
+            headers={"X-Stoker-Job-Id": record.id},
+        ) from None
+    if done.state is JobState.SUCCEEDED:
+        return done
+    message = done.error.message if done.error else f"job {done.id} was {done.state}."
+    code = done.error.kind if done.error else done.state.value
+    if code in ("invalid_input", "unknown_model"):
+        status, kind = 400, "invalid_request_error"
+    elif done.state is JobState.CANCELLED:
+        status, kind = 409, "invalid_request_error"
+    else:  # the job failed on a worker (a model that would not load, a stoker bug)
+        status, kind = 500, "server_error"
+    raise ApiError(status, message, type=kind, code=code, headers={"X-Stoker-Job-Id": done.id})
+
+
+def _json_body(state: ApiState, record: JobRecord, endpoint: str) -> dict[str, Any]:
+    adapter = ADAPTERS[endpoint]
+    return adapter.response_body(record, state.stoker.output_url, state.stoker.storage.get_bytes)
+
+
+@router.post(
+    "/audio/speech",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"audio/mpeg": {}, "audio/wav": {}}}},
+)
+def speech(body: OpenAIBody, state: StateDep, key: KeyDep) -> Response:
+    """The audio itself, streamed from storage."""
+    done = run_sync(state, key, "/v1/audio/speech", body)
+    out = output_named(done, ".wav", ".mp3", ".flac", ".ogg")
+    if out is None:
+        raise ApiError(500, f"job {done.id} has no audio output.", type="server_error")
+    handle = state.stoker.storage.open(out.key)
+
+    def chunks() -> Any:
+        with handle:
+            while block := handle.read(1 << 16):
+                yield block
+
+    return StreamingResponse(
+        chunks(), media_type=out.content_type, headers={"X-Stoker-Job-Id": done.id}
+    )
+
+
+@router.post("/audio/transcriptions")
+def transcriptions(
+    state: StateDep,
+    key: KeyDep,
+    file: Annotated[UploadFile, File()],
+    model: Annotated[str, Form(max_length=128)] = "whisper-1",
+    language: Annotated[str | None, Form(max_length=16)] = None,
+    response_format: Annotated[str, Form(max_length=16)] = "json",
+) -> Response:
+    fmt = TRANSCRIPT_FORMATS.get(response_format)
+    if fmt is None:
+        raise ApiError(
+            400,
+            f"response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}.",
+            param="response_format",
+        )
+    require_deployed("transcribe")
+    upload = save_upload(state, key, file, "user_data")
+    body = {
+        "file": upload.id,
+        "model": model,
+        "language": language or "auto",
+        "response_format": response_format,
+    }
+    try:
+        done = run_sync(state, key, "/v1/audio/transcriptions", body)
+    finally:
+        state.stoker.storage.delete(upload.key)
+        state.meta.delete("file", upload.id)
+    out = output_named(done, f".{fmt}")
+    text = state.stoker.storage.get_bytes(out.key).decode("utf-8") if out else ""
+    if response_format == "json":
+        return Response(_json_text(text), media_type="application/json")
+    if response_format == "verbose_json":
+        return Response(text, media_type="application/json")
+    return PlainTextResponse(text)
+
+
+def _json_text(text: str) -> str:
+    import json
+
+    return json.dumps({"text": text.strip()})
+
+
+@router.post("/embeddings")
+def embeddings(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
+    return _json_body(state, run_sync(state, key, "/v1/embeddings", body), "/v1/embeddings")
+
+
+@router.post("/chat/completions")
+def chat_completions(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
+    endpoint = "/v1/chat/completions"
+    return _json_body(state, run_sync(state, key, endpoint, body), endpoint)
+
+
+@router.post("/completions")
+def completions(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
+    endpoint = "/v1/completions"
+    return _json_body(state, run_sync(state, key, endpoint, body), endpoint)
+
+
+@router.post("/images/generations")
+def images(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
+    endpoint = "/v1/images/generations"
+    return _json_body(state, run_sync(state, key, endpoint, body), endpoint)

@@ -1,0 +1,45 @@
+"""What the running API holds: settings, one Stoker client, its own store, metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from stoker.api.meta import MetaStore
+from stoker.api.metrics import ApiMetrics
+from stoker.client import Stoker
+from stoker.config import Settings
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    stoker: Stoker
+    meta: MetaStore
+    metrics: ApiMetrics
+    # kind → (depth, when measured): queue depth is read at most once a second per kind.
+    _depths: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def queue_depth(self, kind: str) -> int:
+        """Messages waiting on ``kind``'s queue (all priorities), cached for 1 s."""
+        cached = self._depths.get(kind)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < 1.0:
+            return cached[0]
+        depth = measure_depth(self.stoker, kind)
+        self._depths[kind] = (depth, now)
+        return depth
+
+    def queued(self, kind: str, chunks: int) -> None:
+        """Count ``chunks`` just queued on ``kind`` until the next measurement."""
+        cached = self._depths.get(kind)
+        if cached is not None:
+            self._depths[kind] = (cached[0] + chunks, cached[1])
+
+
+def measure_depth(stoker: Stoker, kind: str) -> int:
+    """kombu's passive declare: the message count on any transport (Redis sums the
+    queue's priority lists; the SQL transport counts rows)."""
+    with stoker.app.connection_for_read() as conn:
+        ok = conn.default_channel.queue_declare(queue=kind, passive=True)
+        return int(ok.message_count)

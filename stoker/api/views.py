@@ -1,0 +1,76 @@
+"""What the API answers about a job: the record, with outputs as URLs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from stoker.api import webhooks
+from stoker.api.state import ApiState
+from stoker.config import Priority
+from stoker.queues.records import JobError, JobRecord, JobState, Progress
+
+
+class OutputView(BaseModel):
+    name: str
+    size_bytes: int
+    content_type: str
+    partial: bool
+    url: str  # presigned on S3 (expires after presign_expiry_s), file:// locally
+
+
+class JobView(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    kind: str
+    owner: str
+    state: JobState
+    priority: Priority
+    progress: Progress
+    outputs: list[OutputView] = Field(default_factory=list)
+    error: JobError | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    parent: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    webhook: dict[str, Any] | None = None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobView]
+    has_more: bool
+    next_cursor: float | None = Field(
+        default=None, description="pass as ?cursor= for the next (older) page"
+    )
+
+
+def job_view(state: ApiState, record: JobRecord, *, with_webhook: bool = True) -> JobView:
+    outputs = [
+        OutputView(
+            name=o.name,
+            size_bytes=o.size_bytes,
+            content_type=o.content_type,
+            partial=o.partial,
+            url=state.stoker.output_url(o.key),
+        )
+        for o in record.outputs
+    ]
+    return JobView(
+        id=record.id,
+        kind=record.kind,
+        owner=record.owner,
+        state=record.state,
+        priority=record.priority,
+        progress=record.progress,
+        outputs=outputs,
+        error=record.error,
+        params=record.params,
+        parent=record.parent,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        webhook=webhooks.status_of(state.meta, record.id) if with_webhook else None,
+    )

@@ -1,0 +1,214 @@
+"""The HTTP API as a user runs it: `stoker api` under uvicorn on loopback, a real
+`stoker worker` with the Piper voice, Redis and an S3-protocol server, driven by the
+official ``openai`` client and by plain HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api_server import api_server, auth, make_key
+from tests.deployment import Deployment
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+@pytest.fixture()
+def api(deployment: Deployment) -> Iterator[tuple[str, str]]:
+    """(base URL, key of owner "dev") of an API over the deployment, with a speak worker."""
+    deployment.env["STOKER_API__POLL_S"] = "0.2"
+    deployment.env["STOKER_API__WEBHOOK_BACKOFF_S"] = "0.2"
+    deployment.start_worker("speak")
+    key = make_key(deployment.settings(), "dev")
+    with api_server(deployment.env, deployment.workdir) as url:
+        yield url, key
+
+
+def speech_line(custom_id: str, text: str) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/audio/speech",
+        "body": {"model": "tts-1", "input": text, "voice": "alloy", "response_format": "wav"},
+    }
+
+
+def wait_for(fetch: Any, done: Any, timeout_s: float = 120) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fetch()
+        if done(value):
+            return value
+        time.sleep(0.3)
+    raise TimeoutError(f"not done after {timeout_s}s: {value}")
+
+
+def test_the_openai_client_runs_a_speech_batch(api: tuple[str, str]) -> None:
+    from openai import OpenAI
+
+    url, key = api
+    client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    # Given a JSONL file of two speech requests, one without input, and one broken line
+    lines = [
+        json.dumps(speech_line("a", "Hello from the batch.")),
+        json.dumps(speech_line("b", "A second line of speech.")),
+        json.dumps({**speech_line("c", ""), "body": {"voice": "alloy"}}),
+        "{not json",
+    ]
+    upload = client.files.create(file=("in.jsonl", "\n".join(lines).encode()), purpose="batch")
+    assert upload.bytes > 0 and upload.purpose == "batch"
+
+    # When a batch runs it
+    batch = client.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/audio/speech",
+        completion_window="24h",
+        metadata={"run": "e2e"},
+    )
+    assert batch.status == "in_progress" and batch.request_counts.total == 4
+    done = wait_for(
+        lambda: client.batches.retrieve(batch.id),
+        lambda b: b.status in ("completed", "failed", "cancelled"),
+    )
+
+    # Then it completed, two requests succeeded and two failed
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 2)
+    assert done.metadata == {"run": "e2e"}
+    output = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(line["custom_id"] for line in output) == ["a", "b"]
+    for line in output:
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        audio = line["response"]["body"]["outputs"][0]
+        assert audio["name"] == "speech.wav" and audio["url"].startswith("http")
+        assert httpx.get(audio["url"]).content[:4] == b"RIFF"  # presigned URL on S3
+    # And the error file names the line without input and the broken one
+    errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert [e["custom_id"] for e in errors] == ["c", None]
+    assert "body.input" in errors[0]["response"]["body"]["error"]["message"]
+    assert "line 4 is not JSON" in errors[1]["response"]["body"]["error"]["message"]
+    # And the batch is listed
+    assert batch.id in [b.id for b in client.batches.list(limit=10).data]
+    # And the synchronous speech route answers with the audio itself
+    speech = client.audio.speech.create(
+        model="tts-1", voice="alloy", input="Right away.", response_format="wav"
+    )
+    assert speech.content[:4] == b"RIFF"
+
+
+def test_a_batch_can_be_cancelled_and_another_key_cannot_see_it(
+    api: tuple[str, str], deployment: Deployment
+) -> None:
+    from openai import NotFoundError, OpenAI
+
+    url, key = api
+    client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    text = "This sentence is long enough to keep the worker busy for a while. " * 20
+    lines = "\n".join(json.dumps(speech_line(str(i), text + str(i))) for i in range(6))
+    upload = client.files.create(file=("in.jsonl", lines.encode()), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/audio/speech", completion_window="24h"
+    )
+    # When another owner looks, they get 404 for the batch and its file
+    other = OpenAI(
+        base_url=f"{url}/v1", api_key=make_key(deployment.settings(), "eve"), max_retries=0
+    )
+    with pytest.raises(NotFoundError):
+        other.batches.retrieve(batch.id)
+    with pytest.raises(NotFoundError):
+        other.files.content(upload.id)
+    # When the owner cancels it
+    cancelled = client.batches.cancel(batch.id)
+    # Then it is cancelled and the unfinished requests are in the error file
+    assert cancelled.status == "cancelled"
+    errors = client.files.content(cancelled.error_file_id).text.splitlines()
+    assert errors and all(json.loads(e)["error"]["code"] == "batch_cancelled" for e in errors)
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]] = []
+    fail_first = 1
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers), body))
+        status = 500 if len(type(self).received) <= type(self).fail_first else 200
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_job_over_http_sends_a_signed_webhook_retried_after_a_failure(
+    api: tuple[str, str],
+) -> None:
+    url, key = api
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = f"http://127.0.0.1:{server.server_port}/hook"
+    try:
+        # Given a speak job with a webhook whose target fails once
+        job = httpx.post(
+            f"{url}/v1/jobs",
+            headers=auth(key),
+            json={
+                "kind": "speak",
+                "params": {"text": "Webhooks are signed."},
+                "webhook": {"url": target, "secret": "s3cret"},
+            },
+        ).json()
+        # When its events are followed until it ends
+        with httpx.stream(
+            "GET", f"{url}/v1/jobs/{job['id']}/events", headers=auth(key), timeout=60
+        ) as events:
+            names = [line[7:] for line in events.iter_lines() if line.startswith("event: ")]
+        assert names[-1] == "end" and set(names[:-1]) <= {"update"}
+        final = wait_for(
+            lambda: httpx.get(f"{url}/v1/jobs/{job['id']}", headers=auth(key)).json(),
+            lambda j: j["webhook"]["state"] != "pending",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Then the second attempt was delivered, signed over the exact body
+    assert final["state"] == "succeeded" and final["webhook"]["state"] == "delivered"
+    assert [a["status_code"] for a in final["webhook"]["attempts"]] == [500, 200]
+    headers, body = _Receiver.received[-1]
+    expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers["X-Stoker-Signature"] == expected
+    event = json.loads(body)
+    assert event["type"] == "job.succeeded" and event["job_id"] == job["id"]
+    # And the job's outputs are presigned URLs
+    assert final["outputs"][0]["url"].startswith("http")
+
+
+def test_the_openai_client_transcribes_an_upload_synchronously(
+    api: tuple[str, str], deployment: Deployment
+) -> None:
+    from openai import OpenAI
+
+    from tests.media_files import speech_wav
+
+    # Given a transcribe worker and a spoken recording
+    deployment.start_worker("transcribe")
+    wav = speech_wav(deployment.workdir / "fox.wav", "The quick brown fox jumps over the dog.")
+    url, key = api
+    client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    # When it is sent to /v1/audio/transcriptions as OpenAI's client sends it
+    with wav.open("rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f)
+    # Then the answer is the transcript
+    assert "quick brown fox" in result.text.lower()
+    with wav.open("rb") as f:
+        srt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
+    assert "00:00:00,000 -->" in str(srt)

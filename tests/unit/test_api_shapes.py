@@ -1,0 +1,76 @@
+"""OpenAI request bodies → stoker requests, and results → OpenAI response bodies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stoker.api.openai_shapes import ADAPTERS, adapter_for
+from stoker.errors import InvalidInput
+from stoker.queues.records import JobRecord, JobState, OutputRef
+
+
+def test_speech_maps_openai_names_to_the_default_voice_and_formats() -> None:
+    to = ADAPTERS["/v1/audio/speech"].to_request
+    assert to({"model": "tts-1", "input": "Hi.", "voice": "alloy"}) == {
+        "text": "Hi.",
+        "format": "mp3",
+    }
+    assert to(
+        {"input": "Hi.", "voice": "en_US-joe-medium", "response_format": "opus", "speed": 2.0}
+    ) == {"text": "Hi.", "voice": "en_US-joe-medium", "format": "ogg", "length_scale": 0.5}
+    assert to({"model": "en_US-joe-medium", "input": "Hi."})["voice"] == "en_US-joe-medium"
+    for bad in (
+        {"voice": "alloy"},
+        {"input": "x", "response_format": "aac"},
+        {"input": "x", "speed": 9},
+    ):
+        with pytest.raises(InvalidInput):
+            to(bad)
+
+
+def test_embeddings_chat_completions_and_images_requests() -> None:
+    assert ADAPTERS["/v1/embeddings"].to_request(
+        {"model": "text-embedding-3-small", "input": "a"}
+    ) == {"texts": ["a"], "format": "jsonl"}
+    chat = ADAPTERS["/v1/chat/completions"].to_request(
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_completion_tokens": 5,
+            "stop": "\n",
+        }
+    )
+    assert chat == {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+        "stop": ["\n"],
+    }
+    assert ADAPTERS["/v1/completions"].to_request({"prompt": "x", "model": "mine"}) == {
+        "prompt": "x",
+        "model": "mine",
+    }
+    assert ADAPTERS["/v1/images/generations"].to_request(
+        {"prompt": "a cat", "n": 2, "size": "256x256", "model": "dall-e-3"}
+    ) == {"prompt": "a cat", "count": 2, "width": 256, "height": 256}
+    with pytest.raises(InvalidInput):
+        adapter_for("/v1/moderations")
+
+
+def test_an_embed_result_becomes_an_openai_embedding_list() -> None:
+    ref = OutputRef(
+        name="embeddings.jsonl",
+        key="jobs/j/embeddings.jsonl",
+        size_bytes=1,
+        content_type="application/x-ndjson",
+    )
+    record = JobRecord(
+        id="j", kind="embed", state=JobState.SUCCEEDED, outputs=[ref], model="minilm"
+    )
+    data = b'{"id": "0", "embedding": [0.5, 1.0]}\n{"id": "1", "embedding": [2.0, 3.0]}\n'
+    body = ADAPTERS["/v1/embeddings"].response_body(record, lambda k: "u", lambda k: data)
+    assert body["object"] == "list" and body["model"] == "minilm"
+    assert [d["embedding"] for d in body["data"]] == [[0.5, 1.0], [2.0, 3.0]]
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    json.dumps(body)

@@ -1,0 +1,87 @@
+"""Webhook delivery (one pass at a time, a fake target) and target validation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+
+from stoker.api.errors import ApiError
+from stoker.api.meta_sqlite import SqliteMetaStore
+from stoker.api.webhooks import Deliverer, WebhookSpec, register, status_of, validate_target
+from stoker.config import ApiSettings
+from stoker.queues.records import JobRecord, JobState
+
+
+def job(state: JobState) -> JobRecord:
+    return JobRecord(id="job_1", kind="echo", state=state)
+
+
+def test_a_webhook_waits_for_the_end_then_is_signed_retried_and_recorded(
+    tmp_path: Path,
+) -> None:
+    # Given a job with a webhook and a target that fails once, then accepts
+    meta = SqliteMetaStore(tmp_path / "api.sqlite")
+    register(meta, "job_1", "alice", WebhookSpec(url="http://hooks.test/x"), "key-secret")
+    current = {"record": job(JobState.RUNNING)}
+    sent: list[tuple[bytes, dict[str, str]]] = []
+
+    def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        sent.append((body, headers))
+        return 503 if len(sent) == 1 else 204
+
+    settings = ApiSettings(webhook_backoff_s=0.0001, webhook_max_attempts=3)
+    deliverer = Deliverer(meta, lambda _id: current["record"], settings, post)
+    # When the job is still running, nothing is sent
+    assert deliverer.run_once() == 0
+    # When it has ended: a failed attempt, then a delivered one
+    current["record"] = job(JobState.SUCCEEDED)
+    assert deliverer.run_once() == 1
+    assert deliverer.run_once() == 1
+    assert deliverer.run_once() == 0  # nothing left to deliver
+    # Then the body is signed with the key's secret and the attempts are on the job
+    body, headers = sent[-1]
+    digest = hmac.new(b"key-secret", body, hashlib.sha256).hexdigest()
+    assert headers["X-Stoker-Signature"] == f"sha256={digest}"
+    assert json.loads(body)["type"] == "job.succeeded"
+    shown = status_of(meta, "job_1")
+    assert shown is not None and "secret" not in shown
+    assert shown["state"] == "delivered"
+    assert [a["status_code"] for a in shown["attempts"]] == [503, 204]
+    meta.close()
+
+
+def test_a_target_that_keeps_failing_is_given_up_after_the_attempts(tmp_path: Path) -> None:
+    meta = SqliteMetaStore(tmp_path / "api.sqlite")
+    register(meta, "job_1", "a", WebhookSpec(url="http://x.test", secret="s"), "k")
+
+    def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        raise ConnectionError("refused")
+
+    settings = ApiSettings(webhook_backoff_s=0.0001, webhook_max_attempts=2)
+    deliverer = Deliverer(meta, lambda _id: job(JobState.FAILED), settings, post)
+    while deliverer.run_once():
+        pass
+    shown = status_of(meta, "job_1")
+    assert shown is not None and shown["state"] == "failed"
+    assert ["refused" in a["error"] for a in shown["attempts"]] == [True, True]
+    meta.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://h/x", "http://", "gopher://h", "javascript:alert(1)"]
+)
+def test_only_http_targets_are_accepted(url: str) -> None:
+    with pytest.raises(ApiError):
+        validate_target(url, ApiSettings())
+
+
+def test_the_allow_list_limits_hosts() -> None:
+    settings = ApiSettings(webhook_allow_hosts=["hooks.example.com"])
+    validate_target("https://hooks.example.com/x", settings)
+    with pytest.raises(ApiError) as refused:
+        validate_target("http://169.254.169.254/latest", settings)
+    assert refused.value.code == "webhook_host_not_allowed"
