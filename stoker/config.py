@@ -125,6 +125,17 @@ class Settings(BaseSettings):
     budgets: dict[str, ByteSize] = Field(default_factory=dict)
     keep_alive_s: float | None = Field(default=None, gt=0)  # None: never unload idle models
     pinned_models: list[str] = Field(default_factory=list)
+    # Which queues a worker consumes (workers/scheduler.py): "backlog" keeps taking the
+    # work of the model it holds while there is some, then switches deliberately;
+    # "fifo" consumes every queue at once (a plain Celery worker). Redis broker only;
+    # the embedded broker always runs "fifo".
+    scheduling: Literal["backlog", "fifo"] = "backlog"
+    scheduler_interval_s: float = Field(default=0.5, gt=0)  # how often backlog is read
+    # A queue whose oldest message waited this long is served even if it forces a switch.
+    scheduler_max_wait_s: float = Field(default=300.0, gt=0)
+    # A worker joins a model queue another worker already serves only when at least
+    # this many messages wait per serving worker (a load costs more than a short wait).
+    scheduler_share_backlog: int = Field(default=32, ge=1)
 
     log_level: str = "INFO"
     api: ApiSettings = Field(default_factory=ApiSettings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Annotated
 
 import typer
@@ -41,10 +42,19 @@ def worker(
 
 
 @app.command()
-def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def models(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    loaded: Annotated[
+        bool, typer.Option("--loaded", help="What each live worker holds now (Redis).")
+    ] = False,
+) -> None:
     """The models and voices this machine can load, and where they come from."""
     from stoker.workers.catalog import ModelCatalog
 
+    if loaded:
+        _loaded_models(ctx, as_json)
+        return
     catalog = ModelCatalog(settings_of(ctx))
     if as_json:
         rows = [
@@ -60,6 +70,7 @@ def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         print(json.dumps(rows, indent=2))
         return
     table = table_of("name", "backend", "source", "path", "status")
+    table.columns[0].no_wrap = True  # names are what people copy; wrap the paths instead
     for spec in catalog.all():
         missing = catalog.missing_files(spec)
         table.add_row(
@@ -70,6 +81,56 @@ def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             f"[red]missing {missing[0]}[/]" if missing else "[green]ok[/]",
         )
     console.print(table)
+
+
+def _loaded_models(ctx: typer.Context, as_json: bool) -> None:
+    """Per live worker: pools, budgets, loaded models with footprint and last use."""
+    from stoker.queues.app import MODEL_QUEUE_MARK
+    from stoker.workers.fleet import RedisFleet, open_fleet
+
+    fleet = open_fleet(settings_of(ctx))
+    if not isinstance(fleet, RedisFleet):
+        console.print(
+            "Workers publish what they hold only when the job store is Redis "
+            "(set STOKER_BROKER_URL=redis://...); the embedded default has none to show."
+        )
+        raise typer.Exit(1)
+    beats = fleet.workers()
+    if as_json:
+        print(json.dumps([b.model_dump(mode="json") for b in beats], indent=2))
+        return
+    table = table_of(
+        "worker", "device", "model queues", "budget MiB", "used MiB", "hit/miss/evict",
+        "model", "MiB", "last use",
+    )  # fmt: skip
+    now = time.time()
+    for beat in beats:
+        for pool in beat.pools or []:
+            counts = f"{pool.hits}/{pool.misses}/{pool.evictions}"
+            queues = ", ".join(q for q in beat.queues if MODEL_QUEUE_MARK in q) or "-"
+            head = [
+                beat.hostname,
+                pool.device,
+                queues,
+                _mib(pool.budget_bytes),
+                _mib(pool.used_bytes),
+                counts,
+            ]
+            for m in pool.models or []:
+                table.add_row(
+                    *head, m.name, _mib(m.footprint_bytes), f"{now - m.last_used_at:.0f} s ago"
+                )
+                head = [""] * len(head)
+            if head[0]:
+                table.add_row(*head, "-", "", "")
+        if not beat.pools:
+            table.add_row(beat.hostname, beat.device, "", "", "", "0/0/0", "-", "", "")
+    console.print(table)
+    console.print(f"{len(beats)} live worker(s)")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f}"
 
 
 @app.command()

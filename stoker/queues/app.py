@@ -16,6 +16,8 @@ Choices made on purpose (Celery's known traps for long inference jobs):
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 from celery import Celery
@@ -35,6 +37,14 @@ QUEUES: tuple[str, ...] = (
     "mesh",
     "echo",
 )
+
+#: A job that names a model goes on ``<capability>.m.<model slug>`` (e.g.
+#: ``speak.m.en_US-joe-medium``), so a worker can take only the work of the model it
+#: holds (workers/scheduler.py). A job without a model stays on the capability's queue.
+MODEL_QUEUE_MARK = ".m."
+#: Message header: epoch seconds at which a chunk message was queued (starvation guard).
+QUEUED_AT_HEADER = "stoker_queued_at"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 #: kombu's Redis transport serves lower numbers first (0 is the highest priority).
 PRIORITY_STEPS = [0, 3, 6, 9]
@@ -95,3 +105,23 @@ def make_celery(settings: Settings) -> Celery:
 
 def priority_value(priority: Priority) -> int:
     return PRIORITIES[priority]
+
+
+def model_slug(model: str) -> str:
+    """``model`` as a queue-name part: letters, digits, ``_.-`` kept; a name with
+    anything else gets the rest replaced by ``_`` and a short hash, so two names never
+    share a queue."""
+    slug = _UNSAFE.sub("_", model)
+    if slug != model:
+        slug += "-" + hashlib.sha256(model.encode()).hexdigest()[:8]
+    return slug
+
+
+def model_queue(kind: str, model: str | None) -> str:
+    """The queue of ``kind``'s jobs that use ``model``; ``kind`` itself when None."""
+    return kind if not model else f"{kind}{MODEL_QUEUE_MARK}{model_slug(model)}"
+
+
+def queue_kind(queue: str) -> str:
+    """The capability a queue belongs to (its name up to the model part)."""
+    return queue.split(MODEL_QUEUE_MARK, 1)[0]

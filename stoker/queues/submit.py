@@ -7,6 +7,7 @@ an empty text) is refused before anything is queued, not an hour later on a work
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery
@@ -16,7 +17,13 @@ from stoker.config import Priority
 from stoker.errors import BrokerUnavailable
 from stoker.jobs import get_capability
 from stoker.jobs.base import ChunkPlan, PrepareContext
-from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK, priority_value
+from stoker.queues.app import (
+    BATCHED_CHUNK_TASK,
+    QUEUED_AT_HEADER,
+    RUN_CHUNK_TASK,
+    model_queue,
+    priority_value,
+)
 from stoker.queues.records import ChunkRef, JobError, JobRecord, Progress, new_record
 from stoker.queues.stores.base import JobStore
 from stoker.storage import Storage
@@ -86,14 +93,20 @@ def _enqueue(app: Celery, store: JobStore, record: JobRecord, plans: list[ChunkP
             # Batchable capabilities' chunks are run many at a time (batching.py).
             batched = getattr(get_capability(record.kind), "batchable", False)
             task = BATCHED_CHUNK_TASK if batched else RUN_CHUNK_TASK
+            # One queue per model, so a worker can keep taking its warm model's work;
+            # "fifo" keeps every model's jobs in one queue, in submission order.
+            backlog = app.stoker_settings.scheduling == "backlog"
+            queue = model_queue(record.kind, record.model if backlog else None)
             for i, plan in enumerate(plans):
                 app.send_task(
                     task,
                     args=(record.id, i, plan.payload),
-                    queue=record.kind,
-                    routing_key=record.kind,
+                    queue=queue,
+                    routing_key=queue,
                     priority=priority_value(record.priority),
                     producer=producer,
+                    # When it was queued: the worker's starvation guard reads it.
+                    headers={QUEUED_AT_HEADER: time.time()},
                 )
     except OperationalError as exc:
         error = BrokerUnavailable(

@@ -17,6 +17,7 @@ from celery.worker import WorkController
 from stoker.config import Settings
 from stoker.workers.execute import ChunkExecutor
 from stoker.workers.process import keep_alive, node_name, worker_app
+from stoker.workers.steering import candidate_queues
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def inprocess_worker(
         app=app,
         pool="solo",
         concurrency=1,
-        queues=list(queues),
+        # Each capability's plain and per-model queues, all at once (a one-job worker).
+        queues=[q for q, _ in candidate_queues(queues, executor.catalog)],
         hostname=node_name(device) + "-inprocess",
         loglevel="WARNING",
         ready_callback=lambda *_: ready.set(),

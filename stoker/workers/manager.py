@@ -3,8 +3,9 @@
 One pool per device string ("cpu", "cuda:0"). A pool's used bytes are the sum of
 its models' footprints, each measured at load as the device's used memory after the
 load minus before (RSS on the CPU). Measured footprints are remembered per
-(fingerprint, device) after eviction, so only a model's first load on a device is
-estimated from its size on disk.
+(fingerprint, device) after eviction, and shared with other workers through the
+fleet (workers/fleet.py: Redis, per fingerprint and device kind), so only a model's
+first load anywhere is estimated from its size on disk.
 
 Eviction is least-recently-used, never a pinned model (``settings.pinned_models``)
 and never a model in use. A model that cannot fit raises ModelTooLarge, a permanent
@@ -26,6 +27,7 @@ from stoker.config import Settings
 from stoker.errors import ConfigError, ModelTooLarge
 from stoker.workers import memory
 from stoker.workers.catalog import ModelSpec
+from stoker.workers.fleet import Fleet, LocalFleet
 from stoker.workers.loaders import Loader, default_loaders
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,7 @@ class ModelManager:
         *,
         clock: Callable[[], float] = time.monotonic,
         measure: Callable[[str], int] = memory.device_used_bytes,
+        fleet: Fleet | None = None,
     ) -> None:
         self._settings = settings
         self._loaders = dict(default_loaders() if loaders is None else loaders)
@@ -123,6 +126,7 @@ class ModelManager:
         self._pinned = frozenset(settings.pinned_models)
         self._pools: dict[str, _Pool] = {}
         self._footprints: dict[tuple[str, str], int] = {}
+        self._fleet: Fleet = fleet or LocalFleet()
         # One lock for all pools; held while loading, never while a model is used.
         self._lock = threading.Lock()
 
@@ -147,6 +151,23 @@ class ModelManager:
         key = (spec.fingerprint, device)
         with self._lock:
             return self._footprints.get(key)
+
+    def estimate(self, spec: ModelSpec, device: str) -> int:
+        """Bytes ``spec`` is expected to take on ``device``: measured here, measured by
+        another worker (the fleet), or its size on disk, in that order."""
+        with self._lock:
+            return self._estimate(spec, spec.fingerprint, device)
+
+    def budget_bytes(self, device: str) -> int:
+        """The budget of ``device``'s pool. Raises ConfigError for a bad device."""
+        with self._lock:
+            return self._pool(device).budget_bytes
+
+    def held(self, device: str) -> frozenset[str]:
+        """Names of the models loaded on ``device``."""
+        with self._lock:
+            pool = self._pools.get(device)
+            return frozenset(s.info.name for s in pool.slots.values()) if pool else frozenset()
 
     def evict_idle(self) -> list[str]:
         """Unload models unused for over ``keep_alive_s`` (not pinned, not in use).
@@ -234,12 +255,13 @@ class ModelManager:
 
     def _load(self, pool: _Pool, spec: ModelSpec, fingerprint: str) -> _Slot:
         loader = self._loader(spec)
-        estimate = self._footprints.get((fingerprint, pool.device)) or spec.disk_bytes()
+        estimate = self._estimate(spec, fingerprint, pool.device)
         if estimate > pool.budget_bytes:
             raise self._too_large(spec.name, pool, estimate)
         self._make_room(pool, spec.name, estimate)
         model, footprint, seconds = self._measured_load(loader, spec, pool.device)
         self._footprints[(fingerprint, pool.device)] = footprint
+        self._share_footprint(fingerprint, pool.device, footprint)
         now = self._clock()
         info = LoadedModel(
             name=spec.name,
@@ -261,6 +283,21 @@ class ModelManager:
         if pool.used_bytes > pool.budget_bytes:
             self._fit_after_load(pool, slot)
         return slot
+
+    def _estimate(self, spec: ModelSpec, fingerprint: str, device: str) -> int:
+        measured = self._footprints.get((fingerprint, device))
+        if measured is None:
+            try:
+                measured = self._fleet.footprint(fingerprint, memory.parse_device(device)[0])
+            except Exception as exc:  # the shared record is a hint; never fail a load on it
+                log.warning("could not read shared footprints (%s); using size on disk", exc)
+        return measured or spec.disk_bytes()
+
+    def _share_footprint(self, fingerprint: str, device: str, footprint: int) -> None:
+        try:
+            self._fleet.record_footprint(fingerprint, memory.parse_device(device)[0], footprint)
+        except Exception as exc:
+            log.warning("could not share the footprint of a load (%s)", exc)
 
     def _measured_load(
         self, loader: Loader, spec: ModelSpec, device: str

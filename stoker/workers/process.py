@@ -4,6 +4,10 @@ Why the solo pool: the task runs in the process that holds the model manager, so
 model loaded once serves every later chunk, and CUDA is initialised only here (it is
 not fork-safe). Parallelism comes from more worker processes, one per device.
 
+Which queues it consumes changes at run time (workers/steering.py): with
+``scheduling = "backlog"`` on Redis it keeps taking the work of the model it holds,
+then switches deliberately (workers/scheduler.py); otherwise it consumes every queue.
+
 Shutdown: SIGTERM (or Ctrl-C) is Celery's warm shutdown: the running chunk finishes
 and is acknowledged. SIGKILL loses the process, not the chunk: its message was never
 acknowledged, so the broker redelivers it to another worker.
@@ -17,6 +21,7 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from celery import Celery
 
@@ -28,20 +33,22 @@ from stoker.queues.tasks import attach_executor
 from stoker.storage import open_storage
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.execute import ChunkExecutor
+from stoker.workers.fleet import Fleet, open_fleet
 from stoker.workers.manager import ModelManager
 from stoker.workers.memory import parse_device
+from stoker.workers.steering import Steering, SteeringStep
 
 log = logging.getLogger(__name__)
 
 
-def build_executor(settings: Settings, device: str) -> ChunkExecutor:
+def build_executor(settings: Settings, device: str, fleet: Fleet | None = None) -> ChunkExecutor:
     parse_device(device)  # refuse "gpu" or "cuda:x" before anything starts
     return ChunkExecutor(
         settings=settings,
         store=open_job_store(settings),
         storage=open_storage(settings),
         catalog=ModelCatalog(settings),
-        manager=ModelManager(settings),
+        manager=ModelManager(settings, fleet=fleet),
         device=device,
     )
 
@@ -90,14 +97,47 @@ def node_name(device: str) -> str:
     return f"stoker-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
 
 
-def worker_app(settings: Settings, device: str) -> tuple[Celery, ChunkExecutor]:
+def worker_app(
+    settings: Settings, device: str, fleet: Fleet | None = None
+) -> tuple[Celery, ChunkExecutor]:
     app = make_celery(settings)
     # Celery's pools look tasks up on the *current* app; in `stoker run` the client's
     # app lives in the same process, so the worker's must be made current explicitly.
     app.set_current()
-    executor = build_executor(settings, device)
+    executor = build_executor(settings, device, fleet)
     attach_executor(app, executor)
     return app, executor
+
+
+def backlog_probe(settings: Settings) -> Any | None:
+    """What reads queue backlogs for the scheduler; None means consume every queue."""
+    if settings.scheduling != "backlog" or not settings.broker_url.startswith(
+        ("redis://", "rediss://")
+    ):
+        return None
+    import redis
+
+    from stoker.workers.backlog import RedisBacklog
+
+    return RedisBacklog(redis.Redis.from_url(settings.broker_url, socket_timeout=5))
+
+
+def steer(
+    app: Celery,
+    settings: Settings,
+    executor: ChunkExecutor,
+    kinds: Sequence[str],
+    hostname: str,
+    fleet: Fleet,
+) -> Steering:
+    """Attach a :class:`Steering` to ``app`` (run by its consumer bootstep)."""
+    steering = Steering(
+        settings, executor, kinds, fleet=fleet, probe=backlog_probe(settings), hostname=hostname
+    )
+    app.stoker_steering = steering
+    app.steps["consumer"].add(SteeringStep)
+    log.info("scheduling: %s over %d queue(s)", steering.mode, len(steering.candidates))
+    return steering
 
 
 def run_worker(
@@ -108,14 +148,18 @@ def run_worker(
     preload_models: Sequence[str] = (),
     loglevel: str = "INFO",
 ) -> None:
-    """Consume ``queues`` on ``device`` until stopped (SIGTERM/SIGINT: warm shutdown)."""
-    app, executor = worker_app(settings, device)
+    """Serve the capabilities ``queues`` on ``device`` until stopped (SIGTERM/SIGINT:
+    warm shutdown); their per-model queues are chosen by the scheduler."""
+    fleet = open_fleet(settings)
+    app, executor = worker_app(settings, device, fleet)
     preload(executor, preload_models)
+    hostname = node_name(device)
+    steering = steer(app, settings, executor, queues, hostname, fleet)
     worker = app.Worker(
-        queues=list(queues),
+        queues=steering.initial_queues(),
         pool="solo",
         concurrency=1,
-        hostname=node_name(device),
+        hostname=hostname,
         loglevel=loglevel,
         without_gossip=True,
         without_mingle=True,
@@ -125,5 +169,13 @@ def run_worker(
         try:
             worker.start()
         finally:
+            _leave(fleet, hostname)
             executor.manager.unload_all()
             executor.store.close()
+
+
+def _leave(fleet: Fleet, hostname: str) -> None:
+    try:
+        fleet.leave(hostname)
+    except Exception as exc:  # the record expires by itself
+        log.debug("heartbeat record not removed: %s", exc)
