@@ -35,13 +35,14 @@ def create_app(settings: Settings | None = None, *, deliver_webhooks: bool = Tru
         meta = open_meta_store(settings)
         state = ApiState(settings=settings, stoker=stoker, meta=meta, metrics=metrics)
         metrics.watch_queues(QUEUES, state.queue_depth)
+        metrics.watch_jobs(stoker.store.counts)
         app.state.api = state
         thread = None
         if deliver_webhooks:
             thread = DeliveryThread(
                 Deliverer(
                     meta,
-                    stoker.status,
+                    lambda job_id: metrics.job_seen(stoker.status(job_id)),
                     settings.api,
                     httpx_post(settings.api.webhook_timeout_s),
                     on_result=_count(metrics),

@@ -20,7 +20,7 @@ from stoker.api.errors import ApiError, not_found
 from stoker.api.files import FileObject, get_file, store_bytes
 from stoker.api.keys import ApiKey
 from stoker.api.meta import Doc
-from stoker.api.openai_shapes import Adapter, adapter_for
+from stoker.api.openai_shapes import Adapter, Options, adapter_for
 from stoker.api.state import ApiState
 from stoker.api.submission import check_capacity
 from stoker.errors import InvalidInput, StokerError
@@ -52,17 +52,21 @@ def _lines(state: ApiState, obj: FileObject) -> Iterator[tuple[int, str]]:
             yield number, text
 
 
-def _parse_line(number: int, text: str, adapter: Adapter) -> tuple[str | None, dict[str, Any]]:
-    """(custom_id, stoker request), or a refusal request naming what is wrong."""
+Parsed = tuple[str | None, dict[str, Any], Options]
+
+
+def _parse_line(number: int, text: str, adapter: Adapter) -> Parsed:
+    """(custom_id, stoker request, response options), or a refusal request naming what
+    is wrong."""
     try:
         line = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, {_REFUSED: f"line {number} is not JSON ({exc.msg})."}
+        return None, {_REFUSED: f"line {number} is not JSON ({exc.msg})."}, {}
     if not isinstance(line, dict):
-        return None, {_REFUSED: f"line {number} must be a JSON object."}
+        return None, {_REFUSED: f"line {number} must be a JSON object."}, {}
     custom_id = line.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
-        return None, {_REFUSED: f"line {number} has no custom_id string."}
+        return None, {_REFUSED: f"line {number} has no custom_id string."}, {}
     problem = None
     if line.get("method") != "POST":
         problem = f"line {number}: method must be POST."
@@ -74,21 +78,26 @@ def _parse_line(number: int, text: str, adapter: Adapter) -> tuple[str | None, d
     elif not isinstance(line.get("body"), dict):
         problem = f"line {number}: body must be a JSON object."
     if problem:
-        return custom_id, {_REFUSED: problem}
+        return custom_id, {_REFUSED: problem}, {}
     try:
-        return custom_id, adapter.to_request(line["body"])
+        return custom_id, adapter.to_request(line["body"]), adapter.options(line["body"])
     except InvalidInput as exc:
-        return custom_id, {_REFUSED: f"line {number}: {exc}"}
+        return custom_id, {_REFUSED: f"line {number}: {exc}"}, {}
 
 
 def read_requests(
     state: ApiState, obj: FileObject, adapter: Adapter
-) -> tuple[list[str | None], list[dict[str, Any]]]:
+) -> tuple[list[str | None], list[dict[str, Any]], dict[str, Options]]:
+    """custom_ids and requests in line order, and the response options of the lines
+    that have any (keyed by the line's index, as a string: it is stored as JSON)."""
     custom_ids: list[str | None] = []
-    requests = []
+    requests: list[dict[str, Any]] = []
+    options: dict[str, Options] = {}
     seen: set[str] = set()
     for number, text in _lines(state, obj):
-        custom_id, request = _parse_line(number, text, adapter)
+        custom_id, request, line_options = _parse_line(number, text, adapter)
+        if line_options:
+            options[str(len(requests))] = line_options
         if custom_id is not None:
             if custom_id in seen:
                 raise ApiError(
@@ -105,7 +114,7 @@ def read_requests(
         raise ApiError(
             400, "the input file has no requests.", param="input_file_id", code="empty_file"
         )
-    return custom_ids, requests
+    return custom_ids, requests, options
 
 
 def create_batch(
@@ -124,7 +133,7 @@ def create_batch(
     if completion_window != "24h":
         raise ApiError(400, "completion_window must be '24h'.", param="completion_window")
     obj = get_file(state.meta, key, input_file_id)
-    custom_ids, requests = read_requests(state, obj, adapter)
+    custom_ids, requests, options = read_requests(state, obj, adapter)
     check_capacity(state, adapter.kind)
 
     def submit_child(request: dict[str, Any], parent: str, index: int) -> JobRecord:
@@ -157,6 +166,7 @@ def create_batch(
         "completion_window": completion_window,
         "metadata": metadata,
         "custom_ids": custom_ids,
+        "options": options,
     }
     state.meta.put(Doc(BATCH_NS, parent.id, key.owner, parent.created_at, data))
     return batch_object(state, parent, data)
@@ -166,7 +176,7 @@ def owned_batch(state: ApiState, key: ApiKey, batch_id: str) -> tuple[JobRecord,
     doc = state.meta.get(BATCH_NS, batch_id)
     if doc is None or not (key.admin or doc.owner == key.owner):
         raise not_found("batch", batch_id)
-    return state.stoker.status(batch_id), doc
+    return state.metrics.job_seen(state.stoker.status(batch_id)), doc
 
 
 def _status(parent: JobRecord, data: dict[str, Any]) -> str:
@@ -213,14 +223,14 @@ def batch_object(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> di
 
 
 def _result_line(
-    state: ApiState, adapter: Adapter, kid: JobRecord, custom_id: str | None
+    state: ApiState, adapter: Adapter, kid: JobRecord, custom_id: str | None, options: Options
 ) -> tuple[bool, dict[str, Any]]:
     """(succeeded, the output or error line) of one child."""
     line_id = f"batch_req_{kid.id}"
     if kid.state is JobState.SUCCEEDED:
         try:
             body = adapter.response_body(
-                kid, state.stoker.output_url, state.stoker.storage.get_bytes
+                kid, state.stoker.output_url, state.stoker.storage.get_bytes, options
             )
         except StokerError as exc:
             body, kid_error = None, str(exc)
@@ -267,9 +277,11 @@ def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[s
     if not all(kid.state.terminal for kid in kids):  # a cancel still reaching children
         return data
     for kid in kids:
+        state.metrics.job_seen(kid)
         index = kid.parent_index or 0
         custom_id = custom_ids[index] if index < len(custom_ids) else None
-        ok, line = _result_line(state, adapter, kid, custom_id)
+        options = data.get("options", {}).get(str(index), {})
+        ok, line = _result_line(state, adapter, kid, custom_id, options)
         (good if ok else bad).append(json.dumps(line) + "\n")
     data = dict(data)
     for lines, name, field in (

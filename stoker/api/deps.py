@@ -60,7 +60,7 @@ def visible(key: ApiKey, owner: str) -> bool:
 def owned_job(state: ApiState, key: ApiKey, job_id: str) -> JobRecord:
     """The job if the key may see it; 404 otherwise (never 403: ids are not confirmed)."""
     try:
-        record = state.stoker.status(job_id)
+        record = state.metrics.job_seen(state.stoker.status(job_id))
     except JobNotFound:
         raise not_found("job", job_id) from None
     if not visible(key, record.owner):

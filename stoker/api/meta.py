@@ -43,6 +43,11 @@ class MetaStore(Protocol):
         """Newest first, at most ``limit``; ``owner`` None lists every owner's;
         ``before`` keeps documents created strictly before that time."""
 
+    def claim(self, name: str, ttl_s: float) -> bool:
+        """Take the claim ``name`` for ``ttl_s`` seconds, atomically across processes:
+        True for exactly one caller until it expires (then the next caller may take it).
+        Used so that several API processes deliver each webhook attempt once."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -55,6 +60,6 @@ def open_meta_store(settings: Settings) -> MetaStore:
 
         return RedisMetaStore(url, prefix="stoker:api")
     from stoker.api.meta_sqlite import SqliteMetaStore
-    from stoker.queues.stores import _sqlite_path
+    from stoker.queues.stores import sqlite_path
 
-    return SqliteMetaStore(_sqlite_path(url))
+    return SqliteMetaStore(sqlite_path(url))

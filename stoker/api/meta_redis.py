@@ -5,6 +5,7 @@ Key layout (``p`` is the prefix, "stoker:api")::
     p:{ns}:{id}               hash: owner, created_at, data (JSON)
     p:{ns}:idx:all            sorted set of ids scored by created_at
     p:{ns}:idx:owner:{owner}  the same, per owner
+    p:claim:{name}            a claim (SET NX with an expiry)
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class RedisMetaStore:
         ids = self._call(self._redis.zrevrangebyscore, index, top, "-inf", start=0, num=limit)
         docs = [self.get(ns, i.decode()) for i in ids]
         return [d for d in docs if d is not None]
+
+    def claim(self, name: str, ttl_s: float) -> bool:
+        key = self._key("claim", name)
+        ttl_ms = max(1, int(ttl_s * 1000))
+        return bool(self._call(self._redis.set, key, b"1", nx=True, px=ttl_ms))
 
     def close(self) -> None:
         self._redis.close()

@@ -6,6 +6,7 @@ import builtins
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,15 @@ CREATE TABLE IF NOT EXISTS api_docs (
 );
 CREATE INDEX IF NOT EXISTS api_docs_by_owner ON api_docs (ns, owner, created_at, id);
 CREATE INDEX IF NOT EXISTS api_docs_by_created ON api_docs (ns, created_at, id);
+CREATE TABLE IF NOT EXISTS api_claims (
+    name    TEXT PRIMARY KEY,
+    expires REAL NOT NULL  -- time.time() after which another process may take it
+);
+CREATE INDEX IF NOT EXISTS api_claims_by_expiry ON api_claims (expires);
 """
+
+#: Expired claims are kept this long (s) before they are swept, so the table stays small.
+_CLAIM_SWEEP_S = 3600.0
 
 
 class SqliteMetaStore:
@@ -101,6 +110,22 @@ class SqliteMetaStore:
         with self._guard() as conn:
             rows = conn.execute(sql, (*params, limit)).fetchall()
         return [_doc(r) for r in rows]
+
+    def claim(self, name: str, ttl_s: float) -> bool:
+        now = time.time()
+        with self._guard() as conn:
+            # One statement: inserts a new claim, or takes over an expired one; a claim
+            # still held changes no row.
+            cur = conn.execute(
+                "INSERT INTO api_claims (name, expires) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET expires = excluded.expires"
+                " WHERE api_claims.expires <= ?",
+                (name, now + ttl_s, now),
+            )
+            taken = cur.rowcount == 1
+            if taken:
+                conn.execute("DELETE FROM api_claims WHERE expires < ?", (now - _CLAIM_SWEEP_S,))
+        return taken
 
     def close(self) -> None:
         with self._lock:

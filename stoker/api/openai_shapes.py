@@ -9,15 +9,28 @@ endpoint. Batches and the synchronous routes both use these.
   output: ``{"object": "audio.speech", "job_id", "outputs": [{name, url, ...}]}``
   (presigned URLs expire after ``presign_expiry_s``; the job keeps the key).
 - ``/v1/audio/transcriptions`` → ``transcribe`` (``file`` is an uploaded file id).
-- ``/v1/embeddings`` → ``embed``; the body is OpenAI's ``list`` of ``embedding``.
-- ``/v1/chat/completions``, ``/v1/completions`` → ``generate``; its ``result.json`` is
-  already in OpenAI's chat.completion / text_completion shape and is passed through.
-- ``/v1/images/generations`` → ``image``; the body lists image URLs.
+- ``/v1/embeddings`` → ``embed`` (``input``: a string or a list of strings); the body
+  is OpenAI's ``list`` of ``embedding``, floats or (``encoding_format="base64"``, what
+  the official client asks for by default) base64 of little-endian float32.
+- ``/v1/chat/completions``, ``/v1/completions`` → ``generate``: ``max_tokens``
+  (``max_completion_tokens``), ``temperature``, ``top_p``, ``stop``, ``seed``, and
+  ``response_format`` json_schema / json_object → generate's ``json_schema``. Its
+  ``result.json`` is already in OpenAI's chat.completion / text_completion shape.
+- ``/v1/images/generations`` → ``image``: ``n`` → count, ``size`` → width × height,
+  ``output_format`` png/webp; stoker's own ``steps``, ``seed``, ``negative_prompt`` and
+  ``guidance_scale`` pass through. The body lists the images as URLs, or as base64
+  (``response_format="b64_json"``).
+
+A request's *response options* (``encoding_format``, an image ``response_format``) do
+not change the job, only how its result is answered: :attr:`Adapter.options` picks them
+from the body, and the caller hands them back to :attr:`Adapter.response_body`.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,12 +79,21 @@ OPENAI_MODEL_PREFIXES = (
 SPEECH_FORMATS = {"mp3": "mp3", "wav": "wav", "flac": "flac", "opus": "ogg"}
 
 
+Options = dict[str, Any]
+
+
+def no_options(body: dict[str, Any]) -> Options:
+    return {}
+
+
 @dataclass(frozen=True)
 class Adapter:
     endpoint: str
     kind: str
     to_request: Callable[[dict[str, Any]], dict[str, Any]]  # raises InvalidInput
-    response_body: Callable[[JobRecord, UrlFor, ReadBytes], dict[str, Any]]
+    response_body: Callable[[JobRecord, UrlFor, ReadBytes, Options], dict[str, Any]]
+    #: the body's response options (validated by to_request), JSON-serialisable
+    options: Callable[[dict[str, Any]], Options] = no_options
 
 
 def local_model(body: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +155,9 @@ def speech_request(body: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-def speech_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
+def speech_body(
+    record: JobRecord, url_for: UrlFor, read: ReadBytes, options: Options
+) -> dict[str, Any]:
     return {"object": "audio.speech", "job_id": record.id, "outputs": _outputs(record, url_for)}
 
 
@@ -163,13 +187,17 @@ def transcription_request(body: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-def transcription_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
+def transcription_body(
+    record: JobRecord, url_for: UrlFor, read: ReadBytes, options: Options
+) -> dict[str, Any]:
     txt = output_named(record, ".txt")
     text = read(txt.key).decode("utf-8").strip() if txt else ""
     return {"text": text, "job_id": record.id, "outputs": _outputs(record, url_for)}
 
 
 # --- embed -------------------------------------------------------------------------------
+
+EMBEDDING_ENCODINGS = ("float", "base64")
 
 
 def embeddings_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -179,22 +207,42 @@ def embeddings_request(body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput(
             "body.input must be a string or a list of strings (token arrays are not supported)."
         )
+    embeddings_options(body)
+    if body.get("dimensions") is not None:
+        raise InvalidInput(
+            "body.dimensions is not supported: the model's vectors have a fixed size; leave it out."
+        )
     return {"texts": texts, "format": "jsonl", **local_model(body)}
 
 
-def embeddings_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
+def embeddings_options(body: dict[str, Any]) -> Options:
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in EMBEDDING_ENCODINGS:
+        raise InvalidInput("body.encoding_format must be 'float' or 'base64'.")
+    return {"encoding_format": encoding} if encoding != "float" else {}
+
+
+def _b64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: the vector's little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def embeddings_body(
+    record: JobRecord, url_for: UrlFor, read: ReadBytes, options: Options
+) -> dict[str, Any]:
     out = output_named(record, ".jsonl")
     lines = read(out.key).decode("utf-8").splitlines() if out else []
+    vectors = [json.loads(line)["embedding"] for line in lines if line.strip()]
+    as_base64 = options.get("encoding_format") == "base64"
     data = [
-        {"object": "embedding", "index": i, "embedding": json.loads(line)["embedding"]}
-        for i, line in enumerate(lines)
-        if line.strip()
+        {"object": "embedding", "index": i, "embedding": _b64_floats(v) if as_base64 else v}
+        for i, v in enumerate(vectors)
     ]
-    model = record.model or ""
     return {
         "object": "list",
         "data": data,
-        "model": model,
+        "model": record.model or "",
+        # The embed capability does not count tokens.
         "usage": {"prompt_tokens": 0, "total_tokens": 0},
     }
 
@@ -204,13 +252,40 @@ def embeddings_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict
 _SAMPLING = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
 
+def _json_schema(body: dict[str, Any]) -> dict[str, Any]:
+    """generate's ``json_schema`` for OpenAI's ``response_format`` (``{}`` for text)."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return {}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"json_schema": {"type": "object"}}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidInput("body.response_format.json_schema.schema must be a JSON object.")
+        return {"json_schema": schema}
+    raise InvalidInput(
+        'body.response_format must be {"type": "text"}, {"type": "json_object"} '
+        'or {"type": "json_schema", "json_schema": {"name", "schema"}}.'
+    )
+
+
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    if body.get("stream"):
+        raise InvalidInput("body.stream is not supported; leave it out or set it to false.")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise InvalidInput("body.n must be 1: one completion per request.")
     request = {k: body[k] for k in _SAMPLING if body.get(k) is not None}
     if body.get("max_completion_tokens") is not None:
         request["max_tokens"] = body["max_completion_tokens"]
     if isinstance(request.get("stop"), str):
         request["stop"] = [request["stop"]]
-    return {**request, **local_model(body)}
+    return {**request, **_json_schema(body), **local_model(body)}
 
 
 def chat_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +299,9 @@ def completion_request(body: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": _text(body, "prompt"), **_sampling(body)}
 
 
-def generate_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
+def generate_body(
+    record: JobRecord, url_for: UrlFor, read: ReadBytes, options: Options
+) -> dict[str, Any]:
     out = output_named(record, "result.json")
     if out is None:
         raise InvalidInput(f"job {record.id} has no result.json to answer with.")
@@ -234,9 +311,14 @@ def generate_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[s
 
 # --- image -------------------------------------------------------------------------------
 
+IMAGE_RESPONSE_FORMATS = ("url", "b64_json")
+#: stoker's own image fields, passed through as they are (the capability checks them)
+IMAGE_EXTRAS = ("steps", "seed", "negative_prompt", "guidance_scale")
+
 
 def image_request(body: dict[str, Any]) -> dict[str, Any]:
     request: dict[str, Any] = {"prompt": _text(body, "prompt")}
+    image_options(body)
     n = body.get("n", 1)
     if not isinstance(n, int) or not 1 <= n <= 16:
         raise InvalidInput("body.n must be an integer from 1 to 16.")
@@ -247,13 +329,35 @@ def image_request(body: dict[str, Any]) -> dict[str, Any]:
         if not (width.isdigit() and height.isdigit()):
             raise InvalidInput(f"body.size {size!r} must look like 512x512.")
         request["width"], request["height"] = int(width), int(height)
+    fmt = body.get("output_format")
+    if fmt is not None:
+        if fmt not in ("png", "webp"):
+            raise InvalidInput("body.output_format must be 'png' or 'webp'.")
+        request["format"] = fmt
+    request |= {k: body[k] for k in IMAGE_EXTRAS if body.get(k) is not None}
     return {**request, **local_model(body)}
 
 
-def image_body(record: JobRecord, url_for: UrlFor, read: ReadBytes) -> dict[str, Any]:
-    images = [o for o in record.outputs if not o.partial and o.content_type.startswith("image/")]
+def image_options(body: dict[str, Any]) -> Options:
+    fmt = body.get("response_format") or "url"
+    if fmt not in IMAGE_RESPONSE_FORMATS:
+        raise InvalidInput("body.response_format must be 'url' or 'b64_json'.")
+    return {"response_format": fmt} if fmt != "url" else {}
+
+
+def image_body(
+    record: JobRecord, url_for: UrlFor, read: ReadBytes, options: Options
+) -> dict[str, Any]:
+    images = sorted(
+        (o for o in record.outputs if not o.partial and o.content_type.startswith("image/")),
+        key=lambda o: o.name,
+    )
     created = int(record.finished_at or time.time())
-    return {"created": created, "data": [{"url": url_for(o.key)} for o in images]}
+    if options.get("response_format") == "b64_json":
+        data = [{"b64_json": base64.b64encode(read(o.key)).decode("ascii")} for o in images]
+    else:
+        data = [{"url": url_for(o.key)} for o in images]
+    return {"created": created, "data": data}
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -263,10 +367,10 @@ ADAPTERS: dict[str, Adapter] = {
         Adapter(
             "/v1/audio/transcriptions", "transcribe", transcription_request, transcription_body
         ),
-        Adapter("/v1/embeddings", "embed", embeddings_request, embeddings_body),
+        Adapter("/v1/embeddings", "embed", embeddings_request, embeddings_body, embeddings_options),
         Adapter("/v1/chat/completions", "generate", chat_request, generate_body),
         Adapter("/v1/completions", "generate", completion_request, generate_body),
-        Adapter("/v1/images/generations", "image", image_request, image_body),
+        Adapter("/v1/images/generations", "image", image_request, image_body, image_options),
     )
 }
 

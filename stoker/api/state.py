@@ -38,8 +38,21 @@ class ApiState:
 
 
 def measure_depth(stoker: Stoker, kind: str) -> int:
-    """kombu's passive declare: the message count on any transport (Redis sums the
-    queue's priority lists; the SQL transport counts rows)."""
+    """Messages waiting for ``kind``: on its own queue and on its per-model queues
+    (``<kind>.m.<model>``, one per catalog model of its backend).
+
+    kombu's passive declare gives the count on any transport (Redis sums the queue's
+    priority lists; the SQL transport counts rows); a queue nothing was ever sent to
+    does not exist yet and counts 0.
+    """
+    from stoker.workers.steering import candidate_queues
+
+    total = 0
     with stoker.app.connection_for_read() as conn:
-        ok = conn.default_channel.queue_declare(queue=kind, passive=True)
-        return int(ok.message_count)
+        channel = conn.default_channel
+        for queue, _ in candidate_queues([kind], stoker.catalog):
+            try:
+                total += int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except conn.channel_errors:
+                continue
+    return total

@@ -6,6 +6,12 @@ doubling backoff (``api.webhook_backoff_s``, ``api.webhook_max_attempts`` times)
 attempt is recorded and shown on the job (``webhook.attempts``). The body is JSON; the
 header ``X-Stoker-Signature: sha256=<hex>`` is the HMAC-SHA256 of the exact body bytes
 with the webhook's secret, or with the API key's webhook secret when it has none.
+
+Several API processes may run on one store: each attempt (job, its end state, attempt
+number) is claimed in the store first (Redis ``SET NX`` with an expiry, a SQLite row),
+so exactly one process makes it. A claim outlives a delivery's timeout by a margin; if
+the process that holds it dies mid-attempt, another takes the attempt over once the
+claim expires.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ log = logging.getLogger(__name__)
 HOOK_NS = "webhook"  # one per job: target, secret, attempts
 PENDING_NS = "webhook_pending"  # the jobs whose webhook is still to be delivered
 SIGNATURE_HEADER = "X-Stoker-Signature"
+#: How long (s) a delivery claim outlives the delivery's timeout: time to record the
+#: attempt after the POST returns.
+CLAIM_MARGIN_S = 30.0
 
 
 class WebhookSpec(BaseModel):
@@ -151,9 +160,14 @@ class Deliverer:
             self.meta.delete(PENDING_NS, job_id)
             return 0
         hook = Webhook.model_validate(doc.data)
+        if hook.state != "pending":  # another process ended it since this pass listed it
+            return 0
         record = self.get_job(job_id)
         if not record.state.terminal or hook.next_at > time.time():
             return 0
+        claim = f"webhook:{job_id}:{record.state.value}:{len(hook.attempts)}"
+        if not self.meta.claim(claim, self.settings.webhook_timeout_s * 2 + CLAIM_MARGIN_S):
+            return 0  # another API process makes this attempt
         body = event_body(record, self.extra(record))
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, hook.secret)}
         attempt = self._post(hook.url, body, headers)

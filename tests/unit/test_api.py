@@ -279,6 +279,29 @@ def test_health_readiness_and_metrics(client: TestClient, alice: dict[str, str])
     assert 'stoker_jobs_submitted_total{kind="echo"} 1.0' in text
     assert 'stoker_queue_depth{kind="echo"} 1.0' in text
     assert "stoker_api_request_seconds_bucket" in text
+    assert 'stoker_jobs{kind="echo",state="queued"} 1.0' in text
+
+
+def test_metrics_count_jobs_by_state_and_time_the_ended_ones(
+    client: TestClient, alice: dict[str, str]
+) -> None:
+    # Given three echo jobs, two of them cancelled
+    ids = [
+        client.post(
+            "/v1/jobs", json={"kind": "echo", "params": {"text": str(i)}}, headers=alice
+        ).json()["id"]
+        for i in range(3)
+    ]
+    for job_id in ids[:2]:
+        client.post(f"/v1/jobs/{job_id}/cancel", headers=alice)
+    # When the ended jobs are read (twice) and the metrics scraped
+    for job_id in ids * 2:
+        client.get(f"/v1/jobs/{job_id}", headers=alice)
+    text = client.get("/metrics").text
+    # Then jobs are counted by kind and state, and each ended job is timed once
+    assert 'stoker_jobs{kind="echo",state="queued"} 1.0' in text
+    assert 'stoker_jobs{kind="echo",state="cancelled"} 2.0' in text
+    assert 'stoker_job_duration_seconds_count{kind="echo",state="cancelled"} 2.0' in text
 
 
 def test_events_of_an_ended_job_end_at_once(client: TestClient, alice: dict[str, str]) -> None:

@@ -69,8 +69,51 @@ def test_an_embed_result_becomes_an_openai_embedding_list() -> None:
         id="j", kind="embed", state=JobState.SUCCEEDED, outputs=[ref], model="minilm"
     )
     data = b'{"id": "0", "embedding": [0.5, 1.0]}\n{"id": "1", "embedding": [2.0, 3.0]}\n'
-    body = ADAPTERS["/v1/embeddings"].response_body(record, lambda k: "u", lambda k: data)
+    body = ADAPTERS["/v1/embeddings"].response_body(record, lambda k: "u", lambda k: data, {})
     assert body["object"] == "list" and body["model"] == "minilm"
     assert [d["embedding"] for d in body["data"]] == [[0.5, 1.0], [2.0, 3.0]]
     assert [d["index"] for d in body["data"]] == [0, 1]
     json.dumps(body)
+
+
+def test_response_formats_and_json_schemas_map_to_the_capabilities_fields() -> None:
+    chat = ADAPTERS["/v1/chat/completions"].to_request
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    messages = [{"role": "user", "content": "hi"}]
+    assert chat(
+        {
+            "messages": messages,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": schema},
+            },
+        }
+    ) == {"messages": messages, "json_schema": schema}
+    assert chat({"messages": messages, "response_format": {"type": "json_object"}})[
+        "json_schema"
+    ] == {"type": "object"}
+    for bad in ({"n": 2}, {"stream": True}, {"response_format": {"type": "xml"}}):
+        with pytest.raises(InvalidInput):
+            chat({"messages": messages, **bad})
+    image = ADAPTERS["/v1/images/generations"]
+    body = {"prompt": "p", "response_format": "b64_json", "steps": 2, "output_format": "webp"}
+    assert image.to_request(body) == {"prompt": "p", "count": 1, "format": "webp", "steps": 2}
+    assert image.options(body) == {"response_format": "b64_json"}
+    with pytest.raises(InvalidInput):
+        image.to_request({"prompt": "p", "response_format": "gif"})
+
+
+def test_base64_embeddings_are_little_endian_float32() -> None:
+    import base64
+    import struct
+
+    ref = OutputRef(
+        name="embeddings.jsonl", key="k", size_bytes=1, content_type="application/x-ndjson"
+    )
+    record = JobRecord(id="j", kind="embed", state=JobState.SUCCEEDED, outputs=[ref])
+    adapter = ADAPTERS["/v1/embeddings"]
+    options = adapter.options({"input": "a", "encoding_format": "base64"})
+    data = b'{"id": "0", "embedding": [0.5, -2.0]}\n'
+    body = adapter.response_body(record, lambda k: "u", lambda k: data, options)
+    raw = base64.b64decode(body["data"][0]["embedding"])
+    assert struct.unpack("<2f", raw) == (0.5, -2.0)

@@ -120,6 +120,7 @@ def job_events(job_id: str, state: StateDep, key: KeyDep) -> StreamingResponse:
         last = None
         while True:
             record = await run_in_threadpool(state.stoker.status, job_id)
+            state.metrics.job_seen(record)
             current = (record.state, record.progress.done, record.progress.stage)
             if current != last:
                 last = current

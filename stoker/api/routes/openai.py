@@ -56,7 +56,7 @@ def run_sync(state: ApiState, key: ApiKey, endpoint: str, body: dict[str, Any]) 
     )
     wait_s = state.settings.api.sync_wait_s
     try:
-        done = state.stoker.wait(record.id, timeout_s=wait_s)
+        done = state.metrics.job_seen(state.stoker.wait(record.id, timeout_s=wait_s))
     except TimeoutError:
         raise ApiError(
             504,
@@ -79,9 +79,13 @@ def run_sync(state: ApiState, key: ApiKey, endpoint: str, body: dict[str, Any]) 
     raise ApiError(status, message, type=kind, code=code, headers={"X-Stoker-Job-Id": done.id})
 
 
-def _json_body(state: ApiState, record: JobRecord, endpoint: str) -> dict[str, Any]:
+def _answer(state: ApiState, key: ApiKey, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Run ``body`` synchronously and answer in the endpoint's OpenAI shape."""
+    record = run_sync(state, key, endpoint, body)
     adapter = ADAPTERS[endpoint]
-    return adapter.response_body(record, state.stoker.output_url, state.stoker.storage.get_bytes)
+    return adapter.response_body(
+        record, state.stoker.output_url, state.stoker.storage.get_bytes, adapter.options(body)
+    )
 
 
 @router.post(
@@ -153,22 +157,19 @@ def _json_text(text: str) -> str:
 
 @router.post("/embeddings")
 def embeddings(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
-    return _json_body(state, run_sync(state, key, "/v1/embeddings", body), "/v1/embeddings")
+    return _answer(state, key, "/v1/embeddings", body)
 
 
 @router.post("/chat/completions")
 def chat_completions(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
-    endpoint = "/v1/chat/completions"
-    return _json_body(state, run_sync(state, key, endpoint, body), endpoint)
+    return _answer(state, key, "/v1/chat/completions", body)
 
 
 @router.post("/completions")
 def completions(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
-    endpoint = "/v1/completions"
-    return _json_body(state, run_sync(state, key, endpoint, body), endpoint)
+    return _answer(state, key, "/v1/completions", body)
 
 
 @router.post("/images/generations")
 def images(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
-    endpoint = "/v1/images/generations"
-    return _json_body(state, run_sync(state, key, endpoint, body), endpoint)
+    return _answer(state, key, "/v1/images/generations", body)

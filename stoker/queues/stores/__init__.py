@@ -17,7 +17,7 @@ from stoker.queues.stores.sqlite import SqliteJobStore
 if TYPE_CHECKING:
     from stoker.queues.stores.redis import RedisJobStore
 
-__all__ = ["JobStore", "RedisJobStore", "SqliteJobStore", "open_job_store"]
+__all__ = ["JobStore", "RedisJobStore", "SqliteJobStore", "open_job_store", "sqlite_path"]
 
 _SQLITE = "sqlite:///"
 
@@ -36,14 +36,17 @@ def open_job_store(settings: Settings) -> JobStore:
 
         return RedisJobStore(url, prefix="stoker")
     if url.startswith(_SQLITE) and url != _SQLITE:
-        return SqliteJobStore(_sqlite_path(url))
+        return SqliteJobStore(sqlite_path(url))
     raise ConfigError(
         f"state_url {safe_url(url)!r} is not supported; use sqlite:///<path to a file> "
         f"for one machine, or redis://host:port/db (rediss:// for TLS) to share jobs."
     )
 
 
-def _sqlite_path(url: str) -> Path:
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///<path>`` URL (see :func:`open_job_store`), its directory
+    created. Other parts (the API's own tables) keep their records in the same file.
+    Raises ConfigError when the directory cannot be created."""
     path = Path(url.removeprefix(_SQLITE)).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,10 @@ class JobStore(Protocol):
     def list(self, flt: JobFilter) -> list[JobRecord]:
         """Newest first, at most ``flt.limit``, served from indexes (never a full scan)."""
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (kind, state value), kept as counters beside the records (never a
+        count over all records); pairs with no job are left out."""
+
     def mark_running(self, job_id: str) -> JobState:
         """A chunk task started: count an attempt; queued → running (sets started_at).
 

@@ -10,6 +10,9 @@ Key layout (``p`` is the prefix, "stoker" by default)::
     p:idx:all             sorted set of job ids scored by created_at; likewise
     p:idx:state:{state}   p:idx:kind:{kind}, p:idx:owner:{owner} and, for the child
                           jobs of a batch, p:idx:parent:{batch id}
+    p:counts              hash "{kind}|{state}" → jobs, moved by the same scripts as
+                          the state index sets; its field "ready" is set once it was
+                          counted from the indexes (a store made before counts existed)
 
 Every change is one Lua script, so a state change and the move of the id between the
 state index sets happen together, and a change never lands on a job that does not exist.
@@ -39,38 +42,58 @@ from stoker.queues.stores.base import (
     safe_url,
 )
 
-# KEYS: job, outputs, idx:all, idx:state, idx:kind, idx:owner[, idx:parent]
-# ARGV: id, created_at, n, n hash field/value items, outputs...
+# Lua shared by the scripts that change a state: the job's kind (a hash field; jobs
+# stored before it existed have it only in their doc), and moving a count.
+_COUNT = """
+local function kind_of(job)
+  return redis.call('HGET', job, 'kind') or cjson.decode(redis.call('HGET', job, 'doc')).kind
+end
+local function move(counts, kind, from, to)
+  redis.call('HINCRBY', counts, kind .. '|' .. from, -1)
+  redis.call('HINCRBY', counts, kind .. '|' .. to, 1)
+end
+"""
+
+# KEYS: job, outputs, counts, idx:all, idx:state, idx:kind, idx:owner[, idx:parent]
+# ARGV: id, created_at, "{kind}|{state}", n, n hash field/value items, outputs...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
-if #ARGV > 3 + n then redis.call('RPUSH', KEYS[2], unpack(ARGV, 4 + n)) end
-for i = 3, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + n))
+if #ARGV > 4 + n then redis.call('RPUSH', KEYS[2], unpack(ARGV, 5 + n)) end
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
 return 1
 """
 
-# KEYS: job, idx:state:queued, idx:state:running.  ARGV: id, now
-_MARK_RUNNING = """
+# KEYS: job, idx:state:queued, idx:state:running, counts.  ARGV: id, now
+_MARK_RUNNING = (
+    _COUNT
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
 if state == 'queued' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'created_at'), ARGV[1])
   redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[2])
+  move(KEYS[4], kind_of(KEYS[1]), 'queued', 'running')
   state = 'running'
 end
 if state == 'running' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 return state
 """
+)
 
-# KEYS: job, outputs, idx:state:queued, idx:state:running, idx:state:{target}
+# KEYS: job, outputs, idx:state:queued, idx:state:running, idx:state:{target}, counts
 # ARGV: id, target, replace_outputs ('1'/'0'), n, n field/value items, outputs...
 # Returns 1 if moved, 0 if the job is terminal, -1 if it does not exist.
-_FINISH = """
+_FINISH = (
+    _COUNT
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
 if state ~= 'queued' and state ~= 'running' then return 0 end
+move(KEYS[6], kind_of(KEYS[1]), state, ARGV[2])
 redis.call('ZREM', state == 'queued' and KEYS[3] or KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[5], redis.call('HGET', KEYS[1], 'created_at'), ARGV[1])
 local n = tonumber(ARGV[4])
@@ -81,6 +104,7 @@ if ARGV[3] == '1' then
 end
 return 1
 """
+)
 
 # KEYS: job, done.  ARGV: index.  Returns {newly added, done, total, state} or nil.
 _CHUNK_DONE = """
@@ -88,6 +112,28 @@ local job = redis.call('HMGET', KEYS[1], 'state', 'total')
 if not job[1] then return false end
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 return {added, redis.call('SCARD', KEYS[2]), tonumber(job[2]), job[1]}
+"""
+
+# Counts every (kind, state) from the index sets, once, for a store made before counts
+# existed: atomic, so no change lands between the count and the "ready" mark.
+# KEYS: counts.  ARGV: the idx:kind: key prefix, the idx:state: key prefix, states...
+_COUNT_ALL = """
+if redis.call('HEXISTS', KEYS[1], 'ready') == 1 then return 0 end
+redis.call('DEL', KEYS[1])
+local cursor = '0'
+repeat
+  local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[1] .. '*', 'COUNT', 1000)
+  cursor = reply[1]
+  for _, key in ipairs(reply[2]) do
+    local kind = string.sub(key, #ARGV[1] + 1)
+    for i = 3, #ARGV do
+      local n = redis.call('ZINTERCARD', 2, key, ARGV[2] .. ARGV[i])
+      if n > 0 then redis.call('HSET', KEYS[1], kind .. '|' .. ARGV[i], n) end
+    end
+  end
+until cursor == '0'
+redis.call('HSET', KEYS[1], 'ready', 1)
+return 1
 """
 
 # KEYS: job, target.  ARGV: 'hset' field value | 'rpush' items...  Returns 0 if no job.
@@ -125,7 +171,7 @@ class RedisJobStore:
         register = self._client.register_script
         self._create, self._mark_running = register(_CREATE), register(_MARK_RUNNING)
         self._finish_script, self._chunk_done = register(_FINISH), register(_CHUNK_DONE)
-        self._if_exists = register(_IF_EXISTS)
+        self._if_exists, self._count_all = register(_IF_EXISTS), register(_COUNT_ALL)
 
     # --- reads ----------------------------------------------------------------------
 
@@ -170,6 +216,17 @@ class RedisJobStore:
         triples = (replies[i : i + 3] for i in range(0, len(replies), 3))
         return [_record(*triple) for triple in triples if triple[0]]
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._guard():
+            counts = cast(dict[str, str], self._client.hgetall(self._counts()))
+            if "ready" not in counts:
+                states = [s.value for s in JobState]
+                prefixes = [self._idx("kind", ""), self._idx("state", "")]
+                self._count_all([self._counts()], [*prefixes, *states])
+                counts = cast(dict[str, str], self._client.hgetall(self._counts()))
+        pairs = ((name.partition("|"), int(n)) for name, n in counts.items() if name != "ready")
+        return {(kind, state): n for (kind, _, state), n in pairs if n > 0}
+
     def done_chunks(self, job_id: str) -> set[int]:
         with self._guard():
             pipe = self._client.pipeline()
@@ -185,6 +242,7 @@ class RedisJobStore:
     def create(self, record: JobRecord) -> None:
         fields = {
             "doc": record_doc(record),
+            "kind": record.kind,
             "state": record.state.value,
             "stage": record.progress.stage,
             "total": initial_total(record),
@@ -198,6 +256,7 @@ class RedisJobStore:
         keys = [
             self._job(record.id),
             self._outputs(record.id),
+            self._counts(),
             self._idx("all"),
             self._idx("state", record.state),
             self._idx("kind", record.kind),
@@ -205,14 +264,20 @@ class RedisJobStore:
         ]
         if record.parent is not None:
             keys.append(self._idx("parent", record.parent))
-        args = [record.id, repr(record.created_at), len(items), *items]
+        count = f"{record.kind}|{record.state.value}"
+        args = [record.id, repr(record.created_at), count, len(items), *items]
         with self._guard():
             created = self._create(keys, [*args, *_outputs(record.outputs)])
         if not created:
             raise ValueError(f"a job with id {record.id!r} already exists")
 
     def mark_running(self, job_id: str) -> JobState:
-        keys = [self._job(job_id), self._idx("state", "queued"), self._idx("state", "running")]
+        keys = [
+            self._job(job_id),
+            self._idx("state", "queued"),
+            self._idx("state", "running"),
+            self._counts(),
+        ]
         with self._guard():
             state = self._mark_running(keys, [job_id, repr(time.time())])
         if state is None:
@@ -265,6 +330,7 @@ class RedisJobStore:
             self._idx("state", "queued"),
             self._idx("state", "running"),
             self._idx("state", target),
+            self._counts(),
         ]
         replace = "0" if outputs is None else "1"
         args = [job_id, target.value, replace, len(items), *items, *_outputs(outputs or [])]
@@ -306,6 +372,9 @@ class RedisJobStore:
 
     def _done(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:done"
+
+    def _counts(self) -> str:
+        return f"{self.prefix}:counts"
 
     def _idx(self, *parts: str) -> str:
         return ":".join((self.prefix, "idx", *parts))

@@ -111,6 +111,11 @@ class SqliteJobStore:
             rows = conn.execute(sql, params).fetchall()
         return [_record(row) for row in rows]
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._guard() as conn:
+            rows = conn.execute("SELECT kind, state, n FROM job_counts WHERE n > 0").fetchall()
+        return {(kind, state): n for kind, state, n in rows}
+
     def done_chunks(self, job_id: str) -> set[int]:
         with self._guard() as conn:
             rows = conn.execute("SELECT idx FROM chunk_done WHERE job_id = ?", (job_id,))
@@ -276,6 +281,62 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE jobs ADD COLUMN parent TEXT")
     conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (parent, created_at, id)")
     conn.commit()
+    _add_counts(conn)
+
+
+# Jobs per (kind, state), kept by triggers in the same transaction as each change, so
+# counts() reads a few rows instead of counting the jobs table.
+_COUNTS = """
+CREATE TABLE job_counts (
+    kind  TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n     INTEGER NOT NULL,
+    PRIMARY KEY (kind, state)
+) WITHOUT ROWID;
+INSERT INTO job_counts SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state;
+CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN
+  INSERT INTO job_counts VALUES (NEW.kind, NEW.state, 1)
+    ON CONFLICT (kind, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs
+WHEN OLD.state <> NEW.state BEGIN
+  UPDATE job_counts SET n = n - 1 WHERE kind = OLD.kind AND state = OLD.state;
+  INSERT INTO job_counts VALUES (NEW.kind, NEW.state, 1)
+    ON CONFLICT (kind, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN
+  UPDATE job_counts SET n = n - 1 WHERE kind = OLD.kind AND state = OLD.state;
+END;
+"""
+
+
+def _add_counts(conn: sqlite3.Connection) -> None:
+    """Create the counts table from the jobs already stored (once, under the write lock,
+    so no change lands between the count and the triggers)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_counts'"
+        ).fetchone()
+        if not exists:
+            for statement in _split_sql(_COUNTS):
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _split_sql(script: str) -> builtins.list[str]:
+    """The statements of ``script``; a trigger's body (BEGIN … END;) stays whole."""
+    statements, current = [], ""
+    for line in script.strip().splitlines():
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            statements.append(current)
+            current = ""
+    return statements
 
 
 def list_query(flt: JobFilter) -> tuple[str, Sequence[Any]]:
