@@ -7,17 +7,24 @@ rerun after a crash, or a resubmission with the same voice and options, synthesi
 only what is missing. Assembly streams each chapter's chunks into per-chapter files
 (mp3, flac, wav or ogg) and the whole book into an AAC ``.m4b`` whose chapter markers
 carry the real titles, with the book's title, author and cover.
+
+Verification (``verify``: first-chapter by default, all, none): a checked chunk is
+transcribed back by a Whisper model on the same worker (verify.py); one that does not
+match its text is synthesized once more. The results go in ``verification.json``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from stoker.errors import InvalidInput
-from stoker.jobs import audio, books, text
+from stoker.jobs import audio, books, text, verify
 from stoker.jobs.base import (
     Artifact,
     AssembleContext,
@@ -30,7 +37,10 @@ from stoker.jobs.base import (
 from stoker.jobs.speak import speaker_id, speech_chunks, synthesize_to_wav
 from stoker.storage.keys import content_digest, content_input_key
 
+log = logging.getLogger(__name__)
+
 BookFormat = Literal["m4b", "mp3", "flac", "wav", "ogg"]
+Verify = Literal["first-chapter", "all", "none"]
 DEFAULT_FORMATS: tuple[BookFormat, ...] = ("m4b", "mp3")
 
 
@@ -50,6 +60,9 @@ class AudiobookRequest(BaseModel):
     length_scale: float = Field(default=1.0, gt=0.1, le=5.0)
     sentence_silence_s: float = Field(default=0.3, ge=0.0, le=5.0)
     chapter_silence_s: float = Field(default=1.5, ge=0.0, le=10.0)
+    # Transcribe chunks back with Whisper and re-synthesize a mismatch once.
+    verify: Verify = Field(default="first-chapter", description="first-chapter, all or none")
+    verify_model: str | None = Field(default=None, description="Whisper model; by language")
 
 
 def _cover(book: books.Book, params: dict[str, Any]) -> dict[str, Path | bytes]:
@@ -61,12 +74,63 @@ def _cover(book: books.Book, params: dict[str, Any]) -> dict[str, Path | bytes]:
     return {key: book.cover}
 
 
+def _verification(
+    req: AudiobookRequest, language: str | None, ctx: PrepareContext
+) -> dict[str, Any]:
+    """``verify_model``/``verify_language`` params, or {} when not verifying.
+
+    The default (first chapter) is skipped quietly where no Whisper model is
+    installed; asking for it explicitly there is an error.
+    """
+    if req.verify == "none":
+        return {}
+    lang = (language or "en").split("_")[0].lower()
+    name = req.verify_model or ("tiny.en" if lang == "en" else "base")
+    usable = importlib.util.find_spec("faster_whisper") is not None and name in ctx.catalog.names(
+        "whisper"
+    )
+    if not usable:
+        if req.verify_model is None and req.verify == "first-chapter":
+            return {}
+        raise InvalidInput(
+            f"verify needs the Whisper model {name!r}, which is not installed here; install "
+            f"stoker[transcribe], pick another with verify_model, or set verify to none."
+        )
+    return {"verify_model": name, "verify_language": lang}
+
+
+def _verified(chunk: ChunkPlan, checking: dict[str, Any]) -> ChunkPlan:
+    """``chunk``, marked to be checked; its identity changes with the checking model."""
+    return ChunkPlan(
+        payload={**chunk.payload, "verify": True},
+        identity={**chunk.identity, "verified_by": checking["verify_model"]},
+    )
+
+
+def _checked(
+    voice: Any, whisper: Any, params: dict[str, Any], chunk_text: str, ctx: ChunkContext
+) -> dict[str, Any]:
+    """Check the chunk in ``ctx.out``; re-synthesize it once if Whisper disagrees."""
+    first = verify.check(whisper, ctx.out, chunk_text, params["verify_language"])
+    notes: dict[str, Any] = {"ratio": first.ratio, "resynthesized": False, "ok": first.ok}
+    if first.ok:
+        return notes
+    log.warning("chunk heard as %r (match %.2f); synthesizing it again", first.heard, first.ratio)
+    synthesize_to_wav(voice, chunk_text, params, ctx.out, ctx.should_stop)
+    second = verify.check(whisper, ctx.out, chunk_text, params["verify_language"])
+    notes.update(first_ratio=first.ratio, ratio=second.ratio, resynthesized=True, ok=second.ok)
+    if not second.ok:
+        notes.update(expected=chunk_text[:300], heard=second.heard[:300])
+    return notes
+
+
 class AudiobookCapability:
     kind: str = "audiobook"
     backend: str | None = "piper"
     chunk_ext: str = "wav"
     chunk_content_type: str = "audio/wav"
     work_stage: str = "synthesize"
+    chunk_notes: bool = True  # verification results, per chunk
     engines: tuple[tuple[str, str], ...] = (
         ("piper", "speak"),
         ("soundfile", "speak"),
@@ -92,6 +156,10 @@ class AudiobookCapability:
             "sentence_silence_s": req.sentence_silence_s,
         }
         chunks, chapters = self._plan(book, spec.fingerprint, sound, ctx.settings.speak_chunk_chars)
+        checking = _verification(req, info.language, ctx)
+        if checking:
+            last = chapters[0]["count"] if req.verify == "first-chapter" else len(chunks)
+            chunks = [_verified(c, checking) if i < last else c for i, c in enumerate(chunks)]
         params = {
             "name": name,
             "title": book.title,
@@ -102,6 +170,7 @@ class AudiobookCapability:
             "chapter_silence_s": req.chapter_silence_s,
             "chapters": chapters,
             **sound,
+            **checking,
         }
         return Prepared(params=params, model=voice, chunks=chunks, uploads=_cover(book, params))
 
@@ -122,6 +191,9 @@ class AudiobookCapability:
         self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
     ) -> None:
         synthesize_to_wav(model, payload["text"], params, ctx.out, ctx.should_stop)
+        if payload.get("verify") and ctx.use_model is not None:
+            with ctx.use_model(params["verify_model"], "whisper") as whisper:
+                ctx.notes.update(_checked(model, whisper, params, payload["text"], ctx))
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
         chapters = [
@@ -136,7 +208,35 @@ class AudiobookCapability:
         ]
         if "m4b" in params["formats"]:
             artifacts.insert(0, _book_file(chapters, params, ctx))
+        if params.get("verify_model"):
+            artifacts.append(_verification_report(params, ctx))
         return artifacts
+
+
+def _verification_report(params: dict[str, Any], ctx: AssembleContext) -> Artifact:
+    """``verification.json``: which chunks were checked, re-synthesized, still off."""
+    titles = {
+        i: c["title"]
+        for c in params["chapters"]
+        for i in range(c["first"], c["first"] + c["count"])
+    }
+    checked = [(i, n) for i, n in enumerate(ctx.chunk_notes) if "ratio" in n]
+    report = {
+        "model": params["verify_model"],
+        "threshold": verify.MATCH_THRESHOLD,
+        "checked": len(checked),
+        "resynthesized": sum(1 for _, n in checked if n["resynthesized"]),
+        "mismatched": [
+            {"chunk": i, "chapter": titles.get(i), **n} for i, n in checked if not n["ok"]
+        ],
+        "chunks": [{"chunk": i, "chapter": titles.get(i), **n} for i, n in checked],
+    }
+    out = ctx.workdir / "verification.json"
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    meta = {k: report[k] for k in ("checked", "resynthesized")}
+    return Artifact(
+        out.name, out, "application/json", meta | {"mismatched": len(report["mismatched"])}
+    )
 
 
 def _safe(title: str) -> str:

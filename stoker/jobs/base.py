@@ -9,6 +9,7 @@ the queues layer moves the work between processes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,14 +68,20 @@ class PrepareContext:
 StopCheck = Callable[[], bool]
 
 
+#: Borrows another warm model for the duration of a ``with``: (name, backend) → model.
+UseModel = Callable[[str, str], AbstractContextManager[Any]]
+
+
 @dataclass(frozen=True)
 class AssembleContext:
-    """What assembly gets: the chunk outputs in order, a folder for the artifacts, and
-    local copies of the storage keys listed in ``params["assemble_inputs"]``."""
+    """What assembly gets: the chunk outputs in order, a folder for the artifacts,
+    local copies of the storage keys listed in ``params["assemble_inputs"]`` and, for a
+    capability with ``chunk_notes = True``, each chunk's notes (``{}`` when none)."""
 
     chunk_files: list[Path]
     workdir: Path
     inputs: Mapping[str, Path] = field(default_factory=dict)
+    chunk_notes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,12 @@ class ChunkContext:
     out: Path
     should_stop: StopCheck
     inputs: Mapping[str, Path] = field(default_factory=dict)
+    # A second model for the same chunk (audiobook checks its speech with Whisper);
+    # None where no model manager is at hand.
+    use_model: UseModel | None = None
+    # JSON-safe facts about this chunk's output (a verification result); stored beside
+    # the chunk and handed to assembly when the capability sets ``chunk_notes = True``.
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 class Capability(Protocol):

@@ -15,7 +15,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +200,7 @@ class ChunkExecutor:
                 out=Path(tmp) / f"chunk.{cap.chunk_ext}",
                 should_stop=_CancelCheck(self.store, record.id),
                 inputs=inputs,
+                use_model=self._use_model,
             )
             started = time.perf_counter()
             if cap.backend is None or record.model is None:
@@ -209,7 +210,10 @@ class ChunkExecutor:
                 spec = spec.with_options(record.params.get("load_options") or {})
                 with self.manager.use(spec, self.device) as model:
                     cap.run_chunk(model, record.params, payload, ctx)
-            self.storage.put_file(record.chunks[index].key, ctx.out, cap.chunk_content_type)
+            key = record.chunks[index].key
+            if ctx.notes:  # before the chunk: an existing chunk implies its notes exist
+                self.storage.put_json(notes_key(key), ctx.notes)
+            self.storage.put_file(key, ctx.out, cap.chunk_content_type)
         log.info(
             "job %s chunk %d/%d done in %.2fs",
             record.id,
@@ -217,6 +221,24 @@ class ChunkExecutor:
             len(record.chunks),
             time.perf_counter() - started,
         )
+
+    @contextlib.contextmanager
+    def _use_model(self, name: str, backend: str) -> Iterator[Any]:
+        """A second warm model for a running chunk, from this worker's manager."""
+        with self.manager.use(self.catalog.get(name, backend=backend), self.device) as model:
+            yield model
+
+    def _notes(self, cap: Capability, record: JobRecord) -> list[dict[str, Any]]:
+        """Each chunk's notes, for capabilities that keep them (``chunk_notes``)."""
+        if not getattr(cap, "chunk_notes", False):
+            return []
+        notes = []
+        for chunk in record.chunks:
+            key = notes_key(chunk.key)
+            notes.append(
+                json.loads(self.storage.get_bytes(key)) if self.storage.exists(key) else {}
+            )
+        return notes
 
     def _produce_group(
         self, group: list[_Item], scratch: Path, outcomes: list[BaseException | None]
@@ -297,7 +319,10 @@ class ChunkExecutor:
                 for c in record.chunks
             ]
             inputs = {k: self.inputs.path_for(k) for k in record.params.get("assemble_inputs", [])}
-            artifacts = cap.assemble(record.params, AssembleContext(files, workdir, inputs))
+            notes = self._notes(cap, record)
+            artifacts = cap.assemble(
+                record.params, AssembleContext(files, workdir, inputs, chunk_notes=notes)
+            )
             outputs = [self._store_artifact(record.id, a) for a in artifacts]
         outputs.append(self._write_manifest(record, artifacts, outputs))
         if self.store.succeed(record.id, outputs):
@@ -341,6 +366,11 @@ class ChunkExecutor:
         return OutputRef(
             name=MANIFEST_NAME, key=key, size_bytes=info.size_bytes, content_type="application/json"
         )
+
+
+def notes_key(chunk_key: str) -> str:
+    """Where a chunk's notes are stored: beside it."""
+    return f"{chunk_key}.notes.json"
 
 
 def partial_output(storage: Storage, cap: Capability, record: JobRecord, index: int) -> OutputRef:

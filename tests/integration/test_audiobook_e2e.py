@@ -3,6 +3,7 @@ processes, Redis, an S3-protocol server and the real Piper voice."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ def test_an_epub_becomes_chapter_files_and_an_m4b_with_real_titles(
         assert done.state is JobState.SUCCEEDED, done.error
         names = [o.name for o in done.outputs]
         m4b = client.storage.download(done.outputs[0].key, tmp_path / "out" / names[0])
+        report = json.loads(
+            client.storage.get_bytes(done.outputs[names.index("verification.json")].key)
+        )
     # Then there is one M4B and one MP3 per chapter, in order, named by title
     titles = [title for title, _ in chapters]
     assert names[0] == "The Keeper.m4b"
@@ -62,6 +66,12 @@ def test_an_epub_becomes_chapter_files_and_an_m4b_with_real_titles(
     assert marks[0][0] == 0.0 and marks[0][0] < marks[1][0] < marks[2][0]
     assert tags["\xa9nam"] == ["The Keeper"] and tags["\xa9ART"] == ["Ann Author"]
     assert "covr" in tags
+    # And the first chapter (by default) was heard back by Whisper and matched its text
+    first = done.params["chapters"][0]
+    assert report["model"] == "tiny.en"
+    assert report["checked"] == first["count"]
+    assert {c["chapter"] for c in report["chunks"]} == {titles[0]}
+    assert report["mismatched"] == [], json.dumps(report["mismatched"])
 
 
 def test_a_worker_killed_mid_book_redoes_only_missing_chunks(
