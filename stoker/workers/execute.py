@@ -145,7 +145,7 @@ class ChunkExecutor:
         for item in ready:
             try:
                 local = {item.index: item.out(scratch)} if item.out(scratch).exists() else {}
-                self._finish(item.cap, item.record, item.index, scratch / item.record.id, local)
+                self._finish(item.cap, item.record, item.index, scratch, local)
             except Exception as exc:
                 outcomes[item.pos] = exc
 
@@ -171,7 +171,7 @@ class ChunkExecutor:
         """
         tally = self.store.chunk_done(record.id, index)
         if tally.state is JobState.CANCELLED:
-            if tally.newly_done:
+            if tally.newly_done and self.storage.exists(record.chunks[index].key):
                 self.store.add_outputs(
                     record.id, [partial_output(self.storage, cap, record, index)]
                 )
@@ -287,7 +287,13 @@ class ChunkExecutor:
         with self.manager.use(spec, self.device) as model:
             run_chunks(model, work)
         for it, (_, _, ctx) in zip(items, work, strict=True):
-            self.storage.put_file(it.record.chunks[it.index].key, ctx.out, cap.chunk_content_type)
+            # A one-chunk job is assembled from the local file right after this, so its
+            # chunk is not stored: for one-sentence embed jobs that is a third of the
+            # writes. A crash before assembly recomputes it (cheap, by definition).
+            if len(it.record.chunks) > 1:
+                self.storage.put_file(
+                    it.record.chunks[it.index].key, ctx.out, cap.chunk_content_type
+                )
         log.info(
             "%d %s chunks done in one batch in %.3fs",
             len(items),
@@ -311,8 +317,9 @@ class ChunkExecutor:
         with contextlib.ExitStack() as stack:
             if scratch is None:
                 scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            chunk_dir, workdir = scratch / "chunks", scratch / "out"
-            workdir.mkdir(parents=True)
+            # Named by job: a batch's jobs share one scratch folder.
+            chunk_dir, workdir = scratch / f"{record.id}-chunks", scratch / f"{record.id}-out"
+            workdir.mkdir(exist_ok=True)
             files = [
                 (local or {}).get(c.index)
                 or self.storage.download(c.key, chunk_dir / f"{c.index:06d}.{cap.chunk_ext}")

@@ -1,0 +1,231 @@
+"""embed and generate throughput: stoker against the plain library, same run, same model.
+
+embed (all-MiniLM-L6-v2 on CPU):
+  1. plain sentence-transformers: encode N sentences at batch 64 (and a sample one
+     at a time, for the rate a naive one-call-per-request service gets);
+  2. stoker: N jobs of ONE sentence each, queued on Redis (own redis-server), then one
+     `stoker worker --queues embed` (model preloaded) drains them; from the worker
+     being ready to the last job succeeded. The worker batches chunks across jobs.
+generate (Gemma 3 270M Q4_K_M, greedy, fixed max tokens):
+  1. plain llama-cpp-python: create_completion per prompt in a loop;
+  2. stoker: one job with the same prompts as a JSONL file, one worker (preloaded);
+     from submit to done. Tokens counted from each side's own usage figures.
+
+Usage: python bench/capabilities.py [--sentences 10000] [--prompts 16] [--max-tokens 128]
+                                   [--only embed|generate] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine, markdown_table, write_section  # noqa: E402
+from tests.servers import redis_server  # noqa: E402
+from tests.texts import story  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+EMBED_MODEL = "all-MiniLM-L6-v2"
+GEN_MODEL = "gemma-3-270m"
+
+
+def distinct_sentences(n: int) -> list[str]:
+    """``n`` different sentences (content addressing would skip repeats)."""
+    base = story(12 * n).split(". ")
+    return [f"{s.strip('.')} (item {i})." for i, s in enumerate((base * (n // len(base) + 1))[:n])]
+
+
+def model_path(data_dir: Path, name: str) -> Path:
+    from stoker.config import load_settings
+    from stoker.workers.catalog import ModelCatalog
+
+    return ModelCatalog(load_settings(data_dir=data_dir)).get(name).path
+
+
+def plain_embed(path: Path, texts: list[str], batch_size: int) -> float:
+    """Seconds for plain sentence-transformers to encode ``texts`` (model loaded first)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu")
+    model.encode(texts[:64], batch_size=64)  # warm-up, as a warm worker is
+    start = time.perf_counter()
+    if batch_size == 1:
+        for text in texts:
+            model.encode([text], batch_size=1, show_progress_bar=False)
+    else:
+        model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+    return time.perf_counter() - start
+
+
+def wait_all(client: Any, ids: list[str], timeout_s: float) -> None:
+    """Return when every job of ``ids`` succeeded (in order, one state read each)."""
+    deadline = time.monotonic() + timeout_s
+    i = 0
+    while i < len(ids):
+        state = client.store.state(ids[i]).value
+        if state == "succeeded":
+            i += 1
+            continue
+        if state in ("failed", "cancelled"):
+            raise RuntimeError(f"job {ids[i]} {state}: {client.status(ids[i]).error}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(ids) - i} jobs not done after {timeout_s}s")
+        time.sleep(0.05)
+
+
+def stoker_embed(texts: list[str], redis_url: str, data_dir: Path) -> tuple[float, float]:
+    """(submission seconds, drain seconds) for one-sentence embed jobs."""
+    from stoker.client import Stoker
+    from stoker.config import load_settings
+    from tests.deployment import Deployment
+
+    data_dir.mkdir(parents=True)
+    dep = Deployment(
+        env={"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)}, workdir=data_dir
+    )
+    try:
+        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
+            start = time.perf_counter()
+            ids = [client.submit("embed", {"text": t}, priority="bulk").id for t in texts]
+            submitted = time.perf_counter() - start
+            dep.start_worker("embed", "--preload", EMBED_MODEL)  # returns once consuming
+            start = time.perf_counter()
+            wait_all(client, ids, timeout_s=3600)
+            return submitted, time.perf_counter() - start
+    finally:
+        dep.stop_all()
+
+
+def embed_section(n: int, data_dir: Path, redis_url: str) -> str:
+    texts = distinct_sentences(n)
+    path = model_path(data_dir / "catalog", EMBED_MODEL)
+    one = plain_embed(path, texts[: min(n, 1000)], 1) / min(n, 1000) * n
+    batched = plain_embed(path, texts, 64)
+    submitted, drained = stoker_embed(texts, redis_url, data_dir / "stoker")
+    rows = [
+        ["plain, one call per sentence (batch 1)", f"{one:.1f}", f"{n / one:.0f}", "—"],
+        ["plain, batch 64", f"{batched:.1f}", f"{n / batched:.0f}", "1.00"],
+        [
+            "stoker, 1 job per sentence, 1 worker",
+            f"{drained:.1f}",
+            f"{n / drained:.0f}",
+            f"{batched / drained:.2f}",
+        ],
+    ]
+    table = markdown_table(
+        ["embed " + f"{n} sentences", "seconds", "sentences/s", "× batch 64"], rows
+    )
+    return (
+        f"{table}\n\nSubmitting the {n} jobs (one `Stoker.submit` each, one process) took "
+        f"{submitted:.1f} s ({n / submitted:.0f} jobs/s); the batch-1 row is timed on "
+        f"{min(n, 1000)} sentences and scaled.\n"
+    )
+
+
+def plain_generate(path: Path, prompts: list[str], max_tokens: int) -> tuple[float, int]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_gpu_layers=0, verbose=False)
+    llm.create_completion("Warm up.", max_tokens=4, temperature=0.0)
+    start, tokens = time.perf_counter(), 0
+    for prompt in prompts:
+        r = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, seed=1)
+        tokens += r["usage"]["completion_tokens"]
+    return time.perf_counter() - start, tokens
+
+
+def stoker_generate(
+    prompts: list[str], max_tokens: int, redis_url: str, data_dir: Path
+) -> tuple[float, int]:
+    from stoker.client import Stoker
+    from stoker.config import load_settings
+    from tests.deployment import Deployment
+
+    data_dir.mkdir(parents=True)
+    dep = Deployment(
+        env={"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)}, workdir=data_dir
+    )
+    lines = "\n".join(json.dumps({"prompt": p}) for p in prompts)
+    request = {"prompts": lines, "model": GEN_MODEL, "max_tokens": max_tokens}
+    request |= {"temperature": 0.0, "seed": 1}
+    try:
+        dep.start_worker("generate", "--preload", GEN_MODEL)
+        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
+            start = time.perf_counter()
+            done = client.wait(client.submit("generate", request).id, timeout_s=3600, poll_s=0.05)
+            elapsed = time.perf_counter() - start
+            assert done.state == "succeeded", done.error
+            results = client.storage.get_bytes(done.outputs[0].key).decode().splitlines()
+        tokens = sum(json.loads(r)["usage"]["completion_tokens"] for r in results)
+        return elapsed, tokens
+    finally:
+        dep.stop_all()
+
+
+def generate_section(n: int, max_tokens: int, data_dir: Path, redis_url: str) -> str:
+    prompts = [f"Write a short story about {s}" for s in distinct_sentences(n)]
+    path = model_path(data_dir / "catalog", GEN_MODEL)
+    if path.is_dir():  # the packaged model is joined into a folder holding one .gguf
+        path = next(path.glob("*.gguf"))
+    plain_s, plain_tokens = plain_generate(path, prompts, max_tokens)
+    stoker_s, stoker_tokens = stoker_generate(prompts, max_tokens, redis_url, data_dir / "gen")
+    plain_rate, stoker_rate = plain_tokens / plain_s, stoker_tokens / stoker_s
+    rows = [
+        [
+            "plain llama-cpp-python",
+            f"{plain_s:.1f}",
+            str(plain_tokens),
+            f"{plain_rate:.1f}",
+            "1.00",
+        ],
+        [
+            "stoker, 1 job, 1 worker",
+            f"{stoker_s:.1f}",
+            str(stoker_tokens),
+            f"{stoker_rate:.1f}",
+            f"{stoker_rate / plain_rate:.2f}",
+        ],
+    ]
+    header = [f"generate {n} prompts", "seconds", "tokens", "tokens/s", "ratio"]
+    return markdown_table(header, rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sentences", type=int, default=10_000)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--only", choices=["embed", "generate"])
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
+        if args.only in (None, "embed"):
+            parts.append(embed_section(args.sentences, Path(tmp) / "embed", redis_url))
+            print(parts[-1])
+        if args.only in (None, "generate"):
+            section = generate_section(args.prompts, args.max_tokens, Path(tmp) / "gen", redis_url)
+            parts.append(section)
+            print(section)
+    command = "python bench/capabilities.py " + " ".join(sys.argv[1:])
+    if os.environ.get("TMPDIR"):  # where every scratch file and the data dir live
+        command = f"TMPDIR={os.environ['TMPDIR']} {command}"
+    body = (
+        f"Command: `{command.strip()}` on {machine()}.\n\n" + "\n".join(parts) + "\n"
+        "Greedy decoding (temperature 0) on both sides, so both generate the same tokens.\n"
+    )
+    if not args.no_write and args.only is None:
+        write_section("capabilities", body)
+
+
+if __name__ == "__main__":
+    main()
