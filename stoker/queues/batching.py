@@ -14,9 +14,9 @@ How it works, inside Celery's own consumer (no second queueing system):
   buffer, the batcher raises the channel's prefetch by one, so the next message can
   arrive; when the buffer is run, it lowers it again. So a worker holds at most
   ``batch_max_chunks`` extra messages, and only while it is forming a batch.
-- The buffer runs when it is full, after ``batch_wait_s`` without filling, and right
-  before this worker starts any other task (so a buffered chunk never waits behind a
-  long audiobook chunk).
+- The buffer runs when it is full, when no request came for ``batch_wait_s`` (at most
+  10× that after the first), and right before this worker starts any other task (so a
+  buffered chunk never waits behind a long audiobook chunk).
 - Messages are acknowledged after their chunk is done (acks late, as for every task);
   a worker that dies with a buffer gets those messages redelivered.
 """
@@ -24,8 +24,11 @@ How it works, inside Celery's own consumer (no second queueing system):
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery
@@ -34,8 +37,11 @@ from celery.worker.strategy import default as default_strategy
 
 log = logging.getLogger(__name__)
 
-#: Runs a batch of Celery requests; must acknowledge (or retry) every one.
-RunBatch = Callable[[list[Any]], None]
+#: Runs the model work of a batch of Celery requests and returns a function that does
+#: the rest (records, artifacts) and returns the per-request outcomes.
+Produce = Callable[[list[Any]], Callable[[], list[Any]]]
+#: Acknowledges (or retries) every request of a batch given its outcomes.
+Settle = Callable[[list[Any], list[Any]], None]
 
 
 class ChunkBatcher:
@@ -44,30 +50,74 @@ class ChunkBatcher:
     ``consumer`` is Celery's worker consumer (its ``qos`` and ``timer`` are used).
     Thread-safe: with a thread-based timer (the SQL broker's loop), the timed flush
     runs on the timer thread while the consumer thread adds requests.
+
+    ``pipelined``: a batch's finishing work (fan-in, assembly, storage writes: about
+    as long as the model call for one-sentence embed jobs) runs on a second thread
+    while the consumer forms and encodes the next batch. Its requests are settled
+    (acknowledged) back on the consumer's thread, when :meth:`settle_finished` runs:
+    on each new message, before each flush and on a short timer. Only with an event
+    loop (Redis), where that thread is the one that owns the channel.
     """
 
-    def __init__(self, consumer: Any, run: RunBatch, max_chunks: int, wait_s: float) -> None:
-        self._consumer, self._run = consumer, run
+    def __init__(
+        self,
+        consumer: Any,
+        produce: Produce,
+        settle: Settle,
+        max_chunks: int,
+        wait_s: float,
+        *,
+        pipelined: bool = False,
+    ) -> None:
+        self._consumer, self._produce, self._settle = consumer, produce, settle
         self.max_chunks, self.wait_s = max_chunks, wait_s
         self._pending: list[Any] = []
         self._timer: Any = None
+        self._first_add = self._last_add = 0.0  # monotonic times, for the timed flush
         self._lock = threading.Lock()  # guards _pending and _timer
         self._flushing = threading.Lock()  # one batch runs at a time
+        self._finisher: ThreadPoolExecutor | None = None
+        self._finished: queue.SimpleQueue[tuple[list[Any], list[Any] | None]] = queue.SimpleQueue()
+        if pipelined:
+            self._finisher = ThreadPoolExecutor(1, thread_name_prefix="stoker-finish")
+            consumer.timer.call_repeatedly(max(wait_s, 0.02), self.settle_finished)
 
     def add(self, request: Any) -> None:
         """Buffer ``request``; run the buffer now if it is full."""
+        self.settle_finished()
         with self._lock:
             self._pending.append(request)
-            # Room for one more message while this one waits (restored in flush).
+            # Room for one more message while this one waits (given back once the
+            # request is settled).
             self._consumer.qos.increment_eventually()
+            self._last_add = time.monotonic()
+            if len(self._pending) == 1:
+                self._first_add = self._last_add
             full = len(self._pending) >= self.max_chunks
             if not full and self._timer is None:
-                self._timer = self._consumer.timer.call_after(self.wait_s, self.flush)
+                self._timer = self._consumer.timer.call_after(self.wait_s, self._timed_flush)
         if full:
             self.flush()
 
+    def _timed_flush(self) -> None:
+        """Run the buffer once no request came for ``wait_s`` (or it is 10× that old).
+
+        Waiting for a pause rather than a fixed time keeps batches full while a
+        backlog streams in (a busy worker can take longer than ``wait_s`` to receive
+        64 messages), and still runs a lone request after ``wait_s``.
+        """
+        with self._lock:
+            self._timer = None
+            now = time.monotonic()
+            idle, age = now - self._last_add, now - self._first_add
+            if self._pending and idle < self.wait_s and age < 10 * self.wait_s:
+                self._timer = self._consumer.timer.call_after(self.wait_s - idle, self._timed_flush)
+                return
+        self.flush()
+
     def flush(self) -> None:
         """Run every buffered request as one batch (no-op when empty)."""
+        self.settle_finished()
         with self._flushing:
             with self._lock:
                 batch, self._pending = self._pending, []
@@ -77,13 +127,44 @@ class ChunkBatcher:
             if not batch:
                 return
             try:
-                self._run(batch)
-            except Exception:  # the run function settles each request; this is a bug
+                finish = self._produce(batch)
+            except Exception:  # produce records per-item errors; this is a bug
                 log.exception("batch of %d chunks crashed; their messages are requeued", len(batch))
+                self._done(batch, None)
+                return
+            if self._finisher is None:
+                self._done(batch, self._finish(batch, finish))
+            else:
+                self._finisher.submit(
+                    lambda: self._finished.put((batch, self._finish(batch, finish)))
+                )
+
+    def settle_finished(self) -> None:
+        """Settle the batches the finishing thread is done with (consumer thread)."""
+        while True:
+            try:
+                batch, outcomes = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            self._done(batch, outcomes)
+
+    @staticmethod
+    def _finish(batch: list[Any], finish: Callable[[], list[Any]]) -> list[Any] | None:
+        try:
+            return finish()
+        except Exception:
+            log.exception("finishing a batch of %d chunks crashed; requeued", len(batch))
+            return None
+
+    def _done(self, batch: list[Any], outcomes: list[Any] | None) -> None:
+        try:
+            if outcomes is None:  # a bug of ours: let another try
                 for request in batch:
                     request.reject(requeue=True)
-            finally:
-                self._consumer.qos.decrement_eventually(len(batch))
+            else:
+                self._settle(batch, outcomes)
+        finally:
+            self._consumer.qos.decrement_eventually(len(batch))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -110,7 +191,13 @@ def batching_strategy(task: Any, app: Celery, consumer: Any, **kwargs: Any) -> A
     """
     settings = app.stoker_settings
     batcher = ChunkBatcher(
-        consumer, task.run_batch, settings.batch_max_chunks, settings.batch_wait_s
+        consumer,
+        task.produce_batch,
+        task.settle_batch,
+        settings.batch_max_chunks,
+        settings.batch_wait_s,
+        # Only an event loop runs timers on the consumer's own thread (see class doc).
+        pipelined=getattr(consumer, "hub", None) is not None,
     )
     app.stoker_batchers = [*getattr(app, "stoker_batchers", []), batcher]
 

@@ -12,6 +12,7 @@ the work itself is done by the worker's executor, attached to the app at start-u
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery, Task
@@ -38,6 +39,8 @@ class Executor(Protocol):
     def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None: ...
 
     def run_chunks(self, items: list[ChunkArgs]) -> list[BaseException | None]: ...
+
+    def start_chunks(self, items: list[ChunkArgs]) -> Any: ...
 
     def fail(self, job_id: str, error: StokerError) -> None: ...
 
@@ -91,12 +94,16 @@ class BatchedChunkTask(Task):
 
     Strategy = "stoker.queues.batching:batching_strategy"
 
-    def run_batch(self, requests: list[Any]) -> None:
-        """Run the chunks of ``requests`` together; acknowledge or retry each."""
-        executor, settings = _executor(self.app), self.app.stoker_settings
+    def produce_batch(self, requests: list[Any]) -> Callable[[], list[BaseException | None]]:
+        """Run the model work of ``requests`` now; return what finishes them."""
         items: list[ChunkArgs] = [tuple(r.args) for r in requests]
-        outcomes = executor.run_chunks(items)
-        for request, args, exc in zip(requests, items, outcomes, strict=True):
+        return _executor(self.app).start_chunks(items).finish
+
+    def settle_batch(self, requests: list[Any], outcomes: list[BaseException | None]) -> None:
+        """Acknowledge each request, or retry it, or fail its job, from its outcome."""
+        executor, settings = _executor(self.app), self.app.stoker_settings
+        for request, exc in zip(requests, outcomes, strict=True):
+            args: ChunkArgs = tuple(request.args)
             retries = int(request.request_dict.get("retries") or 0)
             delay = None if exc is None else settle(executor, settings, args, exc, retries)
             if delay is not None:

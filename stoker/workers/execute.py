@@ -116,16 +116,25 @@ class ChunkExecutor:
         stops the others. A model call that fails is retried item by item, so the
         failure lands on the item that caused it.
         """
-        outcomes: list[BaseException | None] = [None] * len(items)
-        # One scratch folder for the whole batch: chunk outputs stay there for
-        # assembly (no download of what was just written), removed once at the end.
-        with tempfile.TemporaryDirectory(prefix="stoker-batch-") as tmp:
-            self._run_items(items, Path(tmp), outcomes)
-        return outcomes
+        return self.start_chunks(items).finish()
 
-    def _run_items(
+    def start_chunks(self, items: list[ChunkArgs]) -> StartedBatch:
+        """The model half of :meth:`run_chunks`: outputs made, jobs not finished yet.
+
+        ``finish()`` on the result (from any thread) does the rest: fan-in, assembly,
+        storage writes. A worker overlaps it with the next batch's model call.
+        """
+        batch = StartedBatch(self, len(items))
+        try:
+            batch.ready = self._produce_items(items, batch.scratch, batch.outcomes)
+        except BaseException:
+            batch.close()
+            raise
+        return batch
+
+    def _produce_items(
         self, items: list[ChunkArgs], scratch: Path, outcomes: list[BaseException | None]
-    ) -> None:
+    ) -> list[_Item]:
         todo: dict[tuple[str, str | None, str], list[_Item]] = {}
         ready: list[_Item] = []
         for pos, (job_id, index, payload) in enumerate(items):
@@ -142,6 +151,11 @@ class ChunkExecutor:
                 outcomes[pos] = exc
         for group in todo.values():
             ready.extend(self._produce_group(group, scratch, outcomes))
+        return ready
+
+    def _finish_items(
+        self, ready: list[_Item], scratch: Path, outcomes: list[BaseException | None]
+    ) -> None:
         for item in ready:
             try:
                 local = {item.index: item.out(scratch)} if item.out(scratch).exists() else {}
@@ -373,6 +387,31 @@ class ChunkExecutor:
         return OutputRef(
             name=MANIFEST_NAME, key=key, size_bytes=info.size_bytes, content_type="application/json"
         )
+
+
+class StartedBatch:
+    """A batch whose chunk outputs exist (in ``scratch``) and whose jobs are not
+    finished yet; see :meth:`ChunkExecutor.start_chunks`."""
+
+    def __init__(self, executor: ChunkExecutor, size: int) -> None:
+        self._executor = executor
+        # One scratch folder for the whole batch: chunk outputs stay there for
+        # assembly (no download of what was just written), removed once at the end.
+        self._tmp = tempfile.TemporaryDirectory(prefix="stoker-batch-")
+        self.scratch = Path(self._tmp.name)
+        self.outcomes: list[BaseException | None] = [None] * size
+        self.ready: list[_Item] = []
+
+    def finish(self) -> list[BaseException | None]:
+        """Finish every produced item; per item, None or the error it ended with."""
+        try:
+            self._executor._finish_items(self.ready, self.scratch, self.outcomes)
+        finally:
+            self.close()
+        return self.outcomes
+
+    def close(self) -> None:
+        self._tmp.cleanup()
 
 
 def notes_key(chunk_key: str) -> str:

@@ -45,8 +45,9 @@ def test_one_sentence_jobs_are_batched_across_jobs_and_match_the_plain_model(
     texts = sentences(40)
     with Stoker(deployment.settings()) as client:
         jobs = [client.submit("embed", {"text": t}) for t in texts]
-        # When a worker starts on the embed queue
-        worker = deployment.start_worker("embed")
+        # When a worker starts on the embed queue (model loaded first: the test's
+        # visibility timeout is 5 s, and a message not acked by then is redelivered)
+        worker = deployment.start_worker("embed", "--preload", "all-MiniLM-L6-v2")
         done = [client.wait(j.id, timeout_s=120) for j in jobs]
         vectors = [
             read_vectors(client.storage.get_bytes(d.outputs[0].key), "jsonl")[1][0] for d in done

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stoker.queues import batching
 from stoker.queues.batching import ChunkBatcher
 
 
@@ -34,6 +35,9 @@ class FakeTimer:
         self.entries.append(FakeEntry(fun))
         return self.entries[-1]
 
+    def call_repeatedly(self, secs: float, fun: Any) -> FakeEntry:
+        return FakeEntry(fun)  # the tests call settle_finished themselves
+
 
 class FakeConsumer:
     def __init__(self) -> None:
@@ -48,11 +52,19 @@ class FakeRequest:
         self.rejected = requeue
 
 
-def make(max_chunks: int = 3) -> tuple[ChunkBatcher, FakeConsumer, list[list[int]]]:
+def make(
+    max_chunks: int = 3, pipelined: bool = False
+) -> tuple[ChunkBatcher, FakeConsumer, list[list[int]]]:
+    """A batcher whose batches record their request numbers when settled."""
     consumer, runs = FakeConsumer(), []
-    batcher = ChunkBatcher(
-        consumer, lambda reqs: runs.append([r.n for r in reqs]), max_chunks, 0.05
-    )
+
+    def produce(reqs: list[Any]) -> Any:
+        return lambda: [None] * len(reqs)
+
+    def settle(reqs: list[Any], outcomes: list[Any]) -> None:
+        runs.append([r.n for r in reqs])
+
+    batcher = ChunkBatcher(consumer, produce, settle, max_chunks, 0.05, pipelined=pipelined)
     return batcher, consumer, runs
 
 
@@ -76,15 +88,36 @@ def test_each_waiting_request_borrows_one_prefetch_slot() -> None:
     assert runs == []
 
 
-def test_a_partial_buffer_runs_when_its_timer_fires() -> None:
+def test_a_partial_buffer_runs_once_requests_stop_coming(monkeypatch: Any) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(batching.time, "monotonic", lambda: clock[0])
     batcher, consumer, runs = make(max_chunks=10)
     batcher.add(FakeRequest(0))
+    clock[0] += 0.04
     batcher.add(FakeRequest(1))
     # One timer for the buffer, not one per request
     assert len(consumer.timer.entries) == 1
+    # When it fires 0.01 s after the last request, the buffer waits a little longer
+    clock[0] += 0.01
     consumer.timer.entries[0].fun()
+    assert runs == [] and len(consumer.timer.entries) == 2
+    # And once no request came for the whole wait, it runs
+    clock[0] += 0.05
+    consumer.timer.entries[1].fun()
     assert runs == [[0, 1]]
     assert consumer.qos.value == 1
+
+
+def test_a_streaming_buffer_still_runs_at_ten_times_the_wait(monkeypatch: Any) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(batching.time, "monotonic", lambda: clock[0])
+    batcher, consumer, runs = make(max_chunks=1000)
+    for n in range(30):  # a request every 0.02 s: never a 0.05 s pause
+        batcher.add(FakeRequest(n))
+        clock[0] += 0.02
+        if consumer.timer.entries and runs == []:
+            consumer.timer.entries[-1].fun()
+    assert runs and len(runs[0]) <= 26
 
 
 def test_a_flush_cancels_the_pending_timer_and_an_empty_flush_does_nothing() -> None:
@@ -96,16 +129,17 @@ def test_a_flush_cancels_the_pending_timer_and_an_empty_flush_does_nothing() -> 
     assert runs == [[0, 1]]
 
 
-def test_a_crashing_run_requeues_the_batch_and_the_batcher_keeps_working() -> None:
+def test_a_crashing_batch_is_requeued_and_the_batcher_keeps_working() -> None:
     consumer = FakeConsumer()
     calls: list[int] = []
 
-    def run(reqs: list[Any]) -> None:
+    def produce(reqs: list[Any]) -> Any:
         calls.append(len(reqs))
         if len(calls) == 1:
             raise RuntimeError("bug")
+        return lambda: [None] * len(reqs)
 
-    batcher = ChunkBatcher(consumer, run, 2, 0.05)
+    batcher = ChunkBatcher(consumer, produce, lambda reqs, outcomes: None, 2, 0.05)
     first = [FakeRequest(0), FakeRequest(1)]
     for r in first:
         batcher.add(r)
@@ -114,4 +148,19 @@ def test_a_crashing_run_requeues_the_batch_and_the_batcher_keeps_working() -> No
     batcher.add(FakeRequest(2))
     batcher.add(FakeRequest(3))
     assert calls == [2, 2]
+    assert consumer.qos.value == 1
+
+
+def test_pipelined_batches_are_settled_on_the_consumer_thread_and_keep_their_slots() -> None:
+    batcher, consumer, runs = make(max_chunks=2, pipelined=True)
+    # When a batch fills, its finishing runs on the second thread...
+    batcher.add(FakeRequest(0))
+    batcher.add(FakeRequest(1))
+    assert batcher._finisher is not None
+    batcher._finisher.shutdown(wait=True)  # let it finish, as time would
+    # ...but it is settled, and its prefetch slots given back, only by the consumer
+    assert runs == []
+    assert consumer.qos.value == 3
+    batcher.settle_finished()
+    assert runs == [[0, 1]]
     assert consumer.qos.value == 1
