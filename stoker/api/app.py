@@ -30,12 +30,14 @@ def create_app(settings: Settings | None = None, *, deliver_webhooks: bool = Tru
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from stoker.queues.app import QUEUES
+        from stoker.workers.fleet import open_fleet
 
         stoker = Stoker(settings)
         meta = open_meta_store(settings)
         state = ApiState(settings=settings, stoker=stoker, meta=meta, metrics=metrics)
         metrics.watch_queues(QUEUES, state.queue_depth)
         metrics.watch_jobs(stoker.store.counts)
+        metrics.watch_workers(open_fleet(settings).workers)
         app.state.api = state
         thread = None
         if deliver_webhooks:

@@ -179,9 +179,28 @@ def owned_batch(state: ApiState, key: ApiKey, batch_id: str) -> tuple[JobRecord,
     return state.metrics.job_seen(state.stoker.status(batch_id)), doc
 
 
+#: OpenAI's only completion window; a batch not done by then expires.
+WINDOW_S = 24 * 3600
+
+
+def expire_if_due(
+    state: ApiState, parent: JobRecord, data: dict[str, Any], now: float | None = None
+) -> tuple[JobRecord, dict[str, Any]]:
+    """Expire a batch still running past its completion window: what is done stays in
+    the output file, the rest is cancelled and reported as ``batch_expired``."""
+    now = time.time() if now is None else now
+    if parent.state.terminal or now < parent.created_at + WINDOW_S:
+        return parent, data
+    data = {**data, "expired_at": int(now)}
+    state.meta.put(Doc(BATCH_NS, parent.id, parent.owner, parent.created_at, data))
+    return state.stoker.cancel(parent.id), data
+
+
 def _status(parent: JobRecord, data: dict[str, Any]) -> str:
     if parent.state is JobState.FAILED:
         return "failed"
+    if parent.state is JobState.CANCELLED and data.get("expired_at"):
+        return "expired"
     if parent.state is JobState.CANCELLED:
         return "cancelled" if "finalized_at" in data else "cancelling"
     if parent.state is JobState.SUCCEEDED:
@@ -191,6 +210,7 @@ def _status(parent: JobRecord, data: dict[str, Any]) -> str:
 
 def batch_object(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's Batch object for the batch ``parent``, finalizing it first if it ended."""
+    parent, data = expire_if_due(state, parent, data)
     if parent.state.terminal and "finalized_at" not in data:
         data = finalize(state, parent, data)
     # Counted once at finalization; while running, from the children's records.
@@ -210,11 +230,11 @@ def batch_object(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> di
         "error_file_id": data.get("error_file_id"),
         "created_at": created,
         "in_progress_at": created,
-        "expires_at": created + 24 * 3600,
+        "expires_at": created + WINDOW_S,
         "finalizing_at": ended if status in ("finalizing", "completed") else None,
         "completed_at": int(data["finalized_at"]) if status == "completed" else None,
         "failed_at": ended if status == "failed" else None,
-        "expired_at": None,
+        "expired_at": data.get("expired_at"),
         "cancelling_at": data.get("cancelling_at"),
         "cancelled_at": ended if status == "cancelled" else None,
         "request_counts": counts,
@@ -223,7 +243,12 @@ def batch_object(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> di
 
 
 def _result_line(
-    state: ApiState, adapter: Adapter, kid: JobRecord, custom_id: str | None, options: Options
+    state: ApiState,
+    adapter: Adapter,
+    kid: JobRecord,
+    custom_id: str | None,
+    options: Options,
+    expired: bool = False,
 ) -> tuple[bool, dict[str, Any]]:
     """(succeeded, the output or error line) of one child."""
     line_id = f"batch_req_{kid.id}"
@@ -248,6 +273,9 @@ def _result_line(
             "response": None,
             "error": {"code": "result_unreadable", "message": kid_error},
         }
+    if kid.state is JobState.CANCELLED and expired:
+        error = {"code": "batch_expired", "message": "the batch expired before this ran."}
+        return False, {"id": line_id, "custom_id": custom_id, "response": None, "error": error}
     if kid.state is JobState.CANCELLED:
         error = {"code": "batch_cancelled", "message": "the batch was cancelled first."}
         return False, {"id": line_id, "custom_id": custom_id, "response": None, "error": error}
@@ -281,7 +309,9 @@ def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[s
         index = kid.parent_index or 0
         custom_id = custom_ids[index] if index < len(custom_ids) else None
         options = data.get("options", {}).get(str(index), {})
-        ok, line = _result_line(state, adapter, kid, custom_id, options)
+        ok, line = _result_line(
+            state, adapter, kid, custom_id, options, bool(data.get("expired_at"))
+        )
         (good if ok else bad).append(json.dumps(line) + "\n")
     data = dict(data)
     for lines, name, field in (

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -47,6 +48,42 @@ class _DepthCollector(Collector):
             except Exception:
                 continue
         yield family
+
+
+class _WorkersCollector(Collector):
+    """Model loads, evictions, hits and memory per worker pool, from the heartbeats
+    workers publish (workers/fleet.py), read when scraped."""
+
+    def __init__(self, workers: Callable[[], list[Any]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["worker", "device"]
+        families = {
+            name: GaugeMetricFamily(f"stoker_worker_{name}", help_, labels=labels)
+            for name, help_ in (
+                ("model_loads", "Model loads since the worker started"),
+                ("model_evictions", "Models evicted to fit the budget since start"),
+                ("model_hits", "Chunks that found their model loaded"),
+                ("model_misses", "Chunks that had to load their model"),
+                ("memory_used_bytes", "Measured footprint of the loaded models"),
+                ("memory_budget_bytes", "The pool's memory budget"),
+            )
+        }
+        try:
+            beats = self._workers()
+        except Exception:
+            beats = []
+        for beat in beats:
+            for pool in beat.pools:
+                key = [beat.hostname, pool.device]
+                families["model_loads"].add_metric(key, pool.loads)
+                families["model_evictions"].add_metric(key, pool.evictions)
+                families["model_hits"].add_metric(key, pool.hits)
+                families["model_misses"].add_metric(key, pool.misses)
+                families["memory_used_bytes"].add_metric(key, pool.used_bytes)
+                families["memory_budget_bytes"].add_metric(key, pool.budget_bytes)
+        yield from families.values()
 
 
 class _JobsCollector(Collector):
@@ -128,6 +165,9 @@ class ApiMetrics:
 
     def watch_jobs(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
         self.registry.register(_JobsCollector(counts))
+
+    def watch_workers(self, workers: Callable[[], list[Any]]) -> None:
+        self.registry.register(_WorkersCollector(workers))
 
     def watch_queues(self, kinds: tuple[str, ...], depth: Callable[[str], int]) -> None:
         self.registry.register(_DepthCollector(kinds, depth))

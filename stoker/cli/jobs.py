@@ -48,12 +48,13 @@ def follow(client: Any, job_id: str, timeout_s: float | None = None) -> JobRecor
 
         def update(rec: JobRecord) -> None:
             p = rec.progress
+            book = _book_progress(rec, client.done_chunks(rec.id)) if _is_book(rec) else ""
             bar.update(
                 task,
                 description=f"{rec.kind} {rec.id} [{p.stage}]",
                 completed=p.done,
                 total=p.total or None,
-                counts=f"{p.done}/{p.total} {_units(rec)}{audio}",
+                counts=f"{p.done}/{p.total} {_units(rec)}{audio}{book}",
             )
 
         return client.wait(job_id, timeout_s=timeout_s, on_update=update)
@@ -64,6 +65,30 @@ def _audio_hours(client: Any, record: JobRecord) -> str:
     kids = client.children(record.id) if record.kind == BATCH_KIND else [record]
     seconds = sum(float(k.params.get("duration_s") or 0) for k in kids)
     return f" · {seconds / 3600:.2f} h audio" if seconds else ""
+
+
+#: Words a minute of narration holds at length scale 1 (Piper voices: ~150-160).
+WORDS_PER_MINUTE = 155
+
+
+def _is_book(record: JobRecord) -> bool:
+    return bool(record.params.get("chapters")) and not record.state.terminal
+
+
+def _book_progress(record: JobRecord, done: set[int]) -> str:
+    """ " · chapter 3/20 · ≈ 14/95 min audio": chapters finished, narration estimated
+    from the words of the finished chunks' chapters (exact lengths come at assembly)."""
+    chapters = record.params["chapters"]
+    finished, words_done = 0, 0.0
+    for chapter in chapters:
+        indexes = range(chapter["first"], chapter["first"] + chapter["count"])
+        n_done = sum(i in done for i in indexes)
+        finished += n_done == chapter["count"]
+        words_done += chapter.get("words", 0) * n_done / max(chapter["count"], 1)
+    words = sum(c.get("words", 0) for c in chapters)
+    scale = float(record.params.get("length_scale") or 1.0) / WORDS_PER_MINUTE
+    text = f" · chapter {min(finished + 1, len(chapters))}/{len(chapters)}"
+    return text + (f" · ≈ {words_done * scale:.0f}/{words * scale:.0f} min audio" if words else "")
 
 
 def _units(record: JobRecord) -> str:

@@ -183,7 +183,14 @@ class AudiobookCapability:
         for chapter in book.chapters:
             heading = chapter.title if chapter.title[-1:] in ".!?" else f"{chapter.title}."
             pieces = text.pack_chunks([heading, *text.split_sentences(chapter.text)], max_chars)
-            chapters.append({"title": chapter.title, "first": len(chunks), "count": len(pieces)})
+            chapters.append(
+                {
+                    "title": chapter.title,
+                    "first": len(chunks),
+                    "count": len(pieces),
+                    "words": sum(len(p.split()) for p in pieces),  # for progress estimates
+                }
+            )
             chunks.extend(speech_chunks(pieces, fingerprint, sound))
         return chunks, chapters
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,17 @@ def test_embeddings_of_a_string_and_a_list_equal_the_embed_jobs_vectors(api: Api
     assert [d.embedding for d in many.data] == expected
     assert [d.embedding for d in floats.data] == expected
     assert len(expected[0]) == 384 and many.model == "all-MiniLM-L6-v2"
+    # And /metrics reports the worker's model loads from its heartbeat (every 2 s)
+    pattern = r'stoker_worker_model_loads\{device="cpu",worker="[^"]+"\} (\d+)'
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(f"{api.url}/metrics").text
+        loads = re.search(pattern, text)
+        if (loads and int(loads.group(1)) >= 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert loads is not None and int(loads.group(1)) >= 1, text
+    assert "stoker_worker_memory_used_bytes{" in text
 
 
 def test_completions_and_chat_on_a_tiny_gguf_model(api: Api) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -416,3 +417,38 @@ def test_keys_are_created_listed_and_revoked_from_the_cli(data_dir: Path) -> Non
         assert client.get("/v1/jobs", headers=auth(key)).status_code == 200
         assert runner.invoke(app, ["keys", "revoke", "dave"], env=env).exit_code == 0
         assert_error(client.get("/v1/jobs", headers=auth(key)), 401)
+
+
+def test_a_batch_past_its_window_expires_and_reports_what_did_not_run(
+    client: TestClient, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stoker.api import batches
+
+    # Given a batch of two speech lines that no worker takes
+    upload = client.post(
+        "/v1/files",
+        files={"file": ("b.jsonl", _jsonl(_speech("a"), _speech("b")))},
+        data={"purpose": "batch"},
+        headers=alice,
+    ).json()
+    created = client.post(
+        "/v1/batches",
+        headers=alice,
+        json={
+            "input_file_id": upload["id"],
+            "endpoint": "/v1/audio/speech",
+            "completion_window": "24h",
+        },
+    ).json()
+    assert created["status"] == "in_progress" and created["expired_at"] is None
+    # When it is read after its 24 h window
+    later = time.time() + batches.WINDOW_S + 1
+    monkeypatch.setattr(batches.time, "time", lambda: later)
+    expired = client.get(f"/v1/batches/{created['id']}", headers=alice).json()
+    # Then it expired, and its error file says each line expired before it ran
+    assert expired["status"] == "expired" and expired["expired_at"] == int(later)
+    assert expired["request_counts"]["total"] == 2
+    errors = client.get(f"/v1/files/{expired['error_file_id']}/content", headers=alice).text
+    lines = [json.loads(line) for line in errors.splitlines()]
+    assert sorted(line["custom_id"] for line in lines) == ["a", "b"]
+    assert {line["error"]["code"] for line in lines} == {"batch_expired"}

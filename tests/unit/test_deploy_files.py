@@ -1,11 +1,15 @@
-"""deploy/ files name real stoker commands and settings (no docker compose here:
-the compose file is parsed with PyYAML and checked against the CLI and Settings)."""
+"""deploy/ files name real stoker commands and settings: the compose file is parsed
+with PyYAML and checked against the CLI and Settings, and validated by Compose itself
+(`docker-compose config`, which needs no engine) where Compose is installed."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.main import get_command
 
@@ -66,3 +70,16 @@ def test_systemd_units_and_the_env_example_name_real_commands_and_settings() -> 
     for line in (DEPLOY / "stoker.env.example").read_text().splitlines():
         if line.startswith("STOKER_"):
             check_setting(line.split("=", 1)[0])
+
+
+def test_compose_itself_accepts_the_file() -> None:
+    compose_cli = shutil.which("docker-compose")
+    if compose_cli is None:  # Debian: apt-get install docker-compose
+        pytest.skip("docker-compose is not installed; the structural checks above still ran")
+    result = subprocess.run(
+        [compose_cli, "-f", str(DEPLOY / "compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
