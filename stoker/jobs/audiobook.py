@@ -112,13 +112,19 @@ def _checked(
 ) -> dict[str, Any]:
     """Check the chunk in ``ctx.out``; re-synthesize it once if Whisper disagrees."""
     first = verify.check(whisper, ctx.out, chunk_text, params["verify_language"])
-    notes: dict[str, Any] = {"ratio": first.ratio, "resynthesized": False, "ok": first.ok}
+    notes: dict[str, Any] = {
+        "ratio": first.ratio,
+        "gap": first.gap,
+        "resynthesized": False,
+        "ok": first.ok,
+    }
     if first.ok:
         return notes
     log.warning("chunk heard as %r (match %.2f); synthesizing it again", first.heard, first.ratio)
     synthesize_to_wav(voice, chunk_text, params, ctx.out, ctx.should_stop)
     second = verify.check(whisper, ctx.out, chunk_text, params["verify_language"])
-    notes.update(first_ratio=first.ratio, ratio=second.ratio, resynthesized=True, ok=second.ok)
+    notes.update(first_ratio=first.ratio, ratio=second.ratio, gap=second.gap)
+    notes.update(resynthesized=True, ok=second.ok)
     if not second.ok:
         notes.update(expected=chunk_text[:300], heard=second.heard[:300])
     return notes
@@ -230,7 +236,8 @@ def _verification_report(params: dict[str, Any], ctx: AssembleContext) -> Artifa
     checked = [(i, n) for i, n in enumerate(ctx.chunk_notes) if "ratio" in n]
     report = {
         "model": params["verify_model"],
-        "threshold": verify.MATCH_THRESHOLD,
+        "min_ratio": verify.MIN_RATIO,
+        "max_gap_words": verify.MAX_GAP_WORDS,
         "checked": len(checked),
         "resynthesized": sum(1 for _, n in checked if n["resynthesized"]),
         "mismatched": [

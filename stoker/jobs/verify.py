@@ -15,22 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Word-sequence similarity (0..1) below which a chunk is flagged. Whisper tiny.en on
-#: the packaged Piper voice scores 0.9-1.0 on normal prose; a dropped sentence in a
-#: 4-sentence chunk scores about 0.75 or less, noise near 0.
-MATCH_THRESHOLD = 0.8
+#: A chunk is flagged when Whisper's words match less than this share of its text
+#: (garbage audio, silence, another language)...
+MIN_RATIO = 0.6
+#: ...or when this many of its words in a row were not heard (a skipped sentence).
+#: Misheard words ("keep reclined" for "keeper climbed") leave short gaps; a dropped
+#: sentence leaves a long one, however long the chunk is.
+MAX_GAP_WORDS = 6
 
 
 @dataclass(frozen=True)
 class Check:
     """What Whisper heard in one chunk, and how close it is to the text."""
 
-    ratio: float
+    ratio: float  # matched words / words of the longer side, 0..1
+    gap: int  # longest run of the text's words not heard
     heard: str
 
     @property
     def ok(self) -> bool:
-        return self.ratio >= MATCH_THRESHOLD
+        return self.ratio >= MIN_RATIO and self.gap < MAX_GAP_WORDS
 
 
 _ONES = [
@@ -90,16 +94,26 @@ def sound_key(word: str) -> str:
     return key
 
 
-def similarity(expected: str, heard: str) -> float:
-    """How much of ``expected``'s word sequence ``heard`` matches, 0..1."""
+def compare(expected: str, heard: str) -> tuple[float, int]:
+    """(share of words matched over the longer side, longest run of ``expected``'s
+    words missing from ``heard``)."""
     want = [sound_key(w) for w in words(expected)]
     got = [sound_key(w) for w in words(heard)]
     if not want:
-        return 1.0
+        return 1.0, 0
     matcher = difflib.SequenceMatcher(a=want, b=got, autojunk=False)
-    matched = sum(block.size for block in matcher.get_matching_blocks())
+    blocks = matcher.get_matching_blocks()  # ends with a (len(want), len(got), 0) sentinel
+    matched = sum(block.size for block in blocks)
+    gap, at = 0, 0
+    for block in blocks:
+        gap, at = max(gap, block.a - at), block.a + block.size
     # Matched words over the longer side: missing words and extra noise both count.
-    return matched / max(len(want), len(got))
+    return matched / max(len(want), len(got)), gap
+
+
+def similarity(expected: str, heard: str) -> float:
+    """How much of ``expected``'s word sequence ``heard`` matches, 0..1."""
+    return compare(expected, heard)[0]
 
 
 def transcribe_wav(whisper: Any, path: Path, language: str | None) -> str:
@@ -116,4 +130,5 @@ def transcribe_wav(whisper: Any, path: Path, language: str | None) -> str:
 
 def check(whisper: Any, path: Path, expected: str, language: str | None) -> Check:
     heard = transcribe_wav(whisper, path, language)
-    return Check(round(similarity(expected, heard), 3), heard)
+    ratio, gap = compare(expected, heard)
+    return Check(round(ratio, 3), gap, heard)
