@@ -111,11 +111,6 @@ def compare(expected: str, heard: str) -> tuple[float, int]:
     return matched / max(len(want), len(got)), gap
 
 
-def similarity(expected: str, heard: str) -> float:
-    """How much of ``expected``'s word sequence ``heard`` matches, 0..1."""
-    return compare(expected, heard)[0]
-
-
 def transcribe_wav(whisper: Any, path: Path, language: str | None) -> str:
     """The text a loaded faster-whisper model hears in ``path`` (greedy, no VAD)."""
     segments, _ = whisper.transcribe(

@@ -31,7 +31,7 @@ from stoker.queues.tasks import ChunkArgs
 from stoker.storage import Storage
 from stoker.storage.keys import job_key
 from stoker.storage.manifest import MANIFEST_NAME, Manifest, ManifestEntry
-from stoker.workers.catalog import ModelCatalog
+from stoker.workers.catalog import ModelCatalog, ModelSpec
 from stoker.workers.inputs import InputCache
 from stoker.workers.manager import ModelManager
 
@@ -220,9 +220,7 @@ class ChunkExecutor:
             if cap.backend is None or record.model is None:
                 cap.run_chunk(None, record.params, payload, ctx)
             else:
-                spec = self.catalog.get(record.model, backend=cap.backend)
-                spec = spec.with_options(record.params.get("load_options") or {})
-                with self.manager.use(spec, self.device) as model:
+                with self.manager.use(self._model_spec(cap, record), self.device) as model:
                     cap.run_chunk(model, record.params, payload, ctx)
             key = record.chunks[index].key
             if ctx.notes:  # before the chunk: an existing chunk implies its notes exist
@@ -235,6 +233,11 @@ class ChunkExecutor:
             len(record.chunks),
             time.perf_counter() - started,
         )
+
+    def _model_spec(self, cap: Capability, record: JobRecord) -> ModelSpec:
+        """The job's model, with the job's own load options on top of the configured ones."""
+        spec = self.catalog.get(record.model or "", backend=cap.backend)
+        return spec.with_options(record.params.get("load_options") or {})
 
     @contextlib.contextmanager
     def _use_model(self, name: str, backend: str) -> Iterator[Any]:
@@ -284,9 +287,7 @@ class ChunkExecutor:
     def _produce_many(self, cap: Capability, items: list[_Item], scratch: Path) -> None:
         """``cap.run_chunks`` on every item's payload with one warm model; store outputs."""
         run_chunks = getattr(cap, "run_chunks")  # noqa: B009  (batchable capabilities only)
-        record = items[0].record
-        spec = self.catalog.get(record.model or "", backend=cap.backend)
-        spec = spec.with_options(record.params.get("load_options") or {})
+        spec = self._model_spec(cap, items[0].record)
         started = time.perf_counter()
         work = [
             (
