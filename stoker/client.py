@@ -38,10 +38,16 @@ from stoker.workers.execute import partial_output
 
 
 class Stoker:
-    """A client of one stoker deployment (one broker, one job store, one storage)."""
+    """A client of one stoker deployment (one broker, one job store, one storage).
 
-    def __init__(self, settings: Settings) -> None:
+    With ``model_paths`` (the default), a request's ``model`` may be the path of a
+    model file or folder on this machine: it is recorded as its absolute path, and
+    workers load it from that path. The HTTP API turns this off.
+    """
+
+    def __init__(self, settings: Settings, *, model_paths: bool = True) -> None:
         self.settings = settings
+        self.model_paths = model_paths
 
     @cached_property
     def app(self) -> Celery:
@@ -59,7 +65,7 @@ class Stoker:
 
     @cached_property
     def catalog(self) -> ModelCatalog:
-        return ModelCatalog(self.settings)
+        return ModelCatalog(self.settings, model_paths=self.model_paths)
 
     def submit(
         self,
@@ -121,6 +127,9 @@ class Stoker:
         parent: str | None = None,
         parent_index: int | None = None,
     ) -> JobRecord:
+        model = request.get("model")
+        if self.model_paths and isinstance(model, str):
+            request = {**request, "model": self.catalog.resolve(model)}
         with self._staged(request) as local:
             return submit(
                 app=self.app,

@@ -32,7 +32,8 @@ def create_app(settings: Settings | None = None, *, deliver_webhooks: bool = Tru
         from stoker.queues.app import QUEUES
         from stoker.workers.fleet import open_fleet
 
-        stoker = Stoker(settings)
+        # Model names only: a request must not make workers open arbitrary files.
+        stoker = Stoker(settings, model_paths=False)
         meta = open_meta_store(settings)
         state = ApiState(settings=settings, stoker=stoker, meta=meta, metrics=metrics)
         metrics.watch_queues(QUEUES, state.queue_depth)

@@ -232,18 +232,24 @@ def embeddings_body(
 ) -> dict[str, Any]:
     out = output_named(record, ".jsonl")
     lines = read(out.key).decode("utf-8").splitlines() if out else []
-    vectors = [json.loads(line)["embedding"] for line in lines if line.strip()]
+    rows = [json.loads(line) for line in lines if line.strip()]
     as_base64 = options.get("encoding_format") == "base64"
     data = [
-        {"object": "embedding", "index": i, "embedding": _b64_floats(v) if as_base64 else v}
-        for i, v in enumerate(vectors)
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": _b64_floats(r["embedding"]) if as_base64 else r["embedding"],
+        }
+        for i, r in enumerate(rows)
     ]
+    # Each line carries the tokens the model read of its text (0 for outputs made
+    # before stoker counted them).
+    tokens = sum(int(r.get("tokens", 0)) for r in rows)
     return {
         "object": "list",
         "data": data,
         "model": record.model or "",
-        # The embed capability does not count tokens.
-        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 

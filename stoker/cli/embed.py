@@ -20,7 +20,9 @@ FileOpt = Annotated[
         help='Texts to embed: one per line, or a .jsonl file of {"id", "text"} lines.',
     ),
 ]
-ModelOpt = Annotated[str | None, typer.Option(help="Embedding model (`stoker models`).")]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="Embedding model name (`stoker models`) or model folder.")
+]
 FormatOpt = Annotated[str, typer.Option("--format", help="jsonl, parquet or npy.")]
 NormalizeOpt = Annotated[bool, typer.Option("--normalize", help="Unit-length vectors.")]
 

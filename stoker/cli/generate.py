@@ -1,9 +1,9 @@
 """`stoker submit generate` and `stoker run generate`: prompts → completions (GGUF).
 
-``--model`` is a catalog name, or for ``stoker run`` also the path of a ``.gguf``
-file (registered for that run as a configured model named by its path). Workers of
-``stoker submit`` know only their catalog: add such a file under ``[models.NAME]``
-(``backend = "llama"``, ``path = ...``) in the config they read.
+``--model`` is a catalog name or the path of a ``.gguf`` file. A path is recorded as
+its absolute path (the client checks it exists here); workers load it from that path,
+so with ``stoker submit`` it must exist there too (the same machine or a shared
+filesystem), or be configured under ``[models.NAME]`` on every worker.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from stoker.cli.app import DeviceOpt, OutOpt, PriorityOpt, run_app, settings_of, submit_app
+from stoker.cli.app import DeviceOpt, OutOpt, PriorityOpt, run_app, submit_app
 from stoker.cli.capabilities import run_job, submit_job
-from stoker.config import ModelEntry
 from stoker.errors import InvalidInput
 
 PromptOpt = Annotated[str | None, typer.Option("--prompt", help="One prompt (completion).")]
@@ -97,10 +96,6 @@ def _sampling(
     }
 
 
-def _is_path(model: str) -> bool:
-    return model.endswith(".gguf") or "/" in model
-
-
 @submit_app.command("generate")
 def submit_generate(
     ctx: typer.Context,
@@ -120,12 +115,6 @@ def submit_generate(
     priority: PriorityOpt = "normal",
 ) -> None:
     """Queue prompts for a GGUF model; results.jsonl (and result.json for one prompt)."""
-    if _is_path(model) and model not in settings_of(ctx).models:
-        raise InvalidInput(
-            f"--model {model} is a path: workers load models from their catalog, so add "
-            f'it under [models.NAME] (backend = "llama", path = ...) in their config and '
-            f"pass --model NAME, or use `stoker run generate` to run it here."
-        )
     sampling = _sampling(max_tokens, temperature, top_p, top_k, seed, stop)
     source = _source(prompt, prompts, messages)
     submit_job(
@@ -153,13 +142,6 @@ def run_generate(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Generate here with an in-process worker; results go to --out."""
-    if _is_path(model):
-        path = Path(model).expanduser().resolve()
-        if not path.is_file():
-            raise InvalidInput(f"--model {model} does not exist or is not a file.")
-        model = str(path)
-        # The in-process worker shares these settings: the file becomes a model for this run.
-        settings_of(ctx).models[model] = ModelEntry(backend="llama", path=path)
     sampling = _sampling(max_tokens, temperature, top_p, top_k, seed, stop)
     source = _source(prompt, prompts, messages)
     request = _request(source, model, sampling, json_schema, grammar, n_ctx)

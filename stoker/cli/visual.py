@@ -1,10 +1,10 @@
 """`stoker submit|run image` and `stoker submit|run mesh`: diffusers pipelines.
 
-``--model`` is a catalog name (``[models.NAME] backend = "diffusers"``). `stoker run`
-also takes a pipeline folder (one that holds model_index.json): the in-process
-worker shares this process's settings, so the folder becomes a catalog entry named
-after it. `stoker submit` does not: its workers are other processes that find models
-by name in their own config.
+``--model`` is a catalog name (``[models.NAME] backend = "diffusers"``) or a pipeline
+folder (one that holds model_index.json). `stoker run` adds the folder to this
+process's settings (its in-process worker shares them) as a model named after it.
+`stoker submit` records the folder's absolute path: workers load it from that path,
+so it must exist there too (the same machine or a shared filesystem).
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ import typer
 from stoker.cli.app import DeviceOpt, OutOpt, PriorityOpt, run_app, settings_of, submit_app
 from stoker.cli.capabilities import run_job, submit_job
 from stoker.config import ModelEntry
-from stoker.errors import InvalidInput
 
 PromptOpt = Annotated[str, typer.Option("--prompt", help="What to make.")]
-ModelOpt = Annotated[str, typer.Option("--model", help="diffusers model name (`stoker models`).")]
-RunModelOpt = Annotated[
-    str, typer.Option("--model", help="diffusers model name, or a pipeline folder.")
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="diffusers model name (`stoker models`) or pipeline folder.")
 ]
 NegativeOpt = Annotated[str | None, typer.Option("--negative-prompt", help="What to avoid.")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps.")]
@@ -46,19 +44,16 @@ def _drop_unset(request: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if v is not None}
 
 
-def model_name(ctx: typer.Context, model: str, folder_ok: bool) -> str:
-    """``model`` as a catalog name; with ``folder_ok``, a pipeline folder is added to
-    this process's settings as a diffusers model named after the folder."""
+def model_name(ctx: typer.Context, model: str, in_process: bool) -> str:
+    """``model`` as the job's model: a catalog name as it is; a pipeline folder as its
+    absolute path, or with ``in_process`` as a diffusers model named after the folder,
+    added to this process's settings."""
     settings = settings_of(ctx)
     folder = Path(model).expanduser()
     if model in settings.models or not (folder / "model_index.json").is_file():
-        return model  # a name: the catalog says whether it exists
-    if not folder_ok:
-        raise InvalidInput(
-            f"--model {model} is a folder; workers find models by name: add "
-            f'[models.{folder.resolve().name}] backend = "diffusers" path = '
-            f'"{folder.resolve()}" to the config, or use `stoker run`, which takes a folder.'
-        )
+        return model  # a name (the catalog says whether it exists), or a path to check
+    if not in_process:
+        return str(folder.resolve())
     name = folder.resolve().name
     known = settings.models.get(name)
     if known is not None and known.path.expanduser().resolve() != folder.resolve():
@@ -89,7 +84,7 @@ def submit_image(
     """Queue images from a prompt: one task per image, seeds seed, seed+1, ..."""
     request = _image_request(
         prompt,
-        model_name(ctx, model, folder_ok=False),
+        model_name(ctx, model, in_process=False),
         negative_prompt=negative_prompt,
         steps=steps,
         guidance_scale=guidance_scale,
@@ -106,7 +101,7 @@ def submit_image(
 def run_image(
     ctx: typer.Context,
     prompt: PromptOpt,
-    model: RunModelOpt,
+    model: ModelOpt,
     negative_prompt: NegativeOpt = None,
     steps: StepsOpt = None,
     guidance_scale: GuidanceOpt = None,
@@ -121,7 +116,7 @@ def run_image(
     """Make images on this machine; they go to --out."""
     request = _image_request(
         prompt,
-        model_name(ctx, model, folder_ok=True),
+        model_name(ctx, model, in_process=True),
         negative_prompt=negative_prompt,
         steps=steps,
         guidance_scale=guidance_scale,
@@ -150,7 +145,7 @@ def submit_mesh(
     """Queue a 3D mesh from a prompt (a Shap-E pipeline)."""
     request = _image_request(
         prompt,
-        model_name(ctx, model, folder_ok=False),
+        model_name(ctx, model, in_process=False),
         steps=steps,
         guidance_scale=guidance_scale,
         seed=seed,
@@ -165,7 +160,7 @@ def submit_mesh(
 def run_mesh(
     ctx: typer.Context,
     prompt: PromptOpt,
-    model: RunModelOpt,
+    model: ModelOpt,
     steps: StepsOpt = None,
     guidance_scale: GuidanceOpt = None,
     seed: SeedOpt = None,
@@ -178,7 +173,7 @@ def run_mesh(
     """Make a 3D mesh on this machine; it goes to --out."""
     request = _image_request(
         prompt,
-        model_name(ctx, model, folder_ok=True),
+        model_name(ctx, model, in_process=True),
         steps=steps,
         guidance_scale=guidance_scale,
         seed=seed,

@@ -10,6 +10,12 @@ Embedding is the capability where one text per job is the common case (an API ca
 per sentence), and a model is ~4× faster on a batch of 64 than one at a time. So it
 is *batchable*: the worker buffers many chunks, of many jobs, and calls
 :meth:`EmbedCapability.run_chunks` once per model (see queues/batching.py).
+
+Each text's token count (what the model read: its tokenizer, special tokens
+included, cut at the model's max_seq_length) is kept beside its vector: a chunk file
+holds the vectors, then the counts (int32), as two ``.npy`` arrays back to back.
+Assembly writes them as ``tokens`` per line (JSONL) or column (parquet) and their sum
+in the artifact's meta; the OpenAI-shaped answers report it as ``usage``.
 """
 
 from __future__ import annotations
@@ -183,26 +189,31 @@ class EmbedCapability:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             ).astype(numpy.float32, copy=False)
+            tokens = token_counts(model, texts)
             start = 0
             for _, payload, ctx in group:
                 end = start + len(payload["texts"])
-                numpy.save(ctx.out, vectors[start:end], allow_pickle=False)
+                write_chunk(ctx.out, vectors[start:end], tokens[start:end])
                 start = end
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
         numpy = _import_numpy()
-        parts = [numpy.load(f, allow_pickle=False) for f in ctx.chunk_files]
-        vectors = parts[0] if len(parts) == 1 else numpy.concatenate(parts)
+        parts = [read_chunk(f) for f in ctx.chunk_files]
+        vectors = numpy.concatenate([v for v, _ in parts]) if len(parts) > 1 else parts[0][0]
+        counts = [t for _, t in parts if t is not None]
+        tokens = [n for t in counts for n in t] if len(counts) == len(parts) else None
         ids = params.get("ids") or [str(i) for i in range(len(vectors))]
         fmt = params["format"]
         out = ctx.workdir / f"embeddings.{fmt}"
         meta = {"count": len(vectors), "dimensions": int(vectors.shape[1])}
         meta |= {"model": params["model"], "normalized": params["normalize"]}
+        if tokens is not None:
+            meta["tokens"] = sum(tokens)
         artifacts = [Artifact(out.name, out, CONTENT_TYPES[fmt], meta)]
         if fmt == "jsonl":
-            write_jsonl(out, ids, vectors)
+            write_jsonl(out, ids, vectors, tokens)
         elif fmt == "parquet":
-            write_parquet(out, ids, vectors)
+            write_parquet(out, ids, vectors, tokens)
         else:
             numpy.save(out, vectors, allow_pickle=False)
             ids_file = ctx.workdir / "ids.json"
@@ -211,15 +222,54 @@ class EmbedCapability:
         return artifacts
 
 
-def write_jsonl(path: Path, ids: list[str], vectors: Any) -> None:
-    """One ``{"id", "embedding"}`` line per vector (floats as JSON numbers)."""
+def token_counts(model: Any, texts: list[str]) -> list[int]:
+    """How many tokens ``model`` reads of each text: the tokenization encode runs per
+    batch (special tokens in, cut at max_seq_length), the padding left out.
+
+    A second tokenizer pass rather than a hook into encode (whose batches are sorted
+    by length): it costs under 1 % of the encode time (256 sentences, MiniLM, CPU).
+    """
+    # sentence-transformers ≥ 5 calls it ``preprocess`` (``tokenize`` warns).
+    tokenize = getattr(model, "preprocess", None) or model.tokenize
+    features = tokenize(texts)
+    return [int(n) for n in features["attention_mask"].sum(dim=1).tolist()]
+
+
+def write_chunk(path: Path, vectors: Any, tokens: list[int]) -> None:
+    """A chunk file: the float32 vectors, then each text's token count (int32)."""
+    numpy = _import_numpy()
+    with path.open("wb") as f:
+        numpy.save(f, vectors, allow_pickle=False)
+        numpy.save(f, numpy.asarray(tokens, dtype=numpy.int32), allow_pickle=False)
+
+
+def read_chunk(path: Path) -> tuple[Any, list[int] | None]:
+    """(vectors, token counts) of a chunk file; counts None for a chunk stored
+    before they were kept (content-addressed chunks outlive a stoker upgrade)."""
+    numpy = _import_numpy()
+    with path.open("rb") as f:
+        vectors = numpy.load(f, allow_pickle=False)
+        try:
+            tokens = numpy.load(f, allow_pickle=False).tolist()
+        except EOFError:
+            tokens = None
+    return vectors, tokens
+
+
+def write_jsonl(path: Path, ids: list[str], vectors: Any, tokens: list[int] | None) -> None:
+    """One ``{"id", "embedding", "tokens"}`` line per vector (floats as JSON numbers;
+    ``tokens`` left out when unknown)."""
     with path.open("w", encoding="utf-8") as f:
-        for id_, vector in zip(ids, vectors.tolist(), strict=True):
-            f.write(json.dumps({"id": id_, "embedding": vector}) + "\n")
+        for i, (id_, vector) in enumerate(zip(ids, vectors.tolist(), strict=True)):
+            row: dict[str, Any] = {"id": id_, "embedding": vector}
+            if tokens is not None:
+                row["tokens"] = tokens[i]
+            f.write(json.dumps(row) + "\n")
 
 
-def write_parquet(path: Path, ids: list[str], vectors: Any) -> None:
-    """Columns ``id`` (string) and ``embedding`` (fixed-size list of float32)."""
+def write_parquet(path: Path, ids: list[str], vectors: Any, tokens: list[int] | None) -> None:
+    """Columns ``id`` (string), ``embedding`` (fixed-size list of float32) and, when
+    known, ``tokens`` (int32)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -227,7 +277,10 @@ def write_parquet(path: Path, ids: list[str], vectors: Any) -> None:
         raise MissingDependency("pyarrow", "embed", "Writing parquet") from exc
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     column = pa.FixedSizeListArray.from_arrays(flat, int(vectors.shape[1]))
-    pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "embedding": column}), path)
+    columns = {"id": pa.array(ids, pa.string()), "embedding": column}
+    if tokens is not None:
+        columns["tokens"] = pa.array(tokens, pa.int32())
+    pq.write_table(pa.table(columns), path)
 
 
 def read_vectors(data: bytes, fmt: str) -> tuple[list[str], list[list[float]]]:

@@ -11,6 +11,12 @@ Two sources, in this order (the later wins on a name clash):
 
 Entries whose files are missing are still listed (so ``stoker models`` can show them
 as missing); :meth:`ModelCatalog.get` refuses them with a message naming the file.
+
+A job may also name its model by an absolute path (``stoker submit generate --model
+./x.gguf`` records the file's absolute path): :meth:`ModelCatalog.get` then makes an
+ad-hoc spec of the capability's backend for that path, unless a configured model has
+that name or path. Such models are not listed. The HTTP API's catalog refuses paths
+(``model_paths=False``): a request must not make workers open arbitrary files.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import importlib.util
 import json
 import logging
 import re
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,7 +37,7 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 
 from stoker.config import ModelEntry, Settings
-from stoker.errors import ModelLoadError, UnknownModel
+from stoker.errors import InvalidInput, ModelLoadError, UnknownModel
 from stoker.workers.packaged import SplitModel, gemma_270m, whisper_base
 
 log = logging.getLogger(__name__)
@@ -220,14 +227,21 @@ def discover_packaged(
     return [spec for spec, _ in find_packaged(rows, models_dir)]
 
 
-def _spec_from_entry(name: str, entry: ModelEntry) -> ModelSpec:
+def _spec_from_entry(name: str, entry: ModelEntry, source: str = "config") -> ModelSpec:
     path = entry.path.expanduser()
     config = entry.config.expanduser() if entry.config is not None else None
     if config is None and entry.backend == "piper":
         # Piper's convention: voice.onnx + voice.onnx.json. Named even when absent, so
         # get() can say which file is missing instead of Piper failing at load.
         config = Path(f"{path}.json")
-    return ModelSpec(name, entry.backend, path, config, source="config", options=entry.options)
+    return ModelSpec(name, entry.backend, path, config, source=source, options=entry.options)
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a model given by a user is meant as a file or folder, not a catalog name:
+    it holds a slash, starts with ``~`` or ends with ``.gguf``. (A configured model of
+    that exact name is still a name: the catalog checks its names first.)"""
+    return "/" in name or name.startswith("~") or name.endswith(".gguf")
 
 
 def _toml_key(name: str) -> str:
@@ -242,7 +256,8 @@ class ModelCatalog:
     models never writes the ~150 MB it takes.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, model_paths: bool = True) -> None:
+        self._model_paths = model_paths
         found = find_packaged(models_dir=settings.data_dir / "models")
         specs = {spec.name: spec for spec, _ in found}
         self._builds = {spec.name: build for spec, build in found if build is not None}
@@ -272,26 +287,80 @@ class ModelCatalog:
             return []
         return spec.missing_files()
 
+    def resolve(self, name: str) -> str:
+        """What a job submitted from this machine records as its model for ``name``:
+        ``name`` itself when it is a catalog name or not a path, else the absolute
+        path of that file or folder (workers load it from the same path).
+
+        Raises InvalidInput when ``name`` is a path that does not exist here, or when
+        this catalog takes no paths.
+        """
+        if name in self._specs or not looks_like_path(name):
+            return name
+        self._refuse_paths(name)
+        path = Path(name).expanduser().resolve()
+        if not path.exists():
+            raise InvalidInput(
+                f"model {name!r} is not a model name and {path} does not exist on this "
+                f"machine; pass the path of an existing model file or folder, or a name "
+                f"from `stoker models`."
+            )
+        return str(path)
+
     def get(self, name: str, backend: str | None = None) -> ModelSpec:
         """The spec called ``name`` (of ``backend`` if given).
 
+        An absolute path that is no catalog name gets an ad-hoc spec of ``backend``
+        (a configured model at that path, with its options, when there is one).
         The first get of a split model joins its folder (about 0.1-1 s for Whisper
-        base). Raises UnknownModel (listing the known names) when there is none, and
-        ModelLoadError naming the file or folder when one of its files does not exist
-        or a split model cannot be joined.
+        base). Raises UnknownModel (listing the known names) when there is none,
+        InvalidInput for a path when this catalog takes no paths, and ModelLoadError
+        naming the file or folder when one of its files does not exist (for a path:
+        on which host) or a split model cannot be joined.
         """
         spec = self._specs.get(name)
+        if spec is None and looks_like_path(name):
+            spec = self._path_spec(name, backend)
         if spec is None or (backend is not None and spec.backend != backend):
             what = "voice" if backend == "piper" else "model"
             raise UnknownModel(name, self.names(backend), what=what)
-        self._build(name)
+        self._build(spec.name)
         missing = spec.missing_files()
+        if missing and spec.source == "path":
+            raise ModelLoadError(
+                f"model file {missing[0]} does not exist on host {socket.gethostname()}; "
+                f"a job that names its model by path loads it from that same path on the "
+                f"worker: put the model at that path on every worker (a shared "
+                f"filesystem), or add it under [models.NAME] in every worker's config "
+                f"and submit with --model NAME."
+            )
         if missing:
             raise ModelLoadError(
                 f"model {name!r}: file {missing[0]} does not exist; fix the path under "
-                f"[models.{_toml_key(name)}] in the config"
+                f"[models.{_toml_key(spec.name)}] in the config"
             )
         return spec
+
+    def _refuse_paths(self, name: str) -> None:
+        if not self._model_paths:
+            known = ", ".join(self.names()) or "none are configured"
+            raise InvalidInput(
+                f"model {name!r} is a file path, and this service takes model names only "
+                f"(a request must not make workers open files); use one of: {known}, or "
+                f"ask the operator to add that model under [models.NAME] in the workers' "
+                f"config."
+            )
+
+    def _path_spec(self, name: str, backend: str | None) -> ModelSpec | None:
+        """The spec for model path ``name``; None when it is relative or has no backend."""
+        self._refuse_paths(name)
+        path = Path(name)
+        if backend is None or not path.is_absolute():
+            return None
+        for spec in self._specs.values():  # a configured model keeps its load options
+            if spec.backend == backend and spec.path.expanduser().resolve() == path.resolve():
+                return spec
+        return _spec_from_entry(name, ModelEntry(backend=backend, path=path), source="path")
 
     def _build(self, name: str) -> None:
         with self._build_lock:

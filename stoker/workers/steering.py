@@ -49,7 +49,9 @@ def candidate_queues(kinds: Iterable[str], catalog: ModelCatalog) -> list[tuple[
         out.append((kind, None))
         backend = getattr(CAPABILITIES.get(kind), "backend", None)
         if backend is not None:
-            out += [(model_queue(kind, s.name), s.name) for s in specs if s.backend == backend]
+            queues = [(model_queue(kind, s.name), s.name) for s in specs if s.backend == backend]
+            # A model configured under its path shares the plain queue (model_queue).
+            out += [(q, name) for q, name in queues if q != kind]
     return out
 
 

@@ -106,6 +106,9 @@ def test_embeddings_of_a_string_and_a_list_equal_the_embed_jobs_vectors(api: Api
     assert [d.embedding for d in many.data] == expected
     assert [d.embedding for d in floats.data] == expected
     assert len(expected[0]) == 384 and many.model == "all-MiniLM-L6-v2"
+    # And usage counts the tokens the model read: [CLS] the cat sat on the mat . [SEP]
+    assert (one.usage.prompt_tokens, one.usage.total_tokens) == (9, 9)
+    assert many.usage.prompt_tokens == floats.usage.prompt_tokens > 9
     # And /metrics reports the worker's model loads from its heartbeat (every 2 s)
     pattern = r'stoker_worker_model_loads\{device="cpu",worker="[^"]+"\} (\d+)'
     deadline = time.monotonic() + 10
@@ -209,6 +212,7 @@ def test_a_batch_of_embeddings_lines_with_one_malformed_line(api: Api, tmp_path:
     out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
     vectors = {line["custom_id"]: line["response"]["body"]["data"][0]["embedding"] for line in out}
     assert vectors == dict(zip(["e0", "e1"], embed_directly(api, texts), strict=True))
+    assert all(line["response"]["body"]["usage"]["prompt_tokens"] > 2 for line in out)
     (error,) = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
     assert error["custom_id"] == "e2" and error["response"]["status_code"] == 400
     assert "body.input" in error["response"]["body"]["error"]["message"]

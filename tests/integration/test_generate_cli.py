@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from stoker.client import Stoker
+from stoker.config import load_settings
 from tests.gguf_models import write_tiny_llama
 from tests.integration.test_cli import stoker
 
@@ -49,12 +51,19 @@ def test_run_generate_with_a_gguf_path_a_prompt_file_and_a_schema(
     assert not (out / "errors.jsonl").exists() and not (out / "result.json").exists()
 
 
-def test_submit_generate_refuses_a_path_and_says_how_to_configure_it(
+def test_submit_generate_records_a_model_path_as_an_absolute_path(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    """Given a .gguf path that no worker's catalog knows
-    Then `stoker submit generate` exits 2 saying to add it under [models.NAME]."""
-    model = write_tiny_llama(tmp_path / "tiny.gguf")
-    result = stoker("submit", "generate", "--model", str(model), "--prompt", "x", data_dir=data_dir)
-    assert result.returncode == 2
-    assert "[models.NAME]" in result.stderr and "stoker run generate" in result.stderr
+    """Given a .gguf file under ./models that no catalog names
+    When `stoker submit generate --model ./models/tiny.gguf` runs there
+    Then the job is queued with the file's absolute path as its model."""
+    (tmp_path / "models").mkdir()
+    model = write_tiny_llama(tmp_path / "models" / "tiny.gguf")
+    result = stoker(
+        "submit", "generate", "--model", "./models/tiny.gguf", "--prompt", "x",
+        data_dir=data_dir, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with Stoker(load_settings(data_dir=data_dir)) as client:
+        record = client.status(result.stdout.strip())
+    assert record.model == str(model) and record.params["model"] == str(model)

@@ -4,10 +4,13 @@ default, with a pipeline folder as --model."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from stoker.client import Stoker
+from stoker.config import load_settings
 from tests.diffusers_models import TinyPipelines, tiny_pipelines
 from tests.integration.test_cli import stoker
 
@@ -41,12 +44,17 @@ def test_run_image_takes_a_pipeline_folder(
     assert [o["meta"]["seed"] for o in manifest["outputs"]] == [7, 8]
 
 
-def test_submit_refuses_a_folder_and_says_how_to_name_it(
+def test_submit_records_a_pipeline_folder_by_its_absolute_path(
     tiny: TinyPipelines, data_dir: Path
 ) -> None:
+    # When `stoker submit image` is given a pipeline folder by a relative path
+    relative = os.path.relpath(tiny.image, tiny.image.parent.parent)
     result = stoker(
-        "submit", "image", "--prompt", "x", "--model", str(tiny.image), data_dir=data_dir
-    )
-    assert result.returncode == 2
-    assert '[models.tiny-sd] backend = "diffusers"' in result.stderr
-    assert "stoker run" in result.stderr
+        "submit", "image", "--prompt", "x", "--model", relative,
+        data_dir=data_dir, cwd=tiny.image.parent.parent,
+    )  # fmt: skip
+    # Then the job is queued with the folder's absolute path (workers load it from there)
+    assert result.returncode == 0, result.stderr
+    with Stoker(load_settings(data_dir=data_dir)) as client:
+        record = client.status(result.stdout.strip())
+    assert record.model == str(tiny.image.resolve())

@@ -198,6 +198,27 @@ def test_bad_input_answers_4xx_with_the_error_shape(
     assert assert_error(hook, 400)["param"] == "webhook.url"
 
 
+def test_model_paths_are_refused_with_a_400(
+    client: TestClient, alice: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a model file that exists on the API's machine
+    model = tmp_path / "x.gguf"
+    model.write_bytes(b"GGUF")
+    # When API requests name models by path: a job, another by a relative path, and
+    # an OpenAI embeddings call
+    job = {"kind": "generate", "params": {"prompt": "x", "model": str(model)}}
+    relative = {"kind": "embed", "params": {"text": "x", "model": "./models/minilm"}}
+    answers = [
+        client.post("/v1/jobs", json=job, headers=alice),
+        client.post("/v1/jobs", json=relative, headers=alice),
+        client.post("/v1/embeddings", json={"input": "x", "model": "/etc/hostname"}, headers=alice),
+    ]
+    # Then each is a 400 saying the service takes model names only, and nothing is queued
+    for answer in answers:
+        assert "takes model names only" in assert_error(answer, 400)["message"]
+    assert client.get("/v1/jobs", headers=alice).json()["data"] == []
+
+
 def test_a_body_over_the_limit_gets_413(client: TestClient, alice: dict[str, str]) -> None:
     big = {"kind": "echo", "params": {"text": "x" * 30_000}}
     assert_error(client.post("/v1/jobs", json=big, headers=alice), 413)

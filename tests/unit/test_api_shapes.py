@@ -68,11 +68,16 @@ def test_an_embed_result_becomes_an_openai_embedding_list() -> None:
     record = JobRecord(
         id="j", kind="embed", state=JobState.SUCCEEDED, outputs=[ref], model="minilm"
     )
-    data = b'{"id": "0", "embedding": [0.5, 1.0]}\n{"id": "1", "embedding": [2.0, 3.0]}\n'
+    data = (
+        b'{"id": "0", "embedding": [0.5, 1.0], "tokens": 7}\n'
+        b'{"id": "1", "embedding": [2.0, 3.0], "tokens": 5}\n'
+    )
     body = ADAPTERS["/v1/embeddings"].response_body(record, lambda k: "u", lambda k: data, {})
     assert body["object"] == "list" and body["model"] == "minilm"
     assert [d["embedding"] for d in body["data"]] == [[0.5, 1.0], [2.0, 3.0]]
     assert [d["index"] for d in body["data"]] == [0, 1]
+    # usage is the tokens the model read of each input
+    assert body["usage"] == {"prompt_tokens": 12, "total_tokens": 12}
     json.dumps(body)
 
 

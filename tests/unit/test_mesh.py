@@ -3,7 +3,9 @@ marching-cubes table (checked on a sphere, so the tiny pipelines' meshes are rea
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +76,51 @@ def test_a_mesh_over_the_face_limit_is_decimated_keeping_its_shape() -> None:
     # Given a sphere of several thousand triangles
     mesh = to_trimesh(sphere_mesh(grid=48), {"seed": 1, "resolution": 48})
     assert len(mesh.faces) > 5000
-    # When it is limited to 1500 faces (vertex clustering: fast-simplification is absent)
+    # When it is limited to 1500 faces by vertex clustering (without fast-simplification)
     small = cluster_decimate(mesh, 1500)
     # Then it has at most 1500 faces and still spans the same box, with colours
     assert 0 < len(small.faces) <= 1500
     assert small.bounds == pytest.approx(mesh.bounds, abs=0.1)
     assert small.visual.vertex_colors[0].tolist()[:3] == [255, 128, 0]
+
+
+def test_quadric_decimation_keeps_a_closed_surface_its_volume_and_colours() -> None:
+    import numpy as np
+
+    # Given a closed sphere of several thousand triangles, red above z = 0, blue below
+    mesh = to_trimesh(sphere_mesh(grid=48), {"seed": 1, "resolution": 48})
+    above = mesh.vertices[:, 2] > 0
+    mesh.visual.vertex_colors = np.where(above[:, None], [255, 0, 0, 255], [0, 0, 255, 255])
+    assert mesh.is_watertight and len(mesh.faces) > 5000
+
+    # When it is limited to 1500 faces (fast-simplification is installed)
+    small = limit_faces(mesh, 1500)
+
+    # Then it has at most 1500 faces, close to that count, and is still a closed,
+    # consistently wound surface of about the same volume
+    assert 1200 <= len(small.faces) <= 1500
+    assert small.is_watertight and small.is_winding_consistent
+    assert small.volume == pytest.approx(mesh.volume, rel=0.03)  # same sign: same winding
+    # And the colours follow their vertices: red well above the equator, blue below
+    colors, z = small.visual.vertex_colors, small.vertices[:, 2]
+    assert (colors[z > 0.1, :3] == [255, 0, 0]).all()
+    assert (colors[z < -0.1, :3] == [0, 0, 255]).all()
+
+
+def test_without_fast_simplification_it_clusters_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given fast-simplification cannot be imported
+    monkeypatch.setitem(sys.modules, "fast_simplification", None)
+    mesh = to_trimesh(sphere_mesh(grid=48), {"seed": 1, "resolution": 48})
+
+    # When a mesh over the limit is decimated
+    with caplog.at_level(logging.WARNING, logger="stoker.jobs.mesh"):
+        small = limit_faces(mesh, 1500)
+
+    # Then vertex clustering keeps it under the limit, and the log says why it is cruder
+    assert 0 < len(small.faces) <= 1500
+    assert "fast-simplification is not installed" in caplog.text
 
 
 def test_a_mesh_under_the_limit_is_unchanged() -> None:

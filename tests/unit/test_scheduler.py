@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from stoker.config import ModelEntry, Settings
 from stoker.queues.app import model_queue, model_slug, queue_kind
+from stoker.workers.catalog import ModelCatalog
 from stoker.workers.scheduler import Backlog, Policy, View, choose
+from stoker.workers.steering import candidate_queues
 
 POLICY = Policy(max_wait_s=300, share_backlog=10)
 
@@ -82,3 +87,16 @@ def test_queue_names_are_safe_and_distinct() -> None:
     assert model_slug("org/model_name") != model_slug("org_model_name")
     assert queue_kind("embed.m.all-MiniLM-L6-v2") == "embed"
     assert queue_kind("echo") == "echo"
+
+
+def test_a_model_named_by_its_path_goes_on_the_plain_queue(tmp_path: Path) -> None:
+    # No worker's catalog lists such a model, so no worker would consume a queue of its own
+    assert model_queue("generate", "/srv/models/qwen3-8b.gguf") == "generate"
+    assert model_queue("image", "/srv/models/sd-turbo") == "image"
+    # And a model configured under a path name adds no second plain queue to a worker
+    path = str(tmp_path / "x.gguf")
+    settings = Settings(
+        data_dir=tmp_path, models={path: ModelEntry(backend="llama", path=Path(path))}
+    )
+    queues = candidate_queues(["generate"], ModelCatalog(settings))
+    assert [q for q, _ in queues].count("generate") == 1
