@@ -4,9 +4,14 @@ Plan (at submission): the book is read into chapters with their real titles
 (books.py); each chapter is its title as the first sentence, then its sentences,
 packed into chunks as for ``speak``. Chunks are content-addressed like speak's, so a
 rerun after a crash, or a resubmission with the same voice and options, synthesizes
-only what is missing. Assembly streams each chapter's chunks into per-chapter files
-(mp3, flac, wav or ogg) and the whole book into an AAC ``.m4b`` whose chapter markers
-carry the real titles, with the book's title, author and cover.
+only what is missing.
+
+Each chapter is a chunk group (jobs/base.ChunkGroups): the worker that finishes a
+chapter's last chunk encodes that chapter right away into its per-chapter files
+(mp3, flac, wav or ogg) and its share of the M4B (AAC in an ``.m4a``), stored
+content-addressed. Assembly then only joins the chapters' AAC into one ``.m4b``
+without re-encoding, with chapter markers carrying the real titles, the book's
+title, author and cover.
 
 Verification (``verify``: first-chapter by default, all, none): a checked chunk is
 transcribed back by a Whisper model on the same worker (verify.py); one that does not
@@ -30,6 +35,8 @@ from stoker.jobs.base import (
     AssembleContext,
     ChunkContext,
     ChunkPlan,
+    GroupContext,
+    GroupOutput,
     PrepareContext,
     Prepared,
     parse_request,
@@ -42,6 +49,9 @@ log = logging.getLogger(__name__)
 BookFormat = Literal["m4b", "mp3", "flac", "wav", "ogg"]
 Verify = Literal["first-chapter", "all", "none"]
 DEFAULT_FORMATS: tuple[BookFormat, ...] = ("m4b", "mp3")
+#: Part of every chapter output's identity: bump it when what they hold changes, so
+#: that outputs made by an older stoker are not reused.
+CHAPTER_OUTPUTS_VERSION = 1
 
 
 class AudiobookRequest(BaseModel):
@@ -208,22 +218,62 @@ class AudiobookCapability:
             with ctx.use_model(params["verify_model"], "whisper") as whisper:
                 ctx.notes.update(_checked(model, whisper, params, payload["text"], ctx))
 
+    # --- chapters as chunk groups (jobs/base.ChunkGroups) --------------------------
+
+    def chunk_groups(self, params: dict[str, Any]) -> list[range]:
+        return [range(c["first"], c["first"] + c["count"]) for c in params["chapters"]]
+
+    def group_outputs(self, params: dict[str, Any], group: int) -> list[GroupOutput]:
+        """A chapter's outputs: ``info`` (its length in samples), one file per
+        per-chapter format and, for an M4B, ``aac``: the chapter's AAC, led by the
+        pause between chapters (none before the first)."""
+        sound = {
+            "v": CHAPTER_OUTPUTS_VERSION,
+            "sample_rate": params["sample_rate"],
+            "gap_s": params["sentence_silence_s"],
+        }
+        outputs = [GroupOutput("info", "json", "application/json", sound)]
+        for fmt in params["formats"]:
+            if fmt == "m4b":
+                lead_s = params["chapter_silence_s"] if group else 0.0
+                aac = {**sound, "bit_rate": audio.AAC_BIT_RATE, "lead_s": lead_s}
+                outputs.append(GroupOutput("aac", "m4a", "audio/mp4", aac))
+            else:
+                spec = audio.FORMATS[fmt]
+                outputs.append(GroupOutput(fmt, spec.ext, spec.content_type, sound))
+        return outputs
+
+    def finish_group(
+        self, params: dict[str, Any], group: int, wanted: list[GroupOutput], ctx: GroupContext
+    ) -> dict[str, Path]:
+        return {out.name: _chapter_output(out, params, ctx) for out in wanted}
+
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
-        chapters = [
-            audio.ChapterAudio(c["title"], ctx.chunk_files[c["first"] : c["first"] + c["count"]])
-            for c in params["chapters"]
-        ]
+        chapters = ctx.group_files  # per chapter: group output name → file
         artifacts = [
             a
             for fmt in params["formats"]
             if fmt != "m4b"
-            for a in _chapter_files(chapters, fmt, params, ctx.workdir)
+            for a in _chapter_files(chapters, fmt, params)
         ]
         if "m4b" in params["formats"]:
             artifacts.insert(0, _book_file(chapters, params, ctx))
         if params.get("verify_model"):
             artifacts.append(_verification_report(params, ctx))
         return artifacts
+
+
+def _chapter_output(out: GroupOutput, params: dict[str, Any], ctx: GroupContext) -> Path:
+    """Write one of a chapter's outputs (see ``group_outputs``) from its chunk WAVs."""
+    rate, gap_s, parts = params["sample_rate"], params["sentence_silence_s"], ctx.chunk_files
+    path = ctx.workdir / f"{out.name}.{out.ext}"
+    if out.name == "info":
+        path.write_text(json.dumps({"frames": audio.frames_of(parts, rate, gap_s)}))
+    elif out.name == "aac":
+        audio.encode_aac(parts, path, rate, gap_s, out.identity["lead_s"])
+    else:
+        audio.concatenate(parts, path, out.name, rate, gap_s)
+    return path
 
 
 def _verification_report(params: dict[str, Any], ctx: AssembleContext) -> Artifact:
@@ -259,42 +309,43 @@ def _safe(title: str) -> str:
 
 
 def _chapter_files(
-    chapters: list[audio.ChapterAudio], fmt: str, params: dict[str, Any], workdir: Path
+    chapters: list[dict[str, Path]], fmt: str, params: dict[str, Any]
 ) -> list[Artifact]:
+    """The chapters' files in ``fmt``, as they were encoded when each chapter finished."""
     spec = audio.FORMATS[fmt]
     artifacts = []
-    for n, chapter in enumerate(chapters, start=1):
-        out = workdir / f"{n:03d} {_safe(chapter.title)}.{spec.ext}"
-        seconds = audio.concatenate(
-            chapter.parts, out, fmt, params["sample_rate"], params["sentence_silence_s"]
-        )
-        meta = {"chapter": n, "title": chapter.title, "duration_s": round(seconds, 3)}
-        artifacts.append(Artifact(out.name, out, spec.content_type, meta))
+    for n, (chapter, files) in enumerate(zip(params["chapters"], chapters, strict=True), 1):
+        frames = json.loads(files["info"].read_text())["frames"]
+        name = f"{n:03d} {_safe(chapter['title'])}.{spec.ext}"
+        meta = {
+            "chapter": n,
+            "title": chapter["title"],
+            "duration_s": round(frames / params["sample_rate"], 3),
+        }
+        artifacts.append(Artifact(name, files[fmt], spec.content_type, meta))
     return artifacts
 
 
 def _book_file(
-    chapters: list[audio.ChapterAudio], params: dict[str, Any], ctx: AssembleContext
+    chapters: list[dict[str, Path]], params: dict[str, Any], ctx: AssembleContext
 ) -> Artifact:
+    """The M4B: the chapters' AAC joined, with markers, tags and the cover."""
     out = ctx.workdir / f"{_safe(params['title'])}.m4b"
     metadata = {"title": params["title"], "album": params["title"], "genre": "Audiobook"}
     if params.get("author"):
         metadata["artist"] = params["author"]
-    starts = audio.write_m4b(
-        chapters,
-        out,
-        params["sample_rate"],
-        params["sentence_silence_s"],
-        params["chapter_silence_s"],
-        metadata,
-    )
+    lead = round(params["chapter_silence_s"] * params["sample_rate"])
+    parts = [
+        audio.BookChapter(chapter["title"], files["aac"], lead if n else 0)
+        for n, (chapter, files) in enumerate(zip(params["chapters"], chapters, strict=True))
+    ]
+    starts = audio.join_m4b(parts, out, metadata)
     if params.get("cover_key") in ctx.inputs:
         audio.add_cover(out, ctx.inputs[params["cover_key"]].read_bytes(), params["cover_type"])
     meta = {
         "duration_s": round(audio.duration_s(out), 3),
         "chapters": [
-            {"title": c.title, "start_s": round(s, 3)}
-            for c, s in zip(chapters, starts, strict=True)
+            {"title": c.title, "start_s": round(s, 3)} for c, s in zip(parts, starts, strict=True)
         ],
     }
     return Artifact(out.name, out, "audio/mp4", meta)

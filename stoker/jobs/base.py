@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -50,12 +50,29 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A file produced by assembly, to be stored as ``jobs/<id>/<name>``."""
+    """An output of assembly, to be stored as ``jobs/<id>/<name>``: the file at ``path``
+    or, for a small one, the bytes in ``data`` (no scratch file to write and copy:
+    that is most of the cost of a one-sentence embed job's output)."""
 
     name: str
-    path: Path
+    path: Path | None
     content_type: str
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. duration_s; goes in the manifest
+    data: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError(f"artifact {self.name!r}: give exactly one of path and data")
+
+    def read_bytes(self) -> bytes:
+        return self.data if self.data is not None else self.file.read_bytes()
+
+    @property
+    def file(self) -> Path:
+        """``path``, for an artifact known to be a file."""
+        if self.path is None:
+            raise ValueError(f"artifact {self.name!r} is held in memory, not in a file")
+        return self.path
 
 
 @dataclass(frozen=True)
@@ -79,9 +96,21 @@ class AssembleContext:
     capability with ``chunk_notes = True``, each chunk's notes (``{}`` when none)."""
 
     chunk_files: list[Path]
-    workdir: Path
+    folder: Path  # see workdir
     inputs: Mapping[str, Path] = field(default_factory=dict)
     chunk_notes: list[dict[str, Any]] = field(default_factory=list)
+    # For a capability with chunk groups (see ChunkGroups): per group, in order, its
+    # outputs (name → local file). Such a capability gets no chunk_files: it assembles
+    # from what its groups made.
+    group_files: list[dict[str, Path]] = field(default_factory=list)
+
+    @property
+    def workdir(self) -> Path:
+        """The folder for artifact files, made on first use: an assembly whose artifacts
+        are all ``data`` makes none (a directory creation per small job adds up)."""
+        if not self.folder.is_dir():  # a stat: far cheaper than mkdir of an existing one
+            self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder
 
 
 @dataclass(frozen=True)
@@ -128,6 +157,59 @@ class Capability(Protocol):
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
         """Build the job's artifacts from its chunk outputs (in chunk order)."""
+        ...
+
+
+@dataclass(frozen=True)
+class GroupOutput:
+    """A file made from one finished group of chunks (an audiobook chapter's MP3).
+
+    Stored under a content-addressed key made of the group's chunk keys, ``name`` and
+    ``identity``, so a rerun, a redelivery or a second worker racing for the same
+    group reuses it (or writes the same bytes).
+    """
+
+    name: str  # unique within the group, e.g. "mp3", "aac"
+    ext: str  # file extension of the stored object, without the dot
+    content_type: str
+    identity: dict[str, Any]  # every parameter the bytes depend on besides the chunks
+
+
+@dataclass(frozen=True)
+class GroupContext:
+    """What making a group's outputs gets: its chunk outputs in order, a folder to write in."""
+
+    chunk_files: list[Path]
+    workdir: Path
+
+
+@runtime_checkable
+class ChunkGroups(Protocol):
+    """Optional capability hook: chunks that form groups whose outputs can be made as
+    soon as the group's last chunk is done, whichever worker finishes it, instead of
+    all at once in assembly (an audiobook encodes each chapter as it completes).
+
+    The executor calls ``finish_group`` from the chunk task that completes a group,
+    and again in assembly for any output still missing (a crash in between); the
+    outputs reach ``assemble`` as ``AssembleContext.group_files``.
+    """
+
+    def chunk_groups(self, params: dict[str, Any]) -> list[range]:
+        """The groups, in order: ranges of chunk indexes (disjoint, covering every chunk)."""
+        ...
+
+    def group_outputs(self, params: dict[str, Any], group: int) -> list[GroupOutput]:
+        """The files group ``group`` makes (the same list for the same params)."""
+        ...
+
+    def finish_group(
+        self, params: dict[str, Any], group: int, wanted: list[GroupOutput], ctx: GroupContext
+    ) -> dict[str, Path]:
+        """Write the ``wanted`` outputs of ``group`` into ``ctx.workdir``: name → file.
+
+        Must give the same bytes for the same chunks and params (a content-addressed
+        result may be written by two workers).
+        """
         ...
 
 

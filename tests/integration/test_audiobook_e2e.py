@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def test_an_epub_becomes_chapter_files_and_an_m4b_with_real_titles(
         report = json.loads(
             client.storage.get_bytes(done.outputs[names.index("verification.json")].key)
         )
+        stored = [o.key for o in client.storage.list("chunks/audiobook-groups/")]
     # Then there is one M4B and one MP3 per chapter, in order, named by title
     titles = [title for title, _ in chapters]
     assert names[0] == "The Keeper.m4b"
@@ -66,6 +68,11 @@ def test_an_epub_becomes_chapter_files_and_an_m4b_with_real_titles(
     assert marks[0][0] == 0.0 and marks[0][0] < marks[1][0] < marks[2][0]
     assert tags["\xa9nam"] == ["The Keeper"] and tags["\xa9ART"] == ["Ann Author"]
     assert "covr" in tags
+    # And each chapter was encoded once, by the chunk that completed it (the last one in
+    # assembly): its AAC for the M4B, its MP3 and its length, stored for a rerun to reuse
+    made = re.findall(r"group (\d+)/3: info, aac, mp3 made", deployment.workers[0].text())
+    assert sorted(made) == ["1", "2", "3"]
+    assert len(stored) == 3 * len(titles)
     # And the first chapter (by default) was heard back by Whisper and matched its text
     first = done.params["chapters"][0]
     assert report["model"] == "tiny.en"

@@ -115,6 +115,8 @@ def test_every_method_raises_job_not_found_for_a_missing_job(store: JobStore) ->
         lambda: store.set_stage("job_nope", "x"),
         lambda: store.chunk_done("job_nope", 0),
         lambda: store.done_chunks("job_nope"),
+        lambda: store.chunks_all_done("job_nope", [0]),
+        lambda: store.chunks_all_done("job_nope", []),
         lambda: store.succeed("job_nope", []),
         lambda: store.fail("job_nope", JobError(kind="x", message="y")),
         lambda: store.cancel("job_nope"),
@@ -171,6 +173,29 @@ def test_chunk_done_tallies_distinct_chunks(store: JobStore) -> None:
     assert (last.newly_done, last.done, last.total) == (True, 3, 3)
     assert store.done_chunks(record.id) == {0, 1, 2}
     assert store.get(record.id).progress.done == 3
+
+
+def test_chunks_all_done_answers_for_a_group_of_chunks_in_any_order(store: JobStore) -> None:
+    # Given a 6-chunk job in two groups (0-2, 3-5) whose chunks finish out of order
+    record = job(chunks=6)
+    store.create(record)
+    for index in (4, 0, 2):
+        store.chunk_done(record.id, index)
+    # Then a group is done only when every one of its chunks is
+    assert not store.chunks_all_done(record.id, range(0, 3))
+    assert not store.chunks_all_done(record.id, range(3, 6))
+    store.chunk_done(record.id, 1)
+    assert store.chunks_all_done(record.id, range(0, 3))
+    assert store.chunks_all_done(record.id, [2, 0, 0])  # order and repeats do not matter
+    assert not store.chunks_all_done(record.id, [0, 3])
+    assert store.chunks_all_done(record.id, [])  # an empty group is trivially done
+    # And a group past SQLite's old 999 bound-parameter limit is one question too
+    big = job(chunks=1_200)
+    store.create(big)
+    for index in range(1, 1_200):
+        store.chunk_done(big.id, index)
+    assert store.chunks_all_done(big.id, range(1, 1_200))
+    assert not store.chunks_all_done(big.id, range(0, 1_200))
 
 
 def test_exactly_one_worker_sees_the_last_chunk(make_store: StoreFactory) -> None:
@@ -447,3 +472,45 @@ def test_unreachable_redis_is_broker_unavailable() -> None:
         assert "secret" not in str(caught.value)
     finally:
         store.close()
+
+
+# --- batched forms (a worker running many one-chunk jobs at once) ----------------------
+
+
+def test_batched_calls_match_the_one_job_calls(store: JobStore) -> None:
+    # Given three one-chunk jobs, one of them cancelled, and an id that does not exist
+    a, b, c = job(chunks=1), job(chunks=1), job(chunks=1)
+    for record in (a, b, c):
+        store.create(record)
+    store.cancel(c.id)
+
+    # When a worker starts, finishes and succeeds them in batches
+    started = store.start_many([a.id, "missing", b.id, c.id])
+    tallies = store.chunk_done_many([(a.id, 0), ("missing", 0), (b.id, 0), (a.id, 0)])
+    moved = store.succeed_many([(a.id, [output("a.npy")]), ("missing", []), (c.id, [])])
+
+    # Then each answer is what the one-job call gives, in order
+    assert [r.id if r else None for r in started] == [a.id, None, b.id, c.id]
+    assert [r.state if r else None for r in started] == [
+        JobState.RUNNING,
+        None,
+        JobState.RUNNING,
+        JobState.CANCELLED,
+    ]
+    assert started[0] is not None and started[0].attempts == 1
+    assert started[0].chunks == a.chunks and started[0].params == a.params
+    assert tallies[1] is None
+    first, again = tallies[0], tallies[3]
+    assert first is not None and (first.newly_done, first.done, first.total) == (True, 1, 1)
+    assert again is not None and not again.newly_done
+    assert moved == [True, False, False]
+    assert store.get(a.id).state is JobState.SUCCEEDED
+    assert [o.name for o in store.get(a.id).outputs] == ["a.npy"]
+    assert store.get(b.id).state is JobState.RUNNING
+    assert store.get(c.id).state is JobState.CANCELLED
+
+
+def test_batched_calls_of_nothing_do_nothing(store: JobStore) -> None:
+    assert store.start_many([]) == []
+    assert list(store.chunk_done_many([])) == []
+    assert store.succeed_many([]) == []

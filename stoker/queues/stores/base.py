@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -66,12 +66,36 @@ class JobStore(Protocol):
     def done_chunks(self, job_id: str) -> set[int]:
         """Indexes of finished chunks."""
 
+    def chunks_all_done(self, job_id: str, indices: Sequence[int]) -> bool:
+        """Whether every chunk in ``indices`` is recorded as done (True for none).
+
+        One round trip whatever the job's size: a worker asks this after each chunk
+        to learn whether that chunk completed its group (an audiobook's chapter).
+        Raises JobNotFound.
+        """
+
     # builtins.list: inside this class body, plain ``list`` names the method above.
     def succeed(self, job_id: str, outputs: builtins.list[OutputRef]) -> bool:
         """queued/running → succeeded with outputs (replacing any). False if already terminal."""
 
     def fail(self, job_id: str, error: JobError) -> bool:
         """queued/running → failed with the error. False if already terminal."""
+
+    # Batched forms, for a worker running many one-chunk jobs at once (embed): on
+    # Redis each is one round trip for the whole batch instead of one per job.
+
+    def start_many(self, job_ids: Sequence[str]) -> builtins.list[JobRecord | None]:
+        """:meth:`mark_running` for each job, then its record (None: no such job).
+
+        A record whose state is terminal is a job that must not run."""
+
+    def chunk_done_many(self, chunks: Sequence[tuple[str, int]]) -> Sequence[ChunkTally | None]:
+        """:meth:`chunk_done` for each (job id, index); None: no such job."""
+
+    def succeed_many(
+        self, jobs: Sequence[tuple[str, builtins.list[OutputRef]]]
+    ) -> builtins.list[bool]:
+        """:meth:`succeed` for each (job id, outputs); False: terminal or missing."""
 
     def cancel(self, job_id: str) -> bool:
         """queued/running → cancelled. False if already terminal."""

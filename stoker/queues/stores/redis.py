@@ -237,6 +237,17 @@ class RedisJobStore:
             raise JobNotFound(job_id)
         return {int(m) for m in members}
 
+    def chunks_all_done(self, job_id: str, indices: Sequence[int]) -> bool:
+        with self._guard():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.exists(self._job(job_id))
+            if indices:  # SMISMEMBER (Redis 6.2+) needs at least one member
+                pipe.smismember(self._done(job_id), [str(i) for i in indices])
+            exists, *members = pipe.execute()
+        if not exists:
+            raise JobNotFound(job_id)
+        return all(members[0]) if members else True
+
     # --- changes --------------------------------------------------------------------
 
     def create(self, record: JobRecord) -> None:
@@ -272,14 +283,8 @@ class RedisJobStore:
             raise ValueError(f"a job with id {record.id!r} already exists")
 
     def mark_running(self, job_id: str) -> JobState:
-        keys = [
-            self._job(job_id),
-            self._idx("state", "queued"),
-            self._idx("state", "running"),
-            self._counts(),
-        ]
         with self._guard():
-            state = self._mark_running(keys, [job_id, repr(time.time())])
+            state = self._mark_running(*self._mark_running_call(job_id))
         if state is None:
             raise JobNotFound(job_id)
         return JobState(state)
@@ -289,11 +294,10 @@ class RedisJobStore:
 
     def chunk_done(self, job_id: str, index: int) -> Tally:
         with self._guard():
-            reply = self._chunk_done([self._job(job_id), self._done(job_id)], [index])
+            reply = self._chunk_done(*self._chunk_done_call(job_id, index))
         if reply is None:
             raise JobNotFound(job_id)
-        added, done, total, state = reply
-        return Tally(newly_done=added == 1, done=done, total=total, state=JobState(state))
+        return _tally(reply)
 
     def succeed(self, job_id: str, outputs: builtins.list[OutputRef]) -> bool:
         return self._finish(job_id, JobState.SUCCEEDED, {"stage": "done"}, outputs)
@@ -303,6 +307,36 @@ class RedisJobStore:
 
     def cancel(self, job_id: str) -> bool:
         return self._finish(job_id, JobState.CANCELLED, {"stage": "cancelled"})
+
+    def start_many(self, job_ids: Sequence[str]) -> builtins.list[JobRecord | None]:
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in job_ids:
+            self._mark_running(*self._mark_running_call(job_id), client=pipe)
+            self._queue_read(pipe, job_id)
+        with self._guard():
+            replies = pipe.execute() if job_ids else []
+        # Per job: the script's state, then the three reads of _queue_read.
+        quads = (replies[i : i + 4] for i in range(0, len(replies), 4))
+        return [_record(*quad[1:]) if quad[1] else None for quad in quads]
+
+    def chunk_done_many(self, chunks: Sequence[tuple[str, int]]) -> builtins.list[Tally | None]:
+        pipe = self._client.pipeline(transaction=False)
+        for job_id, index in chunks:
+            self._chunk_done(*self._chunk_done_call(job_id, index), client=pipe)
+        with self._guard():
+            replies = pipe.execute() if chunks else []
+        return [None if reply is None else _tally(reply) for reply in replies]
+
+    def succeed_many(
+        self, jobs: Sequence[tuple[str, builtins.list[OutputRef]]]
+    ) -> builtins.list[bool]:
+        pipe = self._client.pipeline(transaction=False)
+        for job_id, outputs in jobs:
+            call = self._finish_call(job_id, JobState.SUCCEEDED, {"stage": "done"}, outputs)
+            self._finish_script(*call, client=pipe)
+        with self._guard():
+            replies = pipe.execute() if jobs else []
+        return [reply == 1 for reply in replies]
 
     def add_outputs(self, job_id: str, outputs: builtins.list[OutputRef]) -> None:
         if outputs:
@@ -323,6 +357,35 @@ class RedisJobStore:
         outputs: Sequence[OutputRef] | None = None,
     ) -> bool:
         """queued/running → ``target``; ``outputs``, if given, replace the job's."""
+        with self._guard():
+            moved = self._finish_script(*self._finish_call(job_id, target, fields, outputs))
+        if moved == -1:
+            raise JobNotFound(job_id)
+        return bool(moved == 1)
+
+    # Keys and arguments of each script, shared by the one-job and batched calls.
+
+    def _mark_running_call(self, job_id: str) -> tuple[builtins.list[str], builtins.list[Any]]:
+        keys = [
+            self._job(job_id),
+            self._idx("state", "queued"),
+            self._idx("state", "running"),
+            self._counts(),
+        ]
+        return keys, [job_id, repr(time.time())]
+
+    def _chunk_done_call(
+        self, job_id: str, index: int
+    ) -> tuple[builtins.list[str], builtins.list[Any]]:
+        return [self._job(job_id), self._done(job_id)], [index]
+
+    def _finish_call(
+        self,
+        job_id: str,
+        target: JobState,
+        fields: dict[str, Any],
+        outputs: Sequence[OutputRef] | None,
+    ) -> tuple[builtins.list[str], builtins.list[Any]]:
         items = _flatten({"finished_at": repr(time.time()), **fields})
         keys = [
             self._job(job_id),
@@ -333,12 +396,7 @@ class RedisJobStore:
             self._counts(),
         ]
         replace = "0" if outputs is None else "1"
-        args = [job_id, target.value, replace, len(items), *items, *_outputs(outputs or [])]
-        with self._guard():
-            moved = self._finish_script(keys, args)
-        if moved == -1:
-            raise JobNotFound(job_id)
-        return bool(moved == 1)
+        return keys, [job_id, target.value, replace, len(items), *items, *_outputs(outputs or [])]
 
     def _if_job(self, job_id: str, command: str, key: str, args: Sequence[str]) -> None:
         """Run ``command key *args`` atomically if the job exists, else raise JobNotFound."""
@@ -390,6 +448,11 @@ class RedisJobStore:
                 f"task is retried, but if this persists check that Redis is running and "
                 f"that state_url points to it."
             ) from exc
+
+
+def _tally(reply: Sequence[Any]) -> Tally:
+    added, done, total, state = reply
+    return Tally(newly_done=added == 1, done=done, total=total, state=JobState(state))
 
 
 def _record(fields: dict[str, str], done: int, outputs: Sequence[str]) -> JobRecord:

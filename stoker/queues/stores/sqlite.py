@@ -124,6 +124,20 @@ class SqliteJobStore:
             self.state(job_id)  # raises JobNotFound for a missing job
         return done
 
+    def chunks_all_done(self, job_id: str, indices: Sequence[int]) -> bool:
+        wanted = sorted(set(indices))
+        # The indexes go in as one JSON array: no limit on bound parameters, one query.
+        sql = (
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE id = ?),"
+            " (SELECT COUNT(*) FROM chunk_done WHERE job_id = ?"
+            "  AND idx IN (SELECT value FROM json_each(?)))"
+        )
+        with self._guard() as conn:
+            exists, done = conn.execute(sql, (job_id, job_id, json.dumps(wanted))).fetchone()
+        if not exists:
+            raise JobNotFound(job_id)
+        return int(done) == len(wanted)
+
     # --- changes --------------------------------------------------------------------
 
     def create(self, record: JobRecord) -> None:
@@ -194,6 +208,38 @@ class SqliteJobStore:
 
     def cancel(self, job_id: str) -> bool:
         return self._finish(job_id, JobState.CANCELLED, stage="cancelled")
+
+    # The batched forms are loops: SQLite is in-process, there is no round trip to save.
+
+    def start_many(self, job_ids: Sequence[str]) -> builtins.list[JobRecord | None]:
+        records: builtins.list[JobRecord | None] = []
+        for job_id in job_ids:
+            try:
+                self.mark_running(job_id)
+                records.append(self.get(job_id))
+            except JobNotFound:
+                records.append(None)
+        return records
+
+    def chunk_done_many(self, chunks: Sequence[tuple[str, int]]) -> builtins.list[Tally | None]:
+        tallies: builtins.list[Tally | None] = []
+        for job_id, index in chunks:
+            try:
+                tallies.append(self.chunk_done(job_id, index))
+            except JobNotFound:
+                tallies.append(None)
+        return tallies
+
+    def succeed_many(
+        self, jobs: Sequence[tuple[str, builtins.list[OutputRef]]]
+    ) -> builtins.list[bool]:
+        moved = []
+        for job_id, outputs in jobs:
+            try:
+                moved.append(self.succeed(job_id, outputs))
+            except JobNotFound:
+                moved.append(False)
+        return moved
 
     def add_outputs(self, job_id: str, outputs: builtins.list[OutputRef]) -> None:
         with self._transaction() as conn:
