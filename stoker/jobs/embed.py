@@ -12,18 +12,26 @@ is *batchable*: the worker buffers many chunks, of many jobs, and calls
 :meth:`EmbedCapability.run_chunks` once per model (see queues/batching.py).
 
 Each text's token count (what the model read: its tokenizer, special tokens
-included, cut at the model's max_seq_length) is kept beside its vector: a chunk file
-holds the vectors, then the counts (int32), as two ``.npy`` arrays back to back.
-Assembly writes them as ``tokens`` per line (JSONL) or column (parquet) and their sum
-in the artifact's meta; the OpenAI-shaped answers report it as ``usage``.
+included, cut at the model's max_seq_length) is kept beside its vector in the chunk
+file (see write_chunk). Assembly writes them as ``tokens`` per line (JSONL) or column
+(parquet) and their sum in the artifact's meta; the OpenAI-shaped answers report it
+as ``usage``.
+
+Most jobs are one sentence, so the per-job costs are kept low: a small job's output
+is built in memory and stored in one write (no scratch folder or file), and a chunk
+is raw float32 with a 12-byte header rather than ``.npy`` (whose header parsing cost
+more than the vector).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -129,7 +137,7 @@ def pack(texts: list[str]) -> list[tuple[int, int]]:
 class EmbedCapability:
     kind: str = "embed"
     backend: str | None = "sentence-transformers"
-    chunk_ext: str = "npy"
+    chunk_ext: str = "vec"  # see write_chunk
     chunk_content_type: str = "application/octet-stream"
     work_stage: str = "embed"
     engines: tuple[tuple[str, str], ...] = (("sentence_transformers", "embed"),)
@@ -200,26 +208,42 @@ class EmbedCapability:
         numpy = _import_numpy()
         parts = [read_chunk(f) for f in ctx.chunk_files]
         vectors = numpy.concatenate([v for v, _ in parts]) if len(parts) > 1 else parts[0][0]
-        counts = [t for _, t in parts if t is not None]
-        tokens = [n for t in counts for n in t] if len(counts) == len(parts) else None
+        tokens = [n for _, counts in parts for n in counts]
         ids = params.get("ids") or [str(i) for i in range(len(vectors))]
         fmt = params["format"]
-        out = ctx.workdir / f"embeddings.{fmt}"
         meta = {"count": len(vectors), "dimensions": int(vectors.shape[1])}
         meta |= {"model": params["model"], "normalized": params["normalize"]}
-        if tokens is not None:
-            meta["tokens"] = sum(tokens)
-        artifacts = [Artifact(out.name, out, CONTENT_TYPES[fmt], meta)]
-        if fmt == "jsonl":
-            write_jsonl(out, ids, vectors, tokens)
-        elif fmt == "parquet":
-            write_parquet(out, ids, vectors, tokens)
-        else:
-            numpy.save(out, vectors, allow_pickle=False)
-            ids_file = ctx.workdir / "ids.json"
-            ids_file.write_text(json.dumps(ids), encoding="utf-8")
-            artifacts.append(Artifact(ids_file.name, ids_file, "application/json"))
+        meta["tokens"] = sum(tokens)
+        # One chunk's worth is a few hundred KB at most: built in memory.
+        in_memory = len(vectors) <= CHUNK_TEXTS
+        name = f"embeddings.{fmt}"
+        with _output(ctx, name, in_memory) as (f, artifact):
+            if fmt == "jsonl":
+                write_jsonl(f, ids, vectors, tokens)
+            elif fmt == "parquet":
+                write_parquet(f, ids, vectors, tokens)
+            else:
+                numpy.save(f, vectors, allow_pickle=False)
+        artifacts = [artifact(CONTENT_TYPES[fmt], meta)]
+        if fmt == "npy":
+            ids_json = json.dumps(ids).encode("utf-8")
+            artifacts.append(Artifact("ids.json", None, "application/json", data=ids_json))
         return artifacts
+
+
+@contextlib.contextmanager
+def _output(
+    ctx: AssembleContext, name: str, in_memory: bool
+) -> Iterator[tuple[BinaryIO, Callable[[str, dict[str, Any]], Artifact]]]:
+    """A binary file to write artifact ``name`` to, and what makes the Artifact of it
+    (content type, meta) once written: in memory, or a file in the work folder."""
+    if in_memory:
+        buffer = io.BytesIO()
+        yield buffer, lambda ctype, meta: Artifact(name, None, ctype, meta, data=buffer.getvalue())
+    else:
+        path = ctx.workdir / name
+        with path.open("wb") as f:
+            yield f, lambda ctype, meta: Artifact(name, path, ctype, meta)
 
 
 def token_counts(model: Any, texts: list[str]) -> list[int]:
@@ -235,41 +259,44 @@ def token_counts(model: Any, texts: list[str]) -> list[int]:
     return [int(n) for n in features["attention_mask"].sum(dim=1).tolist()]
 
 
+#: A chunk file: this magic, rows and dimensions (uint32 little-endian), the vectors
+#: (float32, row-major), then each text's token count (int32).
+CHUNK_MAGIC = b"STKV"
+_HEADER = struct.Struct("<4sII")
+
+
 def write_chunk(path: Path, vectors: Any, tokens: list[int]) -> None:
-    """A chunk file: the float32 vectors, then each text's token count (int32)."""
+    """Write a chunk file (see CHUNK_MAGIC) of ``vectors`` and their texts' ``tokens``."""
     numpy = _import_numpy()
+    rows, dims = vectors.shape
     with path.open("wb") as f:
-        numpy.save(f, vectors, allow_pickle=False)
-        numpy.save(f, numpy.asarray(tokens, dtype=numpy.int32), allow_pickle=False)
+        f.write(_HEADER.pack(CHUNK_MAGIC, rows, dims))
+        f.write(numpy.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        f.write(numpy.asarray(tokens, dtype="<i4").tobytes())
 
 
-def read_chunk(path: Path) -> tuple[Any, list[int] | None]:
-    """(vectors, token counts) of a chunk file; counts None for a chunk stored
-    before they were kept (content-addressed chunks outlive a stoker upgrade)."""
+def read_chunk(path: Path) -> tuple[Any, list[int]]:
+    """(vectors, token counts) of a chunk file written by :func:`write_chunk`."""
     numpy = _import_numpy()
-    with path.open("rb") as f:
-        vectors = numpy.load(f, allow_pickle=False)
-        try:
-            tokens = numpy.load(f, allow_pickle=False).tolist()
-        except EOFError:
-            tokens = None
-    return vectors, tokens
+    data = path.read_bytes()
+    magic, rows, dims = _HEADER.unpack_from(data) if len(data) >= _HEADER.size else (b"", 0, 0)
+    if magic != CHUNK_MAGIC or len(data) != _HEADER.size + rows * dims * 4 + rows * 4:
+        raise ValueError(f"{path} is not a whole embed chunk ({len(data)} bytes)")
+    vectors = numpy.frombuffer(data, "<f4", rows * dims, _HEADER.size).reshape(rows, dims)
+    tokens = numpy.frombuffer(data, "<i4", rows, _HEADER.size + rows * dims * 4)
+    return vectors, tokens.tolist()
 
 
-def write_jsonl(path: Path, ids: list[str], vectors: Any, tokens: list[int] | None) -> None:
-    """One ``{"id", "embedding", "tokens"}`` line per vector (floats as JSON numbers;
-    ``tokens`` left out when unknown)."""
-    with path.open("w", encoding="utf-8") as f:
-        for i, (id_, vector) in enumerate(zip(ids, vectors.tolist(), strict=True)):
-            row: dict[str, Any] = {"id": id_, "embedding": vector}
-            if tokens is not None:
-                row["tokens"] = tokens[i]
-            f.write(json.dumps(row) + "\n")
+def write_jsonl(f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int]) -> None:
+    """One ``{"id", "embedding", "tokens"}`` line per vector (floats as JSON numbers)."""
+    for id_, vector, count in zip(ids, vectors.tolist(), tokens, strict=True):
+        line = json.dumps({"id": id_, "embedding": vector, "tokens": count}) + "\n"
+        f.write(line.encode("utf-8"))
 
 
-def write_parquet(path: Path, ids: list[str], vectors: Any, tokens: list[int] | None) -> None:
-    """Columns ``id`` (string), ``embedding`` (fixed-size list of float32) and, when
-    known, ``tokens`` (int32)."""
+def write_parquet(f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int]) -> None:
+    """Columns ``id`` (string), ``embedding`` (fixed-size list of float32) and
+    ``tokens`` (int32)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -278,9 +305,8 @@ def write_parquet(path: Path, ids: list[str], vectors: Any, tokens: list[int] | 
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     column = pa.FixedSizeListArray.from_arrays(flat, int(vectors.shape[1]))
     columns = {"id": pa.array(ids, pa.string()), "embedding": column}
-    if tokens is not None:
-        columns["tokens"] = pa.array(tokens, pa.int32())
-    pq.write_table(pa.table(columns), path)
+    columns["tokens"] = pa.array(tokens, pa.int32())
+    pq.write_table(pa.table(columns), f)
 
 
 def read_vectors(data: bytes, fmt: str) -> tuple[list[str], list[list[float]]]:

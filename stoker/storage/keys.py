@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from stoker.errors import InvalidInput
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def validate_key(key: str) -> str:
@@ -51,7 +53,7 @@ def _key_problem(key: str) -> str | None:
         return "is absolute (starts with '/')"
     if "\\" in key:
         return "contains a backslash"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+    if _CONTROL.search(key):
         return "contains a NUL or control character"
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         return f"is longer than {MAX_KEY_BYTES} bytes"

@@ -12,7 +12,8 @@ import mimetypes
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote
@@ -30,6 +31,8 @@ from stoker.storage.keys import validate_key, validate_prefix
 
 # Temp files of writes in progress; list() skips them.
 _TMP_PREFIX = ".stoker-tmp-"
+# Directories seen to be real (not symlinks), remembered up to this many.
+_REAL_DIRS_MAX = 4096
 
 
 def path_from_file_url(url: str) -> Path:
@@ -60,6 +63,7 @@ class LocalStorage:
             ) from exc
         self.root = root.resolve()
         self.url = url if url is not None else self.root.as_uri()
+        self._real_dirs: set[str] = set()  # see _has_symlink
 
     def __repr__(self) -> str:
         return f"LocalStorage({self.url!r})"
@@ -135,14 +139,39 @@ class LocalStorage:
 
     def _path(self, key: str) -> Path:
         """The file for ``key``; raises InvalidInput if it would lie outside the root."""
-        path = self.root.joinpath(*validate_key(key).split("/"))
-        # validate_key already refuses '..'; resolving also catches symlinks leading out.
-        if not path.resolve().is_relative_to(self.root):
+        parts = validate_key(key).split("/")
+        path = self.root.joinpath(*parts)
+        # validate_key already refuses '..', so only a symlink can lead out.
+        if self._has_symlink(parts) and not path.resolve().is_relative_to(self.root):
             raise InvalidInput(
                 f"storage key {key!r} resolves outside the storage root {self.url}; "
                 f"remove the symlink or use another key."
             )
         return path
+
+    def _has_symlink(self, parts: Sequence[str]) -> bool:
+        """Whether any part of the path of ``parts`` under the root is a symlink.
+
+        One lstat per part not seen before, where resolving the whole path took one per
+        part on every call: a small job's few writes to its own folder check it once.
+        """
+        current = str(self.root)
+        for i, part in enumerate(parts):
+            current = f"{current}{os.sep}{part}"
+            last = i == len(parts) - 1
+            if not last and current in self._real_dirs:
+                continue
+            try:
+                mode = os.lstat(current).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return False  # the rest does not exist yet: nothing in it is a link
+            if stat.S_ISLNK(mode):
+                return True
+            if not last and stat.S_ISDIR(mode):
+                if len(self._real_dirs) >= _REAL_DIRS_MAX:
+                    self._real_dirs.clear()
+                self._real_dirs.add(current)
+        return False
 
     def _existing(self, key: str) -> Path:
         path = self._path(key)

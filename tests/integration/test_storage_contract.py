@@ -307,6 +307,21 @@ def test_local_keys_cannot_escape_the_root_through_symlinks(tmp_path: Path) -> N
         local.get_bytes("link/secret")
 
 
+def test_local_symlinks_are_checked_at_every_part_of_a_key(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    local = LocalStorage(tmp_path / "root")
+    local.put_bytes("jobs/a/x", b"x")  # "jobs" and "jobs/a" are now known real folders
+    # A link as the last part of a key, under known folders, is still followed and refused
+    (tmp_path / "root" / "jobs" / "a" / "file").symlink_to(outside / "secret")
+    with pytest.raises(InvalidInput, match="outside the storage root"):
+        local.get_bytes("jobs/a/file")
+    # A link that stays inside the root is fine
+    (tmp_path / "root" / "jobs" / "b").symlink_to(tmp_path / "root" / "jobs" / "a")
+    assert local.get_bytes("jobs/b/x") == b"x"
+
+
 def test_unknown_scheme_is_a_config_error(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path, storage_url="gs://bucket/x")
     with pytest.raises(ConfigError, match=r"'gs://bucket/x'.*file://.*s3://"):

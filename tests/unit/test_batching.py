@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from stoker.queues import batching
 from stoker.queues.batching import ChunkBatcher
@@ -164,3 +167,20 @@ def test_pipelined_batches_are_settled_on_the_consumer_thread_and_keep_their_slo
     batcher.settle_finished()
     assert runs == [[0, 1]]
     assert consumer.qos.value == 1
+
+
+def test_batch_scratch_is_in_memory_only_where_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stoker.workers import execute
+
+    # Given a writable folder standing in for /dev/shm
+    monkeypatch.setattr(execute, "SHM_DIR", tmp_path)
+    # Then a batch's scratch goes there while it has the room asked for
+    monkeypatch.setattr(execute, "SHM_MIN_FREE", 1)
+    assert execute.memory_scratch() == str(tmp_path)
+    # And to the default temp folder when it has not, or does not exist
+    monkeypatch.setattr(execute, "SHM_MIN_FREE", 1 << 60)
+    assert execute.memory_scratch() is None
+    monkeypatch.setattr(execute, "SHM_DIR", tmp_path / "missing")
+    assert execute.memory_scratch() is None

