@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     transcribe_chunk_s: float = Field(default=600.0, ge=5.0)
     # Batchable capabilities (embed): a worker buffers up to this many chunks, of any
     # jobs, or waits at most batch_wait_s for more, then runs them in one model call.
-    batch_max_chunks: int = Field(default=64, ge=1, le=1024)
+    # 256 rather than 64: sentence-transformers sorts a call's texts by length, so a
+    # bigger call pads less (10,000 one-sentence jobs: 0.66x of plain batch-64, 0.56x at 64).
+    batch_max_chunks: int = Field(default=256, ge=1, le=1024)
     batch_wait_s: float = Field(default=0.05, ge=0)
 
     # --- models and memory ------------------------------------------------------------
