@@ -25,11 +25,9 @@ more than the vector).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import struct
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -215,35 +213,23 @@ class EmbedCapability:
         meta |= {"model": params["model"], "normalized": params["normalize"]}
         meta["tokens"] = sum(tokens)
         # One chunk's worth is a few hundred KB at most: built in memory.
-        in_memory = len(vectors) <= CHUNK_TEXTS
         name = f"embeddings.{fmt}"
-        with _output(ctx, name, in_memory) as (f, artifact):
+        path = None if len(vectors) <= CHUNK_TEXTS else ctx.workdir / name
+        data = None
+        with io.BytesIO() if path is None else path.open("wb") as f:
             if fmt == "jsonl":
                 write_jsonl(f, ids, vectors, tokens)
             elif fmt == "parquet":
                 write_parquet(f, ids, vectors, tokens)
             else:
                 numpy.save(f, vectors, allow_pickle=False)
-        artifacts = [artifact(CONTENT_TYPES[fmt], meta)]
+            if isinstance(f, io.BytesIO):
+                data = f.getvalue()
+        artifacts = [Artifact(name, path, CONTENT_TYPES[fmt], meta, data=data)]
         if fmt == "npy":
             ids_json = json.dumps(ids).encode("utf-8")
             artifacts.append(Artifact("ids.json", None, "application/json", data=ids_json))
         return artifacts
-
-
-@contextlib.contextmanager
-def _output(
-    ctx: AssembleContext, name: str, in_memory: bool
-) -> Iterator[tuple[BinaryIO, Callable[[str, dict[str, Any]], Artifact]]]:
-    """A binary file to write artifact ``name`` to, and what makes the Artifact of it
-    (content type, meta) once written: in memory, or a file in the work folder."""
-    if in_memory:
-        buffer = io.BytesIO()
-        yield buffer, lambda ctype, meta: Artifact(name, None, ctype, meta, data=buffer.getvalue())
-    else:
-        path = ctx.workdir / name
-        with path.open("wb") as f:
-            yield f, lambda ctype, meta: Artifact(name, path, ctype, meta)
 
 
 def token_counts(model: Any, texts: list[str]) -> list[int]:

@@ -95,6 +95,7 @@ class ChunkExecutor:
     ) -> None:
         self.settings, self.store, self.storage = settings, store, storage
         self.catalog, self.manager, self.device = catalog, manager, device
+        self.groups = GroupMaker(store, storage)
         self.inputs = InputCache(
             storage, settings.data_dir / "cache" / "inputs", settings.input_cache_bytes
         )
@@ -146,12 +147,10 @@ class ChunkExecutor:
             return []
         for pos, ((job_id, index, payload), record) in enumerate(zip(items, records, strict=True)):
             try:
-                if record is None:
-                    raise JobNotFound(job_id)
-                if record.state.terminal:
-                    log.info("job %s is %s; chunk %d skipped", job_id, record.state, index)
+                started = self._started(job_id, index, record)
+                if started is None:
                     continue
-                item = _Item(pos, get_capability(record.kind), record, index, payload)
+                item = _Item(pos, started[0], started[1], index, payload)
                 if self.storage.exists(item.record.chunks[index].key):
                     ready.append(item)
                 else:
@@ -212,8 +211,17 @@ class ChunkExecutor:
 
     def _start(self, job_id: str, index: int) -> tuple[Capability, JobRecord] | None:
         """Mark the job running; None when it already ended (cancelled, failed)."""
-        record = self.store.get(job_id)
-        if self.store.mark_running(job_id).terminal:
+        return self._started(job_id, index, self.store.start_many([job_id])[0])
+
+    @staticmethod
+    def _started(
+        job_id: str, index: int, record: JobRecord | None
+    ) -> tuple[Capability, JobRecord] | None:
+        """The capability and record of a job just marked running (``start_many``);
+        None when it already ended. Raises JobNotFound for a job that does not exist."""
+        if record is None:
+            raise JobNotFound(job_id)
+        if record.state.terminal:
             log.info("job %s is %s; chunk %d skipped", job_id, record.state, index)
             return None
         return get_capability(record.kind), record
@@ -262,7 +270,7 @@ class ChunkExecutor:
     ) -> None:
         """If chunk ``index`` completed its group (an audiobook chapter), make the
         group's outputs now rather than in assembly (workers/groups.py). Never raises."""
-        GroupMaker(self.store, self.storage).on_chunk_done(cap, record, index, local or {})
+        self.groups.on_chunk_done(cap, record, index, local or {})
 
     def fail(self, job_id: str, error: StokerError) -> None:
         if self.store.fail(job_id, JobError(kind=error.kind, message=str(error))):
@@ -420,7 +428,7 @@ class ChunkExecutor:
             chunk_dir, workdir = scratch / f"{record.id}-chunks", scratch / f"{record.id}-out"
             # A capability with chunk groups assembles from its groups' outputs (made
             # here if a crash lost them), not from its chunks.
-            groups = GroupMaker(self.store, self.storage).ensure_all(
+            groups = self.groups.ensure_all(
                 cap, record, scratch / f"{record.id}-groups", local or {}
             )
             files = [
