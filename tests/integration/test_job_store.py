@@ -28,6 +28,7 @@ from stoker.queues.records import (
     new_record,
 )
 from stoker.queues.stores import JobStore, RedisJobStore, SqliteJobStore, open_job_store
+from stoker.queues.stores.base import DocCache
 from stoker.queues.stores.sqlite import list_query
 from tests.servers import free_port
 
@@ -514,3 +515,49 @@ def test_batched_calls_of_nothing_do_nothing(store: JobStore) -> None:
     assert store.start_many([]) == []
     assert list(store.chunk_done_many([])) == []
     assert store.succeed_many([]) == []
+
+
+def test_a_long_jobs_later_starts_read_its_changes_not_a_stale_copy(store: JobStore) -> None:
+    # Given a job with many chunks, started once by a worker (its doc is now cached)
+    record = job(chunks=500, params={"chapters": [{"title": "One", "first": 0, "count": 500}]})
+    store.create(record)
+    first = store.start_many([record.id])[0]
+    assert first is not None and first.attempts == 1 and first.error is None
+
+    # When its state, stage, tally, outputs and error change, and it is started again
+    store.set_stage(record.id, "synthesize")
+    store.chunk_done(record.id, 7)
+    store.add_outputs(record.id, [output("chunk.wav")])
+    store.fail(record.id, JobError(kind="invalid_input", message="bad"))
+    again = store.start_many([record.id])[0]
+
+    # Then the second read has every change, and the same submission-time fields
+    assert again is not None
+    assert again.state is JobState.FAILED and again.error == JobError(
+        kind="invalid_input", message="bad"
+    )
+    assert again.progress == Progress(done=1, total=500, stage="synthesize")
+    assert [o.name for o in again.outputs] == ["chunk.wav"]
+    assert again.attempts == 1  # a failed job's start counts no attempt
+    assert again.finished_at is not None and again.started_at == first.started_at
+    assert again.chunks == record.chunks and again.params == record.params
+    assert again.created_at == record.created_at
+    # And a full read (no cached doc) gives the same record
+    assert store.get(record.id) == again
+
+
+def test_the_doc_cache_keeps_only_the_last_few_many_chunk_jobs() -> None:
+    # Given a cache of two docs
+    cache = DocCache(max_jobs=2)
+    one, a, b, c = job(chunks=1), job(), job(), job()
+
+    # When a one-chunk job and three longer ones are kept, then the first is read
+    for record in (one, a, b):
+        cache.keep(record)
+    assert cache.get(a.id) is a
+    cache.keep(c)
+
+    # Then the one-chunk job was never kept and the least recently read one is gone
+    assert cache.get(one.id) is None
+    assert cache.get(b.id) is None
+    assert cache.get(a.id) is a and cache.get(c.id) is c

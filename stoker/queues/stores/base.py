@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import builtins
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel
 
 from stoker.queues.records import (
     JobError,
@@ -22,6 +26,7 @@ from stoker.queues.records import (
     JobRecord,
     JobState,
     OutputRef,
+    Progress,
 )
 
 
@@ -160,20 +165,73 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
-def assemble_record(doc: str, fields: Mapping[str, Any]) -> JobRecord:
-    """A record from its ``doc`` JSON and its mutable ``fields``, already decoded.
+def assemble_record(doc: str | JobRecord, fields: Mapping[str, Any]) -> JobRecord:
+    """A record from its ``doc`` and its mutable ``fields``, already decoded.
 
-    ``fields`` has: state, stage, done, total, attempts, outputs (list of dicts),
-    error (dict or None), started_at, finished_at.
+    ``doc`` is the doc's JSON, or a record already made from it (see DocCache): then
+    only ``fields`` are validated. ``fields`` has: state, stage, done, total, attempts,
+    outputs (list of dicts), error (dict or None), started_at, finished_at.
     """
-    data = json.loads(doc)
-    data.update(
-        state=fields["state"],
-        progress={"done": fields["done"], "total": fields["total"], "stage": fields["stage"]},
-        outputs=fields["outputs"],
-        error=fields["error"],
-        attempts=fields["attempts"],
-        started_at=fields["started_at"],
-        finished_at=fields["finished_at"],
-    )
-    return JobRecord.model_validate(data)
+    changes = {
+        "state": fields["state"],
+        "progress": {"done": fields["done"], "total": fields["total"], "stage": fields["stage"]},
+        "outputs": fields["outputs"],
+        "error": fields["error"],
+        "attempts": fields["attempts"],
+        "started_at": fields["started_at"],
+        "finished_at": fields["finished_at"],
+    }
+    if isinstance(doc, JobRecord):
+        mutable = _Mutable.model_validate(changes)
+        return doc.model_copy(update={name: getattr(mutable, name) for name in changes})
+    return JobRecord.model_validate(json.loads(doc) | changes)
+
+
+class _Mutable(BaseModel):
+    """The fields of a record that change after submission, validated on their own."""
+
+    state: JobState
+    progress: Progress
+    outputs: list[OutputRef]
+    error: JobError | None
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+
+
+class DocCache:
+    """The immutable part (doc) of recently started jobs with many chunks, parsed.
+
+    A worker runs many chunks of one long job (an audiobook has thousands), and each
+    chunk task reads the job's record: parsing and validating a doc of 15,000 chunk
+    keys took ~20-60 ms per task, growing with the book. A doc never changes after
+    submission and a job id is never reused, so a store keeps the parsed record of
+    the last few such jobs and reads only their mutable fields. One-chunk jobs are
+    not kept: they are read once.
+
+    Records built from a cached doc share its lists and dicts: records are never
+    mutated in place (the store's atomic operations are the only writers).
+    """
+
+    def __init__(self, max_jobs: int = 8, min_chunks: int = 2) -> None:
+        self._docs: OrderedDict[str, JobRecord] = OrderedDict()
+        self._max_jobs, self._min_chunks = max_jobs, min_chunks
+        self._lock = threading.Lock()  # a worker may settle batches on a second thread
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """A record of the job, valid for its doc fields only; None if not kept."""
+        with self._lock:
+            record = self._docs.get(job_id)
+            if record is not None:
+                self._docs.move_to_end(job_id)
+        return record
+
+    def keep(self, record: JobRecord) -> None:
+        """Remember ``record``'s doc if its job has enough chunks to be read again."""
+        if len(record.chunks) < self._min_chunks:
+            return
+        with self._lock:
+            self._docs[record.id] = record
+            self._docs.move_to_end(record.id)
+            while len(self._docs) > self._max_jobs:
+                self._docs.popitem(last=False)

@@ -35,6 +35,7 @@ from redis.retry import Retry
 from stoker.errors import BrokerUnavailable, ConfigError, JobNotFound
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef
 from stoker.queues.stores.base import (
+    DocCache,
     Tally,
     assemble_record,
     initial_total,
@@ -172,6 +173,7 @@ class RedisJobStore:
         self._create, self._mark_running = register(_CREATE), register(_MARK_RUNNING)
         self._finish_script, self._chunk_done = register(_FINISH), register(_CHUNK_DONE)
         self._if_exists, self._count_all = register(_IF_EXISTS), register(_COUNT_ALL)
+        self._docs = DocCache()
 
     # --- reads ----------------------------------------------------------------------
 
@@ -310,14 +312,23 @@ class RedisJobStore:
 
     def start_many(self, job_ids: Sequence[str]) -> builtins.list[JobRecord | None]:
         pipe = self._client.pipeline(transaction=False)
-        for job_id in job_ids:
+        cached = [self._docs.get(job_id) for job_id in job_ids]
+        for job_id, doc in zip(job_ids, cached, strict=True):
             self._mark_running(*self._mark_running_call(job_id), client=pipe)
-            self._queue_read(pipe, job_id)
+            self._queue_read(pipe, job_id, with_doc=doc is None)
         with self._guard():
             replies = pipe.execute() if job_ids else []
         # Per job: the script's state, then the three reads of _queue_read.
-        quads = (replies[i : i + 4] for i in range(0, len(replies), 4))
-        return [_record(*quad[1:]) if quad[1] else None for quad in quads]
+        records = []
+        for at, doc in zip(range(0, len(replies), 4), cached, strict=True):
+            fields, done, outputs = replies[at + 1 : at + 4]
+            if doc is not None:  # HMGET: every field, None where absent
+                fields = {k: v for k, v in zip(_MUTABLE, fields, strict=True) if v is not None}
+            record = _record(fields, done, outputs, doc) if fields else None
+            if record is not None and doc is None:
+                self._docs.keep(record)
+            records.append(record)
+        return records
 
     def chunk_done_many(self, chunks: Sequence[tuple[str, int]]) -> builtins.list[Tally | None]:
         pipe = self._client.pipeline(transaction=False)
@@ -405,9 +416,14 @@ class RedisJobStore:
         if not done:
             raise JobNotFound(job_id)
 
-    def _queue_read(self, pipe: Any, job_id: str) -> None:
-        pipe.hgetall(self._job(job_id)).scard(self._done(job_id))
-        pipe.lrange(self._outputs(job_id), 0, -1)
+    def _queue_read(self, pipe: Any, job_id: str, *, with_doc: bool = True) -> None:
+        """Queue the three reads of a record: its hash (only the mutable fields when
+        not ``with_doc``), its done count, its outputs."""
+        if with_doc:
+            pipe.hgetall(self._job(job_id))
+        else:
+            pipe.hmget(self._job(job_id), _MUTABLE)
+        pipe.scard(self._done(job_id)).lrange(self._outputs(job_id), 0, -1)
 
     def _index_keys(self, flt: JobFilter) -> builtins.list[str]:
         keys = [
@@ -455,10 +471,16 @@ def _tally(reply: Sequence[Any]) -> Tally:
     return Tally(newly_done=added == 1, done=done, total=total, state=JobState(state))
 
 
-def _record(fields: dict[str, str], done: int, outputs: Sequence[str]) -> JobRecord:
+#: The hash fields a record needs besides its doc (those that change after submission).
+_MUTABLE = ("state", "stage", "total", "attempts", "started_at", "finished_at", "error")
+
+
+def _record(
+    fields: dict[str, str], done: int, outputs: Sequence[str], doc: JobRecord | None = None
+) -> JobRecord:
     # Numbers come back as strings; the record's validation parses them.
     return assemble_record(
-        fields["doc"],
+        fields["doc"] if doc is None else doc,
         {
             "state": fields["state"],
             "stage": fields["stage"],

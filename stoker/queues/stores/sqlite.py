@@ -19,7 +19,13 @@ from typing import Any
 
 from stoker.errors import BrokerUnavailable, ConfigError, JobNotFound
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef
-from stoker.queues.stores.base import Tally, assemble_record, initial_total, record_doc
+from stoker.queues.stores.base import (
+    DocCache,
+    Tally,
+    assemble_record,
+    initial_total,
+    record_doc,
+)
 
 _SCHEMA = """
 BEGIN IMMEDIATE;
@@ -52,10 +58,12 @@ CREATE TABLE IF NOT EXISTS chunk_done (
 COMMIT;
 """
 
-_SELECT = (
-    "SELECT doc, state, stage, total, attempts, outputs, error, started_at, finished_at,"
+_MUTABLE_COLUMNS = (
+    "state, stage, total, attempts, outputs, error, started_at, finished_at,"
     " (SELECT COUNT(*) FROM chunk_done WHERE job_id = jobs.id) FROM jobs"
 )
+_SELECT = f"SELECT doc, {_MUTABLE_COLUMNS}"
+_SELECT_MUTABLE = f"SELECT {_MUTABLE_COLUMNS}"
 
 _ACTIVE = "('queued', 'running')"
 
@@ -76,6 +84,7 @@ class SqliteJobStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._docs = DocCache()
         try:
             self._conn().executescript(_SCHEMA)
             _migrate(self._conn())
@@ -216,10 +225,23 @@ class SqliteJobStore:
         for job_id in job_ids:
             try:
                 self.mark_running(job_id)
-                records.append(self.get(job_id))
+                records.append(self._get_started(job_id))
             except JobNotFound:
                 records.append(None)
         return records
+
+    def _get_started(self, job_id: str) -> JobRecord:
+        """:meth:`get`, reading only the mutable columns of a job whose doc is cached."""
+        doc = self._docs.get(job_id)
+        if doc is None:
+            record = self.get(job_id)
+            self._docs.keep(record)
+            return record
+        with self._guard() as conn:
+            row = conn.execute(f"{_SELECT_MUTABLE} WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _record((doc, *row))
 
     def chunk_done_many(self, chunks: Sequence[tuple[str, int]]) -> builtins.list[Tally | None]:
         tallies: builtins.list[Tally | None] = []
@@ -407,6 +429,7 @@ def list_query(flt: JobFilter) -> tuple[str, Sequence[Any]]:
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
+    """A record from a row of _SELECT (doc as JSON, or a cached record: DocCache)."""
     doc, state, stage, total, attempts, outputs, error, started_at, finished_at, done = row
     return assemble_record(
         doc,
