@@ -24,7 +24,7 @@ from celery import Celery
 from kombu import Queue
 
 from stoker.config import Priority, Settings
-from stoker.queues.sqla_transport import kombu_url
+from stoker.queues import redis_transport, sqla_transport
 
 #: One queue per capability; a worker chooses which to consume.
 QUEUES: tuple[str, ...] = (
@@ -71,6 +71,18 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     # The SQLAlchemy transport passes these options to create_engine(), so nothing
     # transport-specific may go here (its polling interval is set separately).
     return {}
+
+
+def kombu_url(broker_url: str) -> str:
+    """The URL handed to kombu: ``sqla+…`` and ``redis://…`` are served by stoker's
+    subclasses of kombu's transports (queues/sqla_transport.py, redis_transport.py)."""
+    if broker_url.startswith("sqla+"):
+        sqla_transport.register()
+        return f"{sqla_transport.ALIAS}+{broker_url.removeprefix('sqla+')}"
+    if broker_url.startswith("redis://"):
+        redis_transport.register()
+        return f"{redis_transport.ALIAS}://{broker_url.removeprefix('redis://')}"
+    return broker_url
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -6,7 +6,8 @@ worker asked to stop waits up to 2 s. `stoker run` stops its in-process worker a
 every job, so that is 2 s added to every run. Capping each wait at a tenth of a second
 makes a stop prompt; polling itself is unchanged (``broker_polling_interval_s``).
 
-Registered under its own alias; users keep writing ``sqla+sqlite:///...``.
+Registered under its own alias (kombu_url in queues/app.py); users keep writing
+``sqla+sqlite:///...``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,3 @@ class Transport(SqlaTransport):
 
 def register() -> None:
     TRANSPORT_ALIASES.setdefault(ALIAS, f"{__name__}:Transport")
-
-
-def kombu_url(broker_url: str) -> str:
-    """The URL handed to kombu: ``sqla+…`` is served by this transport."""
-    if broker_url.startswith("sqla+"):
-        register()
-        return f"{ALIAS}+{broker_url.removeprefix('sqla+')}"
-    return broker_url
