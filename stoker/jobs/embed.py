@@ -274,10 +274,20 @@ def read_chunk(path: Path) -> tuple[Any, list[int]]:
 
 
 def write_jsonl(f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int]) -> None:
-    """One ``{"id", "embedding", "tokens"}`` line per vector (floats as JSON numbers)."""
-    for id_, vector, count in zip(ids, vectors.tolist(), tokens, strict=True):
-        line = json.dumps({"id": id_, "embedding": vector, "tokens": count}) + "\n"
-        f.write(line.encode("utf-8"))
+    """One ``{"id", "embedding", "tokens"}`` line per vector.
+
+    Floats are written as the shortest text that reads back as the same float32
+    (orjson, from the array itself): 25× faster than ``json.dumps`` of the floats as
+    Python float64s, which was a tenth of a one-sentence job's cost, and half the bytes.
+    """
+    try:
+        import orjson
+    except ImportError as exc:
+        raise MissingDependency("orjson", "embed", "Writing JSONL embeddings") from exc
+    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+    rows = _import_numpy().ascontiguousarray(vectors, dtype="float32")  # orjson needs both
+    for id_, vector, count in zip(ids, rows, tokens, strict=True):
+        f.write(orjson.dumps({"id": id_, "embedding": vector, "tokens": count}, option=option))
 
 
 def write_parquet(f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int]) -> None:

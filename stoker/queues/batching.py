@@ -15,8 +15,9 @@ How it works, inside Celery's own consumer (no second queueing system):
   arrive; when the buffer is run, it lowers it again. So a worker holds at most
   ``batch_max_chunks`` extra messages, and only while it is forming a batch.
 - The buffer runs when it is full, when no request came for ``batch_wait_s`` (at most
-  10× that after the first), and right before this worker starts any other task (so a
-  buffered chunk never waits behind a long audiobook chunk).
+  10× that after the first) and no earlier batch is still being finished, and right
+  before this worker starts any other task (so a buffered chunk never waits behind a
+  long audiobook chunk).
 - Messages are acknowledged after their chunk is done (acks late, as for every task);
   a worker that dies with a buffer gets those messages redelivered.
 """
@@ -77,6 +78,7 @@ class ChunkBatcher:
         self._lock = threading.Lock()  # guards _pending and _timer
         self._flushing = threading.Lock()  # one batch runs at a time
         self._finisher: ThreadPoolExecutor | None = None
+        self._finishing = 0  # batches handed to the finisher and not finished yet
         self._finished: queue.SimpleQueue[tuple[list[Any], list[Any] | None]] = queue.SimpleQueue()
         if pipelined:
             self._finisher = ThreadPoolExecutor(1, thread_name_prefix="stoker-finish")
@@ -113,6 +115,12 @@ class ChunkBatcher:
             if self._pending and idle < self.wait_s and age < 10 * self.wait_s:
                 self._timer = self._consumer.timer.call_after(self.wait_s - idle, self._timed_flush)
                 return
+            if self._pending and self._finishing:
+                # The last batch is still being finished on the second thread, which
+                # holds the GIL most of that time: arrivals look paused when they are
+                # only slow, and running now would spend a model call on a few chunks.
+                self._timer = self._consumer.timer.call_after(self.wait_s, self._timed_flush)
+                return
         self.flush()
 
     def flush(self) -> None:
@@ -135,9 +143,16 @@ class ChunkBatcher:
             if self._finisher is None:
                 self._done(batch, self._finish(batch, finish))
             else:
-                self._finisher.submit(
-                    lambda: self._finished.put((batch, self._finish(batch, finish)))
-                )
+                with self._lock:
+                    self._finishing += 1
+                self._finisher.submit(self._finish_in_background, batch, finish)
+
+    def _finish_in_background(self, batch: list[Any], finish: Callable[[], list[Any]]) -> None:
+        """The finishing thread's work: finish ``batch``, queue it to be settled."""
+        outcomes = self._finish(batch, finish)
+        with self._lock:
+            self._finishing -= 1
+        self._finished.put((batch, outcomes))
 
     def settle_finished(self) -> None:
         """Settle the batches the finishing thread is done with (consumer thread)."""

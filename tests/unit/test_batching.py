@@ -169,6 +169,49 @@ def test_pipelined_batches_are_settled_on_the_consumer_thread_and_keep_their_slo
     assert consumer.qos.value == 1
 
 
+def test_a_partial_buffer_waits_while_the_last_batch_is_still_finishing(
+    monkeypatch: Any,
+) -> None:
+    import threading
+
+    clock = [100.0]
+    monkeypatch.setattr(batching.time, "monotonic", lambda: clock[0])
+    consumer, runs, release = FakeConsumer(), [], threading.Event()
+
+    def produce(reqs: list[Any]) -> Any:
+        def finish() -> list[Any]:
+            release.wait(5)  # finishing takes a while (and holds the GIL in real life)
+            return [None] * len(reqs)
+
+        return finish
+
+    def settle(reqs: list[Any], outcomes: list[Any]) -> None:
+        runs.append([r.n for r in reqs])
+
+    batcher = ChunkBatcher(consumer, produce, settle, 2, 0.05, pipelined=True)
+    # Given a full batch that is still being finished, and one more request
+    batcher.add(FakeRequest(0))
+    batcher.add(FakeRequest(1))
+    batcher.add(FakeRequest(2))
+    # When its timer fires after a pause in arrivals, even past ten times the wait
+    clock[0] += 1.0
+    consumer.timer.entries[-1].fun()
+    # Then it waits for the finishing instead of spending a model call on one chunk
+    assert len(batcher) == 1
+    # And once the finishing is done, the next timer runs it
+    release.set()
+    assert batcher._finisher is not None
+    for _ in range(500):  # the finishing thread counts itself done (bounded wait)
+        if not batcher._finishing:
+            break
+        threading.Event().wait(0.01)
+    consumer.timer.entries[-1].fun()
+    assert len(batcher) == 0
+    batcher._finisher.shutdown(wait=True)
+    batcher.settle_finished()
+    assert runs == [[0, 1], [2]]
+
+
 def test_batch_scratch_is_in_memory_only_where_there_is_room(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
