@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.deployment import Deployment
+from tests.piper_voices import VoiceFiles, write_two_speaker_voice
 from tests.servers import moto_s3_server, redis_server
 
 # Models load from local paths only; a hub lookup must fail loudly, never hang.
@@ -54,6 +55,12 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"stoker-test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def two_speaker_voice(tmp_path_factory: pytest.TempPathFactory) -> VoiceFiles:
+    """A two-speaker Piper voice made from joe (tests/piper_voices.py), built once."""
+    return write_two_speaker_voice(tmp_path_factory.mktemp("voices"))
 
 
 @pytest.fixture()

@@ -43,20 +43,41 @@ class SpeakRequest(BaseModel):
 
 
 def speaker_id(speaker: int | str | None, voice: str, info: VoiceInfo) -> int | None:
+    """The Piper speaker id of ``speaker`` on ``voice``; None when unset or single-speaker.
+
+    A string is a name of the voice's ``speaker_id_map`` first, else an id in digits:
+    some voices (LibriTTS-R's) name their speakers with numbers, and ``--speaker 3922``
+    means that name. Raises InvalidInput for an unknown name or an id out of range,
+    listing the voice's speakers.
+    """
     if speaker is None:
         return None
-    if isinstance(speaker, str) and not speaker.isdigit():
-        if speaker not in info.speaker_id_map:
-            names = ", ".join(sorted(info.speaker_id_map)) or "none (single-speaker voice)"
-            raise InvalidInput(f"voice {voice!r} has no speaker {speaker!r}; speakers: {names}.")
+    if isinstance(speaker, str) and speaker in info.speaker_id_map:
         return info.speaker_id_map[speaker]
-    sid = int(speaker)
+    sid = speaker if isinstance(speaker, int) else _digits(speaker)
+    if sid is None:
+        names = _names(info) or "none (single-speaker voice)"
+        raise InvalidInput(f"voice {voice!r} has no speaker {speaker!r}; speakers: {names}.")
     if not 0 <= sid < max(info.num_speakers, 1):
+        names = f"; speakers: {_names(info)}" if info.speaker_id_map else ""
         raise InvalidInput(
             f"speaker {sid} is out of range for voice {voice!r}, which has "
-            f"{info.num_speakers} speaker(s) (ids 0..{info.num_speakers - 1})."
+            f"{info.num_speakers} speaker(s) (ids 0..{info.num_speakers - 1}){names}."
         )
     return sid if info.num_speakers > 1 else None
+
+
+def _digits(speaker: str) -> int | None:
+    try:
+        return int(speaker) if speaker.isdecimal() else None  # not "²", which int() refuses
+    except ValueError:  # more digits than Python converts
+        return None
+
+
+def _names(info: VoiceInfo) -> str:
+    """The voice's speaker names with their ids, in id order: ``joe (0), slow (1)``."""
+    by_id = sorted(info.speaker_id_map.items(), key=lambda kv: kv[1])
+    return ", ".join(f"{name} ({sid})" for name, sid in by_id)
 
 
 def check_text(raw: str, limit_bytes: int) -> str:
