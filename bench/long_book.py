@@ -5,10 +5,12 @@ straight into storage, ~7.2 s each at 22,050 Hz mono: 5,000 chunks for 10 h), th
 runs the real worker path on it: every chunk through ``ChunkExecutor.run_chunk``
 (its output exists, so only fan-in runs), which encodes each chapter when its last
 chunk is recorded and assembles the book with the last one. Embedded default: SQLite
-job store, local storage, one process. Prints a table; writes nothing to the docs.
+job store, local storage, one process; ``--s3``: storage in a bucket of a moto_server
+started for the run (tests/servers.py), S3 over loopback. Prints a table; writes
+nothing to the docs.
 
 Usage: TMPDIR=/var/tmp python bench/long_book.py [--hours 10] [--formats m4b,mp3]
-       [--chapters 40] [--cold]   (--cold: chapters encoded in assembly, as before)
+       [--chapters 40] [--cold] [--s3]   (--cold: chapters encoded in assembly, as before)
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import re
 import resource
-import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +112,39 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run(hours: float, chapters: int, formats: list[str], cold: bool, folder: Path) -> list[str]:
+@contextmanager
+def s3_settings(enabled: bool) -> Iterator[dict[str, str]]:
+    """Settings for storage in a bucket of a moto_server of our own ({} when not enabled)."""
+    if not enabled:
+        yield {}
+        return
+    import boto3
+
+    from tests.servers import moto_s3_server
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(name, "testing")  # moto does not check them; boto3 wants some
+    with moto_s3_server() as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket="long-book")
+        client.close()
+        yield {"storage_url": "s3://long-book/stoker", "s3_endpoint_url": endpoint}
+
+
+def local_file(executor: Any, key: str, folder: Path) -> Path:
+    """The object at ``key`` as a file: in place on local storage, downloaded from S3."""
+    in_place = folder / "data" / "outputs" / key
+    return in_place if in_place.is_file() else executor.storage.download(key, folder / key)
+
+
+def run(
+    hours: float, chapters: int, formats: list[str], cold: bool, folder: Path, s3: dict[str, str]
+) -> list[str]:
     from stoker.config import load_settings
     from stoker.jobs import audio
     from stoker.workers.process import build_executor
 
-    executor = build_executor(load_settings(data_dir=folder / "data"), "cpu")
+    executor = build_executor(load_settings(data_dir=folder / "data", **s3), "cpu")
     started = time.perf_counter()
     record = book_job(executor, hours, chapters, formats)
     build_s, rss_before = time.perf_counter() - started, peak_rss_mib()
@@ -127,7 +158,8 @@ def run(hours: float, chapters: int, formats: list[str], cold: bool, folder: Pat
     fan_in_s, rss_chapters = time.perf_counter() - started, peak_rss_mib()
     early = sum(times.seconds)
     if cold:  # as before chapters were encoded early: everything in assembly
-        shutil.rmtree(folder / "data" / "outputs" / "chunks" / "audiobook-groups")
+        for info in list(executor.storage.list("chunks/audiobook-groups/")):
+            executor.storage.delete(info.key)
     started = time.perf_counter()
     executor.run_chunk(record.id, last, {})
     tail_s = time.perf_counter() - started
@@ -140,21 +172,23 @@ def run(hours: float, chapters: int, formats: list[str], cold: bool, folder: Pat
     book = next((o for o in done.outputs if o.name.endswith(".m4b")), None)
     checks = ""
     if book is not None:
-        path = folder / "data" / "outputs" / book.key
+        path = local_file(executor, book.key, folder)
         checks = f"M4B {audio.duration_s(path) / 3600:.2f} h, {m4b_offsets(path)}"
     wav = next((o for o in done.outputs if o.name.endswith(".wav")), None)
     if wav is not None:
-        checks += f"{'; ' if checks else ''}{wav_check(folder / 'data' / 'outputs' / wav.key)}"
+        checks += f"{'; ' if checks else ''}{wav_check(local_file(executor, wav.key, folder))}"
+    in_tail = sum(times.seconds) - early  # chapters made in assembly: the last one, or all
     print(
         f"built the job in {build_s:.0f}s; fan-in of {last} chunks (with chapter "
-        f"encoding) {fan_in_s:.0f}s; {checks}",
+        f"encoding) {fan_in_s:.0f}s; tail {tail_s:.2f}s, of which chapter encoding "
+        f"{in_tail:.2f}s and the rest {tail_s - in_tail:.2f}s; {checks}",
         file=sys.stderr,
     )
     return [
         f"{hours:g}",
         str(chapters),
         str(len(record.chunks)),
-        "+".join(formats) + (" (cold)" if cold else ""),
+        "+".join(formats) + (" (cold)" if cold else "") + (" on S3" if s3 else ""),
         f"{early:.0f}",
         f"{tail_s:.1f}",
         f"{rss_before:.0f} → {rss_chapters:.0f} → {peak_rss_mib():.0f}",
@@ -193,11 +227,12 @@ def main() -> None:
     parser.add_argument("--chapters", type=int, default=0, help="default: 4 per hour")
     parser.add_argument("--formats", default="m4b,mp3")
     parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--s3", action="store_true", help="storage on a local moto_server")
     args = parser.parse_args()
     chapters = args.chapters or max(1, round(args.hours * 4))
     formats = args.formats.split(",")
-    with tempfile.TemporaryDirectory(prefix="long-book-") as tmp:
-        row = run(args.hours, chapters, formats, args.cold, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="long-book-") as tmp, s3_settings(args.s3) as s3:
+        row = run(args.hours, chapters, formats, args.cold, Path(tmp), s3)
     print(f"Machine: {machine()}.")
     header = [
         "hours",

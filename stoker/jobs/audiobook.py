@@ -176,6 +176,8 @@ class AudiobookCapability:
         if checking:
             last = chapters[0]["count"] if req.verify == "first-chapter" else len(chunks)
             chunks = [_verified(c, checking) if i < last else c for i, c in enumerate(chunks)]
+            # The checked chunks are the first `last`: assembly reads only their notes.
+            checking["verified_chunks"] = last
         params = {
             "name": name,
             "title": book.title,
@@ -218,6 +220,14 @@ class AudiobookCapability:
             with ctx.use_model(params["verify_model"], "whisper") as whisper:
                 ctx.notes.update(_checked(model, whisper, params, payload["text"], ctx))
 
+    def noted_chunks(self, params: dict[str, Any], count: int) -> range:
+        """The verified chunks, the only ones with notes (jobs/base.NotedChunks): the
+        first ``params["verified_chunks"]``, or any of a job planned before that was
+        recorded; none when not verifying."""
+        if not params.get("verify_model"):
+            return range(0)
+        return range(min(params.get("verified_chunks", count), count))
+
     # --- chapters as chunk groups (jobs/base.ChunkGroups) --------------------------
 
     def chunk_groups(self, params: dict[str, Any]) -> list[range]:
@@ -226,7 +236,8 @@ class AudiobookCapability:
     def group_outputs(self, params: dict[str, Any], group: int) -> list[GroupOutput]:
         """A chapter's outputs: ``info`` (its length in samples), one file per
         per-chapter format and, for an M4B, ``aac``: the chapter's AAC, led by the
-        pause between chapters (none before the first)."""
+        pause between chapters (none before the first). Assembly reads ``info`` and
+        ``aac``; the per-chapter files are only published (copied in storage)."""
         sound = {
             "v": CHAPTER_OUTPUTS_VERSION,
             "sample_rate": params["sample_rate"],
@@ -240,7 +251,7 @@ class AudiobookCapability:
                 outputs.append(GroupOutput("aac", "m4a", "audio/mp4", aac))
             else:
                 spec = audio.FORMATS[fmt]
-                outputs.append(GroupOutput(fmt, spec.ext, spec.content_type, sound))
+                outputs.append(GroupOutput(fmt, spec.ext, spec.content_type, sound, fetch=False))
         return outputs
 
     def finish_group(
@@ -249,15 +260,11 @@ class AudiobookCapability:
         return {out.name: _chapter_output(out, params, ctx) for out in wanted}
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
-        chapters = ctx.group_files  # per chapter: group output name → file
         artifacts = [
-            a
-            for fmt in params["formats"]
-            if fmt != "m4b"
-            for a in _chapter_files(chapters, fmt, params)
+            a for fmt in params["formats"] if fmt != "m4b" for a in _chapter_files(ctx, fmt, params)
         ]
         if "m4b" in params["formats"]:
-            artifacts.insert(0, _book_file(chapters, params, ctx))
+            artifacts.insert(0, _book_file(ctx.group_files, params, ctx))
         if params.get("verify_model"):
             artifacts.append(_verification_report(params, ctx))
         return artifacts
@@ -308,13 +315,13 @@ def _safe(title: str) -> str:
     return cleaned[:60] or "chapter"
 
 
-def _chapter_files(
-    chapters: list[dict[str, Path]], fmt: str, params: dict[str, Any]
-) -> list[Artifact]:
-    """The chapters' files in ``fmt``, as they were encoded when each chapter finished."""
+def _chapter_files(ctx: AssembleContext, fmt: str, params: dict[str, Any]) -> list[Artifact]:
+    """The chapters' files in ``fmt``, as they were encoded and stored when each chapter
+    finished: published from there, not downloaded."""
     spec = audio.FORMATS[fmt]
     artifacts = []
-    for n, (chapter, files) in enumerate(zip(params["chapters"], chapters, strict=True), 1):
+    chapters = zip(params["chapters"], ctx.group_files, ctx.group_keys, strict=True)
+    for n, (chapter, files, keys) in enumerate(chapters, 1):
         frames = json.loads(files["info"].read_text())["frames"]
         name = f"{n:03d} {_safe(chapter['title'])}.{spec.ext}"
         meta = {
@@ -322,7 +329,7 @@ def _chapter_files(
             "title": chapter["title"],
             "duration_s": round(frames / params["sample_rate"], 3),
         }
-        artifacts.append(Artifact(name, files[fmt], spec.content_type, meta))
+        artifacts.append(Artifact(name, None, spec.content_type, meta, source_key=keys[fmt]))
     return artifacts
 
 

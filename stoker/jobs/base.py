@@ -8,7 +8,7 @@ the queues layer moves the work between processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,28 +50,38 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Artifact:
-    """An output of assembly, to be stored as ``jobs/<id>/<name>``: the file at ``path``
-    or, for a small one, the bytes in ``data`` (no scratch file to write and copy:
-    that is most of the cost of a one-sentence embed job's output)."""
+    """An output of assembly, to be stored as ``jobs/<id>/<name>``: the file at ``path``,
+    for a small one the bytes in ``data`` (no scratch file to write and copy: that is
+    most of the cost of a one-sentence embed job's output) or, for one already in
+    storage, the object at ``source_key``, copied there by the storage itself
+    (``Storage.copy``: an audiobook's chapter files, made when each chapter finished,
+    are not downloaded and uploaded again)."""
 
     name: str
     path: Path | None
     content_type: str
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. duration_s; goes in the manifest
     data: bytes | None = None
+    source_key: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.path is None) == (self.data is None):
-            raise ValueError(f"artifact {self.name!r}: give exactly one of path and data")
+        given = [x for x in (self.path, self.data, self.source_key) if x is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"artifact {self.name!r}: give exactly one of path, data and source_key"
+            )
 
     def read_bytes(self) -> bytes:
+        """The bytes of an artifact in memory or in a file. Raises ValueError for one
+        that is only in storage (``source_key``)."""
         return self.data if self.data is not None else self.file.read_bytes()
 
     @property
     def file(self) -> Path:
-        """``path``, for an artifact known to be a file."""
+        """``path``, for an artifact known to be a file. Raises ValueError otherwise."""
         if self.path is None:
-            raise ValueError(f"artifact {self.name!r} is held in memory, not in a file")
+            where = "in memory" if self.data is not None else f"in storage at {self.source_key!r}"
+            raise ValueError(f"artifact {self.name!r} is held {where}, not in a file")
         return self.path
 
 
@@ -93,16 +103,20 @@ UseModel = Callable[[str, str], AbstractContextManager[Any]]
 class AssembleContext:
     """What assembly gets: the chunk outputs in order, a folder for the artifacts,
     local copies of the storage keys listed in ``params["assemble_inputs"]`` and, for a
-    capability with ``chunk_notes = True``, each chunk's notes (``{}`` when none)."""
+    capability with ``chunk_notes = True``, each chunk's notes (``{}`` when none, or
+    when not among those of NotedChunks.noted_chunks)."""
 
     chunk_files: list[Path]
     folder: Path  # see workdir
     inputs: Mapping[str, Path] = field(default_factory=dict)
     chunk_notes: list[dict[str, Any]] = field(default_factory=list)
     # For a capability with chunk groups (see ChunkGroups): per group, in order, its
-    # outputs (name → local file). Such a capability gets no chunk_files: it assembles
-    # from what its groups made.
+    # outputs that assembly reads (GroupOutput.fetch), as local files (name → file).
+    # Such a capability gets no chunk_files: it assembles from what its groups made.
     group_files: list[dict[str, Path]] = field(default_factory=list)
+    # Per group, in order, the storage key of every one of its outputs (name → key):
+    # what an Artifact(source_key=...) publishes without downloading it.
+    group_keys: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def workdir(self) -> Path:
@@ -173,6 +187,9 @@ class GroupOutput:
     ext: str  # file extension of the stored object, without the dot
     content_type: str
     identity: dict[str, Any]  # every parameter the bytes depend on besides the chunks
+    # Whether assembly reads the file (downloaded into AssembleContext.group_files) or
+    # only publishes the stored object (AssembleContext.group_keys). Not in the key.
+    fetch: bool = True
 
 
 @dataclass(frozen=True)
@@ -191,7 +208,8 @@ class ChunkGroups(Protocol):
 
     The executor calls ``finish_group`` from the chunk task that completes a group,
     and again in assembly for any output still missing (a crash in between); the
-    outputs reach ``assemble`` as ``AssembleContext.group_files``.
+    outputs reach ``assemble`` as ``AssembleContext.group_files`` (those it reads)
+    and ``AssembleContext.group_keys`` (all, as storage keys).
     """
 
     def chunk_groups(self, params: dict[str, Any]) -> list[range]:
@@ -210,6 +228,18 @@ class ChunkGroups(Protocol):
         Must give the same bytes for the same chunks and params (a content-addressed
         result may be written by two workers).
         """
+        ...
+
+
+@runtime_checkable
+class NotedChunks(Protocol):
+    """Optional capability hook, beside ``chunk_notes = True``: which chunks can have
+    notes. Assembly reads the notes of those only (one storage read each), where it
+    would otherwise look beside every chunk: for a long audiobook, 15,000 reads of
+    which the first chapter's few dozen find anything."""
+
+    def noted_chunks(self, params: dict[str, Any], count: int) -> Sequence[int]:
+        """The indexes, among the job's ``count`` chunks, that may have notes."""
         ...
 
 

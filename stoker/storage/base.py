@@ -51,6 +51,17 @@ class Storage(Protocol):
     def put_json(self, key: str, obj: Any) -> ObjectInfo:
         """Store ``obj`` as UTF-8 JSON (indent 2) with content type application/json."""
 
+    def copy(self, src_key: str, dst_key: str, content_type: str = OCTET_STREAM) -> ObjectInfo:
+        """Store a copy of the object at ``src_key`` at ``dst_key``, replacing any object
+        there, without the bytes passing through this process: a server-side (multipart
+        past the threshold, so past 5 GB too) copy on S3, a hard link where possible
+        locally. The copy has ``content_type``. Later writes to either key do not change
+        the other. Returns the copy's info.
+
+        Raises ObjectNotFound if there is no object at ``src_key``, InvalidInput if either
+        key is bad (checked before anything is read).
+        """
+
     def get_bytes(self, key: str) -> bytes:
         """The whole object. Raises ObjectNotFound."""
 

@@ -2,12 +2,14 @@
 
 Each key is a file under the root. Writes go to a temp file in the target's directory and
 are moved into place with :func:`os.replace`, so a worker killed mid-write never leaves a
-half-written object that :meth:`LocalStorage.exists` would report. Nothing is stored besides
-the bytes: content types are guessed from the key's extension.
+half-written object that :meth:`LocalStorage.exists` would report. Since no write changes a
+file in place, :meth:`LocalStorage.copy` can be a hard link. Nothing is stored besides the
+bytes: content types are guessed from the key's extension.
 """
 
 from __future__ import annotations
 
+import errno
 import mimetypes
 import os
 import secrets
@@ -33,6 +35,9 @@ from stoker.storage.keys import validate_key, validate_prefix
 _TMP_PREFIX = ".stoker-tmp-"
 # Directories seen to be real (not symlinks), remembered up to this many.
 _REAL_DIRS_MAX = 4096
+# Why os.link may fail where a copy works: another device, no links on this file
+# system (or not allowed: fs.protected_hardlinks), too many links to one file.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 def path_from_file_url(url: str) -> Path:
@@ -81,6 +86,19 @@ class LocalStorage:
 
     def put_json(self, key: str, obj: Any) -> ObjectInfo:
         return self.put_bytes(key, json_bytes(obj), JSON_CONTENT_TYPE)
+
+    def copy(self, src_key: str, dst_key: str, content_type: str = OCTET_STREAM) -> ObjectInfo:
+        target = self._path(dst_key)  # both keys checked before anything is read
+        source = self._existing(src_key)
+        try:
+            _ensure_dir(target.parent)
+            size = source.stat().st_size
+            _atomic_link(source, target)
+        except FileNotFoundError as exc:  # the source deleted between the check and the link
+            raise self._not_found(src_key) from exc
+        except OSError as exc:
+            raise _os_error(exc, dst_key, self.url) from exc
+        return ObjectInfo(dst_key, size, content_type)
 
     def delete(self, key: str) -> None:
         target = self._path(key)
@@ -219,6 +237,31 @@ def _atomic_write(target: Path, fill: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         tmp_name.unlink(missing_ok=True)
         raise
+
+
+def _atomic_link(source: Path, target: Path) -> None:
+    """Make ``target`` a hard link to ``source`` (a copy where links cannot be made),
+    replacing it in one rename like :func:`_atomic_write`.
+
+    Sharing the inode is safe because every write here replaces a file with a new one
+    (os.replace) instead of writing into it: a later write to either key leaves the
+    other as it was.
+    """
+    tmp_name = target.parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+    try:
+        os.link(source, tmp_name)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        # Another device under the root (a mount), or a file system without links.
+        _atomic_write(target, lambda out: _copy_from(source, out))
+        return
+    try:
+        os.replace(tmp_name, target)
+    finally:
+        # rename(2) does nothing when both names already link one file (a copy onto
+        # itself, or through a symlinked folder): the temp name is left to remove.
+        tmp_name.unlink(missing_ok=True)
 
 
 def _copy_from(source: Path, out: BinaryIO) -> None:

@@ -56,7 +56,7 @@ class S3Tuning:
     max_attempts: int = 3  # total tries per request, botocore "standard" retry mode
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
-    multipart_threshold_bytes: int = 8 * MiB  # put_file/download go multipart above this
+    multipart_threshold_bytes: int = 8 * MiB  # put_file/download/copy go multipart above this
     multipart_chunk_bytes: int = 8 * MiB
     page_size: int = 1000  # keys per list request; 1000 is S3's maximum
 
@@ -124,6 +124,19 @@ class S3Storage:
 
     def put_json(self, key: str, obj: Any) -> ObjectInfo:
         return self.put_bytes(key, json_bytes(obj), JSON_CONTENT_TYPE)
+
+    def copy(self, src_key: str, dst_key: str, content_type: str = OCTET_STREAM) -> ObjectInfo:
+        source = {"Bucket": self.bucket, "Key": self._full(src_key)}
+        target = self._full(dst_key)
+        size = self.stat(src_key).size_bytes  # ObjectNotFound names the source
+        # REPLACE: CopyObject keeps the source's metadata otherwise, and refuses a copy
+        # onto itself that changes nothing. (A multipart copy sets it at creation.)
+        extra = {"ContentType": content_type, "MetadataDirective": "REPLACE"}
+        with self._errors(dst_key):
+            # Managed copy: one CopyObject, or UploadPartCopy parts above the threshold
+            # (CopyObject stops at 5 GB). No byte passes through this process.
+            self._client.copy(source, self.bucket, target, ExtraArgs=extra, Config=self._transfer)
+        return ObjectInfo(dst_key, size, content_type)
 
     def delete(self, key: str) -> None:
         # S3 answers 204 for a missing key too: idempotent without a check.

@@ -16,15 +16,16 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stoker.config import Settings
-from stoker.errors import JobNotFound, StokerError
+from stoker.errors import JobNotFound, ObjectNotFound, StokerError
 from stoker.jobs import get_capability
-from stoker.jobs.base import Artifact, AssembleContext, Capability, ChunkContext
+from stoker.jobs.base import Artifact, AssembleContext, Capability, ChunkContext, NotedChunks
 from stoker.queues.batches import child_ended
 from stoker.queues.records import JobError, JobRecord, JobState, OutputRef
 from stoker.queues.stores.base import ChunkTally, JobStore
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: How often a running chunk looks for a cancellation, at most (seconds).
 CANCEL_POLL_S = 0.5
+#: Threads reading chunk notes at assembly, when there are more notes than this to read.
+NOTES_THREADS = 8
 
 
 class _CancelCheck:
@@ -322,16 +325,32 @@ class ChunkExecutor:
             yield model
 
     def _notes(self, cap: Capability, record: JobRecord) -> list[dict[str, Any]]:
-        """Each chunk's notes, for capabilities that keep them (``chunk_notes``)."""
+        """Each chunk's notes, for capabilities that keep them (``chunk_notes``): read
+        for the chunks that can have them (NotedChunks; every chunk without it), one
+        storage read each, on a few threads when there are many."""
         if not getattr(cap, "chunk_notes", False):
             return []
-        notes = []
-        for chunk in record.chunks:
-            key = notes_key(chunk.key)
-            notes.append(
-                json.loads(self.storage.get_bytes(key)) if self.storage.exists(key) else {}
-            )
+        count = len(record.chunks)
+        indexes: Sequence[int] = range(count)
+        if isinstance(cap, NotedChunks):
+            indexes = cap.noted_chunks(record.params, count)
+        keys = [notes_key(record.chunks[i].key) for i in indexes]
+        if len(keys) > NOTES_THREADS:  # S3 round trips: wait for several at once
+            with ThreadPoolExecutor(NOTES_THREADS, thread_name_prefix="stoker-notes") as pool:
+                found = list(pool.map(self._read_notes, keys))
+        else:
+            found = [self._read_notes(key) for key in keys]
+        notes: list[dict[str, Any]] = [{} for _ in range(count)]
+        for index, note in zip(indexes, found, strict=True):
+            notes[index] = note
         return notes
+
+    def _read_notes(self, key: str) -> dict[str, Any]:
+        """The notes stored at ``key``; {} when there are none."""
+        try:
+            return dict(json.loads(self.storage.get_bytes(key)))
+        except ObjectNotFound:
+            return {}
 
     def _produce_group(
         self, group: list[_Item], scratch: Path, outcomes: list[BaseException | None]
@@ -439,7 +458,12 @@ class ChunkExecutor:
             inputs = {k: self.inputs.path_for(k) for k in record.params.get("assemble_inputs", [])}
             notes = self._notes(cap, record)
             context = AssembleContext(
-                files, workdir, inputs, chunk_notes=notes, group_files=groups or []
+                files,
+                workdir,
+                inputs,
+                chunk_notes=notes,
+                group_files=[g.files for g in groups or []],
+                group_keys=[g.keys for g in groups or []],
             )
             artifacts = cap.assemble(record.params, context)
             outputs = [self._store_artifact(record.id, a) for a in artifacts]
@@ -450,6 +474,8 @@ class ChunkExecutor:
         key = job_key(job_id, artifact.name)
         if artifact.data is not None:
             info = self.storage.put_bytes(key, artifact.data, artifact.content_type)
+        elif artifact.source_key is not None:  # already stored: copied by the storage
+            info = self.storage.copy(artifact.source_key, key, artifact.content_type)
         else:
             info = self.storage.put_file(key, artifact.file, artifact.content_type)
         return OutputRef(

@@ -7,7 +7,9 @@ on one worker after the last chunk.
 
 A group's outputs are content-addressed (the group's chunk keys + the output's name
 and identity), like chunks: a redelivered chunk, a rerun of the job or two workers
-racing for the same group find or write the same object.
+racing for the same group find or write the same object. Assembly downloads only
+the outputs it reads (``GroupOutput.fetch``: an audiobook's chapter lengths and AAC);
+the others are published by a copy inside the storage, from their keys.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from stoker.errors import ObjectNotFound
 from stoker.jobs.base import Capability, ChunkGroups, GroupContext, GroupOutput
 from stoker.queues.records import JobRecord
 from stoker.queues.stores.base import JobStore
@@ -28,6 +32,14 @@ from stoker.storage import Storage
 from stoker.storage.keys import chunk_key, content_digest
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GroupFiles:
+    """One group's outputs, all stored (made where they were missing)."""
+
+    files: dict[str, Path]  # name → local file, of the outputs assembly reads
+    keys: dict[str, str]  # name → storage key, of every output
 
 
 def grouped(cap: Capability) -> ChunkGroups | None:
@@ -81,8 +93,9 @@ class GroupMaker:
 
     def ensure_all(
         self, cap: Capability, record: JobRecord, workdir: Path, local: Mapping[int, Path]
-    ) -> list[dict[str, Path]] | None:
-        """Every group's outputs as local files under ``workdir``, made where missing.
+    ) -> list[GroupFiles] | None:
+        """Every group's outputs, made where missing: the stored key of each, and a
+        local file under ``workdir`` of each that assembly reads (``GroupOutput.fetch``).
 
         None when ``cap`` has no chunk groups.
         """
@@ -101,9 +114,9 @@ class GroupMaker:
         local: Mapping[int, Path],
         *,
         fetch: bool = True,
-    ) -> dict[str, Path]:
-        """Group ``group``'s outputs: the stored ones downloaded (when ``fetch``), the
-        missing ones made from the group's chunks and stored. Returns name → file."""
+    ) -> GroupFiles:
+        """Group ``group``'s outputs, the missing ones made from the group's chunks and
+        stored; with ``fetch``, the stored ones that assembly reads downloaded."""
         hook = cast(ChunkGroups, cap)
         folder = workdir / f"group-{group:05d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -114,17 +127,29 @@ class GroupMaker:
         files: dict[str, Path] = {}
         missing = []
         for out in outputs:
-            if not self.storage.exists(keys[out.name]):
+            if fetch and out.fetch:
+                path = self._download(keys[out.name], folder / f"{out.name}.{out.ext}")
+                if path is not None:
+                    files[out.name] = path
+                stored = path is not None
+            else:
+                stored = self.storage.exists(keys[out.name])
+            if not stored:
                 missing.append(out)
-            elif fetch:
-                path = folder / f"{out.name}.{out.ext}"
-                files[out.name] = self.storage.download(keys[out.name], path)
         if missing:
             made = self._make(cap, record, group, missing, folder, local)
             for out in missing:
                 self.storage.put_file(keys[out.name], made[out.name], out.content_type)
-            files.update(made)
-        return files
+            files.update({o.name: made[o.name] for o in missing if o.fetch})
+        return GroupFiles(files, keys)
+
+    def _download(self, key: str, path: Path) -> Path | None:
+        """``key`` downloaded to ``path``; None if it is not stored (one request fewer
+        than asking first)."""
+        try:
+            return self.storage.download(key, path)
+        except ObjectNotFound:
+            return None
 
     def _make(
         self,

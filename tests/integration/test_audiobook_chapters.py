@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,16 @@ import pytest
 import soundfile as sf
 
 from stoker.config import load_settings
+from stoker.jobs import audio
 from stoker.jobs.audiobook import AudiobookCapability
 from stoker.queues.records import ChunkRef, JobRecord, JobState, new_record
+from stoker.queues.stores import open_job_store
+from stoker.storage import Storage, open_storage
 from stoker.storage.keys import chunk_key, content_digest
-from stoker.workers.execute import ChunkExecutor
+from stoker.workers.catalog import ModelCatalog
+from stoker.workers.execute import ChunkExecutor, notes_key
 from stoker.workers.groups import group_key
+from stoker.workers.manager import ModelManager
 from stoker.workers.process import build_executor
 
 pytestmark = pytest.mark.integration
@@ -36,8 +42,9 @@ def executor(tmp_path: Path) -> ChunkExecutor:
     return build_executor(load_settings(data_dir=tmp_path / "data"), "cpu")
 
 
-def tone_book(ex: ChunkExecutor, folder: Path, formats: list[str]) -> JobRecord:
-    """A submitted audiobook job whose chunk outputs (one tone per chapter) are stored."""
+def tone_book(ex: ChunkExecutor, folder: Path, formats: list[str], **extra: Any) -> JobRecord:
+    """A submitted audiobook job whose chunk outputs (one tone per chapter) are stored;
+    ``extra`` goes in its params."""
     chapters: list[dict[str, Any]] = []
     chunks: list[ChunkRef] = []
     for c, lengths in enumerate(PLAN):
@@ -61,6 +68,7 @@ def tone_book(ex: ChunkExecutor, folder: Path, formats: list[str]) -> JobRecord:
         "sentence_silence_s": 0.3,
         "chapter_silence_s": 1.0,
         "chapters": chapters,
+        **extra,
     }
     record = new_record(kind="audiobook", params=params, chunks=chunks)
     ex.store.create(record)
@@ -238,3 +246,140 @@ def test_a_failed_chapter_encoding_is_left_to_assembly(
     done = executor.store.get(record.id)
     assert done.state is JobState.SUCCEEDED
     assert_book_matches_chapters(executor, done, tmp_path / "out")
+
+
+# --- on S3: what assembly reads and writes -----------------------------------------
+
+
+class CountingStorage:
+    """A Storage that passes every call on and records it as (method, first argument)."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner, self.url = inner, inner.url
+        self.calls: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args[0] if args else None))
+            return method(*args, **kwargs)
+
+        return recorded
+
+    def keys(self, method: str) -> list[str]:
+        return [str(key) for called, key in self.calls if called == method]
+
+
+@pytest.fixture()
+def s3_executor(
+    clean_redis: str, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> Iterator[tuple[ChunkExecutor, CountingStorage]]:
+    """A worker's executor in production shape (Redis records, S3 outputs), whose
+    storage calls are counted."""
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        broker_url=clean_redis,
+        storage_url=f"s3://{s3_bucket}/stoker",
+        s3_endpoint_url=s3_endpoint,
+    )
+    storage = CountingStorage(open_storage(settings))
+    store = open_job_store(settings)
+    yield (
+        ChunkExecutor(
+            settings=settings,
+            store=store,
+            storage=storage,  # type: ignore[arg-type]
+            catalog=ModelCatalog(settings),
+            manager=ModelManager(settings),
+            device="cpu",
+        ),
+        storage,
+    )
+    store.close()
+    storage.inner.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(60)
+def test_assembly_publishes_chapter_files_without_downloading_them(
+    s3_executor: tuple[ChunkExecutor, CountingStorage], tmp_path: Path
+) -> None:
+    # Given a book on S3 whose chunks are all done but the last (chapters encoded as
+    # they finished), with per-chapter MP3s and WAVs besides the M4B
+    executor, storage = s3_executor
+    record = tone_book(executor, tmp_path, ["m4b", "mp3", "wav"])
+    order = shuffled_indexes(record, seed=4)
+    for index in order[:-1]:
+        executor.run_chunk(record.id, index, {})
+    # When the last chunk is done and the book assembled
+    storage.calls.clear()
+    executor.run_chunk(record.id, order[-1], {})
+    done = executor.store.get(record.id)
+    assert done.state is JobState.SUCCEEDED, done.error
+    # Then of the chapters' outputs only the lengths and the AAC were downloaded
+    keys = [chapter_keys(record, c) for c in range(len(PLAN))]  # info, aac, mp3, wav
+    downloaded = {k for k in storage.keys("download") if k.startswith("chunks/audiobook-groups/")}
+    assert downloaded == {k for info, aac, _, _ in keys for k in (info, aac)}
+    # And each chapter file was copied from where its chapter stored it, not uploaded
+    chapter_outputs = [o for o in done.outputs if o.name.endswith((".mp3", ".wav"))]
+    assert [k for k in storage.keys("put_file") if k.startswith(f"jobs/{record.id}/")] == [
+        done.outputs[0].key  # the M4B
+    ]
+    assert sorted(storage.keys("copy")) == sorted(k for _, _, mp3, wav in keys for k in (mp3, wav))
+    assert len(chapter_outputs) == 2 * len(PLAN)
+    for out in chapter_outputs:
+        fmt = out.name.rsplit(".", 1)[1]
+        source = keys[int(out.name[:3]) - 1][2 if fmt == "mp3" else 3]
+        assert storage.inner.get_bytes(out.key) == storage.inner.get_bytes(source), out.name
+        assert out.size_bytes == storage.inner.stat(source).size_bytes
+        assert out.content_type == audio.FORMATS[fmt].content_type
+        assert storage.inner.stat(out.key).content_type == out.content_type
+    assert_book_matches_chapters(executor, done, tmp_path / "out")
+
+
+PLAN_FIRST = len(PLAN[0])  # chunks in the first chapter
+
+
+def noted_book(executor: ChunkExecutor, folder: Path, **extra: Any) -> JobRecord:
+    """A book verified with ``extra`` params, whose first chapter's chunks have notes
+    (the second one a mismatch) stored beside them."""
+    record = tone_book(
+        executor, folder, ["mp3"], verify_model="tiny.en", verify_language="en", **extra
+    )
+    for i in range(PLAN_FIRST):
+        notes = {"ratio": 0.4 if i == 1 else 0.97, "gap": 0, "resynthesized": i == 1}
+        executor.storage.put_json(notes_key(record.chunks[i].key), notes | {"ok": i != 1})
+    return record
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("recorded", [True, False], ids=["verified-recorded", "older-job"])
+def test_assembly_reads_the_notes_of_verified_chunks_only(
+    s3_executor: tuple[ChunkExecutor, CountingStorage], tmp_path: Path, recorded: bool
+) -> None:
+    # Given a book whose first chapter was verified, planned with the verified chunks
+    # recorded in its params, or before they were (then any chunk may have notes)
+    executor, storage = s3_executor
+    extra = {"verified_chunks": PLAN_FIRST} if recorded else {}
+    record = noted_book(executor, tmp_path, **extra)
+    # When every chunk is done and the book assembled
+    for index in range(len(record.chunks)):
+        if index == len(record.chunks) - 1:
+            storage.calls.clear()
+        executor.run_chunk(record.id, index, {})
+    done = executor.store.get(record.id)
+    assert done.state is JobState.SUCCEEDED, done.error
+    # Then the notes were read with one GET each, of the verified chunks only (of
+    # every chunk, on a few threads, for the older job), and never asked for first
+    notes_keys = [notes_key(c.key) for c in record.chunks]
+    wanted = notes_keys[:PLAN_FIRST] if recorded else notes_keys
+    assert sorted(k for k in storage.keys("get_bytes") if k.endswith(".notes.json")) == sorted(
+        wanted
+    )
+    assert [k for k in storage.keys("exists") if k.endswith(".notes.json")] == []
+    # And the report has every verified chunk and its mismatch, as before
+    report_ref = next(o for o in done.outputs if o.name == "verification.json")
+    report = json.loads(storage.inner.get_bytes(report_ref.key))
+    assert report["checked"] == PLAN_FIRST and report["resynthesized"] == 1
+    assert [m["chunk"] for m in report["mismatched"]] == [1]
+    assert {c["chapter"] for c in report["chunks"]} == {record.params["chapters"][0]["title"]}

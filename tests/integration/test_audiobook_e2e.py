@@ -77,6 +77,7 @@ def test_an_epub_becomes_chapter_files_and_an_m4b_with_real_titles(
     first = done.params["chapters"][0]
     assert report["model"] == "tiny.en"
     assert report["checked"] == first["count"]
+    assert done.params["verified_chunks"] == first["count"]  # only their notes are read
     assert {c["chapter"] for c in report["chunks"]} == {titles[0]}
     assert report["mismatched"] == [], json.dumps(report["mismatched"])
 

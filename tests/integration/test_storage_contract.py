@@ -6,6 +6,7 @@ separately at the end.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mimetypes
 import os
@@ -156,6 +157,53 @@ def test_open_streams_the_object(storage: Storage) -> None:
     assert first + rest == data
 
 
+@pytest.mark.timeout(30)
+def test_copy_has_the_bytes_size_and_given_content_type(storage: Storage) -> None:
+    # Given an object stored with one content type
+    data = os.urandom(3000)
+    storage.put_bytes("chunks/g/ab/abc.mp3", data, "application/octet-stream")
+    mp3_type = mimetypes.guess_type("x.mp3")[0]  # what local storage reports for .mp3
+    assert mp3_type is not None
+    # When it is copied to a job's key with another
+    info = storage.copy("chunks/g/ab/abc.mp3", "jobs/j1/001 Chapter.mp3", mp3_type)
+    # Then the copy has the same bytes, and the size and content type are reported
+    assert info == ObjectInfo("jobs/j1/001 Chapter.mp3", 3000, mp3_type)
+    assert storage.get_bytes("jobs/j1/001 Chapter.mp3") == data
+    assert storage.stat("jobs/j1/001 Chapter.mp3") == info
+    # And the source is still there, unchanged
+    assert storage.get_bytes("chunks/g/ab/abc.mp3") == data
+
+
+@pytest.mark.timeout(30)
+def test_copy_of_a_missing_source_is_object_not_found(storage: Storage) -> None:
+    with pytest.raises(ObjectNotFound, match=r"no object at 'nope/x\.mp3' in .*; check"):
+        storage.copy("nope/x.mp3", "jobs/j1/x.mp3")
+    assert not storage.exists("jobs/j1/x.mp3")
+    assert list(storage.list()) == []
+
+
+@pytest.mark.timeout(30)
+def test_copy_replaces_the_target_and_later_writes_stay_apart(storage: Storage) -> None:
+    # Given a source and an existing object at the target key
+    storage.put_bytes("src/a.bin", b"source")
+    storage.put_bytes("dst/a.bin", b"old target, longer")
+    # When the source is copied over it
+    assert storage.copy("src/a.bin", "dst/a.bin").size_bytes == 6
+    # Then the target holds the source's bytes
+    assert storage.get_bytes("dst/a.bin") == b"source"
+    # And writing or deleting either one later leaves the other as it was
+    storage.put_bytes("src/a.bin", b"source, rewritten")
+    assert storage.get_bytes("dst/a.bin") == b"source"
+    storage.put_bytes("dst/a.bin", b"target, rewritten")
+    assert storage.get_bytes("src/a.bin") == b"source, rewritten"
+    storage.delete("src/a.bin")
+    assert storage.get_bytes("dst/a.bin") == b"target, rewritten"
+    # And a copy onto itself changes nothing and leaves nothing else behind
+    assert storage.copy("dst/a.bin", "dst/a.bin").size_bytes == len(b"target, rewritten")
+    assert [i.key for i in storage.list()] == ["dst/a.bin"]
+    assert storage.get_bytes("dst/a.bin") == b"target, rewritten"
+
+
 def test_url_for_serves_the_object(storage: Storage) -> None:
     storage.put_bytes("jobs/j1/out.txt", b"hello")
     url = storage.url_for("jobs/j1/out.txt", expires_s=60)
@@ -178,6 +226,8 @@ CALLS: dict[str, Callable[[Storage, str, Path], Any]] = {
     "put_bytes": lambda s, k, p: s.put_bytes(k, b"x"),
     "put_file": lambda s, k, p: s.put_file(k, p),
     "put_json": lambda s, k, p: s.put_json(k, {}),
+    "copy from": lambda s, k, p: s.copy(k, "jobs/j1/copy"),
+    "copy to": lambda s, k, p: s.copy("jobs/j1/missing", k),  # InvalidInput, not not-found
     "get_bytes": lambda s, k, p: s.get_bytes(k),
     "download": lambda s, k, p: s.download(k, p.with_suffix(".out")),
     "open": lambda s, k, p: s.open(k),
@@ -224,6 +274,31 @@ def test_s3_put_file_goes_multipart(s3_endpoint: str, s3_bucket: str, tmp_path: 
     head = client.head_object(Bucket=s3_bucket, Key="p/big.bin")
     client.close()
     assert head["ETag"].strip('"').endswith("-3")
+
+
+@pytest.mark.timeout(60)
+def test_s3_copy_goes_multipart_server_side(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    # Given a stored 12 MiB object and a 5 MiB part size
+    tuning = S3Tuning(multipart_threshold_bytes=5 * MiB, multipart_chunk_bytes=5 * MiB)
+    s3 = s3_storage(f"s3://{s3_bucket}/p", s3_endpoint, tmp_path, tuning)
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(12 * MiB))
+    s3.put_file("src/big.bin", source, "application/octet-stream")
+    # When it is copied
+    info = s3.copy("src/big.bin", "jobs/j1/big.flac", "audio/flac")
+    got = s3.download("jobs/j1/big.flac", tmp_path / "dl" / "big.flac")
+    s3.close()
+    # Then the copy was made in 3 parts (UploadPartCopy: a multipart ETag ends in
+    # -<parts>), under the prefix, with the bytes and the new content type
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    head = client.head_object(Bucket=s3_bucket, Key="p/jobs/j1/big.flac")
+    client.close()
+    assert head["ETag"].strip('"').endswith("-3")
+    assert head["ContentType"] == "audio/flac"
+    assert info == ObjectInfo("jobs/j1/big.flac", 12 * MiB, "audio/flac")
+    assert sha256_of(got) == sha256_of(source)
 
 
 def test_s3_list_follows_pages(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
@@ -320,6 +395,32 @@ def test_local_symlinks_are_checked_at_every_part_of_a_key(tmp_path: Path) -> No
     # A link that stays inside the root is fine
     (tmp_path / "root" / "jobs" / "b").symlink_to(tmp_path / "root" / "jobs" / "a")
     assert local.get_bytes("jobs/b/x") == b"x"
+
+
+@pytest.mark.timeout(30)
+def test_local_copy_is_a_hard_link_or_else_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a stored object
+    local = LocalStorage(tmp_path / "root")
+    local.put_bytes("chunks/a.mp3", b"chapter")
+    source = tmp_path / "root" / "chunks" / "a.mp3"
+    # When it is copied on one file system: a link, no second copy of the bytes
+    local.copy("chunks/a.mp3", "jobs/j1/a.mp3")
+    linked = tmp_path / "root" / "jobs" / "j1" / "a.mp3"
+    assert linked.stat().st_ino == source.stat().st_ino and source.stat().st_nlink == 2
+
+    # When links cannot be made (another device under the root)
+    def cross_device(src: Any, dst: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr("stoker.storage.local.os.link", cross_device)
+    local.copy("chunks/a.mp3", "jobs/j2/a.mp3")
+    # Then the bytes are copied instead, and no temp file is left
+    copied = tmp_path / "root" / "jobs" / "j2" / "a.mp3"
+    assert copied.read_bytes() == b"chapter" and copied.stat().st_ino != source.stat().st_ino
+    assert [i.key for i in local.list()] == ["chunks/a.mp3", "jobs/j1/a.mp3", "jobs/j2/a.mp3"]
+    assert not list((tmp_path / "root").rglob(".stoker-tmp-*"))
 
 
 def test_unknown_scheme_is_a_config_error(tmp_path: Path) -> None:
