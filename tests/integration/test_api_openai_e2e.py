@@ -87,6 +87,13 @@ def embed_directly(api: Api, texts: list[str]) -> list[list[float]]:
     return [json.loads(line)["embedding"] for line in lines]
 
 
+def float32s(vectors: list[list[float]]) -> list[bytes]:
+    """Each vector's float32 bytes: what two decimal spellings of one vector share."""
+    import numpy as np
+
+    return [np.asarray(v, dtype=np.float32).tobytes() for v in vectors]
+
+
 def test_embeddings_of_a_string_and_a_list_equal_the_embed_jobs_vectors(api: Api) -> None:
     client = api.client()
     texts = ["The cat sat on the mat.", "Stocks fell sharply on Monday."]
@@ -97,14 +104,15 @@ def test_embeddings_of_a_string_and_a_list_equal_the_embed_jobs_vectors(api: Api
         model="all-MiniLM-L6-v2", input=texts, encoding_format="float"
     )
     # Then they are OpenAI's list of embeddings, equal to what an embed job of the same
-    # texts makes (the same chunk, so bit for bit; one text alone is encoded without
-    # padding, so only to float32 precision)
+    # texts makes (the same chunk, so the same float32s bit for bit, however each side
+    # writes them in decimal; one text alone is encoded without padding, so only to
+    # float32 precision)
     expected = embed_directly(api, texts)
     assert one.object == "list" and len(one.data) == 1
     assert one.data[0].embedding == pytest.approx(expected[0], abs=1e-6)
     assert [d.index for d in many.data] == [0, 1]
-    assert [d.embedding for d in many.data] == expected
-    assert [d.embedding for d in floats.data] == expected
+    assert float32s([d.embedding for d in many.data]) == float32s(expected)
+    assert float32s([d.embedding for d in floats.data]) == float32s(expected)
     assert len(expected[0]) == 384 and many.model == "all-MiniLM-L6-v2"
     # And usage counts the tokens the model read: [CLS] the cat sat on the mat . [SEP]
     assert (one.usage.prompt_tokens, one.usage.total_tokens) == (9, 9)
