@@ -170,6 +170,8 @@ def run_worker(
             worker.start()
         finally:
             _leave(fleet, hostname)
+            for batcher in getattr(app, "stoker_batchers", []):
+                batcher.close()  # no batch may be at a model while they are unloaded
             executor.manager.unload_all()
             executor.store.close()
 

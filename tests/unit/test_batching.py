@@ -159,8 +159,7 @@ def test_pipelined_batches_are_settled_on_the_consumer_thread_and_keep_their_slo
     # When a batch fills, its finishing runs on the second thread...
     batcher.add(FakeRequest(0))
     batcher.add(FakeRequest(1))
-    assert batcher._finisher is not None
-    batcher._finisher.shutdown(wait=True)  # let it finish, as time would
+    batcher.close()  # let it finish, as time would
     # ...but it is settled, and its prefetch slots given back, only by the consumer
     assert runs == []
     assert consumer.qos.value == 3
@@ -207,9 +206,63 @@ def test_a_partial_buffer_waits_while_the_last_batch_is_still_finishing(
         threading.Event().wait(0.01)
     consumer.timer.entries[-1].fun()
     assert len(batcher) == 0
-    batcher._finisher.shutdown(wait=True)
+    batcher.close()
     batcher.settle_finished()
     assert runs == [[0, 1], [2]]
+
+
+def test_pipelined_batches_run_at_the_model_while_the_consumer_goes_on() -> None:
+    import threading
+
+    consumer, runs = FakeConsumer(), []
+    at_model, release = threading.Event(), threading.Event()
+
+    def produce(reqs: list[Any]) -> Any:
+        at_model.set()
+        release.wait(5)  # the model call
+        return lambda: [None] * len(reqs)
+
+    def settle(reqs: list[Any], outcomes: list[Any]) -> None:
+        runs.append([r.n for r in reqs])
+
+    batcher = ChunkBatcher(consumer, produce, settle, 2, 0.05, pipelined=True)
+    # Given a full batch at the model
+    batcher.add(FakeRequest(0))
+    batcher.add(FakeRequest(1))  # full: flushed, and add() returned
+    assert at_model.wait(5)
+    # When the consumer goes on receiving, and fills the next batch
+    batcher.add(FakeRequest(2))
+    second = threading.Thread(target=batcher.add, args=(FakeRequest(3),))
+    second.start()
+    second.join(0.2)
+    # Then that flush waits for the model (one batch at it at a time)...
+    assert second.is_alive() and runs == []
+    # ...and goes on once the model let go; drain waits until no batch is at it
+    release.set()
+    second.join(5)
+    assert not second.is_alive()
+    batcher.drain()
+    batcher.close()
+    batcher.settle_finished()
+    assert runs == [[0, 1], [2, 3]]
+    assert consumer.qos.value == 1
+
+
+def test_a_crashing_batch_at_the_model_thread_is_requeued_by_the_consumer() -> None:
+    consumer = FakeConsumer()
+
+    def produce(reqs: list[Any]) -> Any:
+        raise RuntimeError("a bug")
+
+    batcher = ChunkBatcher(consumer, produce, lambda r, o: None, 2, 0.05, pipelined=True)
+    requests = [FakeRequest(0), FakeRequest(1)]
+    for request in requests:
+        batcher.add(request)
+    batcher.close()
+    assert not any(r.rejected for r in requests)  # not from the model thread...
+    batcher.settle_finished()
+    assert all(r.rejected for r in requests)  # ...but by the consumer, requeued
+    assert consumer.qos.value == 1
 
 
 def test_batch_scratch_is_in_memory_only_where_there_is_room(
