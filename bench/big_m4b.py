@@ -174,7 +174,8 @@ def main() -> None:
             ["step", "seconds"],
             [
                 [
-                    f"encode one {args.chapter_h:g} h chapter (AAC {audio.AAC_BIT_RATE // 1000} kbit/s)",
+                    f"encode one {args.chapter_h:g} h chapter "
+                    f"(AAC {audio.AAC_BIT_RATE // 1000} kbit/s)",
                     f"{encoded_s:.1f}",
                 ],
                 [

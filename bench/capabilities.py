@@ -11,8 +11,8 @@ generate (Gemma 3 270M Q4_K_M, greedy, fixed max tokens):
   2. stoker: one job with the same prompts as a JSONL file, one worker (preloaded);
      from submit to done. Tokens counted from each side's own usage figures.
 
-Usage: python bench/capabilities.py [--sentences 10000] [--prompts 16] [--max-tokens 128]
-                                   [--only embed|generate] [--no-write]
+Usage: python bench/capabilities.py [--sentences 10000] [--repeats 3] [--prompts 16]
+                                   [--max-tokens 128] [--only embed|generate] [--no-write]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -105,12 +106,24 @@ def stoker_embed(texts: list[str], redis_url: str, data_dir: Path) -> tuple[floa
         dep.stop_all()
 
 
-def embed_section(n: int, data_dir: Path, redis_url: str) -> str:
+def embed_section(n: int, data_dir: Path, redis_url: str, repeats: int) -> str:
+    """Plain batch 64 and stoker, interleaved ``repeats`` times (this machine's speed
+    drifts by ±10 % between minutes); the table gives the medians."""
+    import redis
+
     texts = distinct_sentences(n)
     path = model_path(data_dir / "catalog", EMBED_MODEL)
     one = plain_embed(path, texts[: min(n, 1000)], 1) / min(n, 1000) * n
-    batched = plain_embed(path, texts, 64)
-    submitted, drained = stoker_embed(texts, redis_url, data_dir / "stoker")
+    plain, drains, submits = [], [], []
+    for r in range(repeats):
+        plain.append(plain_embed(path, texts, 64))
+        # A stopped worker leaves its last batch unacknowledged: it must not reach
+        # the next run's worker.
+        redis.Redis.from_url(redis_url).flushall()
+        submitted, drained = stoker_embed(texts, redis_url, data_dir / f"stoker-{r}")
+        drains.append(drained)
+        submits.append(submitted)
+    batched, drained, submitted = (statistics.median(x) for x in (plain, drains, submits))
     rows = [
         ["plain, one call per sentence (batch 1)", f"{one:.1f}", f"{n / one:.0f}", "—"],
         ["plain, batch 64", f"{batched:.1f}", f"{n / batched:.0f}", "1.00"],
@@ -124,10 +137,12 @@ def embed_section(n: int, data_dir: Path, redis_url: str) -> str:
     table = markdown_table(
         ["embed " + f"{n} sentences", "seconds", "sentences/s", "× batch 64"], rows
     )
+    pairs = ", ".join(f"{p / d:.2f}" for p, d in zip(plain, drains, strict=True))
     return (
-        f"{table}\n\nSubmitting the {n} jobs (one `Stoker.submit` each, one process) took "
-        f"{submitted:.1f} s ({n / submitted:.0f} jobs/s); the batch-1 row is timed on "
-        f"{min(n, 1000)} sentences and scaled.\n"
+        f"{table}\n\nMedians of {repeats} interleaved runs of each (plain, then stoker); "
+        f"the ratio of each pair: {pairs}. Submitting the {n} jobs (one `Stoker.submit` "
+        f"each, one process) took {submitted:.1f} s ({n / submitted:.0f} jobs/s); the "
+        f"batch-1 row is timed once on {min(n, 1000)} sentences and scaled.\n"
     )
 
 
@@ -204,13 +219,15 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=10_000)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="embed runs of each side")
     parser.add_argument("--only", choices=["embed", "generate"])
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     parts = []
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
         if args.only in (None, "embed"):
-            parts.append(embed_section(args.sentences, Path(tmp) / "embed", redis_url))
+            embed_dir = Path(tmp) / "embed"
+            parts.append(embed_section(args.sentences, embed_dir, redis_url, args.repeats))
             print(parts[-1])
         if args.only in (None, "generate"):
             section = generate_section(args.prompts, args.max_tokens, Path(tmp) / "gen", redis_url)
