@@ -74,9 +74,10 @@ def read_back(path: Path, titles: list[str], starts: list[float]) -> list[list[s
     tagged = MP4(str(path))
     chapters = tagged.chapters or []
     size = path.stat().st_size
+    co64 = has_co64(path)
     rows = [
         ["file size", "> 4 GiB", f"{size / 2**30:.2f} GiB", str(size > 2**32)],
-        ["64-bit chunk offsets (co64)", "yes", str(has_co64(path)), str(has_co64(path))],
+        ["64-bit chunk offsets (co64)", "yes", str(co64), str(co64)],
     ]
     found_titles = [c.title for c in chapters]
     rows.append(
@@ -159,7 +160,7 @@ def main() -> None:
     starts = audio.join_m4b(parts, book, {"title": "A very long book", "genre": "Audiobook"})
     joined_s = time.perf_counter() - started
     started = time.perf_counter()
-    audio.add_cover(book, _png(), "image/png")
+    audio.add_cover(book, cover_png(), "image/png")
     cover_s = time.perf_counter() - started
     rows = read_back(book, titles, starts)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -198,7 +199,8 @@ def main() -> None:
         raise SystemExit("some checks failed")
 
 
-def _png() -> bytes:
+def cover_png() -> bytes:
+    """A small PNG to embed as the book's cover."""
     import io
 
     from PIL import Image

@@ -61,11 +61,11 @@ class ChunkBatcher:
     assembly and storage writes of the one before that (for one-sentence embed jobs
     about as long as the model call). Receiving a message is a Redis round trip or
     two and Python work per message, ~30 % of a batch's time when it waited for the
-    model: overlapped, one worker drained one-sentence embed jobs 1.15× faster on 2
-    cores (docs/benchmarks.md). Requests are settled (acknowledged) back on the
-    consumer's thread, when :meth:`settle_finished` runs: on each new message, before
-    each flush and on a short timer. Only with an event loop (Redis), where that
-    thread is the one that owns the channel.
+    model: overlapped, one worker drained one-sentence embed jobs ~1.25× faster on 2
+    cores (0.57× → 0.72× of plain batch 64, docs/benchmarks.md). Requests are
+    settled (acknowledged) back on the consumer's thread, when :meth:`settle_finished`
+    runs: on each new message, before each flush and on a short timer. Only with an
+    event loop (Redis), where that thread is the one that owns the channel.
     """
 
     def __init__(
@@ -127,9 +127,10 @@ class ChunkBatcher:
                 self._timer = self._consumer.timer.call_after(self.wait_s - idle, self._timed_flush)
                 return
             if self._pending and self._finishing:
-                # The last batch is still being finished on the second thread, which
-                # holds the GIL most of that time: arrivals look paused when they are
-                # only slow, and running now would spend a model call on a few chunks.
+                # An earlier batch is still at the model or being finished; the
+                # finishing thread holds the GIL most of that time: arrivals look
+                # paused when they are only slow, and running now would spend a model
+                # call on a few chunks.
                 self._timer = self._consumer.timer.call_after(self.wait_s, self._timed_flush)
                 return
         self.flush()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.big_m4b import chapter_wav, read_back
+from bench.big_m4b import chapter_wav, cover_png, read_back
 from stoker.jobs import audio
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -41,7 +41,7 @@ def test_an_m4b_past_4_gib_keeps_its_chapters_cover_and_audio(tmp_path: Path) ->
         # When the chapters are joined into a 152-hour book and the cover is added
         parts = [audio.BookChapter(title, aac, 0) for title in titles]
         starts = audio.join_m4b(parts, book, {"title": "Long", "genre": "Audiobook"})
-        audio.add_cover(book, _png(), "image/png")
+        audio.add_cover(book, cover_png(), "image/png")
 
         # Then it is over 4 GiB with 64-bit offsets, mutagen and FFmpeg read every
         # chapter title and start and the cover, and audio decodes past 2³² bytes
@@ -72,13 +72,3 @@ def test_a_book_of_300_chapters_keeps_all_in_the_quicktime_chapter_track(tmp_pat
     assert marks == pytest.approx(starts, abs=0.05) and len(marks) == 300
     nero = MP4(str(tmp_path / "book.m4b")).chapters
     assert nero is not None and [c.title for c in nero] == [p.title for p in parts[:255]]
-
-
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (40, 90, 160)).save(buf, format="PNG")
-    return buf.getvalue()

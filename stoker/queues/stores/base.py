@@ -216,7 +216,7 @@ class DocCache:
     def __init__(self, max_jobs: int = 8, min_chunks: int = 2) -> None:
         self._docs: OrderedDict[str, JobRecord] = OrderedDict()
         self._max_jobs, self._min_chunks = max_jobs, min_chunks
-        self._lock = threading.Lock()  # a worker may settle batches on a second thread
+        self._lock = threading.Lock()  # start_many may run on a batcher's model thread
 
     def get(self, job_id: str) -> JobRecord | None:
         """A record of the job, valid for its doc fields only; None if not kept."""
