@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     # A worker joins a model queue another worker already serves only when at least
     # this many messages wait per serving worker (a load costs more than a short wait).
     scheduler_share_backlog: int = Field(default=32, ge=1)
+    # A job whose model is a path that no live worker has is failed (saying which file
+    # is missing where) once its queue's oldest message waited this long; a worker
+    # with the file that starts within it takes the work instead.
+    scheduler_orphan_wait_s: float = Field(default=60.0, gt=0)
 
     log_level: str = "INFO"
     api: ApiSettings = Field(default_factory=ApiSettings)

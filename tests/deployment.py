@@ -38,14 +38,36 @@ class Deployment:
                 else:
                     os.environ[k] = v
 
-    def start_worker(self, queues: str = "speak,echo", *extra: str) -> WorkerProcess:
-        worker = WorkerProcess.start(self, queues, extra, index=len(self.workers))
+    def start_worker(
+        self, queues: str = "speak,echo", *extra: str, hide: Path | None = None
+    ) -> WorkerProcess:
+        """A `stoker worker` subprocess; ``hide``: a folder whose files this worker
+        does not see (another machine's filesystem, see :func:`hiding`)."""
+        worker = WorkerProcess.start(self, queues, extra, index=len(self.workers), hide=hide)
         self.workers.append(worker)
         return worker
 
     def stop_all(self) -> None:
         for w in self.workers:
             w.terminate()
+
+
+def hiding(folder: Path, cmd: list[str]) -> list[str]:
+    """``cmd`` run in a mount namespace of its own where ``folder`` is an empty tmpfs:
+    the process sees none of the files the test puts there, as a worker on another
+    machine would not. Needs root (or user namespaces); see :func:`can_hide`."""
+    script = 'mount -t tmpfs stoker-hidden "$0" && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+            str(folder), *cmd]  # fmt: skip
+
+
+def can_hide() -> bool:
+    """Whether :func:`hiding` works on this machine."""
+    probe = ["unshare", "--mount", "sh", "-c", "mount -t tmpfs none /mnt"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 @dataclass
@@ -55,11 +77,18 @@ class WorkerProcess:
 
     @classmethod
     def start(
-        cls, dep: Deployment, queues: str, extra: tuple[str, ...], index: int
+        cls,
+        dep: Deployment,
+        queues: str,
+        extra: tuple[str, ...],
+        index: int,
+        hide: Path | None = None,
     ) -> WorkerProcess:
         log = dep.workdir / f"worker-{index}.log"
         env = {**os.environ, **dep.env, "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "stoker.cli", "worker", "--queues", queues, *extra]
+        if hide is not None:
+            cmd = hiding(hide, cmd)
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         worker = cls(proc, log)

@@ -132,11 +132,10 @@ def model_slug(model: str) -> str:
 def model_queue(kind: str, model: str | None) -> str:
     """The queue of ``kind``'s jobs that use ``model``; ``kind`` itself when None.
 
-    A model named by its absolute path (``--model ./x.gguf``, resolved at submission)
-    also goes on ``kind``: workers pick model queues from their own catalogs, which do
-    not list such a model, so a queue of its own would never be consumed.
+    A model named by its absolute path gets one too, but only where workers can find
+    it (queues/path_queues.py); submission passes None for it elsewhere.
     """
-    if not model or model.startswith("/"):
+    if not model:
         return kind
     return f"{kind}{MODEL_QUEUE_MARK}{model_slug(model)}"
 

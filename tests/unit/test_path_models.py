@@ -1,0 +1,156 @@
+"""Path-model queues on the worker side: which ones it serves, and when it fails the
+work no live worker can do. Fake broker reads and heartbeats; the real catalog and
+model manager (nothing is loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from stoker.config import Settings
+from stoker.queues.app import model_queue
+from stoker.queues.path_queues import PathQueue, is_path_model
+from stoker.workers.catalog import ModelCatalog
+from stoker.workers.fleet import LocalFleet, WorkerBeat
+from stoker.workers.manager import ModelManager
+from stoker.workers.path_models import PathModels
+from stoker.workers.scheduler import Backlog
+from stoker.workers.steering import Steering
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def entry(path: Path, kind: str = "generate") -> PathQueue:
+    return PathQueue(model_queue(kind, str(path)), kind, str(path))
+
+
+def gguf(path: Path) -> Path:
+    path.write_bytes(b"GGUF" + bytes(60))
+    return path
+
+
+def test_queues_are_sorted_by_whether_the_file_is_here(tmp_path: Path) -> None:
+    # Given one registered model file that exists, one that does not, and one queue of
+    # a capability this worker does not serve
+    here, gone = gguf(tmp_path / "here.gguf"), tmp_path / "gone.gguf"
+    models = PathModels(["generate"], ModelCatalog(Settings(data_dir=tmp_path)))
+    models.update([entry(here), entry(gone), entry(tmp_path / "voice.onnx", "speak")])
+
+    # Then only the first is servable (with an ad-hoc llama spec for that path)
+    assert [s.path for s in models.servable.values()] == [here]
+    assert models.servable[entry(here).queue].backend == "llama"
+    assert models.lacking == {entry(gone).queue: str(gone)}
+
+
+def test_a_file_that_appears_or_goes_is_noticed_at_the_next_recheck(tmp_path: Path) -> None:
+    clock = Clock()
+    later = tmp_path / "later.gguf"
+    models = PathModels(["generate"], ModelCatalog(Settings(data_dir=tmp_path)), clock=clock)
+    models.update([entry(later)])
+    assert entry(later).queue in models.lacking
+
+    # When the file is copied in, nothing changes until recheck_s has passed
+    gguf(later)
+    clock.now = 5.0
+    models.update([entry(later)])
+    assert entry(later).queue in models.lacking
+    clock.now = 10.0
+    models.update([entry(later)])
+    assert entry(later).queue in models.servable and not models.lacking
+
+    # And a deleted file moves it back
+    later.unlink()
+    clock.now = 20.0
+    models.update([entry(later)])
+    assert entry(later).queue in models.lacking and not models.servable
+
+
+def test_paths_are_told_from_names() -> None:
+    assert is_path_model("/srv/models/x.gguf")
+    assert not is_path_model("gemma-3-270m") and not is_path_model(None) and not is_path_model("")
+
+
+class FakeProbe:
+    """The broker as the steering reads it: registered path queues and backlogs."""
+
+    def __init__(self, entries: list[PathQueue], waiting: dict[str, tuple[int, float]]) -> None:
+        self.entries, self.waiting = entries, waiting
+
+    def path_queues(self) -> list[PathQueue]:
+        return self.entries
+
+    def measure(self, queues: list[tuple[str, str | None]]) -> list[Backlog]:
+        return [Backlog(q, m, *self.waiting.get(q, (0, 0.0))) for q, m in queues]
+
+
+class FakeFleet(LocalFleet):
+    def __init__(self, beats: list[WorkerBeat]) -> None:
+        super().__init__()
+        self.beats = beats
+
+    def workers(self) -> list[WorkerBeat]:
+        return self.beats
+
+
+def beat(hostname: str, paths: list[str]) -> WorkerBeat:
+    return WorkerBeat(
+        hostname=hostname, device="cpu", scheduling="backlog", queues=[], paths=paths,
+        pools=[], at=0.0,
+    )  # fmt: skip
+
+
+def steering(tmp_path: Path, probe: FakeProbe, beats: list[WorkerBeat], **over: Any) -> Steering:
+    settings = Settings(data_dir=tmp_path, scheduler_orphan_wait_s=60, **over)
+    executor: Any = SimpleNamespace(
+        catalog=ModelCatalog(settings), manager=ModelManager(settings, {}), device="cpu"
+    )
+    return Steering(
+        settings, executor, ["generate"], fleet=FakeFleet(beats), probe=probe, hostname="me"
+    )
+
+
+def test_a_path_queue_with_work_is_switched_to_like_a_catalog_models(tmp_path: Path) -> None:
+    # Given a registered model file this worker has, with work waiting
+    here = gguf(tmp_path / "here.gguf")
+    queue = entry(here).queue
+    steer = steering(tmp_path, FakeProbe([entry(here)], {queue: (3, 1.0)}), [])
+
+    # When it decides
+    choice = steer.decide()
+
+    # Then it consumes that queue, for that model, and its heartbeat says it has the file
+    assert choice is not None and queue in choice.queues
+    assert (choice.reason, choice.target) == ("switch", str(here))
+    assert steer.snapshot().paths == [queue]
+
+
+@pytest.mark.parametrize(
+    ("age_s", "holder", "taken"),
+    [
+        (61.0, False, True),  # nobody has the file, waited past the limit: fail it here
+        (10.0, False, False),  # too young: a worker with the file may be starting
+        (61.0, True, False),  # another live worker has the file: leave it to that one
+    ],
+)
+def test_work_for_a_file_no_worker_has_is_taken_only_when_orphaned(
+    tmp_path: Path, age_s: float, holder: bool, taken: bool
+) -> None:
+    gone = tmp_path / "gone.gguf"
+    queue = entry(gone).queue
+    beats = [beat("other", [queue] if holder else [])]
+    steer = steering(tmp_path, FakeProbe([entry(gone)], {queue: (2, age_s)}), beats)
+
+    choice = steer.decide()
+
+    assert choice is not None
+    assert (queue in choice.queues) is taken
+    assert steer.snapshot().paths == []
