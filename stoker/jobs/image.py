@@ -103,17 +103,26 @@ def pipeline_geometry(folder: Path, index: dict[str, Any]) -> Geometry:
     scale = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
     if index.get("unet", [None])[0] is not None:
         denoiser, patch = read_config(folder, "unet"), 1
+        sample_size = denoiser.get("sample_size", 64)
     elif index.get("transformer", [None])[0] is not None:
         denoiser = read_config(folder, "transformer")
         patch = int(denoiser.get("patch_size") or 1)
+        # As diffusers' transformer pipelines (SD3, PixArt, Flux) do: the default side
+        # is sample_size latent pixels, 128 where the config has none (Flux's).
+        sample_size = denoiser.get("sample_size") or 128
+        if str(index.get("_class_name", "")).startswith("Flux"):
+            # Flux packs 2×2 latent patches itself (its config says patch_size 1), so
+            # its sides must be multiples of twice the VAE scale.
+            patch = max(patch, 2)
     else:
         raise InvalidInput(
             f"{folder} is a {index.get('_class_name')} with neither a unet nor a "
             f"transformer; `image` needs a text-to-image pipeline."
         )
-    height, width = _sides(denoiser.get("sample_size", 64))
-    # Stable Diffusion's pipelines refuse sizes that are not multiples of 8.
-    return Geometry(width * scale * patch, height * scale * patch, math.lcm(8, scale * patch))
+    height, width = _sides(sample_size)
+    # The patch size sets the multiple, not the default: a latent side must be a
+    # whole number of patches. Stable Diffusion's pipelines refuse non-multiples of 8.
+    return Geometry(width * scale, height * scale, math.lcm(8, scale * patch))
 
 
 def check_side(name: str, value: int, multiple: int) -> int:

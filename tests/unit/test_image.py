@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,36 @@ def test_the_default_size_comes_from_the_folder_configs(tiny: TinyPipelines) -> 
     geo = pipeline_geometry(tiny.image, read_model_index(tiny.image))
     # Then its default size is sample_size × VAE scale, in multiples of 8
     assert (geo.default_width, geo.default_height, geo.multiple) == (64, 64, 8)
+
+
+def fake_pipeline(folder: Path, cls: str, denoiser: str, config: dict[str, Any]) -> Path:
+    """The JSON files of a pipeline folder (no weights): what pipeline_geometry reads."""
+    for component, data in (("vae", {"block_out_channels": [1, 2, 3, 4]}), (denoiser, config)):
+        (folder / component).mkdir(parents=True)
+        (folder / component / "config.json").write_text(json.dumps(data))
+    index = {"_class_name": cls, denoiser: ["diffusers", "X"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("cls", "denoiser", "config", "expected"),
+    [
+        # the defaults and multiples diffusers' own pipelines use for these shapes
+        ("StableDiffusionPipeline", "unet", {"sample_size": 64}, (512, 512, 8)),
+        ("StableDiffusion3Pipeline", "transformer", {"sample_size": 128, "patch_size": 2},
+         (1024, 1024, 16)),
+        ("PixArtAlphaPipeline", "transformer", {"sample_size": 128, "patch_size": 2},
+         (1024, 1024, 16)),
+        ("FluxPipeline", "transformer", {"patch_size": 1, "in_channels": 64}, (1024, 1024, 16)),
+    ],
+)  # fmt: skip
+def test_transformer_pipelines_default_to_sample_size_times_the_vae_scale(
+    tmp_path: Path, cls: str, denoiser: str, config: dict[str, Any], expected: tuple[int, ...]
+) -> None:
+    folder = fake_pipeline(tmp_path / "p", cls, denoiser, config)
+    geo = pipeline_geometry(folder, read_model_index(folder))
+    assert (geo.default_width, geo.default_height, geo.multiple) == expected
 
 
 @pytest.mark.parametrize(
