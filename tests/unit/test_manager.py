@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +288,26 @@ def test_stats_numbers(
     assert (first.name, first.uses, first.loaded_at, first.last_used_at) == ("A", 2, 1000, 1002)
     assert (second.name, second.footprint_bytes, second.in_use) == ("C", 1000, 0)
     assert first.fingerprint == a.fingerprint
+
+
+def test_two_names_for_the_same_files_share_one_loaded_model(
+    manager_for: Callable[..., ModelManager], spec: Any
+) -> None:
+    # Given one file under two catalog names (two [models.X] entries), the second pinned
+    manager = manager_for(pinned_models=["alias"])
+    a = spec("A", 1000)
+    alias = replace(a, name="alias")
+
+    # When both are used
+    first, second = use_once(manager, a), use_once(manager, alias)
+
+    # Then it was loaded once, the second use was a hit, it is held under both names,
+    # and pinning either name pins it
+    assert second is first
+    stats = pool(manager)
+    assert (stats.loads, stats.hits) == (1, 1)
+    assert manager.held("cpu") == {"A", "alias"}
+    assert [m.pinned for m in stats.models] == [True]
 
 
 def test_pools_are_per_device(manager_for: Callable[..., ModelManager], spec: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from stoker.config import Settings
+from stoker.config import ModelEntry, Settings
 from stoker.queues.app import model_queue
 from stoker.queues.path_queues import PathQueue, is_path_model
 from stoker.workers.catalog import ModelCatalog
@@ -154,3 +154,27 @@ def test_work_for_a_file_no_worker_has_is_taken_only_when_orphaned(
     assert choice is not None
     assert (queue in choice.queues) is taken
     assert steer.snapshot().paths == []
+
+
+def test_holding_a_model_under_one_name_keeps_the_work_of_its_other_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given "a" and "b", two config names for the same file, "c" another file, and a
+    # worker that holds "a"; "b" has a little work waiting, "c" much more
+    same, other = gguf(tmp_path / "same.gguf"), gguf(tmp_path / "other.gguf")
+    models = {
+        "a": ModelEntry(backend="llama", path=same),
+        "b": ModelEntry(backend="llama", path=same),
+        "c": ModelEntry(backend="llama", path=other),
+    }
+    waiting = {model_queue("generate", "b"): (3, 1.0), model_queue("generate", "c"): (50, 1.0)}
+    steer = steering(tmp_path, FakeProbe([], waiting), [], models=models)
+    monkeypatch.setattr(steer.executor.manager, "held", lambda device: frozenset({"a"}))
+
+    # When it decides
+    choice = steer.decide()
+
+    # Then it stays on b's queue (no load needed), not c's
+    assert choice is not None and choice.reason == "warm"
+    assert model_queue("generate", "b") in choice.queues
+    assert model_queue("generate", "c") not in choice.queues
