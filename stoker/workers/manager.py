@@ -309,6 +309,7 @@ class ModelManager:
         prepare = getattr(loader, "prepare", None)
         if prepare is not None:
             prepare(device)  # library memory is per process, not this model's
+        memory.open_cuda_context(device)  # so is a CUDA context
         memory.release_freed_memory(device)  # else the load may reuse freed pages unseen
         before = self._measure(device)
         started = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import importlib.util
+import os
 import re
 import sys
 from functools import cache
@@ -62,25 +63,61 @@ def device_total_bytes(device: str) -> int:
 
 
 def device_used_bytes(device: str) -> int:
-    """Bytes this process uses on ``device``: RSS for ``cpu``.
+    """Bytes used on ``device``: this process's RSS for ``cpu``.
 
-    For ``cuda:N``: torch's allocated bytes when torch has initialised CUDA here, else
-    the GPU's used memory from NVML (device-wide: one worker per GPU is assumed).
-    Raises ConfigError when neither can be read.
+    For ``cuda:N``, the GPU's used memory, device-wide, so that every library counts:
+    llama.cpp, CTranslate2 and ONNX Runtime allocate outside torch, whose own
+    ``memory_allocated`` would read their models as 0 bytes. One worker per GPU is
+    assumed (another process's allocations during a load would count as the load's).
+    Read from NVML (nvidia-ml-py) when it is installed, which needs no CUDA context,
+    else from CUDA through torch (``mem_get_info``); one source per process, so a
+    footprint (after minus before) never mixes the two. Raises ConfigError when
+    neither can be read.
     """
     kind, index = parse_device(device)
     if kind == "cpu":
         return rss_bytes()
     assert index is not None
-    torch = _initialised_torch()
-    if torch is not None:
-        return int(torch.cuda.memory_allocated(index))
     try:
-        return int(_nvml_memory(index).used)
+        if _has_nvml():
+            return int(_nvml_memory(index).used)
+        import torch
+
+        free, total = torch.cuda.mem_get_info(index)
+        return int(total - free)
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(f"cannot measure memory used on {device}: {exc}") from exc
+        raise ConfigError(
+            f"cannot measure memory used on {device}: {exc}; install nvidia-ml-py or torch "
+            f"with CUDA, and check {device} is a GPU this process may use"
+        ) from exc
+
+
+@cache
+def _has_nvml() -> bool:
+    return importlib.util.find_spec("pynvml") is not None
+
+
+_contexts: set[str] = set()
+
+
+def open_cuda_context(device: str) -> None:
+    """Create this process's CUDA context on ``device`` before its first measured load,
+    so the context (a few hundred MiB, shared by every CUDA library in the process) is
+    not counted in that model's footprint. Once per device; no-op on ``cpu`` and
+    without torch (then the library that creates it counts it in its first model)."""
+    if not device.startswith("cuda") or device in _contexts:
+        return
+    _contexts.add(device)
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    try:
+        torch.zeros(1, device=device)
+    except Exception:  # no usable GPU: the load itself fails with its own error
+        return
 
 
 def release_freed_memory(device: str = "cpu") -> None:
@@ -117,8 +154,31 @@ def _nvml_memory(index: int) -> Any:
             f'a budget with STOKER_BUDGETS__CUDA:{index}=<size> (budgets."cuda:{index}")'
         ) from exc
     pynvml.nvmlInit()
-    # NVML numbers GPUs physically and ignores CUDA_VISIBLE_DEVICES; torch does not.
-    return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+    return pynvml.nvmlDeviceGetMemoryInfo(_nvml_handle(pynvml, index))
+
+
+def _nvml_handle(pynvml: Any, index: int) -> Any:
+    """NVML's handle of CUDA device ``index``.
+
+    NVML numbers GPUs physically and ignores CUDA_VISIBLE_DEVICES, which CUDA (and so
+    ``cuda:N``) applies: with ``CUDA_VISIBLE_DEVICES=1``, ``cuda:0`` is physical GPU 1.
+    Entries may be indices or UUIDs (``GPU-…``, ``MIG-…``). Without the variable the
+    numbering is NVML's (PCI bus order; set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA's
+    matches on machines with different GPU models).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if index >= len(entries):
+        raise ConfigError(
+            f"cuda:{index} is not visible to this process: CUDA_VISIBLE_DEVICES={visible!r} "
+            f"lists {len(entries)} GPU(s), numbered from cuda:0"
+        )
+    entry = entries[index]
+    if entry.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+    return pynvml.nvmlDeviceGetHandleByUUID(entry)
 
 
 @cache

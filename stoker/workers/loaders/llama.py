@@ -96,6 +96,18 @@ def _device_index(device: str) -> tuple[str, int]:
     return kind, int(index) if index else 0
 
 
+def _check_gpu_offload(llama_cpp: Any, spec: ModelSpec, device: str) -> None:
+    """Refuse a CUDA load with a CPU-only llama-cpp-python, which would silently run
+    every layer on the CPU of a worker that is meant to serve a GPU."""
+    supports = getattr(llama_cpp, "llama_supports_gpu_offload", None)
+    if supports is not None and not supports():
+        raise ModelLoadError(
+            f"cannot load {spec.name!r} on {device}: this llama-cpp-python was built "
+            f'without GPU support; reinstall it with CMAKE_ARGS="-DGGML_CUDA=on" '
+            f"pip install --force-reinstall --no-cache-dir llama-cpp-python"
+        )
+
+
 class LlamaLoader:
     """Loads a GGUF file as a ``llama_cpp.Llama``.
 
@@ -125,9 +137,14 @@ class LlamaLoader:
             "model_path": str(path),
             "n_ctx": int(options.get("n_ctx", DEFAULT_N_CTX)),
             "n_gpu_layers": int(options.get("n_gpu_layers", 0 if kind == "cpu" else -1)),
-            "main_gpu": index,
             "verbose": False,
         }
+        if kind == "cuda":
+            _check_gpu_offload(llama_cpp, spec, device)
+            # The whole model on this worker's GPU: llama.cpp's default (layer split)
+            # spreads layers over every visible GPU and ignores main_gpu.
+            kwargs["split_mode"] = llama_cpp.LLAMA_SPLIT_MODE_NONE
+            kwargs["main_gpu"] = index
         if options.get("n_threads"):
             kwargs["n_threads"] = int(options["n_threads"])
         if options.get("seed") is not None:

@@ -18,6 +18,34 @@ def _import_piper() -> Any:
     return piper
 
 
+def _load_on_cuda(piper: Any, spec: ModelSpec, device: str) -> Any:
+    """The voice with its ONNX Runtime session on GPU ``N`` of ``cuda:N``.
+
+    ``PiperVoice.load(use_cuda=True)`` gives the CUDA provider no ``device_id``, so
+    every voice would land on GPU 0; and with the CPU-only ``onnxruntime`` package,
+    ONNX Runtime falls back to the CPU with only a warning. Both are refused here.
+    """
+    import json
+
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise ModelLoadError(
+            f"cannot load voice {spec.name!r} on {device}: this ONNX Runtime has no CUDA "
+            f"provider; install onnxruntime-gpu in place of onnxruntime (pip uninstall "
+            f"onnxruntime && pip install onnxruntime-gpu)"
+        )
+    index = int(device.partition(":")[2] or 0)
+    cuda = ("CUDAExecutionProvider", {"device_id": index, "cudnn_conv_algo_search": "HEURISTIC"})
+    session = onnxruntime.InferenceSession(
+        str(spec.path), sess_options=onnxruntime.SessionOptions(), providers=[cuda]
+    )
+    config_path = spec.config_path or f"{spec.path}.json"
+    with open(config_path, encoding="utf-8") as f:
+        config = piper.PiperConfig.from_dict(json.load(f))
+    return piper.PiperVoice(config=config, session=session)
+
+
 class PiperLoader:
     """Loads a Piper voice (``.onnx`` + ``.onnx.json``) as a ``piper.PiperVoice``."""
 
@@ -35,9 +63,11 @@ class PiperLoader:
         """
         piper = _import_piper()
         try:
-            return piper.PiperVoice.load(
-                spec.path, config_path=spec.config_path, use_cuda=device.startswith("cuda")
-            )
+            if device.startswith("cuda"):
+                return _load_on_cuda(piper, spec, device)
+            return piper.PiperVoice.load(spec.path, config_path=spec.config_path)
+        except ModelLoadError:
+            raise
         except Exception as exc:
             raise ModelLoadError(
                 f"could not load voice {spec.name!r} from {spec.path}: {short_reason(exc)}; "

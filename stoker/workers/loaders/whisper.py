@@ -24,6 +24,21 @@ def _device_and_index(device: str) -> tuple[str, int]:
     return kind, int(index) if index else 0
 
 
+def _check_cuda(spec: ModelSpec, device: str, index: int) -> None:
+    """Refuse a GPU that CTranslate2 cannot see, with what to install, before it fails
+    deep in the load with a library error."""
+    import ctranslate2
+
+    count = ctranslate2.get_cuda_device_count()
+    if index >= count:
+        raise ModelLoadError(
+            f"cannot load Whisper model {spec.name!r} on {device}: CTranslate2 sees "
+            f"{count} CUDA device(s); it needs the NVIDIA driver and CUDA 12 libraries "
+            f"(pip install nvidia-cublas-cu12 nvidia-cudnn-cu12), and {device} must be "
+            f"one of the GPUs this process may use (CUDA_VISIBLE_DEVICES)"
+        )
+
+
 class WhisperLoader:
     """Loads a CTranslate2 Whisper folder as a ``faster_whisper.WhisperModel``.
 
@@ -46,6 +61,8 @@ class WhisperLoader:
         """
         faster_whisper = _import_faster_whisper()
         kind, index = _device_and_index(device)
+        if kind == "cuda":
+            _check_cuda(spec, device, index)
         compute_type = spec.options.get("compute_type") or ("int8" if kind == "cpu" else "float16")
         try:
             return faster_whisper.WhisperModel(
