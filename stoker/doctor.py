@@ -131,6 +131,55 @@ def check_engines() -> list[Check]:
     return checks
 
 
+def check_path_queues(settings: Settings) -> list[Check]:
+    """Jobs that name their model by path, waiting on queues of their own
+    (queues/path_queues.py): is a live worker there that has the file?"""
+    from stoker.queues import path_queues
+
+    if not path_queues.enabled(settings):
+        return []
+    import redis
+
+    from stoker.workers.backlog import RedisBacklog
+    from stoker.workers.fleet import RedisFleet, open_fleet
+
+    try:
+        probe = RedisBacklog(redis.Redis.from_url(settings.broker_url, socket_timeout=5))
+        entries = probe.path_queues()
+        backlogs = probe.measure([(e.queue, e.model) for e in entries])
+        fleet = open_fleet(settings)
+        # Heartbeats live in the job store's Redis; without one nobody can be told apart.
+        beats = fleet.workers() if isinstance(fleet, RedisFleet) else None
+    except Exception as exc:
+        return [Check("model paths", False, f"cannot read the path-model queues: {exc}",
+                      "check that the broker is running (STOKER_BROKER_URL)")]  # fmt: skip
+    holders = {q for beat in beats or [] for q in beat.paths}
+    checks = []
+    for entry, backlog in zip(entries, backlogs, strict=True):
+        if not backlog.waiting:
+            continue
+        name = f"model path {entry.model}"
+        waiting = f"{backlog.waiting} {entry.kind} job(s) waiting {backlog.oldest_age_s:.0f} s"
+        if beats is None:
+            checks.append(Check(name, True, f"{waiting}; no heartbeats to say who has the file"))
+        elif entry.queue in holders:
+            checks.append(Check(name, True, f"{waiting}; a live worker has the file"))
+        else:
+            checks.append(
+                Check(
+                    name,
+                    False,
+                    f"{waiting}; no live worker has this file",
+                    f"put the model at that path on a worker serving {entry.kind} (or mount a "
+                    f"shared filesystem there); once the oldest has waited "
+                    f"scheduler_orphan_wait_s ({settings.scheduler_orphan_wait_s:.0f} s), a "
+                    f"worker fails them saying the file is missing",
+                )
+            )
+    return checks
+
+
 def run_checks(settings: Settings) -> list[Check]:
     single: list[Callable[[Settings], Check]] = [check_broker, check_job_store, check_storage]
-    return [c(settings) for c in single] + check_engines() + check_models(settings)
+    checks = [c(settings) for c in single] + check_engines() + check_models(settings)
+    return checks + check_path_queues(settings)

@@ -1,8 +1,10 @@
 """The path-queue registry (queues/path_queues.py) on a real Redis: what a submitter
-writes is what workers read, and a broker that is down fails the submission clearly."""
+writes is what workers read, a broker that is down fails the submission clearly, and
+`stoker doctor` names a model path whose jobs no live worker can run."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,11 +12,13 @@ import redis
 
 from stoker.client import Stoker
 from stoker.config import Settings
+from stoker.doctor import check_path_queues
 from stoker.errors import BrokerUnavailable
 from stoker.queues import path_queues
 from stoker.queues.app import model_queue
 from stoker.queues.path_queues import REGISTRY_KEY, PathQueue
 from stoker.queues.records import JobState
+from stoker.workers.fleet import WorkerBeat, open_fleet
 from tests.gguf_models import write_tiny_llama
 from tests.servers import free_port
 
@@ -58,3 +62,29 @@ def test_a_broker_down_fails_a_path_submission_clearly(tmp_path: Path) -> None:
         assert "STOKER_BROKER_URL" in str(caught.value)
         (record,) = stoker.jobs()
         assert record.state is JobState.FAILED
+
+
+def test_doctor_names_a_model_path_whose_jobs_no_live_worker_can_run(
+    clean_redis: str, tmp_path: Path
+) -> None:
+    # Given two jobs waiting on a model path and no worker at all
+    model = write_tiny_llama(tmp_path / "tiny.gguf")
+    settings = Settings(data_dir=tmp_path, broker_url=clean_redis)
+    with Stoker(settings) as stoker:
+        for _ in range(2):
+            stoker.submit("generate", {"prompt": "Hi", "model": str(model)})
+
+    # Then doctor fails that check, naming the path, the count and what to do
+    (check,) = check_path_queues(settings)
+    assert (check.name, check.ok) == (f"model path {model}", False)
+    assert check.detail.startswith("2 generate job(s) waiting")
+    assert "no live worker has this file" in check.detail
+    assert "scheduler_orphan_wait_s (60 s)" in check.fix
+
+    # And once a live worker's heartbeat says it has the file, the check passes
+    queue = model_queue("generate", str(model))
+    beat = WorkerBeat(hostname="gpu-box", device="cpu", scheduling="backlog", queues=[],
+                      paths=[queue], pools=[], at=time.time())  # fmt: skip
+    open_fleet(settings).publish(beat, ttl_s=30)
+    (check,) = check_path_queues(settings)
+    assert check.ok and "a live worker has the file" in check.detail
