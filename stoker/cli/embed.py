@@ -27,15 +27,20 @@ FormatOpt = Annotated[str, typer.Option("--format", help="jsonl, parquet or npy.
 NormalizeOpt = Annotated[bool, typer.Option("--normalize", help="Unit-length vectors.")]
 
 
-def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str] | None]:
-    """Texts (and ids, for JSONL) from ``path``; InvalidInput naming the line at fault."""
+def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
+    """Texts and their ids from ``path``; InvalidInput naming the line at fault.
+
+    A text file's ids are line numbers (from 1), as a JSONL line without an ``id``
+    gets: blank lines are skipped, so an output row still maps back to its line.
+    """
     from stoker.jobs.text import decode_text
 
     if not path.is_file():
         raise InvalidInput(f"--file {path} does not exist or is not a file.")
     lines = decode_text(path.read_bytes(), str(path)).splitlines()
     if path.suffix.lower() != ".jsonl":
-        return [line for line in lines if line.strip()], None
+        kept = [(str(n), line) for n, line in enumerate(lines, start=1) if line.strip()]
+        return [line for _, line in kept], [n for n, _ in kept]
     texts, ids = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

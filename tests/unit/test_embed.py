@@ -36,10 +36,11 @@ def test_check_texts_gives_default_ids_and_names_the_bad_item() -> None:
         embed.check_texts(["a"] * (embed.MAX_TEXTS + 1), None, 10)
 
 
-def test_read_texts_takes_lines_or_jsonl(tmp_path: Path) -> None:
+def test_read_texts_takes_lines_or_jsonl_with_line_numbers_as_ids(tmp_path: Path) -> None:
     plain = tmp_path / "s.txt"
     plain.write_text("one\n\ntwo\n")
-    assert read_texts(plain, 1000) == (["one", "two"], None)
+    # ids are line numbers, so a blank line skipped does not shift the rest
+    assert read_texts(plain, 1000) == (["one", "two"], ["1", "3"])
     rows = tmp_path / "s.jsonl"
     rows.write_text('{"id": "a", "text": "one"}\n{"text": "two"}\n')
     assert read_texts(rows, 1000) == (["one", "two"], ["a", "2"])
