@@ -169,6 +169,10 @@ def _fields(raw: str) -> tuple[str | None, dict[str, Any]]:
     if not isinstance(obj, dict):
         raise ValueError("a line must be a JSON object")
     custom_id = obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else None
+    if "id" in obj and "custom_id" not in obj and isinstance(obj["id"], str | int):
+        # {"id", "prompt"} as embed's {"id", "text"} lines: the id is the custom_id
+        custom_id = str(obj["id"])
+        obj = {"custom_id": custom_id, **{k: v for k, v in obj.items() if k != "id"}}
     if isinstance(obj.get("body"), dict):  # OpenAI Batch shape
         body = {k: v for k, v in obj["body"].items() if k != "model"}
         return custom_id, {"custom_id": custom_id, **body}
@@ -186,9 +190,13 @@ def parse_line(
     custom_id: str | None = None
     try:
         custom_id, fields = _fields(raw)
+        if "id" in fields:  # kept by _fields only beside a custom_id
+            raise ValueError("give custom_id or id, not both")
         line = Line.model_validate(fields)
         if (line.prompt is None) == (line.messages is None):
             raise ValueError("give exactly one of prompt or messages")
+        if line.prompt is not None and not line.prompt.strip():
+            raise ValueError("the prompt is empty; give the text to continue, or drop the line")
         overrides = line.model_dump(exclude_none=True, exclude={"custom_id", "prompt", "messages"})
         sampling = Sampling.model_validate({**defaults.model_dump(), **overrides})
         messages = [{"role": m.role, "content": m.text()} for m in line.messages or []]

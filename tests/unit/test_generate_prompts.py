@@ -45,6 +45,7 @@ def test_good_lines_take_job_defaults_and_their_own_overrides() -> None:
         ('{"messages": [{"role": "robot", "content": "b"}]}', "role"),
         ('{"prompt": "a", "json_schema": {"type": "strin"}}', "not a valid JSON schema"),
         ('{"prompt": "a", "json_schema": {}, "grammar": "root ::= \\"x\\""}', "not both"),
+        ('{"prompt": "  "}', "the prompt is empty"),
     ],
 )
 def test_a_malformed_line_is_an_error_for_that_line_only(line: str, reason: str) -> None:
@@ -87,6 +88,18 @@ def test_an_openai_batch_line_is_read_from_its_body() -> None:
         3,
         [{"role": "user", "content": "Hi"}],
     )
+
+
+def test_an_id_field_is_the_lines_custom_id() -> None:
+    # {"id", ...} as embed's JSONL lines take it; both id and custom_id is an error
+    items = parse_file(
+        '{"id": "a", "prompt": "x"}\n{"id": 7, "prompt": "y"}\n'
+        '{"id": "no", "custom_id": "yes", "prompt": "z"}\n{"id": "e", "prompt": ""}\n',
+        DEFAULTS, 1000,
+    )  # fmt: skip
+    assert [i.custom_id for i in items] == ["a", "7", "yes", "e"]
+    assert [type(i) for i in items] == [PromptItem, PromptItem, LineError, LineError]
+    assert "custom_id or id, not both" in items[2].message  # type: ignore[union-attr]
 
 
 def test_an_empty_file_and_an_all_malformed_file_are_refused_at_submit() -> None:
