@@ -84,6 +84,7 @@ class Steering:
         self.paths = PathModels(kinds, executor.catalog)
         self._path_specs: dict[str, ModelSpec] = {}
         self._orphans_logged: set[str] = set()
+        self._registry_read_at = float("-inf")
         self._probe = probe  # None: fifo (consume every candidate queue)
         self.policy = Policy(settings.scheduler_max_wait_s, settings.scheduler_share_backlog)
         self.consuming: frozenset[str] = frozenset(self.initial_queues())
@@ -114,7 +115,10 @@ class Steering:
         if self._probe is None:
             return None
         try:
-            self.paths.update(self._probe.path_queues())
+            if time.monotonic() - self._registry_read_at >= self.settings.scheduler_interval_s:
+                # Ticks also run after every task; the registry changes far less often.
+                self.paths.update(self._probe.path_queues())
+                self._registry_read_at = time.monotonic()
             servable, lacking = self._path_candidates()
             backlogs: list[Backlog] = self._probe.measure(self.candidates + servable + lacking)
             beats = [b for b in self.fleet.workers() if b.hostname != self.hostname]
