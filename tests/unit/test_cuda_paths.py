@@ -28,25 +28,30 @@ from tests.gguf_models import write_tiny_llama
 # --- llama.cpp ---------------------------------------------------------------------------
 
 
-def fake_llama_cpp(gpu: bool) -> tuple[Any, list[dict[str, Any]]]:
-    """The real llama_cpp module with Llama() recording its arguments."""
+def fake_llama_cpp(monkeypatch: pytest.MonkeyPatch, gpu: bool) -> tuple[Any, list[dict[str, Any]]]:
+    """The loader's llama_cpp: the real module with Llama() recording its arguments,
+    built with GPU support or not."""
     import llama_cpp
 
     calls: list[dict[str, Any]] = []
     fake = SimpleNamespace(**vars(llama_cpp))
     fake.Llama = lambda **kwargs: calls.append(kwargs) or SimpleNamespace(**kwargs)
     fake.llama_supports_gpu_offload = lambda: gpu
+    monkeypatch.setattr(llama_loader, "_import_llama_cpp", lambda: fake)
     return fake, calls
 
 
-def test_a_gguf_on_cuda_n_goes_whole_onto_gpu_n(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake, calls = fake_llama_cpp(gpu=True)
-    monkeypatch.setattr(llama_loader, "_import_llama_cpp", lambda: fake)
-    spec = ModelSpec("tiny", "llama", write_tiny_llama(tmp_path / "tiny.gguf"))
+@pytest.fixture()
+def tiny_gguf(tmp_path: Path) -> ModelSpec:
+    return ModelSpec("tiny", "llama", write_tiny_llama(tmp_path / "tiny.gguf"))
 
-    llama_loader.LlamaLoader().load(spec, "cuda:1")
+
+def test_a_gguf_on_cuda_n_goes_whole_onto_gpu_n(
+    tiny_gguf: ModelSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, calls = fake_llama_cpp(monkeypatch, gpu=True)
+
+    llama_loader.LlamaLoader().load(tiny_gguf, "cuda:1")
 
     # every layer offloaded, the model not split across GPUs, GPU 1 chosen
     (kwargs,) = calls
@@ -55,24 +60,22 @@ def test_a_gguf_on_cuda_n_goes_whole_onto_gpu_n(
     assert kwargs["main_gpu"] == 1
 
 
-def test_a_gguf_on_cpu_offloads_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake, calls = fake_llama_cpp(gpu=False)
-    monkeypatch.setattr(llama_loader, "_import_llama_cpp", lambda: fake)
-    spec = ModelSpec("tiny", "llama", write_tiny_llama(tmp_path / "tiny.gguf"))
-    llama_loader.LlamaLoader().load(spec, "cpu")
+def test_a_gguf_on_cpu_offloads_nothing(
+    tiny_gguf: ModelSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, calls = fake_llama_cpp(monkeypatch, gpu=False)
+    llama_loader.LlamaLoader().load(tiny_gguf, "cpu")
     (kwargs,) = calls
     assert kwargs["n_gpu_layers"] == 0 and "split_mode" not in kwargs
 
 
 def test_a_cpu_only_llama_cpp_is_refused_on_cuda(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_gguf: ModelSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The CPU build would run every layer on the CPU with no word of it
-    fake, calls = fake_llama_cpp(gpu=False)
-    monkeypatch.setattr(llama_loader, "_import_llama_cpp", lambda: fake)
-    spec = ModelSpec("tiny", "llama", write_tiny_llama(tmp_path / "tiny.gguf"))
+    _, calls = fake_llama_cpp(monkeypatch, gpu=False)
     with pytest.raises(ModelLoadError, match=r"cuda:0.*without GPU support.*GGML_CUDA=on"):
-        llama_loader.LlamaLoader().load(spec, "cuda:0")
+        llama_loader.LlamaLoader().load(tiny_gguf, "cuda:0")
     assert calls == []
 
 
