@@ -98,8 +98,11 @@ class GenerateCapability:
             _check_single(prompts.parse_line(0, 1, text, sampling, max_bytes), mode)
             count = 1
         spec = ctx.catalog.get(req.model, backend="llama")
-        n_ctx = req.n_ctx or int(spec.options.get("n_ctx", DEFAULT_N_CTX))
-        load_options = {"n_ctx": n_ctx}
+        configured = int(spec.options.get("n_ctx", DEFAULT_N_CTX))
+        n_ctx = req.n_ctx or configured
+        # Only a context other than the model's own is a load option: jobs at the
+        # model's context share the instance a worker preloaded (same fingerprint).
+        load_options = {"n_ctx": n_ctx} if n_ctx != configured else {}
         fingerprint = spec.with_options(load_options).fingerprint
         data = text.encode("utf-8")
         key = content_input_key(hashlib.sha256(data).hexdigest(), "jsonl")

@@ -246,6 +246,25 @@ def looks_like_path(name: str) -> bool:
     return "/" in name or name.startswith("~") or name.endswith(".gguf")
 
 
+def guess_backend(path: Path) -> str | None:
+    """The backend a model file or folder is for, from its shape alone; None if unclear.
+
+    For ``stoker worker --preload PATH``, where no capability says which backend: a
+    job's capability does. Never reads model bytes.
+    """
+    if path.is_file():
+        return {".gguf": "llama", ".onnx": "piper"}.get(path.suffix.lower())
+    if (path / "model_index.json").is_file():
+        return "diffusers"
+    if (path / "modules.json").is_file():
+        return "sentence-transformers"
+    if (path / "model.bin").is_file() and (path / "tokenizer.json").is_file():
+        return "whisper"  # a CTranslate2 conversion
+    if path.is_dir() and len(list(path.glob("*.gguf"))) == 1:
+        return "llama"
+    return None
+
+
 def _toml_key(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
 

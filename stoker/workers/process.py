@@ -21,17 +21,19 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 from stoker.config import Settings
+from stoker.errors import InvalidInput
 from stoker.jobs import CAPABILITIES, installed
 from stoker.queues.app import make_celery
 from stoker.queues.stores import open_job_store
 from stoker.queues.tasks import attach_executor
 from stoker.storage import open_storage
-from stoker.workers.catalog import ModelCatalog
+from stoker.workers.catalog import ModelCatalog, guess_backend, looks_like_path
 from stoker.workers.execute import ChunkExecutor
 from stoker.workers.fleet import Fleet, open_fleet
 from stoker.workers.manager import ModelManager
@@ -61,7 +63,19 @@ def default_queues() -> list[str]:
 def preload(executor: ChunkExecutor, names: Sequence[str]) -> None:
     """Load models before taking work, so the first job does not pay for the load."""
     for name in names:
-        spec = executor.catalog.get(name)
+        backend = None
+        if looks_like_path(name) and name not in executor.catalog.names():
+            # A model named by path, as jobs name it: absolute, backend from its shape.
+            name = executor.catalog.resolve(name)
+            backend = guess_backend(Path(name))
+            if backend is None:
+                raise InvalidInput(
+                    f"--preload {name}: cannot tell which backend this model is for (a .gguf, "
+                    f"a Piper .onnx, or a diffusers, sentence-transformers or CTranslate2 "
+                    f"Whisper folder); add it under [models.NAME] with its backend and "
+                    f"preload NAME"
+                )
+        spec = executor.catalog.get(name, backend=backend)
         with executor.manager.use(spec, executor.device):
             log.info("preloaded %s on %s", name, executor.device)
 

@@ -152,3 +152,33 @@ def test_a_worker_without_the_file_leaves_the_job_to_one_that_has_it(
     assert ran_jobs(with_file) == {j.id for j in jobs}
     assert ran_jobs(without) == set()
     assert "does not exist" not in without.text()
+
+
+def test_a_worker_preloads_a_model_named_by_path_and_keeps_its_jobs_warm(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Given a worker started with --preload naming a GGUF file by path
+    model = write_tiny_llama(tmp_path / "tiny.gguf")
+    worker = deployment.start_worker("generate", "--preload", str(model))
+    with Stoker(deployment.settings()) as client:
+        # When jobs name that file by path
+        jobs = [client.submit("generate", {"prompt": f"Hi {i}", "model": str(model), **SAMPLING})
+                for i in range(3)]  # fmt: skip
+        done = [client.wait(j.id, timeout_s=90) for j in jobs]
+
+    # Then they ran on the preloaded model: one load in all, at start
+    assert [d.state for d in done] == [JobState.SUCCEEDED] * 3, [d.error for d in done]
+    assert f"preloaded {model} on cpu" in worker.text()
+    assert worker.text().count(f"loaded {model} on cpu:") == 1
+
+
+def test_a_preload_path_of_no_known_shape_stops_the_worker_with_a_sentence(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    odd = tmp_path / "weights.bin"
+    odd.write_bytes(b"\0" * 16)
+    with pytest.raises(RuntimeError, match="worker exited") as caught:
+        deployment.start_worker("generate", "--preload", str(odd))
+    message = " ".join(str(caught.value).split())
+    assert f"--preload {odd}: cannot tell which backend" in message
+    assert "[models.NAME]" in message

@@ -18,6 +18,7 @@ from stoker.workers.catalog import (
     ModelSpec,
     PackagedModel,
     discover_packaged,
+    guess_backend,
 )
 
 JOE = "en_US-joe-medium"
@@ -263,3 +264,23 @@ def test_a_catalog_without_model_paths_refuses_every_path(tmp_path: Path) -> Non
             catalog.resolve(name)
     # And names still work
     assert catalog.get(JOE, backend="piper").name == JOE
+
+
+def test_the_backend_of_a_model_path_is_guessed_from_its_shape(tmp_path: Path) -> None:
+    def folder(name: str, *files: str) -> Path:
+        (tmp_path / name).mkdir()
+        for f in files:
+            (tmp_path / name / f).write_text("{}")
+        return tmp_path / name
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "v.onnx").write_bytes(b"x")
+    (tmp_path / "w.bin").write_bytes(b"x")
+    assert guess_backend(tmp_path / "m.gguf") == "llama"
+    assert guess_backend(tmp_path / "v.onnx") == "piper"
+    assert guess_backend(folder("sd", "model_index.json")) == "diffusers"
+    assert guess_backend(folder("st", "modules.json", "config.json")) == "sentence-transformers"
+    assert guess_backend(folder("wh", "model.bin", "tokenizer.json", "config.json")) == "whisper"
+    assert guess_backend(folder("gg", "x.gguf")) == "llama"
+    assert guess_backend(tmp_path / "w.bin") is None
+    assert guess_backend(folder("empty")) is None
