@@ -134,9 +134,9 @@ def check_engines() -> list[Check]:
 def check_path_queues(settings: Settings) -> list[Check]:
     """Jobs that name their model by path, waiting on queues of their own
     (queues/path_queues.py): is a live worker there that has the file?"""
-    from stoker.queues import path_queues
+    from stoker.queues.app import steers_by_backlog
 
-    if not path_queues.enabled(settings):
+    if not steers_by_backlog(settings):
         return []
     import redis
 

@@ -73,6 +73,15 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     return {}
 
 
+def steers_by_backlog(settings: Settings) -> bool:
+    """Whether workers choose their queues from the backlog (workers/steering.py):
+    "backlog" scheduling on a Redis broker, the only one whose backlog they read. Then
+    models named by path get queues of their own too (queues/path_queues.py)."""
+    return settings.scheduling == "backlog" and settings.broker_url.startswith(
+        ("redis://", "rediss://")
+    )
+
+
 def kombu_url(broker_url: str) -> str:
     """The URL handed to kombu: ``sqla+…`` and ``redis://…`` are served by stoker's
     subclasses of kombu's transports (queues/sqla_transport.py, redis_transport.py)."""

@@ -13,8 +13,9 @@ have. A path queue no live worker can serve is failed by one that cannot, after
 
 Entries are never removed: there is one per distinct path ever submitted, and a
 submitter writes its entry again with every job, so a Redis that lost its data (no
-persistence) has it back with the next submission. The embedded broker and "fifo"
-scheduling keep path jobs on the capability's queue, where every worker may take them.
+persistence) has it back with the next submission. Where workers do not steer by
+backlog (queues/app.py ``steers_by_backlog``: the embedded broker, "fifo"), path jobs
+stay on the capability's queue, where every worker may take them.
 """
 
 from __future__ import annotations
@@ -46,13 +47,6 @@ class PathQueue:
 def is_path_model(model: str | None) -> bool:
     """Whether a job's recorded model is a path (the client records paths absolute)."""
     return bool(model) and str(model).startswith("/")
-
-
-def enabled(settings: Settings) -> bool:
-    """Whether path models get queues of their own: backlog scheduling on Redis."""
-    return settings.scheduling == "backlog" and settings.broker_url.startswith(
-        ("redis://", "rediss://")
-    )
 
 
 def _client(url: str) -> Any:

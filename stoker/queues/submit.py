@@ -24,6 +24,7 @@ from stoker.queues.app import (
     RUN_CHUNK_TASK,
     model_queue,
     priority_value,
+    steers_by_backlog,
 )
 from stoker.queues.records import ChunkRef, JobError, JobRecord, Progress, new_record
 from stoker.queues.stores.base import JobStore
@@ -97,7 +98,7 @@ def _queue(settings: Settings, record: JobRecord) -> str:
     """
     model = record.model if settings.scheduling == "backlog" else None
     if path_queues.is_path_model(model):
-        if not path_queues.enabled(settings):
+        if not steers_by_backlog(settings):
             return model_queue(record.kind, None)
         queue = model_queue(record.kind, model)
         path_queues.register(settings, path_queues.PathQueue(queue, record.kind, str(model)))

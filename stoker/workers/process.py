@@ -29,7 +29,7 @@ from celery import Celery
 from stoker.config import Settings
 from stoker.errors import InvalidInput
 from stoker.jobs import CAPABILITIES, installed
-from stoker.queues.app import make_celery
+from stoker.queues.app import make_celery, steers_by_backlog
 from stoker.queues.stores import open_job_store
 from stoker.queues.tasks import attach_executor
 from stoker.storage import open_storage
@@ -125,9 +125,7 @@ def worker_app(
 
 def backlog_probe(settings: Settings) -> Any | None:
     """What reads queue backlogs for the scheduler; None means consume every queue."""
-    if settings.scheduling != "backlog" or not settings.broker_url.startswith(
-        ("redis://", "rediss://")
-    ):
+    if not steers_by_backlog(settings):
         return None
     import redis
 

@@ -12,6 +12,7 @@ from typing import Any
 from stoker.errors import MissingDependency, ModelLoadError
 from stoker.workers.catalog import ModelSpec
 from stoker.workers.loaders.base import short_reason
+from stoker.workers.memory import parse_device
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_N_CTX = 2048
@@ -91,11 +92,6 @@ def _reason(lines: list[str], exc: BaseException) -> str:
     return lines[0] if lines else short_reason(exc)
 
 
-def _device_index(device: str) -> tuple[str, int]:
-    kind, _, index = device.partition(":")
-    return kind, int(index) if index else 0
-
-
 def _check_gpu_offload(llama_cpp: Any, spec: ModelSpec, device: str) -> None:
     """Refuse a CUDA load with a CPU-only llama-cpp-python, which would silently run
     every layer on the CPU of a worker that is meant to serve a GPU."""
@@ -131,7 +127,7 @@ class LlamaLoader:
         llama_cpp = _import_llama_cpp()
         path = gguf_file(spec.path)
         check_gguf_header(path)
-        kind, index = _device_index(device)
+        kind, index = parse_device(device)
         options = dict(spec.options)
         kwargs: dict[str, Any] = {
             "model_path": str(path),

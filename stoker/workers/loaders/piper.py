@@ -8,6 +8,7 @@ from typing import Any
 from stoker.errors import MissingDependency, ModelLoadError
 from stoker.workers.catalog import ModelSpec
 from stoker.workers.loaders.base import short_reason
+from stoker.workers.memory import parse_device
 
 
 def _import_piper() -> Any:
@@ -35,7 +36,7 @@ def _load_on_cuda(piper: Any, spec: ModelSpec, device: str) -> Any:
             f"provider; install onnxruntime-gpu in place of onnxruntime (pip uninstall "
             f"onnxruntime && pip install onnxruntime-gpu)"
         )
-    index = int(device.partition(":")[2] or 0)
+    index = parse_device(device)[1] or 0
     cuda = ("CUDAExecutionProvider", {"device_id": index, "cudnn_conv_algo_search": "HEURISTIC"})
     session = onnxruntime.InferenceSession(
         str(spec.path), sess_options=onnxruntime.SessionOptions(), providers=[cuda]

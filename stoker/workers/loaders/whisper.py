@@ -8,6 +8,7 @@ from typing import Any
 from stoker.errors import MissingDependency, ModelLoadError
 from stoker.workers.catalog import ModelSpec
 from stoker.workers.loaders.base import short_reason
+from stoker.workers.memory import parse_device
 
 
 def _import_faster_whisper() -> Any:
@@ -16,12 +17,6 @@ def _import_faster_whisper() -> Any:
     except ImportError as exc:
         raise MissingDependency("faster-whisper", "transcribe", "Transcribing audio") from exc
     return faster_whisper
-
-
-def _device_and_index(device: str) -> tuple[str, int]:
-    """("cpu", 0) for "cpu"; ("cuda", N) for "cuda:N" (N defaults to 0)."""
-    kind, _, index = device.partition(":")
-    return kind, int(index) if index else 0
 
 
 def _check_cuda(spec: ModelSpec, device: str, index: int) -> None:
@@ -60,7 +55,8 @@ class WhisperLoader:
         unsupported compute type on this device).
         """
         faster_whisper = _import_faster_whisper()
-        kind, index = _device_and_index(device)
+        kind, cuda_index = parse_device(device)
+        index = cuda_index or 0
         if kind == "cuda":
             _check_cuda(spec, device, index)
         compute_type = spec.options.get("compute_type") or ("int8" if kind == "cpu" else "float16")
