@@ -13,6 +13,7 @@ The CLI and the HTTP API are thin layers over this class.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from celery import Celery
 from stoker.config import Priority, Settings
 from stoker.errors import InvalidInput
 from stoker.jobs import get_capability
-from stoker.jobs.base import PrepareContext
+from stoker.jobs.base import ERRORS_NAME, PrepareContext
 from stoker.queues.batches import BATCH_KIND, child_ended, children, submit_batch
 from stoker.queues.records import JobFilter, JobRecord
 from stoker.queues.stores import JobStore, open_job_store
@@ -242,6 +243,16 @@ class Stoker:
                 if not ref.partial and ref.name != "manifest.json":
                     written.append(self.storage.download(ref.key, folder / ref.name))
         return written
+
+    def item_errors(self, job_id: str) -> list[dict[str, Any]]:
+        """The failed items of a job that succeeded in part (generate's prompt lines),
+        as the lines of its ``errors.jsonl``; [] when it has none."""
+        record = self.store.get(job_id)
+        ref = next((o for o in record.outputs if o.name == ERRORS_NAME), None)
+        if ref is None:
+            return []
+        data = self.storage.get_bytes(ref.key).decode("utf-8")
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
 
     def output_url(self, key: str) -> str:
         return self.storage.url_for(key, self.settings.presign_expiry_s)

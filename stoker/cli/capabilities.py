@@ -156,7 +156,7 @@ def run_with(
         if not record.state.terminal:
             with inprocess_worker(settings, [kind], device):
                 record = follow(client, record.id)
-        exit_unless_succeeded(record)
+        exit_unless_succeeded(client, record)
         for path in client.download(record.id, out):
             console.print(str(path))
 

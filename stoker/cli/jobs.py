@@ -25,6 +25,7 @@ from stoker.cli.app import (
     table_of,
 )
 from stoker.errors import InvalidInput
+from stoker.jobs.base import ERRORS_NAME
 from stoker.queues.batches import BATCH_KIND, request_counts
 from stoker.queues.records import JobFilter, JobRecord, JobState
 
@@ -95,15 +96,34 @@ def _units(record: JobRecord) -> str:
     return "files" if record.kind == BATCH_KIND else "chunks"
 
 
-def exit_unless_succeeded(record: JobRecord) -> None:
-    """Exit 1 unless the job succeeded; a batch succeeds even if some files failed."""
+def exit_unless_succeeded(client: Any, record: JobRecord) -> None:
+    """Exit 1 unless the job succeeded; a batch succeeds even if some files failed, and
+    a prompt file's job even if some lines failed (said on stderr, with the first)."""
     if record.state is JobState.SUCCEEDED:
+        failed = failed_items(client, record)
+        if failed:
+            err.print(f"warning: {failed}", markup=False, soft_wrap=True)
         return
     reason = record.error.message if record.error else record.state.value
     err.print(
         f"error: job {record.id} {record.state.value}: {reason}", markup=False, soft_wrap=True
     )
     raise typer.Exit(1)
+
+
+def failed_items(client: Any, record: JobRecord) -> str:
+    """ "2 of 40 lines failed (the first: ...); ..." for a job that succeeded with
+    failed items, else ""."""
+    errors = client.item_errors(record.id) if record.state is JobState.SUCCEEDED else []
+    if not errors:
+        return ""
+    first = errors[0].get("error", {}).get("message", "")
+    total = record.params.get("lines")
+    count = f"{len(errors)} of {total}" if total else str(len(errors))
+    return (
+        f"{count} lines failed (the first: {first}); each failed line's error is in "
+        f"{ERRORS_NAME}, and the job succeeded for the others"
+    )
 
 
 @app.command()
@@ -161,6 +181,9 @@ def _print_record(record: JobRecord, client: Any) -> None:
         _print_chapters(record, client.done_chunks(record.id))
     if record.error:
         console.print(f"[red]error ({record.error.kind}):[/] {record.error.message}")
+    failed = failed_items(client, record)
+    if failed:
+        console.print(f"[yellow]warning:[/] {failed}", highlight=False)
     for out in record.outputs:
         tag = " (partial)" if out.partial else ""
         console.print(f"  {out.name}{tag}  {out.size_bytes} bytes  {client.output_url(out.key)}")
@@ -174,7 +197,7 @@ def wait(
 ) -> None:
     """Wait for a job with a progress bar; exit 1 unless it succeeded."""
     with client_of(ctx) as client:
-        exit_unless_succeeded(follow(client, job_id, timeout))
+        exit_unless_succeeded(client, follow(client, job_id, timeout))
 
 
 @app.command()

@@ -48,6 +48,12 @@ class Prepared:
     uploads: dict[str, Path | bytes] = field(default_factory=dict)
 
 
+#: The output of a job that succeeded although some of its items failed (generate's
+#: prompt lines): one JSON object per failed item, with ``error.code`` and
+#: ``error.message``. Clients report it (Stoker.item_errors, the CLI's warning).
+ERRORS_NAME = "errors.jsonl"
+
+
 @dataclass(frozen=True)
 class Artifact:
     """An output of assembly, to be stored as ``jobs/<id>/<name>``: the file at ``path``,

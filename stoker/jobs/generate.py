@@ -25,6 +25,7 @@ from pydantic import Field
 from stoker.errors import InvalidInput, JobCancelled
 from stoker.jobs import completions, prompts
 from stoker.jobs.base import (
+    ERRORS_NAME,
     Artifact,
     AssembleContext,
     ChunkContext,
@@ -153,7 +154,7 @@ class GenerateCapability:
                 result = completions.run_item(model, item)
             if params["mode"] != "prompts" and "error" in result:
                 # One prompt: its failure is the job's (the API answers it as an error).
-                raise InvalidInput(result["error"]["message"].replace("line 1", "the prompt", 1))
+                raise InvalidInput(_one_prompt_message(result["error"]["message"]))
             results.append(result)
         ctx.out.write_text("".join(json.dumps(r) + "\n" for r in results), encoding="utf-8")
 
@@ -176,7 +177,7 @@ class GenerateCapability:
         _write_jsonl(out, results)
         artifacts = [Artifact(out.name, out, JSONL, meta)]
         if failed:
-            errors = ctx.workdir / "errors.jsonl"
+            errors = ctx.workdir / ERRORS_NAME
             _write_jsonl(errors, failed)
             artifacts.append(Artifact(errors.name, errors, JSONL, {"lines": len(failed)}))
         if params["mode"] != "prompts" and results and not failed:
@@ -209,3 +210,11 @@ def openai_response(params: dict[str, Any], result: dict[str, Any], created: int
         "choices": [choice],
         "usage": result["usage"],
     }
+
+
+def _one_prompt_message(message: str) -> str:
+    """A line's error as the error of a one-prompt job, which has no lines:
+    "line 1: the prompt is 3002 tokens ..." → "the prompt is 3002 tokens ..."."""
+    if message.startswith("line 1: "):
+        return message.removeprefix("line 1: ")
+    return message.replace("line 1", "the prompt", 1)

@@ -152,6 +152,10 @@ def _check_schema_shape(schema: dict[str, Any]) -> None:
         raise ValueError("not a valid JSON schema: required must be a list of names")
 
 
+#: What a prompt file's line looks like, for the errors that say how to fix one.
+LINE_SHAPE = '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}'
+
+
 def split_lines(text: str) -> list[tuple[int, str]]:
     """(line number from 1, line) of every non-blank line of ``text``."""
     return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -167,7 +171,7 @@ def _fields(raw: str) -> tuple[str | None, dict[str, Any]]:
     """(custom_id, fields) of a line; ValueError when it is not a JSON object."""
     obj = json.loads(raw)
     if not isinstance(obj, dict):
-        raise ValueError("a line must be a JSON object")
+        raise ValueError(f"a line must be a JSON object: {LINE_SHAPE}")
     custom_id = obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else None
     if "id" in obj and "custom_id" not in obj and isinstance(obj["id"], str | int):
         # {"id", "prompt"} as embed's {"id", "text"} lines: the id is the custom_id
@@ -206,7 +210,11 @@ def parse_line(
         )
     except json.JSONDecodeError as exc:
         return LineError(
-            index, line_no, custom_id, "invalid_line", f"line {line_no} is not valid JSON: {exc}"
+            index,
+            line_no,
+            custom_id,
+            "invalid_line",
+            f"line {line_no} is not valid JSON ({exc}); write it as {LINE_SHAPE}",
         )
     except ValueError as exc:
         return LineError(index, line_no, custom_id, "invalid_line", f"line {line_no}: {exc}")
@@ -235,6 +243,6 @@ def parse_file(text: str, defaults: Sampling, max_bytes: int) -> list[PromptItem
         shown = "; ".join(e.message for e in errors[:3])
         raise InvalidInput(
             f"no line of the prompt file can run ({len(errors)} malformed): {shown}. "
-            f'Each line must be {{"prompt": "..."}} or {{"messages": [...]}}.'
+            f"Each line must be {LINE_SHAPE}."
         )
     return items

@@ -67,3 +67,29 @@ def test_submit_generate_records_a_model_path_as_an_absolute_path(
     with Stoker(load_settings(data_dir=data_dir)) as client:
         record = client.status(result.stdout.strip())
     assert record.model == str(model) and record.params["model"] == str(model)
+
+
+def test_run_generate_says_which_lines_failed(data_dir: Path, tmp_path: Path) -> None:
+    """Given a prompt file of three lines, the second not JSON
+    When `stoker run generate` runs it, then `stoker status` shows the job
+    Then the run exits 0 with the two results, and both commands warn that 1 of 3
+    lines failed, quoting that line's error and naming errors.jsonl."""
+    model = write_tiny_llama(tmp_path / "tiny.gguf")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "One"}\n{"prompt": oops}\n{"prompt": "Three"}\n')
+    out = tmp_path / "out"
+    result = stoker(
+        "run", "generate", "--model", str(model), "--prompts", str(prompts),
+        "--max-tokens", "4", "--out", str(out), data_dir=data_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warning = "1 of 3 lines failed (the first: line 2 is not valid JSON"
+    assert warning in " ".join(result.stderr.split())
+    assert "errors.jsonl" in result.stderr
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["index"] for e in errors] == [1]
+    with Stoker(load_settings(data_dir=data_dir)) as client:
+        job_id = client.jobs()[0].id
+        assert [e["index"] for e in client.item_errors(job_id)] == [1]
+    shown = stoker("status", job_id, data_dir=data_dir)
+    assert shown.returncode == 0 and warning in " ".join(shown.stdout.split())

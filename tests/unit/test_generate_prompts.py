@@ -8,7 +8,7 @@ import pytest
 
 from stoker.errors import InvalidInput
 from stoker.jobs.completions import fallback_prompt
-from stoker.jobs.generate import openai_response
+from stoker.jobs.generate import _one_prompt_message, openai_response
 from stoker.jobs.prompts import LineError, PromptItem, Sampling, parse_file, parse_line
 
 DEFAULTS = Sampling(max_tokens=32, temperature=0.5)
@@ -146,3 +146,11 @@ def test_result_json_has_openai_shapes() -> None:
     assert body["choices"] == [
         {"index": 0, "logprobs": None, "message": message, "finish_reason": "stop"}
     ]
+
+
+def test_a_one_prompt_job_words_its_error_without_line_numbers() -> None:
+    """Given the error of line 1, as a one-prompt job's only line reports it
+    Then the job's error reads as the prompt's: no "line 1", no doubled subject."""
+    too_long = "line 1: the prompt is 3002 tokens and max_tokens is 8"
+    assert _one_prompt_message(too_long) == "the prompt is 3002 tokens and max_tokens is 8"
+    assert _one_prompt_message("line 1 is not valid JSON") == "the prompt is not valid JSON"
