@@ -42,6 +42,9 @@ def test_run_image_takes_a_pipeline_folder(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "tiny-sd"
     assert [o["meta"]["seed"] for o in manifest["outputs"]] == [7, 8]
+    # And loading printed nothing the user cannot act on (accelerate is installed;
+    # the image processors' PIL fallback goes unsaid)
+    assert "accelerate" not in result.stderr and "torchvision" not in result.stderr
 
 
 def test_submit_records_a_pipeline_folder_by_its_absolute_path(

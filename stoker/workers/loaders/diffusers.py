@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +103,19 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
     return index
 
 
-def quiet_progress_bars(diffusers: Any) -> None:
-    """Turn off the per-component loading bars of diffusers and transformers: they
-    would fill worker logs. Process-wide, which suits a worker process."""
+def quiet_loading(diffusers: Any) -> None:
+    """Turn off what loading prints that a user cannot act on: the per-component
+    progress bars of diffusers and transformers (they would fill worker logs), and
+    transformers' note that an image processor (a safety checker's feature extractor)
+    falls back to its PIL version without torchvision, which works the same for us.
+    Process-wide, which suits a worker process."""
     diffusers.utils.logging.disable_progress_bar()
     try:
         from transformers.utils import logging as transformers_logging
     except ImportError:  # pipelines without transformers components load without it
         return
     transformers_logging.disable_progress_bar()
+    logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
 
 
 def torch_dtype(spec: ModelSpec, device: str) -> Any:
@@ -143,7 +148,7 @@ class DiffusersLoader:
         """
         diffusers = import_diffusers()
         check_pipeline_folder(spec.path)
-        quiet_progress_bars(diffusers)
+        quiet_loading(diffusers)
         dtype = torch_dtype(spec, device)
         try:
             pipe = diffusers.DiffusionPipeline.from_pretrained(
