@@ -6,6 +6,7 @@ Every failure a user can cause ends as one line, `error: ...`, and a non-zero ex
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,8 +31,21 @@ run_app = typer.Typer(
 app.add_typer(submit_app, name="submit")
 app.add_typer(run_app, name="run")
 
-console = Console()
-err = Console(stderr=True)
+#: Columns for tables when the output is not a terminal (a file, a pipe into grep):
+#: rich's own 80 folds model paths letter by letter across lines.
+PIPED_WIDTH = 200
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console whose lines rich never breaks (soft wrap: a terminal wraps them, and
+    a URL or path stays one string to copy or grep); piped, tables get PIPED_WIDTH."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, soft_wrap=True, width=PIPED_WIDTH if piped else None)
+
+
+console = _console()
+err = _console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
 PriorityOpt = Annotated[str, typer.Option(help="interactive, normal or bulk.")]

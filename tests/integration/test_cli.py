@@ -57,6 +57,9 @@ def test_submit_status_and_get_on_the_embedded_default(data_dir: Path, tmp_path:
     assert stoker("wait", job_id, "--timeout", "30", data_dir=data_dir).returncode == 0
     got = stoker("get", job_id, "--out", str(tmp_path / "got"), data_dir=data_dir)
     assert (tmp_path / "got" / "echo.txt").read_text() == "hi", got.stderr
+    # Piped, each output's URL is one unbroken string (rich would fold it at 80 columns)
+    url = (data_dir / "outputs" / "jobs" / job_id / "echo.txt").as_uri()
+    assert url in stoker("status", job_id, data_dir=data_dir).stdout.split()
 
 
 @pytest.mark.parametrize(
