@@ -49,13 +49,17 @@ def run(
     tmp.mkdir(parents=True, exist_ok=True)
     settings = load_settings(data_dir=tmp)
     prepared = cap.prepare(request, PrepareContext(settings, catalog))
-    files = []
+    files, notes = [], []
     for i, plan in enumerate(prepared.chunks):
-        out = tmp / f"chunk{i}.{cap.chunk_ext}"
-        cap.run_chunk(model, prepared.params, plan.payload, ChunkContext(out, lambda: False))
-        files.append(out)
+        ctx = ChunkContext(tmp / f"chunk{i}.{cap.chunk_ext}", lambda: False)
+        cap.run_chunk(model, prepared.params, plan.payload, ctx)
+        files.append(ctx.out)
+        notes.append(ctx.notes)
     (tmp / "out").mkdir(exist_ok=True)
-    return list(cap.assemble(prepared.params, AssembleContext(files, tmp / "out")))
+    kept = notes if getattr(cap, "chunk_notes", False) else []
+    return list(
+        cap.assemble(prepared.params, AssembleContext(files, tmp / "out", chunk_notes=kept))
+    )
 
 
 IMAGE = {"model": "tiny_sd", "prompt": "a lighthouse at dusk", "steps": 2}
@@ -143,6 +147,11 @@ def test_a_mesh_job_writes_a_mesh_trimesh_can_load(
     mesh = trimesh.load(artifact.path, file_type=fmt, force="mesh")
     assert len(mesh.faces) == artifact.meta["faces"] > 0
     assert artifact.meta["vertices"] > 0 and len(artifact.meta["bounds"]) == 2
+    # A chunk without notes (made before they were kept) is parsed for the same meta
+    chunk = tmp_path / "chunk0.glb"
+    params = {**artifact.meta, "format": fmt}
+    [again] = MeshCapability().assemble(params, AssembleContext([chunk], tmp_path / "again"))
+    assert again.meta == artifact.meta
 
 
 def test_a_big_mesh_is_decimated_under_max_faces(

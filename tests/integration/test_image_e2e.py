@@ -78,6 +78,9 @@ def test_images_and_meshes_are_made_stored_and_reproducible(visual: Deployment) 
             data = client.storage.get_bytes(mesh_done.outputs[0].key)
             mesh = trimesh.load(io.BytesIO(data), file_type=fmt, force="mesh")
             assert len(mesh.faces) > 0
+            # the manifest's counts, for GLB from the chunk's notes, are the file's
+            manifest = json.loads(client.storage.get_bytes(mesh_done.outputs[1].key))
+            assert manifest["outputs"][0]["meta"]["faces"] == len(mesh.faces)
 
 
 def test_a_bad_size_is_refused_at_submission_naming_the_valid_size(visual: Deployment) -> None:
