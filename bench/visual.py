@@ -1,0 +1,218 @@
+"""image and mesh: what stoker adds to plain diffusers, same run, same pipelines.
+
+No real image or 3D weights install offline (../shared/MODELS.md), so both sides run
+the tiny random pipelines the tests build (tests/diffusers_models.py). Their model
+work is a few milliseconds, far below a real Stable Diffusion or Shap-E step, so the
+figure that carries over to real models is stoker's *added seconds per output*
+(queueing, records, PNG metadata, storage, manifest), not the ratio.
+
+image (tiny text-to-image pipeline, 64×64, 4 steps):
+  1. plain: the pipeline loaded once, one call per seed, each image saved as PNG;
+  2. stoker: one `image` job with ``--count N`` queued on Redis (own redis-server),
+     one `stoker worker --queues image` with the folder preloaded; submit to done.
+mesh (tiny Shap-E, marching-cubes grid ``--resolution``):
+  1. plain: the prior, ``decode_to_mesh``, a coloured trimesh exported to GLB, per prompt;
+  2. stoker: one `mesh` job per prompt (GLB, no decimation, as plain), same worker
+     set-up; submit to all done.
+Both stoker sides first run one warm-up job (see stoker_side).
+
+Usage: python bench/visual.py [--images 32] [--meshes 6] [--resolution 64]
+                              [--repeats 5] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.capabilities import wait_all  # noqa: E402
+from bench.common import machine, markdown_table, write_section  # noqa: E402
+from tests.diffusers_models import tiny_pipelines  # noqa: E402
+from tests.servers import redis_server  # noqa: E402
+
+SIDE, STEPS, SEED = 64, 4, 7
+#: stoker decimates a mesh over ``max_faces`` (200,000 by default), which plain Shap-E
+#: does not: the highest cap keeps both sides doing the same work.
+NO_DECIMATION = 2_000_000
+PROMPT = "a lighthouse at dusk"
+
+
+def load_pipeline(folder: Path) -> Any:
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
+    pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def plain_images(pipe: Any, n: int, out: Path) -> None:
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        generator = torch.Generator("cpu").manual_seed(SEED + i)
+        image = pipe(
+            prompt=PROMPT, num_inference_steps=STEPS, width=SIDE, height=SIDE,
+            generator=generator, output_type="pil",
+        ).images[0]  # fmt: skip
+        image.save(out / f"image-{i:02d}.png", format="PNG")
+
+
+def plain_meshes(pipe: Any, n: int, resolution: int, out: Path) -> None:
+    import numpy as np
+    import torch
+    import trimesh
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        generator = torch.Generator("cpu").manual_seed(SEED + i)
+        latents = pipe(
+            f"{PROMPT} {i}", num_inference_steps=STEPS, guidance_scale=15.0,
+            generator=generator, output_type="latent",
+        ).images  # fmt: skip
+        raw = pipe.shap_e_renderer.decode_to_mesh(
+            latents[0][None, :], pipe.device, grid_size=resolution
+        )
+        rgb = np.stack([raw.vertex_channels[c].cpu().numpy() for c in "RGB"], axis=1)
+        mesh = trimesh.Trimesh(
+            vertices=raw.verts.cpu().numpy(),
+            faces=raw.faces.cpu().numpy(),
+            vertex_colors=(np.clip(rgb, 0, 1) * 255).round().astype(np.uint8),
+            process=False,
+        )
+        mesh.export(out / f"mesh-{i}.glb", file_type="glb")
+
+
+def stoker_side(
+    kind: str, folder: Path, requests: list[dict[str, Any]], redis_url: str, data_dir: Path
+) -> float:
+    """Seconds from submitting ``requests`` to the last one succeeded, on one worker
+    started (``folder`` preloaded) before the first submit.
+
+    A warm-up job runs first: a worker finds a new model path's queue at its next
+    scheduler tick (``scheduler_interval_s``, 0.5 s), once per path, which would
+    otherwise be counted here as a per-output cost."""
+    import redis
+
+    from stoker.client import Stoker
+    from stoker.config import load_settings
+    from tests.deployment import Deployment
+
+    redis.Redis.from_url(redis_url).flushall()
+    data_dir.mkdir(parents=True)
+    dep = Deployment(
+        env={"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)}, workdir=data_dir
+    )
+    try:
+        dep.start_worker(kind, "--preload", str(folder))
+        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
+            warm_up = {k: v for k, v in requests[0].items() if k != "count"}
+            wait_all(client, [client.submit(kind, warm_up | {"seed": 1}).id], timeout_s=600)
+            start = time.perf_counter()
+            ids = [client.submit(kind, r).id for r in requests]
+            wait_all(client, ids, timeout_s=3600)
+            return time.perf_counter() - start
+    finally:
+        dep.stop_all()
+
+
+def interleaved(
+    plain: Callable[[int], None], stoker: Callable[[int], float], repeats: int
+) -> tuple[float, float, list[tuple[float, float]]]:
+    """Medians of ``repeats`` (plain, stoker) pairs, and each pair's seconds."""
+    pairs = []
+    for r in range(repeats):
+        start = time.perf_counter()
+        plain(r)
+        pairs.append((time.perf_counter() - start, stoker(r)))
+    return statistics.median(p for p, _ in pairs), statistics.median(s for _, s in pairs), pairs
+
+
+def table(
+    what: str, n: int, unit: str, plain_s: float, stoker_s: float, pairs: list[tuple[float, float]]
+) -> str:
+    rows = [
+        [f"plain diffusers, one call per {unit}", f"{plain_s:.2f}", f"{plain_s / n * 1000:.0f}",
+         "—", "1.00"],
+        ["stoker, 1 worker (preloaded)", f"{stoker_s:.2f}", f"{stoker_s / n * 1000:.0f}",
+         f"{(stoker_s - plain_s) / n * 1000:+.0f}", f"{plain_s / stoker_s:.2f}"],
+    ]  # fmt: skip
+    header = [what, "seconds", f"ms per {unit}", f"stoker adds, ms per {unit}", "× plain"]
+    each = ", ".join(f"{p:.2f}/{s:.2f}" for p, s in pairs)
+    return (
+        markdown_table(header, rows)
+        + f"\n\nMedians of {len(pairs)} interleaved pairs (plain/stoker seconds: {each}).\n"
+    )
+
+
+def image_section(folder: Path, n: int, redis_url: str, work: Path, repeats: int) -> str:
+    pipe = load_pipeline(folder)
+    plain_images(pipe, 2, work / "warm")  # as warm as the preloaded worker
+    request = {"prompt": PROMPT, "model": str(folder), "steps": STEPS, "seed": SEED}
+    request |= {"count": n, "width": SIDE, "height": SIDE}
+    plain_s, stoker_s, pairs = interleaved(
+        lambda r: plain_images(pipe, n, work / f"plain-img-{r}"),
+        lambda r: stoker_side("image", folder, [request], redis_url, work / f"img-{r}"),
+        repeats,
+    )
+    what = f"image: {n} × {SIDE}×{SIDE}, {STEPS} steps"
+    return table(what, n, "image", plain_s, stoker_s, pairs)
+
+
+def mesh_section(
+    folder: Path, n: int, resolution: int, redis_url: str, work: Path, repeats: int
+) -> str:
+    pipe = load_pipeline(folder)
+    plain_meshes(pipe, 1, resolution, work / "warm")
+    requests = [
+        {"prompt": f"{PROMPT} {i}", "model": str(folder), "steps": STEPS, "seed": SEED + i,
+         "resolution": resolution, "format": "glb", "max_faces": NO_DECIMATION}
+        for i in range(n)
+    ]  # fmt: skip
+    plain_s, stoker_s, pairs = interleaved(
+        lambda r: plain_meshes(pipe, n, resolution, work / f"plain-mesh-{r}"),
+        lambda r: stoker_side("mesh", folder, requests, redis_url, work / f"mesh-{r}"),
+        repeats,
+    )
+    what = f"mesh: {n} prompts, grid {resolution}³, GLB"
+    return table(what, n, "mesh", plain_s, stoker_s, pairs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--meshes", type=int, default=6)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
+        work = Path(tmp)
+        tiny = tiny_pipelines(work / "models")
+        parts = [
+            image_section(tiny.image, args.images, redis_url, work, args.repeats),
+            mesh_section(tiny.mesh, args.meshes, args.resolution, redis_url, work, args.repeats),
+        ]
+    for part in parts:
+        print(part)
+    command = "python bench/visual.py " + " ".join(sys.argv[1:])
+    if os.environ.get("TMPDIR"):
+        command = f"TMPDIR={os.environ['TMPDIR']} {command}"
+    body = f"Command: `{command.strip()}` on {machine()}.\n\n" + "\n".join(parts)
+    if not args.no_write:
+        write_section("visual", body)
+
+
+if __name__ == "__main__":
+    main()
