@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from stoker.config import Settings
 
 log = logging.getLogger(__name__)
+#: The worker's log line for a job that failed on bad input (`stoker run` drops it: it
+#: prints the job's error itself).
+JOB_FAILED = "job %s failed: %s"
 
 
 class Executor(Protocol):
@@ -80,7 +83,7 @@ def settle(
             return delay
         executor.fail(job_id, exc)
     elif isinstance(exc, PermanentError):
-        log.warning("job %s failed: %s", job_id, exc)
+        log.warning(JOB_FAILED, job_id, exc)
         executor.fail(job_id, exc)
     else:  # a bug of ours: fail this job, keep the worker serving
         log.error("job %s chunk %d crashed", job_id, index, exc_info=exc)

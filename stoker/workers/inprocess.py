@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from celery.worker import WorkController
 
 from stoker.config import Settings
+from stoker.queues import tasks
 from stoker.workers.execute import ChunkExecutor
 from stoker.workers.process import keep_alive, node_name, worker_app
 from stoker.workers.steering import candidate_queues
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 30.0
+
+
+def _without_job_failures(record: logging.LogRecord) -> bool:
+    """Drop the worker's "job X failed: why" line: the caller follows the job and
+    prints its error once, as `error: job X failed: why`. Retries and crashes stay."""
+    return record.msg is not tasks.JOB_FAILED
 
 
 @contextmanager
@@ -55,10 +62,13 @@ def inprocess_worker(
     thread.start()
     if not ready.wait(_START_TIMEOUT_S):
         raise RuntimeError("the in-process worker did not start; is the broker reachable?")
+    tasks_log = logging.getLogger(tasks.__name__)
+    tasks_log.addFilter(_without_job_failures)
     try:
         with keep_alive(executor, settings):
             yield executor
     finally:
+        tasks_log.removeFilter(_without_job_failures)
         worker.stop()
         thread.join(_STOP_TIMEOUT_S)
         executor.manager.unload_all()

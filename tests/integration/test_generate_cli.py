@@ -93,3 +93,17 @@ def test_run_generate_says_which_lines_failed(data_dir: Path, tmp_path: Path) ->
         assert [e["index"] for e in client.item_errors(job_id)] == [1]
     shown = stoker("status", job_id, data_dir=data_dir)
     assert shown.returncode == 0 and warning in " ".join(shown.stdout.split())
+
+
+def test_run_generate_prints_a_failed_prompt_once(data_dir: Path, tmp_path: Path) -> None:
+    """Given a single prompt longer than the tiny model's context
+    When `stoker run generate` runs it
+    Then it exits 1 and stderr gives the job's error once, without "line 1"."""
+    model = write_tiny_llama(tmp_path / "tiny.gguf")
+    result = stoker(
+        "run", "generate", "--model", str(model), "--prompt", "the story " * 200,
+        "--n-ctx", "64", "--max-tokens", "4", "--out", str(tmp_path / "out"), data_dir=data_dir,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("over the context of") == 1, result.stderr
+    assert "error: job job_" in result.stderr and "line 1" not in result.stderr
