@@ -250,10 +250,16 @@ class NotedChunks(Protocol):
 
 
 def parse_request(request: dict[str, Any], model: type[BaseModel]) -> Any:
-    """Validate ``request`` against ``model``; InvalidInput names the first bad field."""
+    """Validate ``request`` against ``model``; InvalidInput names the first bad field
+    and, when it is a short scalar, the value given: "invalid count 20: Input should
+    be less than or equal to 16"."""
     try:
         return model.model_validate(request)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise InvalidInput(f"invalid {where}: {first['msg']}") from exc
+        value = first.get("input")
+        given = ""
+        if isinstance(value, int | float | str) and len(repr(value)) <= 40:
+            given = f" {value!r}"
+        raise InvalidInput(f"invalid {where}{given}: {first['msg']}") from exc

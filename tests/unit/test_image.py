@@ -115,7 +115,7 @@ def test_the_same_request_plans_the_same_chunk_keys(ctx: PrepareContext) -> None
         ({"prompt": "  "}, "prompt is empty"),
         ({"prompt": "x" * 2000}, "over the 1,000-byte limit"),
         ({"width": 100}, "nearest valid width is 104"),
-        ({"count": 17}, "invalid count"),
+        ({"count": 17}, "invalid count 17: "),
         ({"steps": 0}, "invalid steps"),
         ({"format": "gif"}, "invalid format"),
         ({"model": None}, "name a diffusers model.*tiny_sd"),

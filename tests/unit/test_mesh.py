@@ -146,7 +146,7 @@ def test_a_mesh_job_is_one_chunk_with_its_parameters(ctx: PrepareContext) -> Non
     [
         ({"model": "tiny_sd"}, "StableDiffusionPipeline; `mesh` needs .*Shap-E"),
         ({"resolution": 512}, "invalid resolution"),
-        ({"format": "stl"}, "invalid format"),
+        ({"format": "stl"}, "invalid format 'stl': "),
         ({"prompt": ""}, "prompt is empty"),
     ],
 )
