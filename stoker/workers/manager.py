@@ -2,7 +2,9 @@
 
 One pool per device string ("cpu", "cuda:0"). A pool's used bytes are the sum of
 its models' footprints, each measured at load as the device's used memory after the
-load minus before (RSS on the CPU). Measured footprints are remembered per
+load minus before (RSS on the CPU), or the bytes of the model's weights where its
+loader counts them and they are more (weights mapped from a file are not resident
+when the load returns; loaders/base.py). Measured footprints are remembered per
 (fingerprint, device) after eviction, and shared with other workers through the
 fleet (workers/fleet.py: Redis, per fingerprint and device kind), so only a model's
 first load anywhere is estimated from its size on disk.
@@ -315,7 +317,11 @@ class ModelManager:
         started = time.perf_counter()
         model = loader.load(spec, device)
         seconds = time.perf_counter() - started
-        return model, max(self._measure(device) - before, 1), seconds
+        seen = self._measure(device) - before
+        # Weights mapped from their file are not all resident yet (loaders/base.py).
+        weights_bytes = getattr(loader, "weights_bytes", None)
+        weights = weights_bytes(model) if weights_bytes is not None else 0
+        return model, max(seen, weights, 1), seconds
 
     def _fit_after_load(self, pool: _Pool, slot: _Slot) -> None:
         """The estimate was low: evict others, or unload the new model and raise."""

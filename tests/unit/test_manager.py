@@ -156,6 +156,44 @@ def test_estimate_is_disk_size_first_then_measured(
     assert loader.events == ["load S", "unload S", "load X"]
 
 
+@dataclass
+class LazyLoader(FakeLoader):
+    """Loads models whose weights are mapped, not read: the meter sees ``seen`` bytes
+    of each at load, and ``weights_bytes`` says the model's real size."""
+
+    seen: int = 50
+
+    def load(self, spec: ModelSpec, device: str) -> FakeModel:
+        model = super().load(spec, device)
+        self.used_bytes += self.seen - model.size
+        return model
+
+    def unload(self, model: FakeModel) -> None:
+        self.used_bytes -= self.seen
+        self.events.append(f"unload {model.name}")
+
+    def weights_bytes(self, model: FakeModel) -> int:
+        return model.size
+
+
+def test_weights_a_loader_counts_are_the_footprint_when_the_meter_sees_less(
+    tmp_path: Path, spec: Any, clock: FakeClock
+) -> None:
+    # Given a loader whose loads look like 50 B to the meter but hold 900 B of weights
+    lazy = LazyLoader()
+    settings = Settings(data_dir=tmp_path / "data", budgets={"cpu": 1500})
+    manager = ModelManager(settings, {"fake": lazy}, clock=clock, measure=lazy.measure)
+    a, b = spec("A", 900), spec("B", 900)
+    # When A then B are used under a budget that fits one of them
+    use_once(manager, a)
+    use_once(manager, b)
+    # Then A's footprint is its weights, so B's load evicted it first (counted as
+    # the meter saw it, 50 B, both would be kept: 1,800 B under a 1,500 B budget)
+    assert manager.footprint(a, "cpu") == 900
+    assert lazy.events == ["load A", "unload A", "load B"]
+    assert loaded(manager) == ["B"]
+
+
 def test_model_larger_than_budget_is_refused_without_evicting(
     manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from stoker.errors import MissingDependency, ModelLoadError
 from stoker.workers.catalog import ModelSpec
-from stoker.workers.loaders.base import short_reason
+from stoker.workers.loaders.base import short_reason, tensor_bytes
 
 #: Files that make a component folder loadable: one of these must exist.
 CONFIG_NAMES = (
@@ -162,6 +162,13 @@ class DiffusersLoader:
             ) from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def weights_bytes(self, model: Any) -> int:
+        """Bytes of the weights of the pipeline's torch components (see
+        loaders/base.py: read lazily from the files, they are not all in memory when
+        the load returns)."""
+        modules = [c for c in model.components.values() if hasattr(c, "parameters")]
+        return tensor_bytes(modules)
 
     def unload(self, model: Any) -> None:
         """Drop the pipeline and give its CUDA memory back to the driver."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from stoker.errors import MissingDependency, ModelLoadError
 from stoker.workers.catalog import ModelSpec
-from stoker.workers.loaders.base import short_reason
+from stoker.workers.loaders.base import short_reason, tensor_bytes
 
 
 def _import_sentence_transformers() -> Any:
@@ -58,6 +58,11 @@ class EmbeddingLoader:
                 f"{short_reason(exc)}; check the folder holds a sentence-transformers model"
             ) from exc
         return model
+
+    def weights_bytes(self, model: Any) -> int:
+        """Bytes of the model's weights (see loaders/base.py: read lazily from the file,
+        they are not all in memory when the load returns)."""
+        return tensor_bytes([model])
 
     def unload(self, model: Any) -> None:
         """Drop the model and give its CUDA memory back to the driver."""
