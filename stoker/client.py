@@ -244,10 +244,11 @@ class Stoker:
                     written.append(self.storage.download(ref.key, folder / ref.name))
         return written
 
-    def item_errors(self, job_id: str) -> list[dict[str, Any]]:
+    def item_errors(self, job: str | JobRecord) -> list[dict[str, Any]]:
         """The failed items of a job that succeeded in part (generate's prompt lines),
-        as the lines of its ``errors.jsonl``; [] when it has none."""
-        record = self.store.get(job_id)
+        as the lines of its ``errors.jsonl``; [] when it has none. ``job`` is its id,
+        or its record when the caller has read it already."""
+        record = self.store.get(job) if isinstance(job, str) else job
         ref = next((o for o in record.outputs if o.name == ERRORS_NAME), None)
         if ref is None:
             return []

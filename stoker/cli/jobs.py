@@ -114,7 +114,7 @@ def exit_unless_succeeded(client: Any, record: JobRecord) -> None:
 def failed_items(client: Any, record: JobRecord) -> str:
     """ "2 of 40 lines failed (the first: ...); ..." for a job that succeeded with
     failed items, else ""."""
-    errors = client.item_errors(record.id) if record.state is JobState.SUCCEEDED else []
+    errors = client.item_errors(record) if record.state is JobState.SUCCEEDED else []
     if not errors:
         return ""
     first = errors[0].get("error", {}).get("message", "")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -131,8 +132,9 @@ class Steering:
         split = len(backlogs) - len(lacking)
         served, unservable = backlogs[:split], backlogs[split:]
         held = self._held()
-        choice = choose(View(served, held, self.fits, _count(b.queues for b in beats)), self.policy)
-        orphans = self._orphans(unservable, _count(b.paths for b in beats))
+        others = Counter(q for b in beats for q in b.queues)  # workers on each queue
+        choice = choose(View(served, held, self.fits, others), self.policy)
+        orphans = self._orphans(unservable, Counter(q for b in beats for q in b.paths))
         if orphans:
             choice = Choice(choice.queues | orphans, choice.reason, choice.target)
         return choice
@@ -242,15 +244,6 @@ class Steering:
             pools=pools,
             at=now,
         )
-
-
-def _count(lists: Iterable[Iterable[str]]) -> dict[str, int]:
-    """How many of ``lists`` hold each item."""
-    counts: dict[str, int] = {}
-    for items in lists:
-        for item in items:
-            counts[item] = counts.get(item, 0) + 1
-    return counts
 
 
 class SteeringStep(bootsteps.StartStopStep):
