@@ -4,10 +4,14 @@ One pool per device string ("cpu", "cuda:0"). A pool's used bytes are the sum of
 its models' footprints, each measured at load as the device's used memory after the
 load minus before (RSS on the CPU), or the bytes of the model's weights where its
 loader counts them and they are more (weights mapped from a file are not resident
-when the load returns; loaders/base.py). Measured footprints are remembered per
-(fingerprint, device) after eviction, and shared with other workers through the
-fleet (workers/fleet.py: Redis, per fingerprint and device kind), so only a model's
-first load anywhere is estimated from its size on disk.
+when the load returns; loaders/base.py). On the CPU, a model may also keep memory
+its jobs leave behind (caches, buffers allocated on first use): after each use that
+ran alone in the process, free heap is given back to the OS if the use left much,
+and the footprint becomes the load's delta plus the largest growth that remained,
+if that is more. Measured footprints are remembered per (fingerprint, device) after
+eviction, and shared with other workers through the fleet (workers/fleet.py: Redis,
+per fingerprint and device kind), so only a model's first load anywhere is
+estimated from its size on disk.
 
 Eviction is least-recently-used, never a pinned model (``settings.pinned_models``)
 and never a model in use. A model that cannot fit raises ModelTooLarge, a permanent
@@ -37,6 +41,9 @@ log = logging.getLogger(__name__)
 MIB = 2**20
 # Share of a device's memory a pool may fill when no budget is configured for it.
 DEFAULT_BUDGET_SHARE = {"cpu": 0.5, "cuda": 0.9}
+# A use that leaves the process this much fuller has its free heap given back to the
+# OS before its growth is counted (see ModelManager._after_use).
+TRIM_AFTER_BYTES = 64 * MIB
 
 
 @dataclass
@@ -75,6 +82,8 @@ class _Slot:
     model: Any
     # Every name this model was asked for by (one fingerprint, several catalog names).
     names: set[str] = field(default_factory=set)
+    loaded_bytes: int = 0  # the device's used-memory delta of the load itself
+    grown_bytes: int = 0  # the largest growth one use of it left behind
 
     @property
     def evictable(self) -> bool:
@@ -130,9 +139,17 @@ class ModelManager:
         self._pinned = frozenset(settings.pinned_models)
         self._pools: dict[str, _Pool] = {}
         self._footprints: dict[tuple[str, str], int] = {}
+        # The largest growth one use left behind, per (fingerprint, device), so a
+        # reloaded model counts it at once.
+        self._grown: dict[tuple[str, str], int] = {}
         self._fleet: Fleet = fleet or LocalFleet()
         # One lock for all pools; held while loading, never while a model is used.
         self._lock = threading.Lock()
+        # Uses in progress, and uses started so far: a use's growth is measured only
+        # when no other use overlapped it (memory is per process or per device, so an
+        # overlapping use's allocations could not be told apart from this one's).
+        self._active_uses = 0
+        self._uses_started = 0
 
     @contextmanager
     def use(self, spec: ModelSpec, device: str) -> Iterator[Any]:
@@ -142,16 +159,23 @@ class ModelManager:
         a bad device or an unknown backend, and whatever the loader raises
         (ModelLoadError, MissingDependency); models evicted to make room stay evicted.
         """
-        slot = self._acquire(spec, device)
+        slot, started, alone = self._acquire(spec, device)
+        # Only the CPU pool is watched: RSS is this process's own. (On CUDA the
+        # device's used memory includes torch's cache, kept on purpose between jobs.)
+        before = self._measure_quietly(device) if alone and device == "cpu" else None
         try:
             yield slot.model
         finally:
             with self._lock:
                 slot.info.in_use -= 1
                 slot.info.last_used_at = self._clock()
+                self._active_uses -= 1
+            if before is not None:
+                self._after_use(slot, device, before, started)
 
     def footprint(self, spec: ModelSpec, device: str) -> int | None:
-        """Bytes ``spec`` took on ``device`` at its last load here, or None if never loaded."""
+        """Bytes ``spec`` is counted for on ``device`` since its last load here (the
+        load's, or what its jobs left after it, if more); None if never loaded."""
         key = (spec.fingerprint, device)
         with self._lock:
             return self._footprints.get(key)
@@ -218,7 +242,9 @@ class ModelManager:
 
     # --- internals (called with the lock held) --------------------------------------
 
-    def _acquire(self, spec: ModelSpec, device: str) -> _Slot:
+    def _acquire(self, spec: ModelSpec, device: str) -> tuple[_Slot, int, bool]:
+        """The slot of ``spec`` (loaded if need be) marked in use; with the count of
+        uses started, this one included, and whether it is the only use running."""
         fingerprint = spec.fingerprint
         with self._lock:
             pool = self._pool(device)
@@ -234,7 +260,9 @@ class ModelManager:
             slot.info.uses += 1
             slot.info.in_use += 1
             slot.info.last_used_at = self._clock()
-            return slot
+            self._uses_started += 1
+            self._active_uses += 1
+            return slot, self._uses_started, self._active_uses == 1
 
     def _pool(self, device: str) -> _Pool:
         pool = self._pools.get(device)
@@ -265,7 +293,11 @@ class ModelManager:
         if estimate > pool.budget_bytes:
             raise self._too_large(spec.name, pool, estimate)
         self._make_room(pool, spec.name, estimate)
-        model, footprint, seconds = self._measured_load(loader, spec, pool.device)
+        model, seen, footprint, seconds = self._measured_load(loader, spec, pool.device)
+        # What its jobs left behind the last time it was loaded here is more than a
+        # fresh load shows: count it from the start, not after the first job.
+        grown = self._grown.get((fingerprint, pool.device), 0)
+        footprint = max(footprint, seen + grown)
         self._footprints[(fingerprint, pool.device)] = footprint
         self._share_footprint(fingerprint, pool.device, footprint)
         now = self._clock()
@@ -280,7 +312,9 @@ class ModelManager:
             pinned=spec.name in self._pinned,
             in_use=0,
         )
-        slot = pool.slots[fingerprint] = _Slot(info, spec.backend, model, {spec.name})
+        slot = pool.slots[fingerprint] = _Slot(
+            info, spec.backend, model, {spec.name}, loaded_bytes=seen, grown_bytes=grown
+        )
         pool.loads += 1
         log.info(
             "loaded %s on %s: %s MiB in %.2f s (estimated %s MiB)",
@@ -307,7 +341,9 @@ class ModelManager:
 
     def _measured_load(
         self, loader: Loader, spec: ModelSpec, device: str
-    ) -> tuple[Any, int, float]:
+    ) -> tuple[Any, int, int, float]:
+        """Load; return the model, the device's used-memory delta, the footprint (the
+        delta or the weights' bytes, the larger) and the seconds it took."""
         prepare = getattr(loader, "prepare", None)
         if prepare is not None:
             prepare(device)  # library memory is per process, not this model's
@@ -321,7 +357,79 @@ class ModelManager:
         # Weights mapped from their file are not all resident yet (loaders/base.py).
         weights_bytes = getattr(loader, "weights_bytes", None)
         weights = weights_bytes(model) if weights_bytes is not None else 0
-        return model, max(seen, weights, 1), seconds
+        return model, seen, max(seen, weights, 1), seconds
+
+    def _measure_quietly(self, device: str) -> int | None:
+        """``measure(device)``, or None when it fails: a use's growth is a refinement,
+        and a meter that stopped answering must not fail or mask the job. (No lock.)"""
+        try:
+            return self._measure(device)
+        except Exception as exc:
+            log.debug("could not measure %s after a use (%s)", device, exc)
+            return None
+
+    def _after_use(self, slot: _Slot, device: str, before: int, started: int) -> None:
+        """Measure what a use that ran alone left behind: give free heap back to the
+        OS when it is much, then count what is still held in the model's footprint.
+
+        A job's temporary buffers stay in the C heap after they are freed (glibc keeps
+        them): all-MiniLM-L6-v2 encoding 256 long texts left RSS 200-440 MiB above
+        its 87 MiB of weights, and ~2 MiB above them once trimmed (1.5-19 ms). Counted,
+        that heap would evict models for memory any job can reuse; left, it makes the
+        worker hold far more than its budget says. So: trim, then count the rest.
+        (Called without the lock: the measures and the trim take milliseconds.)"""
+        after = self._measure_quietly(device)
+        if after is None or self._uses_started != started:
+            return
+        if after - before >= TRIM_AFTER_BYTES:
+            memory.return_free_heap()
+            after = self._measure_quietly(device)
+        with self._lock:
+            # No other use began meanwhile: what changed is this one's.
+            if after is not None and self._uses_started == started:
+                self._grew(slot, after - before)
+
+    def _grew(self, slot: _Slot, growth: int) -> None:
+        """One use of ``slot`` alone left the device ``growth`` bytes fuller: count it
+        in the footprint when it is the most seen, and evict idle models (LRU) if the
+        pool is now over budget. The model stays: it just ran, and its next load says
+        "too large" if it cannot fit. (Under the lock.)"""
+        if growth <= slot.grown_bytes or slot.model is None:
+            return
+        slot.grown_bytes = growth
+        info = slot.info
+        self._grown[(info.fingerprint, info.device)] = growth
+        footprint = max(info.footprint_bytes, slot.loaded_bytes + growth)
+        if footprint == info.footprint_bytes:
+            return
+        # A few MiB more are common (pages of weights touched late): not worth a line.
+        level = logging.INFO if footprint - info.footprint_bytes >= 16 * MIB else logging.DEBUG
+        log.log(
+            level, "%s on %s holds %s MiB after a job (%s MiB counted before)",
+            info.name, info.device, _mib(footprint), _mib(info.footprint_bytes),
+        )  # fmt: skip
+        info.footprint_bytes = footprint
+        self._footprints[(info.fingerprint, info.device)] = footprint
+        self._share_footprint(info.fingerprint, info.device, footprint)
+        pool = self._pools[info.device]
+        for victim in [s for s in pool.slots.values() if s.evictable and s is not slot]:
+            if pool.used_bytes <= pool.budget_bytes:
+                return
+            self._evict(pool, victim, f"{info.name} grew")
+        if footprint > pool.budget_bytes:
+            log.warning(
+                "%s now holds %s MiB on %s, more than the pool's whole budget of %s MiB: "
+                "it stays loaded, but once unloaded it will be refused as too large; %s",
+                info.name, _mib(footprint), info.device, _mib(pool.budget_bytes),
+                _budget_hint(pool.device),
+            )  # fmt: skip
+        elif pool.used_bytes > pool.budget_bytes:
+            log.warning(
+                "the %s pool holds %s MiB, over its %s MiB budget, with nothing idle to "
+                "evict (pinned or in use); %s",
+                pool.device, _mib(pool.used_bytes), _mib(pool.budget_bytes),
+                _budget_hint(pool.device),
+            )  # fmt: skip
 
     def _fit_after_load(self, pool: _Pool, slot: _Slot) -> None:
         """The estimate was low: evict others, or unload the new model and raise."""

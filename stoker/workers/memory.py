@@ -128,13 +128,19 @@ def release_freed_memory(device: str = "cpu") -> None:
     """
     gc.collect()
     if device == "cpu":
-        trim = _malloc_trim()
-        if trim is not None:
-            trim(0)
+        return_free_heap()
         return
     torch = _initialised_torch()
     if torch is not None:
         torch.cuda.empty_cache()
+
+
+def return_free_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op
+    elsewhere). Milliseconds, unlike a garbage collection with torch loaded (~0.2 s)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _initialised_torch() -> Any:

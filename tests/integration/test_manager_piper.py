@@ -12,6 +12,7 @@ from pydantic import ByteSize
 
 from stoker.config import ModelEntry, Settings
 from stoker.errors import ModelLoadError
+from stoker.workers import memory
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.manager import MIB, ModelManager
 from tests.piper_voices import copy_joe
@@ -84,5 +85,35 @@ def test_garbage_voice_file_is_a_load_error_and_the_manager_goes_on(tmp_path: Pa
             assert list(voice.synthesize("Hi."))
         (stats,) = manager.stats()
         assert [m.name for m in stats.models] == [JOE]
+    finally:
+        manager.unload_all()
+
+
+def test_a_voice_counts_the_memory_its_longest_text_left_it(tmp_path: Path) -> None:
+    """Given the joe voice, whose ONNX Runtime arena keeps what its longest input
+    needed (it is not free heap: a trim gives none of it back)
+    When it speaks a paragraph
+    Then its footprint grows by what the worker now holds for it, and stays there."""
+    settings = Settings(data_dir=tmp_path / "data")
+    spec = ModelCatalog(settings).get(JOE, "piper")
+    manager = ModelManager(settings)
+    paragraph = "A longer sentence that goes on, with a clause or two in it. " * 4
+    try:
+        with manager.use(spec, "cpu"):
+            pass
+        at_load = manager.footprint(spec, "cpu")
+        assert at_load is not None
+        memory.release_freed_memory()
+        loaded = memory.rss_bytes()
+        with manager.use(spec, "cpu") as voice:
+            assert list(voice.synthesize(paragraph))
+        held = memory.rss_bytes() - loaded
+        grown = manager.footprint(spec, "cpu")
+        assert grown is not None
+        assert held > 40 * MIB, f"{held / MIB:.0f} MiB"  # else this proves nothing
+        assert abs((grown - at_load) - held) < 16 * MIB, (grown / MIB, at_load / MIB, held / MIB)
+        with manager.use(spec, "cpu") as voice:  # a short text: the arena stays as big
+            list(voice.synthesize("Hi."))
+        assert manager.footprint(spec, "cpu") == grown
     finally:
         manager.unload_all()

@@ -15,7 +15,7 @@ from stoker.config import Settings
 from stoker.errors import ConfigError, ModelLoadError, ModelTooLarge
 from stoker.workers import memory
 from stoker.workers.catalog import ModelSpec
-from stoker.workers.manager import ModelManager, PoolStats
+from stoker.workers.manager import MIB, ModelManager, PoolStats
 
 
 @dataclass
@@ -192,6 +192,144 @@ def test_weights_a_loader_counts_are_the_footprint_when_the_meter_sees_less(
     assert manager.footprint(a, "cpu") == 900
     assert lazy.events == ["load A", "unload A", "load B"]
     assert loaded(manager) == ["B"]
+
+
+def use_growing(manager: ModelManager, spec: ModelSpec, loader: FakeLoader, grow: int) -> None:
+    """A use whose job leaves ``grow`` bytes behind on the device (an allocator's cache)."""
+    with manager.use(spec, "cpu"):
+        loader.used_bytes += grow
+
+
+def test_memory_a_job_leaves_behind_counts_in_the_footprint(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    # Given A, 500 B at load, whose first job leaves 600 B more (a 1,500 B budget)
+    manager = manager_for(budget=1500)
+    a, b = spec("A", 500), spec("B", 500)
+    use_growing(manager, a, loader, 600)
+    # Then A counts 1,100 B, so loading B (500 B) evicts A first; counted at
+    # 500 B, both would stay, holding 1,600 B under the budget of 1,500 B
+    assert manager.footprint(a, "cpu") == 1100
+    use_once(manager, b)
+    assert loader.events == ["load A", "unload A", "load B"]
+    # And a smaller growth later leaves the footprint at the largest seen
+    use_growing(manager, b, loader, 100)
+    use_growing(manager, b, loader, 50)
+    assert manager.footprint(b, "cpu") == 600
+
+
+def test_a_reloaded_model_counts_its_growth_at_load(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    manager = manager_for(budget=5000)
+    a = spec("A", 500)
+    use_growing(manager, a, loader, 300)
+    manager.unload_all()
+    loader.used_bytes = 0
+    use_once(manager, a)  # no job yet after this load: the meter sees 500 B
+    assert pool(manager).used_bytes == 800
+
+
+def test_growth_over_the_budget_evicts_idle_models_after_the_job(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    # Given A and B, 500 B each, under a 1,500 B budget
+    manager = manager_for(budget=1500)
+    a, b = spec("A", 500), spec("B", 500)
+    use_once(manager, a)
+    # When B's job leaves 700 B behind (B now 1,200 B: with A, 1,700 B)
+    use_growing(manager, b, loader, 700)
+    # Then A, idle, is evicted; B, which just ran, stays
+    assert loader.events == ["load A", "load B", "unload A"]
+    assert loaded(manager) == ["B"]
+    assert pool(manager).used_bytes == 1200
+
+
+def test_a_use_that_leaves_much_gives_free_heap_back_before_it_is_counted(
+    manager_for: Callable[..., ModelManager],
+    spec: Any,
+    loader: FakeLoader,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a trim that gives back all but 10 MiB of what a job left
+    trims: list[int] = []
+
+    def trim() -> None:
+        trims.append(loader.used_bytes)
+        loader.used_bytes = base + MIB + 10 * MIB  # the first job's 1 MiB stays
+
+    manager = manager_for(budget=10**10)
+    a = spec("A", 500)
+    use_once(manager, a)
+    base = loader.used_bytes
+    monkeypatch.setattr(memory, "return_free_heap", trim)
+    # When a job leaves 1 MiB, it is counted as it is; one that leaves 200 MiB is
+    # trimmed first, and the 10 MiB that stayed are counted
+    use_growing(manager, a, loader, MIB)
+    assert (trims, manager.footprint(a, "cpu")) == ([], 500 + MIB)
+    use_growing(manager, a, loader, 200 * MIB)
+    assert trims == [base + MIB + 200 * MIB]
+    assert manager.footprint(a, "cpu") == 500 + 10 * MIB
+
+
+def test_cuda_pools_are_not_watched_after_a_use(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    # A GPU's used memory includes torch's cache, kept between jobs on purpose
+    manager = manager_for(budgets={"cuda:0": 5000})
+    a = spec("A", 500)
+    with manager.use(a, "cuda:0"):
+        loader.used_bytes += 300
+    assert manager.footprint(a, "cuda:0") == 500
+
+
+def test_a_model_that_grows_past_the_whole_budget_stays_and_says_what_comes(
+    manager_for: Callable[..., ModelManager],
+    spec: Any,
+    loader: FakeLoader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = manager_for(budget=1500)
+    a = spec("A", 1000)
+    use_growing(manager, a, loader, 900)  # 1,900 B now, under a 1,500 B budget
+    assert loaded(manager) == ["A"]
+    assert "once unloaded it will be refused as too large" in caplog.text
+    manager.unload_all()
+    with pytest.raises(ModelTooLarge, match="needs about"):
+        use_once(manager, a)
+
+
+def test_overlapping_uses_are_not_measured(
+    manager_for: Callable[..., ModelManager], spec: Any, loader: FakeLoader
+) -> None:
+    # Memory is per process (or device): with two uses at once, whose the growth is
+    # cannot be told, so neither counts it
+    manager = manager_for(budget=5000)
+    a, b = spec("A", 500), spec("B", 500)
+    with manager.use(a, "cpu"):
+        with manager.use(b, "cpu"):
+            loader.used_bytes += 200
+        loader.used_bytes += 300
+    assert (manager.footprint(a, "cpu"), manager.footprint(b, "cpu")) == (500, 500)
+
+
+def test_a_meter_that_fails_after_a_use_does_not_fail_the_job(
+    tmp_path: Path, spec: Any, loader: FakeLoader
+) -> None:
+    calls = [0]
+
+    def measure(device: str) -> int:  # answers the load's two reads, then fails
+        calls[0] += 1
+        if calls[0] > 3:
+            raise OSError("meter gone")
+        return loader.used_bytes
+
+    settings = Settings(data_dir=tmp_path / "data", budgets={"cpu": 5000})
+    manager = ModelManager(settings, {"fake": loader}, measure=measure)
+    a = spec("A", 500)
+    assert use_once(manager, a).name == "A"
+    assert manager.footprint(a, "cpu") == 500
+    assert pool(manager).models[0].in_use == 0
 
 
 def test_model_larger_than_budget_is_refused_without_evicting(
