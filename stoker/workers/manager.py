@@ -83,7 +83,6 @@ class _Slot:
     # Every name this model was asked for by (one fingerprint, several catalog names).
     names: set[str] = field(default_factory=set)
     loaded_bytes: int = 0  # the device's used-memory delta of the load itself
-    grown_bytes: int = 0  # the largest growth one use of it left behind
 
     @property
     def evictable(self) -> bool:
@@ -145,10 +144,9 @@ class ModelManager:
         self._fleet: Fleet = fleet or LocalFleet()
         # One lock for all pools; held while loading, never while a model is used.
         self._lock = threading.Lock()
-        # Uses in progress, and uses started so far: a use's growth is measured only
-        # when no other use overlapped it (memory is per process or per device, so an
-        # overlapping use's allocations could not be told apart from this one's).
-        self._active_uses = 0
+        # Uses started so far: a use's growth is measured only when no other use
+        # overlapped it (memory is per process or per device, so an overlapping use's
+        # allocations could not be told apart from this one's).
         self._uses_started = 0
 
     @contextmanager
@@ -169,7 +167,6 @@ class ModelManager:
             with self._lock:
                 slot.info.in_use -= 1
                 slot.info.last_used_at = self._clock()
-                self._active_uses -= 1
             if before is not None:
                 self._after_use(slot, device, before, started)
 
@@ -261,8 +258,8 @@ class ModelManager:
             slot.info.in_use += 1
             slot.info.last_used_at = self._clock()
             self._uses_started += 1
-            self._active_uses += 1
-            return slot, self._uses_started, self._active_uses == 1
+            in_use = sum(s.info.in_use for p in self._pools.values() for s in p.slots.values())
+            return slot, self._uses_started, in_use == 1
 
     def _pool(self, device: str) -> _Pool:
         pool = self._pools.get(device)
@@ -313,7 +310,7 @@ class ModelManager:
             in_use=0,
         )
         slot = pool.slots[fingerprint] = _Slot(
-            info, spec.backend, model, {spec.name}, loaded_bytes=seen, grown_bytes=grown
+            info, spec.backend, model, {spec.name}, loaded_bytes=seen
         )
         pool.loads += 1
         log.info(
@@ -394,11 +391,11 @@ class ModelManager:
         in the footprint when it is the most seen, and evict idle models (LRU) if the
         pool is now over budget. The model stays: it just ran, and its next load says
         "too large" if it cannot fit. (Under the lock.)"""
-        if growth <= slot.grown_bytes or slot.model is None:
-            return
-        slot.grown_bytes = growth
         info = slot.info
-        self._grown[(info.fingerprint, info.device)] = growth
+        key = (info.fingerprint, info.device)
+        if growth <= self._grown.get(key, 0) or slot.model is None:
+            return
+        self._grown[key] = growth
         footprint = max(info.footprint_bytes, slot.loaded_bytes + growth)
         if footprint == info.footprint_bytes:
             return
@@ -409,7 +406,7 @@ class ModelManager:
             info.name, info.device, _mib(footprint), _mib(info.footprint_bytes),
         )  # fmt: skip
         info.footprint_bytes = footprint
-        self._footprints[(info.fingerprint, info.device)] = footprint
+        self._footprints[key] = footprint
         self._share_footprint(info.fingerprint, info.device, footprint)
         pool = self._pools[info.device]
         for victim in [s for s in pool.slots.values() if s.evictable and s is not slot]:
