@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
@@ -25,17 +26,28 @@ from typing import Any
 from celery import Celery
 
 from stoker.config import Priority, Settings
-from stoker.errors import InvalidInput
+from stoker.errors import InternalError, InvalidInput, JobNotFound
 from stoker.jobs import get_capability
 from stoker.jobs.base import ERRORS_NAME, PrepareContext
 from stoker.queues.batches import BATCH_KIND, child_ended, children, submit_batch
-from stoker.queues.records import JobFilter, JobRecord
+from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 from stoker.queues.stores import JobStore, open_job_store
+from stoker.queues.stores.base import list_all
 from stoker.queues.submit import submit
 from stoker.storage import Storage, open_storage
+from stoker.storage.keys import job_prefix
 from stoker.storage.sources import is_s3_url, list_s3, staged
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.execute import partial_output
+
+
+@dataclass
+class Pruned:
+    """What :meth:`Stoker.prune` deleted (or, on a dry run, would delete)."""
+
+    jobs: list[JobRecord] = field(default_factory=list)  # jobs and batches, not children
+    deleted: int = 0  # records deleted, a batch's children included (0 on a dry run)
+    skipped: list[tuple[JobRecord, str]] = field(default_factory=list)  # and why
 
 
 class Stoker:
@@ -219,6 +231,84 @@ class Stoker:
         if record.parent is not None and record.parent_index is not None:
             child_ended(self.store, self.storage, record.parent, record.parent_index)
         return self.store.get(job_id)
+
+    def delete(self, job_id: str) -> list[str]:
+        """Delete an ended job: everything stored under ``jobs/<id>/`` (outputs, the
+        manifest, uploaded inputs), then its record. A batch goes with its children.
+        Returns the ids deleted, children first.
+
+        Raises InvalidInput for a job still queued or running (cancel it first) or one
+        that is a file of a batch (delete the batch), JobNotFound for an unknown id.
+        Content-addressed objects (``chunks/``, ``inputs/``) stay: other jobs made of
+        the same content share them, and a re-submitted job resumes from them.
+        """
+        record = self.store.get(job_id)
+        if record.parent is not None:
+            raise InvalidInput(
+                f"job {job_id} is one file of batch {record.parent}; delete the batch "
+                f"(`stoker delete {record.parent}`), which deletes its jobs with it."
+            )
+        kids = children(self.store, job_id) if record.kind == BATCH_KIND else []
+        active = [r for r in (record, *kids) if not r.state.terminal]
+        if active:
+            if active[0] is record:
+                what = f"job {job_id} is {record.state}"
+            else:
+                still = f"{len(active)} of {len(kids)} jobs still queued or running"
+                what = f"batch {job_id} has {still}"
+            raise InvalidInput(
+                f"{what}; only an ended job can be deleted: cancel it first "
+                f"(`stoker cancel {job_id}`), then delete it."
+            )
+        # Files before records and children before their batch: a delete that stops
+        # half-way (storage down) leaves records to find and finish it with.
+        deleted = [self._delete_one(kid.id) for kid in kids]
+        return [*deleted, self._delete_one(job_id)]
+
+    def _delete_one(self, job_id: str) -> str:
+        for obj in list(self.storage.list(job_prefix(job_id))):
+            self.storage.delete(obj.key)
+        if not self.store.delete(job_id):  # an ended job never runs again
+            raise InternalError(f"job {job_id} ran again while it was being deleted.")
+        return job_id
+
+    def prune(
+        self,
+        older_than_s: float,
+        *,
+        states: Sequence[JobState] = tuple(sorted(TERMINAL_STATES)),
+        dry_run: bool = False,
+    ) -> Pruned:
+        """Delete the ended jobs (in ``states``) created more than ``older_than_s``
+        seconds ago, as :meth:`delete` does; a batch's children go with their batch.
+
+        A job that cannot be deleted (a batch with a child still running) is skipped
+        and reported, and the others are deleted. ``dry_run`` deletes nothing.
+        """
+        if older_than_s < 0:
+            raise InvalidInput(f"older_than_s is {older_than_s}; give 0 or more seconds.")
+        if active := [s.value for s in states if not s.terminal]:
+            raise InvalidInput(
+                f"prune deletes ended jobs only, not {', '.join(active)} ones; cancel "
+                f"those first or leave them out of the states."
+            )
+        cutoff = time.time() - older_than_s
+        pruned = Pruned()
+        for state in states:
+            listed = list_all(self.store, JobFilter(state=state, before=cutoff))
+            pruned.jobs += [r for r in listed if r.parent is None]  # children go with batches
+        if dry_run:
+            return pruned
+        for record in pruned.jobs:
+            try:
+                pruned.deleted += len(self.delete(record.id))
+            except InvalidInput as exc:
+                pruned.skipped.append((record, str(exc)))
+            except JobNotFound:  # another prune (another machine's timer) took it
+                continue
+        skipped = {r.id for r, _ in pruned.skipped}
+        pruned.jobs = [r for r in pruned.jobs if r.id not in skipped]
+        return pruned
 
     def download(self, job_id: str, out_dir: Path, *, include_partial: bool = False) -> list[Path]:
         """Copy the job's outputs into ``out_dir``; returns the files written."""

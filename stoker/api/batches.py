@@ -23,7 +23,7 @@ from stoker.api.meta import Doc
 from stoker.api.openai_shapes import Adapter, Options, adapter_for
 from stoker.api.state import ApiState
 from stoker.api.submission import check_capacity
-from stoker.errors import InvalidInput, StokerError
+from stoker.errors import InvalidInput, JobNotFound, StokerError
 from stoker.queues.batches import children, request_counts, submit_batch
 from stoker.queues.records import JobRecord, JobState
 
@@ -176,7 +176,11 @@ def owned_batch(state: ApiState, key: ApiKey, batch_id: str) -> tuple[JobRecord,
     doc = state.meta.get(BATCH_NS, batch_id)
     if doc is None or not (key.admin or doc.owner == key.owner):
         raise not_found("batch", batch_id)
-    return state.metrics.job_seen(state.stoker.status(batch_id)), doc
+    try:
+        return state.metrics.job_seen(state.stoker.status(batch_id)), doc
+    except JobNotFound:  # its job was deleted from the CLI (`stoker delete`)
+        state.meta.delete(BATCH_NS, batch_id)
+        raise not_found("batch", batch_id) from None
 
 
 #: OpenAI's only completion window; a batch not done by then expires.
@@ -339,7 +343,12 @@ def list_batches(state: ApiState, key: ApiKey, *, after: str | None, limit: int)
     before = owned_batch(state, key, after)[1].created_at if after else None
     docs = state.meta.list(BATCH_NS, None if key.admin else key.owner, limit + 1, before)
     page = docs[:limit]
-    data = [batch_object(state, state.stoker.status(d.id), d.data) for d in page]
+    data = []
+    for d in page:
+        try:
+            data.append(batch_object(state, state.stoker.status(d.id), d.data))
+        except JobNotFound:  # its job was deleted from the CLI (`stoker delete`)
+            state.meta.delete(BATCH_NS, d.id)
     return {
         "object": "list",
         "data": data,

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from stoker.api.errors import ApiError
 from stoker.api.meta import Doc, MetaStore
 from stoker.config import ApiSettings
-from stoker.errors import StokerError
+from stoker.errors import JobNotFound, StokerError
 from stoker.queues.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,13 @@ class Deliverer:
         hook = Webhook.model_validate(doc.data)
         if hook.state != "pending":  # another process ended it since this pass listed it
             return 0
-        record = self.get_job(job_id)
+        try:
+            record = self.get_job(job_id)
+        except JobNotFound:  # deleted (`stoker delete`): nothing is left to tell
+            log.info("webhook for %s dropped: the job was deleted", job_id)
+            self.meta.delete(PENDING_NS, job_id)
+            self.meta.delete(HOOK_NS, job_id)
+            return 0
         if not record.state.terminal or hook.next_at > time.time():
             return 0
         claim = f"webhook:{job_id}:{record.state.value}:{len(hook.attempts)}"

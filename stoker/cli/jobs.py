@@ -1,7 +1,9 @@
-"""Following jobs: status, wait, get, cancel, jobs."""
+"""Following jobs: status, wait, get, cancel, jobs; and removing them: delete, prune."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +29,7 @@ from stoker.cli.app import (
 from stoker.errors import InvalidInput
 from stoker.jobs.base import ERRORS_NAME
 from stoker.queues.batches import BATCH_KIND, request_counts
-from stoker.queues.records import JobFilter, JobRecord, JobState
+from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 
 # --- following jobs -----------------------------------------------------------------------
 
@@ -246,3 +248,77 @@ def jobs(
                 r.progress.stage,
             )
     console.print(table)
+
+
+# --- removing jobs --------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number with an optional unit s, m, h, d or w ("30d")."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise InvalidInput(
+            f"--older-than {text!r} is not a duration; give a number and a unit, "
+            f"such as 45m, 12h, 30d or 2w."
+        )
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    job_ids: Annotated[list[str], typer.Argument(help="Ended jobs (or batches) to delete.")],
+) -> None:
+    """Delete ended jobs: their records and the outputs stored for them. A batch goes
+    with its jobs; a queued or running job must be cancelled first."""
+    with client_of(ctx) as client:
+        for job_id in job_ids:
+            deleted = client.delete(job_id)
+            more = f" and the {len(deleted) - 1} jobs of its batch" if len(deleted) > 1 else ""
+            console.print(f"{job_id} deleted{more}")
+
+
+@app.command()
+def prune(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str, typer.Option(help="Delete ended jobs created longer ago than this (30d, 12h).")
+    ],
+    state: Annotated[
+        str | None, typer.Option(help="Only jobs in this state (succeeded, failed, cancelled).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="List what would go; delete nothing.")] = False,
+) -> None:
+    """Delete the ended jobs older than --older-than, with their outputs."""
+    seconds = parse_duration(older_than)
+    try:
+        states = [JobState(state)] if state else sorted(TERMINAL_STATES)
+    except ValueError as exc:
+        raise InvalidInput(f"--state must be one of {', '.join(sorted(TERMINAL_STATES))}.") from exc
+    with client_of(ctx) as client:
+        pruned = client.prune(seconds, states=states, dry_run=dry_run)
+    if dry_run:
+        table = table_of("id", "kind", "state", "created")
+        for r in pruned.jobs:
+            table.add_row(r.id, r.kind, r.state.value, _when(r.created_at))
+        console.print(table)
+        console.print(f"{_jobs(len(pruned.jobs))} would be deleted (dry run: nothing was).")
+        return
+    for record, why in pruned.skipped:
+        err.print(f"[yellow]{record.id} kept:[/] {why}")
+    kids = pruned.deleted - len(pruned.jobs)
+    console.print(
+        f"{_jobs(len(pruned.jobs))} deleted"
+        + (f", with the {_jobs(kids)} of their batches" if kids else "")
+    )
+
+
+def _when(created_at: float) -> str:
+    return datetime.fromtimestamp(created_at).isoformat(sep=" ", timespec="seconds")
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"

@@ -22,7 +22,7 @@ from typing import Any
 from stoker.errors import PermanentError
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef, Progress
 from stoker.queues.records import new_record as _new_record
-from stoker.queues.stores.base import JobStore
+from stoker.queues.stores.base import JobStore, list_all
 from stoker.storage import Storage
 from stoker.storage.keys import job_key
 
@@ -90,15 +90,8 @@ def child_ended(store: JobStore, storage: Storage, parent_id: str, index: int) -
 
 def children(store: JobStore, parent_id: str) -> list[JobRecord]:
     """Every child of the batch, in input order (pages through the parent index)."""
-    found: dict[str, JobRecord] = {}
-    before: float | None = None
-    while True:
-        page = store.list(JobFilter(parent=parent_id, limit=1000, before=before))
-        found.update((r.id, r) for r in page)
-        if len(page) < 1000:
-            break
-        before = page[-1].created_at
-    return sorted(found.values(), key=lambda r: r.parent_index or 0)
+    found = list_all(store, JobFilter(parent=parent_id))
+    return sorted(found, key=lambda r: r.parent_index or 0)
 
 
 def request_counts(kids: list[JobRecord]) -> dict[str, int]:

@@ -21,6 +21,7 @@ from celery.worker.state import task_ready
 from stoker.errors import (
     InternalError,
     JobCancelled,
+    JobNotFound,
     PermanentError,
     StokerError,
     TransientError,
@@ -76,6 +77,8 @@ def settle(
     job_id, index, _ = args
     if isinstance(exc, JobCancelled):
         log.info("job %s chunk %d stopped: cancelled", job_id, index)
+    elif isinstance(exc, JobNotFound):  # deleted after it ended: nothing to record
+        log.info("job %s chunk %d dropped: the job no longer exists", job_id, index)
     elif isinstance(exc, TransientError):
         if retries < settings.task_max_retries:
             delay = backoff_s(settings, retries)

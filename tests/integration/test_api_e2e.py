@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stoker.client import Stoker
 from tests.api_server import api_server, auth, make_key
 from tests.deployment import Deployment
 
@@ -190,6 +191,65 @@ def test_a_job_over_http_sends_a_signed_webhook_retried_after_a_failure(
     assert event["type"] == "job.succeeded" and event["job_id"] == job["id"]
     # And the job's outputs are presigned URLs
     assert final["outputs"][0]["url"].startswith("http")
+
+
+def test_an_ended_job_is_deleted_over_http_by_its_owner_only(
+    api: tuple[str, str], deployment: Deployment
+) -> None:
+    url, key = api
+    eve = make_key(deployment.settings(), "eve")
+    with httpx.Client(base_url=url, headers=auth(key), timeout=30) as http:
+        # Given an echo job, which no worker here takes, so it stays queued
+        queued = http.post("/v1/jobs", json={"kind": "echo", "params": {"text": "hi"}}).json()
+        # Then deleting it is refused with what to do, and it stays
+        refused = http.delete(f"/v1/jobs/{queued['id']}")
+        assert refused.status_code == 400
+        assert "only an ended job can be deleted: cancel it first" in refused.text
+        assert http.get(f"/v1/jobs/{queued['id']}").json()["state"] == "queued"
+        # Given a speak job that succeeded, with its outputs in S3
+        job = http.post("/v1/jobs", json={"kind": "speak", "params": {"text": "Delete me."}})
+        job_id = job.json()["id"]
+        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json(), lambda j: j["state"] == "succeeded")
+        with Stoker(deployment.settings()) as client:
+            assert [o.key for o in client.storage.list(f"jobs/{job_id}/")]
+            # When another owner deletes it: 404, as for a job they cannot see
+            assert http.delete(f"/v1/jobs/{job_id}", headers=auth(eve)).status_code == 404
+            # When its owner does, it is gone, its files with it
+            deleted = http.delete(f"/v1/jobs/{job_id}")
+            assert deleted.status_code == 200, deleted.text
+            assert deleted.json() == {
+                "id": job_id, "object": "job", "deleted": True, "jobs_deleted": 1
+            }  # fmt: skip
+            assert http.get(f"/v1/jobs/{job_id}").status_code == 404
+            assert list(client.storage.list(f"jobs/{job_id}/")) == []
+            assert job_id not in [j["id"] for j in http.get("/v1/jobs").json()["data"]]
+
+
+def test_an_openai_batch_deleted_from_the_cli_leaves_the_batch_list(
+    api: tuple[str, str], deployment: Deployment
+) -> None:
+    from openai import NotFoundError, OpenAI
+
+    url, key = api
+    client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    upload = client.files.create(
+        file=("in.jsonl", json.dumps(speech_line("a", "One line.")).encode()), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/audio/speech", completion_window="24h"
+    )
+    wait_for(lambda: client.batches.retrieve(batch.id), lambda b: b.status == "completed")
+    kept = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/audio/speech", completion_window="24h"
+    )
+    # When the batch's job is deleted outside the API (its jobs with it)
+    with Stoker(deployment.settings()) as stoker:
+        wait_for(lambda: stoker.status(kept.id), lambda r: r.state.terminal)
+        assert len(stoker.delete(batch.id)) == 2
+    # Then the API lists the other batch only, and the deleted one is not found
+    assert [b.id for b in client.batches.list().data] == [kept.id]
+    with pytest.raises(NotFoundError):
+        client.batches.retrieve(batch.id)
 
 
 def test_the_openai_client_transcribes_an_upload_synchronously(

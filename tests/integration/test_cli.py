@@ -90,6 +90,39 @@ def test_unknown_job_id_is_a_clear_error(data_dir: Path) -> None:
     assert result.stderr.startswith("error: no job with id 'job_nope'")
 
 
+def test_delete_and_prune_on_the_embedded_default(data_dir: Path, tmp_path: Path) -> None:
+    # Given a job left queued
+    first = stoker("submit", "echo", "--text", "hi", data_dir=data_dir).stdout.strip()
+    # Then it cannot be deleted yet, and the error says what to do
+    refused = stoker("delete", first, data_dir=data_dir)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"error: job {first} is queued; only an ended job can be")
+    assert "stoker cancel" in refused.stderr
+    # When a worker has run it (and a second job), it is deleted with its outputs
+    run = stoker("run", "echo", "--text", "second", "--out", str(tmp_path), data_dir=data_dir)
+    assert run.returncode == 0, run.stderr
+    assert stoker("wait", first, "--timeout", "30", data_dir=data_dir).returncode == 0
+    outputs = data_dir / "outputs" / "jobs"
+    assert (outputs / first / "echo.txt").exists()
+    deleted = stoker("delete", first, data_dir=data_dir)
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip() == f"{first} deleted"
+    assert not (outputs / first).exists()
+    assert stoker("status", first, data_dir=data_dir).stderr.startswith("error: no job with id")
+    # And prune: a bad age is one clear line; a dry run lists the second job and keeps
+    # it; an hour's age keeps it; 0 deletes it
+    bad = stoker("prune", "--older-than", "soon", data_dir=data_dir)
+    assert bad.returncode == 2 and "--older-than 'soon' is not a duration" in bad.stderr
+    dry = stoker("prune", "--older-than", "0s", "--dry-run", data_dir=data_dir)
+    assert dry.returncode == 0 and "1 job would be deleted" in dry.stdout, dry.stderr
+    (second,) = [p.name for p in outputs.iterdir()]
+    assert second in dry.stdout
+    assert "0 jobs deleted" in stoker("prune", "--older-than", "1h", data_dir=data_dir).stdout
+    assert "1 job deleted" in stoker("prune", "--older-than", "0", data_dir=data_dir).stdout
+    assert list(outputs.glob("*")) == []
+    assert "echo" not in stoker("jobs", data_dir=data_dir).stdout
+
+
 def test_models_and_doctor_and_help(data_dir: Path) -> None:
     listed = json.loads(stoker("models", "--json", data_dir=data_dir).stdout)
     joe = next(m for m in listed if m["name"] == "en_US-joe-medium")

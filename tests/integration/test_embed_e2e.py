@@ -143,6 +143,32 @@ def test_a_broken_model_fails_its_jobs_only(deployment: Deployment, tmp_path: Pa
     assert all(g.state is JobState.SUCCEEDED for g in good)
 
 
+def test_the_late_messages_of_deleted_jobs_are_dropped_and_the_batch_goes_on(
+    deployment: Deployment,
+) -> None:
+    # Given one-sentence jobs queued, two of them cancelled and deleted while their
+    # messages still wait on the queue
+    with Stoker(deployment.settings()) as client:
+        jobs = [client.submit("embed", {"text": t}) for t in sentences(6)]
+        gone = [jobs[1], jobs[4]]
+        for job in gone:
+            client.cancel(job.id)
+            assert client.delete(job.id) == [job.id]
+        # When a worker takes them all, batched together
+        worker = deployment.start_worker("embed", "--preload", "all-MiniLM-L6-v2")
+        kept = [client.wait(j.id, timeout_s=120) for j in jobs if j not in gone]
+        worker.wait_for_log(f"job {gone[1].id} chunk 0 dropped", timeout_s=60)
+
+    # Then the others succeeded, the deleted ones were dropped without an error, and
+    # the worker is still serving
+    assert all(k.state is JobState.SUCCEEDED for k in kept)
+    log = worker.text()
+    for job in gone:
+        assert f"job {job.id} chunk 0 dropped: the job no longer exists" in log
+    assert "Traceback" not in log
+    assert worker.alive
+
+
 def test_bad_requests_are_refused_at_submission(deployment: Deployment) -> None:
     with Stoker(deployment.settings()) as client:
         cases = [

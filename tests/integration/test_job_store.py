@@ -122,6 +122,7 @@ def test_every_method_raises_job_not_found_for_a_missing_job(store: JobStore) ->
         lambda: store.fail("job_nope", JobError(kind="x", message="y")),
         lambda: store.cancel("job_nope"),
         lambda: store.add_outputs("job_nope", [output("a")]),
+        lambda: store.delete("job_nope"),
     ]
     for call in calls:
         with pytest.raises(JobNotFound, match="job_nope"):
@@ -372,6 +373,87 @@ def test_the_children_of_a_batch_are_listed_by_parent(store: JobStore) -> None:
     failed = store.list(JobFilter(parent=batch.id, state=JobState.FAILED))
     assert ids(failed) == [children[1].id]
     assert failed[0].parent == batch.id and failed[0].parent_index == 1
+
+
+# --- deleting ---------------------------------------------------------------------------
+
+
+def test_delete_removes_an_ended_job_from_reads_lists_and_counts(store: JobStore) -> None:
+    # Given a succeeded job with done chunks and outputs, beside a job left queued
+    record = job(owner="alice", kind="embed")
+    store.create(record)
+    store.mark_running(record.id)
+    store.chunk_done(record.id, 0)
+    store.succeed(record.id, [output("a.json")])
+    other = job(owner="alice", kind="embed")
+    store.create(other)
+    before = store.counts()
+    assert before[("embed", "succeeded")] == 1
+
+    # When the ended job is deleted
+    assert store.delete(record.id) is True
+
+    # Then no read, list, filter or count finds it, and the other job is untouched
+    with pytest.raises(JobNotFound, match=record.id):
+        store.get(record.id)
+    with pytest.raises(JobNotFound):
+        store.done_chunks(record.id)
+    for flt in (
+        JobFilter(),
+        JobFilter(owner="alice"),
+        JobFilter(kind="embed"),
+        JobFilter(state=JobState.SUCCEEDED),
+    ):
+        assert record.id not in ids(store.list(flt))
+    assert ids(store.list(JobFilter(owner="alice"))) == [other.id]
+    assert store.counts() == {("embed", "queued"): 1}
+    with pytest.raises(JobNotFound, match=record.id):  # deleting twice: not found
+        store.delete(record.id)
+
+
+def test_delete_refuses_a_job_that_is_queued_or_running(store: JobStore) -> None:
+    queued, running = job(), job()
+    store.create(queued)
+    store.create(running)
+    store.mark_running(running.id)
+    store.chunk_done(running.id, 1)
+
+    assert store.delete(queued.id) is False
+    assert store.delete(running.id) is False
+    # Nothing changed: both are still there, with their progress
+    assert store.get(queued.id).state is JobState.QUEUED
+    assert store.get(running.id).progress.done == 1
+    assert store.counts() == {("speak", "queued"): 1, ("speak", "running"): 1}
+
+
+def test_a_deleted_child_leaves_its_batch_listing(store: JobStore) -> None:
+    batch = job(chunks=0, kind="batch")
+    store.create(batch)
+    kids = [job(parent=batch.id, parent_index=i, created_at=100.0 + i) for i in range(2)]
+    for kid in kids:
+        store.create(kid)
+        store.fail(kid.id, JobError(kind="invalid_input", message="corrupt"))
+
+    assert store.delete(kids[0].id)
+
+    assert ids(store.list(JobFilter(parent=batch.id))) == [kids[1].id]
+
+
+def test_a_deleted_many_chunk_job_is_not_served_from_a_doc_cache(
+    make_store: StoreFactory,
+) -> None:
+    # Given a many-chunk job that a worker started (its store keeps the doc) and that
+    # a client then cancelled
+    client, worker = make_store(), make_store()
+    record = job(chunks=5)
+    client.create(record)
+    assert worker.start_many([record.id])[0] is not None
+    client.cancel(record.id)
+
+    # When the client deletes it, the worker's late chunk task finds no job
+    assert client.delete(record.id)
+    assert worker.start_many([record.id]) == [None]
+    assert client.start_many([record.id]) == [None]
 
 
 def test_redis_list_reads_indexes_not_every_job(clean_redis: str) -> None:

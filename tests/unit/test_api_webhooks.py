@@ -11,8 +11,16 @@ import pytest
 
 from stoker.api.errors import ApiError
 from stoker.api.meta_sqlite import SqliteMetaStore
-from stoker.api.webhooks import Deliverer, WebhookSpec, register, status_of, validate_target
+from stoker.api.webhooks import (
+    PENDING_NS,
+    Deliverer,
+    WebhookSpec,
+    register,
+    status_of,
+    validate_target,
+)
 from stoker.config import ApiSettings
+from stoker.errors import JobNotFound
 from stoker.queues.records import JobRecord, JobState
 
 
@@ -68,6 +76,25 @@ def test_a_target_that_keeps_failing_is_given_up_after_the_attempts(tmp_path: Pa
     shown = status_of(meta, "job_1")
     assert shown is not None and shown["state"] == "failed"
     assert ["refused" in a["error"] for a in shown["attempts"]] == [True, True]
+    meta.close()
+
+
+def test_the_webhook_of_a_deleted_job_is_dropped_not_retried(tmp_path: Path) -> None:
+    # Given a pending webhook whose job was deleted (`stoker delete` knows no API docs)
+    meta = SqliteMetaStore(tmp_path / "api.sqlite")
+    register(meta, "job_1", "a", WebhookSpec(url="http://x.test", secret="s"), "k")
+
+    def gone(job_id: str) -> JobRecord:
+        raise JobNotFound(job_id)
+
+    def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        raise AssertionError("nothing is sent for a deleted job")
+
+    deliverer = Deliverer(meta, gone, ApiSettings(), post)
+    # When a pass runs, the webhook is dropped, and the next pass has nothing to try
+    assert deliverer.run_once() == 0
+    assert status_of(meta, "job_1") is None
+    assert meta.list(PENDING_NS, None, 10) == []
     meta.close()
 
 

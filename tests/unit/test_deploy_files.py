@@ -72,6 +72,14 @@ def test_systemd_units_and_the_env_example_name_real_commands_and_settings() -> 
             check_setting(line.split("=", 1)[0])
 
 
+def test_every_systemd_timer_starts_a_unit_that_is_there() -> None:
+    timers = list((DEPLOY / "systemd").glob("*.timer"))
+    assert timers
+    for timer in timers:
+        assert "[Timer]" in timer.read_text() and "OnCalendar=" in timer.read_text()
+        assert timer.with_suffix(".service").exists(), timer
+
+
 def test_compose_itself_accepts_the_file() -> None:
     compose_cli = shutil.which("docker-compose")
     if compose_cli is None:  # Debian: apt-get install docker-compose

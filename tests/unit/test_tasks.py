@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from stoker.config import load_settings
-from stoker.errors import InvalidInput, JobCancelled, StokerError, StorageUnavailable
+from stoker.errors import (
+    InvalidInput,
+    JobCancelled,
+    JobNotFound,
+    StokerError,
+    StorageUnavailable,
+)
 from stoker.queues.app import RUN_CHUNK_TASK, make_celery
 from stoker.queues.tasks import attach_executor, backoff_s
 
@@ -64,6 +70,11 @@ def test_a_bug_fails_the_job_as_internal_and_does_not_escape(tmp_path: Path) -> 
 def test_a_cancelled_job_is_not_a_failure(tmp_path: Path) -> None:
     ex = run(tmp_path, [JobCancelled("cancelled")])
     assert ex.calls == 1 and ex.failed == []
+
+
+def test_a_chunk_of_a_deleted_job_is_dropped_without_failing_anything(tmp_path: Path) -> None:
+    ex = run(tmp_path, [JobNotFound("job_x")])
+    assert ex.calls == 1 and ex.failed == []  # not retried, and no record to fail
 
 
 @pytest.mark.parametrize(("retries", "expected"), [(0, 2.0), (1, 4.0), (3, 16.0), (20, 300.0)])

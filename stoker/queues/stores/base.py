@@ -108,8 +108,26 @@ class JobStore(Protocol):
     def add_outputs(self, job_id: str, outputs: builtins.list[OutputRef]) -> None:
         """Append outputs (used for the partial outputs of a cancelled job)."""
 
+    def delete(self, job_id: str) -> bool:
+        """Remove an ended job's record, its chunk tally and its place in every index
+        and count. False, and nothing changed, if the job is queued or running.
+        Raises JobNotFound. (Its stored files are the caller's: see Stoker.delete.)"""
+
     def close(self) -> None:
         """Release connections."""
+
+
+def list_all(store: JobStore, flt: JobFilter) -> builtins.list[JobRecord]:
+    """Every job ``flt`` matches (created before ``flt.before``, if set), newest
+    first, read in pages of 1,000; ``flt.limit`` is ignored."""
+    found: dict[str, JobRecord] = {}  # by id: pages may meet at equal created_at
+    before = flt.before
+    while True:
+        page = store.list(flt.model_copy(update={"limit": 1000, "before": before}))
+        found.update((r.id, r) for r in page)
+        if len(page) < 1000:
+            return list(found.values())
+        before = page[-1].created_at
 
 
 # --- helpers shared by the implementations ---------------------------------------------
@@ -225,6 +243,11 @@ class DocCache:
             if record is not None:
                 self._docs.move_to_end(job_id)
         return record
+
+    def forget(self, job_id: str) -> None:
+        """Drop ``job_id``'s doc (the job was deleted)."""
+        with self._lock:
+            self._docs.pop(job_id, None)
 
     def keep(self, record: JobRecord) -> None:
         """Remember ``record``'s doc if its job has enough chunks to be read again."""

@@ -137,6 +137,19 @@ redis.call('HSET', KEYS[1], 'ready', 1)
 return 1
 """
 
+# KEYS: job, outputs, done, counts, idx:all, idx:state:{state}, idx:kind, idx:owner
+# [, idx:parent].  ARGV: id, state, "{kind}|{state}".  Returns 1 if deleted, 0 if the
+# job is not in ``state`` (it is active: only an ended job is deleted), -1 if no job.
+_DELETE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('HINCRBY', KEYS[4], ARGV[3], -1)
+for i = 5, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 1
+"""
+
 # KEYS: job, target.  ARGV: 'hset' field value | 'rpush' items...  Returns 0 if no job.
 _IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -173,6 +186,7 @@ class RedisJobStore:
         self._create, self._mark_running = register(_CREATE), register(_MARK_RUNNING)
         self._finish_script, self._chunk_done = register(_FINISH), register(_CHUNK_DONE)
         self._if_exists, self._count_all = register(_IF_EXISTS), register(_COUNT_ALL)
+        self._delete = register(_DELETE)
         self._docs = DocCache()
 
     # --- reads ----------------------------------------------------------------------
@@ -354,6 +368,38 @@ class RedisJobStore:
             self._if_job(job_id, "rpush", self._outputs(job_id), _outputs(outputs))
         else:
             self.state(job_id)  # raises JobNotFound for a missing job
+
+    def delete(self, job_id: str) -> bool:
+        # The index keys depend on the state, kind, owner and parent, so they are read
+        # first; the script deletes only if the state is still the one read (an ended
+        # job's state never changes, and an active one is refused either way).
+        with self._guard():
+            fields = self._client.hmget(self._job(job_id), ["state", "kind", "doc"])
+        state, kind, doc = cast(list[str | None], fields)
+        if state is None or doc is None:
+            raise JobNotFound(job_id)
+        if not JobState(state).terminal:
+            return False
+        doc_fields = json.loads(doc)  # its owner, parent and (stored before 'kind') kind
+        kind = kind or doc_fields["kind"]
+        keys = [
+            self._job(job_id),
+            self._outputs(job_id),
+            self._done(job_id),
+            self._counts(),
+            self._idx("all"),
+            self._idx("state", state),
+            self._idx("kind", kind),
+            self._idx("owner", doc_fields["owner"]),
+        ]
+        if doc_fields.get("parent") is not None:
+            keys.append(self._idx("parent", doc_fields["parent"]))
+        with self._guard():
+            deleted = self._delete(keys, [job_id, state, f"{kind}|{state}"])
+        self._docs.forget(job_id)
+        if deleted == -1:  # deleted by another client meanwhile
+            raise JobNotFound(job_id)
+        return deleted == 1
 
     def close(self) -> None:
         self._client.close()

@@ -271,6 +271,19 @@ class SqliteJobStore:
             merged = json.loads(row[0]) + [o.model_dump(mode="json") for o in outputs]
             conn.execute("UPDATE jobs SET outputs = ? WHERE id = ?", (json.dumps(merged), job_id))
 
+    def delete(self, job_id: str) -> bool:
+        with self._transaction() as conn:
+            # The job_counts trigger moves the count with the row.
+            deleted = conn.execute(
+                f"DELETE FROM jobs WHERE id = ? AND state NOT IN {_ACTIVE}", (job_id,)
+            ).rowcount
+            if deleted:
+                conn.execute("DELETE FROM chunk_done WHERE job_id = ?", (job_id,))
+            elif conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise JobNotFound(job_id)
+        self._docs.forget(job_id)
+        return bool(deleted)
+
     def close(self) -> None:
         """Close every thread's connection; a later call opens new ones."""
         with self._lock:

@@ -1,0 +1,158 @@
+"""Deleting jobs and pruning old ones, against a real Redis and a real S3-protocol server.
+
+The records are made directly in the job store (with the ages a test needs) and their
+files put in S3 as a job's would be; a real job run end to end and then deleted is in
+tests/integration/test_cli.py (embedded default) and test_api_e2e.py (HTTP, Redis, S3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from stoker.client import Stoker
+from stoker.errors import InvalidInput, JobNotFound
+from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef, new_record
+from stoker.storage.keys import chunk_key, job_key
+from tests.deployment import Deployment
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+DAY_S = 86400.0
+
+
+@pytest.fixture()
+def client(deployment: Deployment) -> Iterator[Stoker]:
+    with Stoker(deployment.settings()) as stoker:
+        yield stoker
+
+
+def ended(
+    client: Stoker, *, age_s: float = 0, state: JobState = JobState.SUCCEEDED, **fields: object
+) -> JobRecord:
+    """A job that ended in ``state``, created ``age_s`` ago, with an output and an
+    uploaded input in storage (as a real job leaves them)."""
+    record = new_record(kind=fields.pop("kind", "echo"), created_at=time.time() - age_s, **fields)
+    client.store.create(record)
+    out = client.storage.put_bytes(job_key(record.id, "echo.txt"), b"hi")
+    client.storage.put_bytes(job_key(record.id, "inputs/in.txt"), b"in")
+    ref = OutputRef(
+        name="echo.txt", key=out.key, size_bytes=out.size_bytes, content_type="text/plain"
+    )
+    if state is JobState.SUCCEEDED:
+        client.store.succeed(record.id, [ref])
+    elif state is JobState.FAILED:
+        client.store.fail(record.id, JobError(kind="invalid_input", message="bad"))
+    elif state is JobState.CANCELLED:
+        client.store.cancel(record.id)
+    return record
+
+
+def stored(client: Stoker, job_id: str) -> list[str]:
+    return [o.key for o in client.storage.list(f"jobs/{job_id}/")]
+
+
+def test_delete_removes_the_record_and_every_file_of_the_job(client: Stoker) -> None:
+    # Given an ended job with files, beside another job and a shared chunk object
+    record, other = ended(client), ended(client)
+    shared = client.storage.put_bytes(chunk_key("echo", "ab" * 32, "txt"), b"chunk")
+    assert len(stored(client, record.id)) == 2
+
+    # When it is deleted
+    assert client.delete(record.id) == [record.id]
+
+    # Then its record and files are gone, and nothing else is
+    with pytest.raises(JobNotFound):
+        client.status(record.id)
+    assert stored(client, record.id) == []
+    assert len(stored(client, other.id)) == 2
+    assert client.status(other.id).state is JobState.SUCCEEDED
+    assert client.storage.exists(shared.key)
+
+
+def test_a_running_job_is_refused_with_what_to_do_and_kept(client: Stoker) -> None:
+    record = new_record(kind="echo")
+    client.store.create(record)
+    client.store.mark_running(record.id)
+
+    with pytest.raises(InvalidInput, match=rf"job {record.id} is running; .*stoker cancel"):
+        client.delete(record.id)
+    assert client.status(record.id).state is JobState.RUNNING
+
+    client.cancel(record.id)
+    assert client.delete(record.id) == [record.id]
+
+
+def test_a_batch_goes_with_its_jobs_and_a_child_alone_is_refused(client: Stoker) -> None:
+    batch = ended(client, kind="batch", state=JobState.FAILED)
+    kids = [ended(client, parent=batch.id, parent_index=i) for i in range(3)]
+
+    with pytest.raises(InvalidInput, match=rf"one file of batch {batch.id}; delete the batch"):
+        client.delete(kids[0].id)
+
+    assert client.delete(batch.id) == [*(k.id for k in kids), batch.id]
+    for gone in (batch, *kids):
+        with pytest.raises(JobNotFound):
+            client.status(gone.id)
+        assert stored(client, gone.id) == []
+
+
+def test_a_batch_with_a_job_still_running_is_refused_whole(client: Stoker) -> None:
+    batch = ended(client, kind="batch", state=JobState.CANCELLED)
+    done = ended(client, parent=batch.id, parent_index=0)
+    running = new_record(kind="echo", parent=batch.id, parent_index=1)
+    client.store.create(running)
+    client.store.mark_running(running.id)
+
+    with pytest.raises(InvalidInput, match=r"has 1 of 2 jobs still queued or running"):
+        client.delete(batch.id)
+    assert [r.id for r in client.children(batch.id)] == [done.id, running.id]
+    assert len(stored(client, done.id)) == 2
+
+
+def test_prune_deletes_old_ended_jobs_only(client: Stoker) -> None:
+    # Given old jobs in every ended state, an old batch of two, an old job still queued,
+    # and a job of today
+    old = [ended(client, age_s=10 * DAY_S, state=s) for s in JobState if s.terminal]
+    batch = ended(client, age_s=9 * DAY_S, kind="batch")
+    kids = [ended(client, age_s=9 * DAY_S, parent=batch.id, parent_index=i) for i in range(2)]
+    queued = new_record(kind="echo", created_at=time.time() - 10 * DAY_S)
+    client.store.create(queued)
+    today = ended(client)
+
+    # When a dry run, then a prune, takes what is older than a week
+    dry = client.prune(7 * DAY_S, dry_run=True)
+    assert {r.id for r in dry.jobs} == {r.id for r in (*old, batch)}
+    assert dry.deleted == 0 and client.status(batch.id)  # nothing deleted yet
+    pruned = client.prune(7 * DAY_S)
+
+    # Then the old ended jobs went, each batch with its jobs; the rest stayed
+    assert {r.id for r in pruned.jobs} == {r.id for r in (*old, batch)}
+    assert pruned.deleted == len(old) + 1 + len(kids) and pruned.skipped == []
+    left = client.jobs(JobFilter(limit=100))
+    assert {r.id for r in left} == {queued.id, today.id}
+    assert all(stored(client, r.id) == [] for r in (*old, batch, *kids))
+    assert client.store.counts() == {("echo", "queued"): 1, ("echo", "succeeded"): 1}
+
+
+def test_prune_skips_a_batch_it_cannot_delete_and_deletes_the_rest(client: Stoker) -> None:
+    batch = ended(client, age_s=DAY_S, kind="batch", state=JobState.CANCELLED)
+    running = new_record(kind="echo", parent=batch.id, parent_index=0, created_at=batch.created_at)
+    client.store.create(running)
+    client.store.mark_running(running.id)
+    old = ended(client, age_s=DAY_S, state=JobState.FAILED)
+
+    pruned = client.prune(3600)
+
+    assert [r.id for r in pruned.jobs] == [old.id]
+    ((kept, why),) = pruned.skipped
+    assert kept.id == batch.id and "still queued or running" in why
+
+
+def test_prune_refuses_active_states_and_negative_ages(client: Stoker) -> None:
+    with pytest.raises(InvalidInput, match="ended jobs only, not running ones"):
+        client.prune(0, states=[JobState.RUNNING])
+    with pytest.raises(InvalidInput, match="give 0 or more seconds"):
+        client.prune(-1)
