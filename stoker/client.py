@@ -50,6 +50,22 @@ class Pruned:
     skipped: list[tuple[JobRecord, str]] = field(default_factory=list)  # and why
 
 
+@dataclass
+class Swept:
+    """What :meth:`Stoker.sweep_chunks` deleted (or, on a dry run, would delete)."""
+
+    objects: int = 0
+    bytes: int = 0
+    kept: int = 0  # old enough, but a job lists them as outputs (a cancelled job's chunks)
+    stopped: str | None = None  # why it stopped before the end (a job was queued)
+
+
+#: Where content-addressed chunk outputs, their notes and chunk-group outputs live.
+CHUNKS_PREFIX = "chunks/"
+#: Objects deleted between two checks that the queues are still idle.
+_SWEEP_STEP = 100
+
+
 class Stoker:
     """A client of one stoker deployment (one broker, one job store, one storage).
 
@@ -309,6 +325,50 @@ class Stoker:
         skipped = {r.id for r, _ in pruned.skipped}
         pruned.jobs = [r for r in pruned.jobs if r.id not in skipped]
         return pruned
+
+    def sweep_chunks(self, older_than_s: float, *, dry_run: bool = False) -> Swept:
+        """Delete the content-addressed objects under ``chunks/`` (chunk outputs, their
+        notes, chapter outputs) last written more than ``older_than_s`` seconds ago.
+
+        They are a cache: a job reads its chunks only while it runs, and a job that
+        needs one that is gone makes it again. A running job may be reading them, and a
+        job queued now may find an old one and skip making it, so this runs only while
+        no job is queued or running, checked again every 100 objects: otherwise it
+        stops and says why (``Swept.stopped``). Objects a job lists as outputs (a
+        cancelled job's finished chunks) are kept.
+        """
+        if older_than_s < 0:
+            raise InvalidInput(f"older_than_s is {older_than_s}; give 0 or more seconds.")
+        swept = Swept(stopped=self._busy())
+        if swept.stopped:
+            return swept
+        cutoff = time.time() - older_than_s
+        old = [o for o in self.storage.list(CHUNKS_PREFIX) if (o.modified_at or cutoff) < cutoff]
+        listed = {o.key for r in list_all(self.store, JobFilter()) for o in r.outputs}
+        doomed = [o for o in old if o.key not in listed]
+        swept.kept = len(old) - len(doomed)
+        for at in range(0, len(doomed), _SWEEP_STEP):
+            if at and (busy := self._busy()):
+                swept.stopped = busy
+                return swept
+            for obj in doomed[at : at + _SWEEP_STEP]:
+                if not dry_run:
+                    self.storage.delete(obj.key)
+                swept.objects += 1
+                swept.bytes += obj.size_bytes
+        return swept
+
+    def _busy(self) -> str | None:
+        """Why the chunk cache must not be swept now, or None."""
+        active = {JobState.QUEUED.value, JobState.RUNNING.value}
+        n = sum(count for (_, state), count in self.store.counts().items() if state in active)
+        if not n:
+            return None
+        jobs = "1 job is" if n == 1 else f"{n} jobs are"
+        return (
+            f"{jobs} queued or running, and a job may read or reuse cached chunks while "
+            f"it runs; sweep the chunk cache again when the queues are idle."
+        )
 
     def download(self, job_id: str, out_dir: Path, *, include_partial: bool = False) -> list[Path]:
         """Copy the job's outputs into ``out_dir``; returns the files written."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -30,6 +30,9 @@ from stoker.errors import InvalidInput
 from stoker.jobs.base import ERRORS_NAME
 from stoker.queues.batches import BATCH_KIND, request_counts
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
+
+if TYPE_CHECKING:  # the client is imported when a command runs (startup time)
+    from stoker.client import Swept
 
 # --- following jobs -----------------------------------------------------------------------
 
@@ -291,6 +294,13 @@ def prune(
         str | None, typer.Option(help="Only jobs in this state (succeeded, failed, cancelled).")
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="List what would go; delete nothing.")] = False,
+    chunks: Annotated[
+        bool,
+        typer.Option(
+            help="Also delete cached chunk objects written before the cutoff (only while "
+            "no job is queued or running)."
+        ),
+    ] = False,
 ) -> None:
     """Delete the ended jobs older than --older-than, with their outputs."""
     seconds = parse_duration(older_than)
@@ -300,6 +310,9 @@ def prune(
         raise InvalidInput(f"--state must be one of {', '.join(sorted(TERMINAL_STATES))}.") from exc
     with client_of(ctx) as client:
         pruned = client.prune(seconds, states=states, dry_run=dry_run)
+        swept = client.sweep_chunks(seconds, dry_run=dry_run) if chunks else None
+    if swept is not None:
+        _print_swept(swept, dry_run)
     if dry_run:
         table = table_of("id", "kind", "state", "created")
         for r in pruned.jobs:
@@ -314,6 +327,15 @@ def prune(
         f"{_jobs(len(pruned.jobs))} deleted"
         + (f", with the {_jobs(kids)} of their batches" if kids else "")
     )
+
+
+def _print_swept(swept: Swept, dry_run: bool) -> None:
+    what = f"{swept.objects} chunk objects ({swept.bytes / 1e6:.1f} MB)"
+    console.print(f"{what} {'would be deleted' if dry_run else 'deleted'} from the chunk cache")
+    if swept.kept:
+        console.print(f"{swept.kept} old chunk objects kept: jobs list them as outputs")
+    if swept.stopped:
+        err.print(f"[yellow]chunk cache sweep stopped:[/] {swept.stopped}")
 
 
 def _when(created_at: float) -> str:

@@ -30,6 +30,7 @@ class ObjectInfo:
     key: str  # relative to the storage root, '/'-separated
     size_bytes: int
     content_type: str | None = None  # None when unknown (and always from list())
+    modified_at: float | None = None  # seconds since the epoch, from list(); else None
 
 
 class Storage(Protocol):

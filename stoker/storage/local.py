@@ -145,7 +145,8 @@ class LocalStorage:
             for name in files:
                 key = name if rel == "." else f"{rel}/{name}"
                 if key.startswith(prefix) and not name.startswith(_TMP_PREFIX):
-                    found.append(ObjectInfo(key, (Path(dirpath) / name).stat().st_size))
+                    st = (Path(dirpath) / name).stat()
+                    found.append(ObjectInfo(key, st.st_size, modified_at=st.st_mtime))
         # Code-point order of str is the byte order of UTF-8, which is what S3 returns.
         yield from sorted(found, key=lambda info: info.key)
 

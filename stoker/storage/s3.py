@@ -188,7 +188,8 @@ class S3Storage:
         with self._errors(prefix or "(every key)"):
             for page in pages:
                 for item in page.get("Contents", ()):
-                    yield ObjectInfo(item["Key"][strip:], int(item["Size"]))
+                    modified = item["LastModified"].timestamp()
+                    yield ObjectInfo(item["Key"][strip:], int(item["Size"]), modified_at=modified)
 
     def url_for(self, key: str, expires_s: int | None = None) -> str:
         check_expiry(expires_s)

@@ -121,6 +121,12 @@ def test_delete_and_prune_on_the_embedded_default(data_dir: Path, tmp_path: Path
     assert "1 job deleted" in stoker("prune", "--older-than", "0", data_dir=data_dir).stdout
     assert list(outputs.glob("*")) == []
     assert "echo" not in stoker("jobs", data_dir=data_dir).stdout
+    # And --chunks empties the chunk cache the two jobs left
+    chunks = data_dir / "outputs" / "chunks"
+    assert len(list(chunks.rglob("*.txt"))) == 2
+    swept = stoker("prune", "--older-than", "0", "--chunks", data_dir=data_dir)
+    assert "2 chunk objects (0.0 MB) deleted from the chunk cache" in swept.stdout, swept.stderr
+    assert list(chunks.rglob("*.txt")) == []
 
 
 def test_models_and_doctor_and_help(data_dir: Path) -> None:

@@ -7,12 +7,15 @@ tests/integration/test_cli.py (embedded default) and test_api_e2e.py (HTTP, Redi
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from stoker.client import Stoker
+from stoker.config import load_settings
 from stoker.errors import InvalidInput, JobNotFound
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef, new_record
 from stoker.storage.keys import chunk_key, job_key
@@ -156,3 +159,59 @@ def test_prune_refuses_active_states_and_negative_ages(client: Stoker) -> None:
         client.prune(0, states=[JobState.RUNNING])
     with pytest.raises(InvalidInput, match="give 0 or more seconds"):
         client.prune(-1)
+
+
+# --- the chunk cache ----------------------------------------------------------------------
+
+
+def test_the_chunk_sweep_deletes_old_chunks_and_keeps_what_a_job_lists(client: Stoker) -> None:
+    # Given cached chunk objects, one of them a cancelled job's partial output, and a
+    # job's own files
+    loose = [client.storage.put_bytes(chunk_key("speak", f"{i:02x}" * 32, "wav"), b"x" * 10)
+             for i in range(3)]  # fmt: skip
+    partial = client.storage.put_bytes(chunk_key("speak", "ff" * 32, "wav"), b"p")
+    cancelled = new_record(kind="speak")
+    client.store.create(cancelled)
+    ref = OutputRef(
+        name="chunk-00000.wav", key=partial.key, size_bytes=1, content_type="audio/wav",
+        partial=True,
+    )  # fmt: skip
+    client.store.cancel(cancelled.id)
+    client.store.add_outputs(cancelled.id, [ref])
+    own = ended(client)
+
+    # When a dry run, then a sweep, takes every chunk written before now
+    dry = client.sweep_chunks(0, dry_run=True)
+    assert (dry.objects, dry.bytes, dry.kept, dry.stopped) == (3, 30, 1, None)
+    assert all(client.storage.exists(o.key) for o in loose)
+    swept = client.sweep_chunks(0)
+
+    # Then the loose chunks are gone; the listed one and the job's files stay
+    assert (swept.objects, swept.kept, swept.stopped) == (3, 1, None)
+    assert [o.key for o in client.storage.list("chunks/")] == [partial.key]
+    assert len(stored(client, own.id)) == 2
+
+
+def test_the_chunk_sweep_waits_for_idle_queues(client: Stoker) -> None:
+    chunk = client.storage.put_bytes(chunk_key("speak", "ab" * 32, "wav"), b"x")
+    client.store.create(new_record(kind="speak"))  # queued: it may reuse the chunk
+
+    swept = client.sweep_chunks(0)
+
+    assert swept.objects == 0 and client.storage.exists(chunk.key)
+    assert swept.stopped is not None and "1 job is queued or running" in swept.stopped
+
+
+def test_the_chunk_sweep_goes_by_when_a_local_chunk_was_written(tmp_path: Path) -> None:
+    # Given the embedded default (SQLite records, local files) with an old and a new chunk
+    with Stoker(load_settings(data_dir=tmp_path)) as local:
+        old = local.storage.put_bytes(chunk_key("image", "0a" * 32, "png"), b"old")
+        new = local.storage.put_bytes(chunk_key("image", "0b" * 32, "png"), b"new")
+        week_ago = time.time() - 7 * DAY_S
+        path = tmp_path / "outputs" / old.key
+        os.utime(path, (week_ago, week_ago))
+
+        swept = local.sweep_chunks(DAY_S)
+
+        assert swept.objects == 1 and not path.exists()
+        assert local.storage.exists(new.key)
