@@ -311,22 +311,22 @@ def prune(
     with client_of(ctx) as client:
         pruned = client.prune(seconds, states=states, dry_run=dry_run)
         swept = client.sweep_chunks(seconds, dry_run=dry_run) if chunks else None
-    if swept is not None:
-        _print_swept(swept, dry_run)
     if dry_run:
         table = table_of("id", "kind", "state", "created")
         for r in pruned.jobs:
             table.add_row(r.id, r.kind, r.state.value, _when(r.created_at))
         console.print(table)
         console.print(f"{_jobs(len(pruned.jobs))} would be deleted (dry run: nothing was).")
-        return
-    for record, why in pruned.skipped:
-        err.print(f"[yellow]{record.id} kept:[/] {why}")
-    kids = pruned.deleted - len(pruned.jobs)
-    console.print(
-        f"{_jobs(len(pruned.jobs))} deleted"
-        + (f", with the {_jobs(kids)} of their batches" if kids else "")
-    )
+    else:
+        for record, why in pruned.skipped:
+            err.print(f"[yellow]{record.id} kept:[/] {why}")
+        kids = pruned.deleted - len(pruned.jobs)
+        console.print(
+            f"{_jobs(len(pruned.jobs))} deleted"
+            + (f", with the {_jobs(kids)} of their batches" if kids else "")
+        )
+    if swept is not None:
+        _print_swept(swept, dry_run)
 
 
 def _print_swept(swept: Swept, dry_run: bool) -> None:
