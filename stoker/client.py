@@ -258,7 +258,11 @@ class Stoker:
         Content-addressed objects (``chunks/``, ``inputs/``) stay: other jobs made of
         the same content share them, and a re-submitted job resumes from them.
         """
-        record = self.store.get(job_id)
+        return self._delete_ended(self.store.get(job_id))
+
+    def _delete_ended(self, record: JobRecord) -> list[str]:
+        """:meth:`delete` of a record already read (prune has them from its listing)."""
+        job_id = record.id
         if record.parent is not None:
             raise InvalidInput(
                 f"job {job_id} is one file of batch {record.parent}; delete the batch "
@@ -317,7 +321,7 @@ class Stoker:
             return pruned
         for record in pruned.jobs:
             try:
-                pruned.deleted += len(self.delete(record.id))
+                pruned.deleted += len(self._delete_ended(record))
             except InvalidInput as exc:
                 pruned.skipped.append((record, str(exc)))
             except JobNotFound:  # another prune (another machine's timer) took it
@@ -343,8 +347,14 @@ class Stoker:
         if swept.stopped:
             return swept
         cutoff = time.time() - older_than_s
-        old = [o for o in self.storage.list(CHUNKS_PREFIX) if (o.modified_at or cutoff) < cutoff]
-        listed = {o.key for r in list_all(self.store, JobFilter()) for o in r.outputs}
+        old = [
+            o
+            for o in self.storage.list(CHUNKS_PREFIX)
+            if o.modified_at is not None and o.modified_at < cutoff
+        ]
+        # Only a cancelled job lists chunks as its outputs (its finished ones, partial).
+        cancelled = list_all(self.store, JobFilter(state=JobState.CANCELLED))
+        listed = {o.key for r in cancelled for o in r.outputs if o.partial}
         doomed = [o for o in old if o.key not in listed]
         swept.kept = len(old) - len(doomed)
         for at in range(0, len(doomed), _SWEEP_STEP):

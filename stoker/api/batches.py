@@ -176,11 +176,19 @@ def owned_batch(state: ApiState, key: ApiKey, batch_id: str) -> tuple[JobRecord,
     doc = state.meta.get(BATCH_NS, batch_id)
     if doc is None or not (key.admin or doc.owner == key.owner):
         raise not_found("batch", batch_id)
+    record = _batch_job(state, batch_id)
+    if record is None:
+        raise not_found("batch", batch_id)
+    return state.metrics.job_seen(record), doc
+
+
+def _batch_job(state: ApiState, batch_id: str) -> JobRecord | None:
+    """The batch's job; None, its batch record dropped, once the job was deleted."""
     try:
-        return state.metrics.job_seen(state.stoker.status(batch_id)), doc
-    except JobNotFound:  # its job was deleted from the CLI (`stoker delete`)
+        return state.stoker.status(batch_id)
+    except JobNotFound:
         state.meta.delete(BATCH_NS, batch_id)
-        raise not_found("batch", batch_id) from None
+        return None
 
 
 #: OpenAI's only completion window; a batch not done by then expires.
@@ -343,12 +351,8 @@ def list_batches(state: ApiState, key: ApiKey, *, after: str | None, limit: int)
     before = owned_batch(state, key, after)[1].created_at if after else None
     docs = state.meta.list(BATCH_NS, None if key.admin else key.owner, limit + 1, before)
     page = docs[:limit]
-    data = []
-    for d in page:
-        try:
-            data.append(batch_object(state, state.stoker.status(d.id), d.data))
-        except JobNotFound:  # its job was deleted from the CLI (`stoker delete`)
-            state.meta.delete(BATCH_NS, d.id)
+    jobs = ((_batch_job(state, d.id), d) for d in page)
+    data = [batch_object(state, record, d.data) for record, d in jobs if record is not None]
     return {
         "object": "list",
         "data": data,

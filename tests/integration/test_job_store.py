@@ -359,13 +359,19 @@ def test_a_state_change_moves_the_job_between_state_filters(store: JobStore) -> 
     assert ids(store.list(JobFilter())) == [record.id]
 
 
-def test_the_children_of_a_batch_are_listed_by_parent(store: JobStore) -> None:
-    # Given a batch with three children and an unrelated job
+def batch_of(store: JobStore, n: int) -> tuple[JobRecord, list[JobRecord]]:
+    """A batch and its ``n`` children, stored (created at 100, 101, ...)."""
     batch = job(chunks=0, kind="batch")
     store.create(batch)
-    children = [job(parent=batch.id, parent_index=i, created_at=100.0 + i) for i in range(3)]
-    for child in children:
-        store.create(child)
+    kids = [job(parent=batch.id, parent_index=i, created_at=100.0 + i) for i in range(n)]
+    for kid in kids:
+        store.create(kid)
+    return batch, kids
+
+
+def test_the_children_of_a_batch_are_listed_by_parent(store: JobStore) -> None:
+    # Given a batch with three children and an unrelated job
+    batch, children = batch_of(store, 3)
     store.create(job())
     # Then the parent filter lists exactly the children, newest first, and combines
     assert ids(store.list(JobFilter(parent=batch.id))) == ids(children[::-1])
@@ -427,11 +433,8 @@ def test_delete_refuses_a_job_that_is_queued_or_running(store: JobStore) -> None
 
 
 def test_a_deleted_child_leaves_its_batch_listing(store: JobStore) -> None:
-    batch = job(chunks=0, kind="batch")
-    store.create(batch)
-    kids = [job(parent=batch.id, parent_index=i, created_at=100.0 + i) for i in range(2)]
+    batch, kids = batch_of(store, 2)
     for kid in kids:
-        store.create(kid)
         store.fail(kid.id, JobError(kind="invalid_input", message="corrupt"))
 
     assert store.delete(kids[0].id)

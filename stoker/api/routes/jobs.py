@@ -12,12 +12,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from stoker.api.batches import BATCH_NS
 from stoker.api.deps import KeyDep, StateDep, owned_job
 from stoker.api.inputs import merge_input
 from stoker.api.submission import submit_job
 from stoker.api.views import JobList, JobView, job_view
-from stoker.api.webhooks import HOOK_NS, PENDING_NS, WebhookSpec
+from stoker.api.webhooks import WebhookSpec
 from stoker.config import Priority
 from stoker.queues.records import JobFilter, JobRecord, JobState
 
@@ -101,10 +100,9 @@ def cancel_job(job_id: str, state: StateDep, key: KeyDep) -> JobView:
 def delete_job(job_id: str, state: StateDep, key: KeyDep) -> dict[str, Any]:
     """Delete an ended job, its outputs and (a batch) its jobs; 400 while it runs."""
     owned_job(state, key, job_id)
+    # An OpenAI batch's or a webhook's record of the job goes when next read (batches.py,
+    # webhooks.py), as for a job deleted from the CLI.
     deleted = state.stoker.delete(job_id)
-    for gone in deleted:  # what the API kept beside the record: an OpenAI batch, a webhook
-        for ns in (BATCH_NS, HOOK_NS, PENDING_NS):
-            state.meta.delete(ns, gone)
     return {"id": job_id, "object": "job", "deleted": True, "jobs_deleted": len(deleted)}
 
 
