@@ -18,6 +18,9 @@ How it works, inside Celery's own consumer (no second queueing system):
   10× that after the first) and no earlier batch is still being finished, and right
   before this worker starts any other task (so a buffered chunk never waits behind a
   long audiobook chunk).
+- On Redis, once a queue's first message is buffered, the channel pops the rest of a
+  batch from that queue in one round trip (see ``room``) instead of one message per
+  round trip; the prefetch count catches up as each is buffered.
 - With an event loop (Redis) the batch runs on a model thread and is finished on a
   third thread while the consumer goes on receiving (see ``pipelined``); the consumer
   waits only when the model thread still holds the previous batch.
@@ -90,6 +93,7 @@ class ChunkBatcher:
         self._model_free = threading.Semaphore(1)  # no batch at the model (pipelined)
         self._finishing = 0  # batches handed to the threads and not finished yet
         self._finished: queue.SimpleQueue[tuple[list[Any], list[Any] | None]] = queue.SimpleQueue()
+        self._bulk_queues: set[str] = set()  # queues whose messages come in bulk (see room)
         if pipelined:
             self._producer = ThreadPoolExecutor(1, thread_name_prefix="stoker-model")
             self._finisher = ThreadPoolExecutor(1, thread_name_prefix="stoker-finish")
@@ -98,6 +102,8 @@ class ChunkBatcher:
     def add(self, request: Any) -> None:
         """Buffer ``request``; run the buffer now if it is full."""
         self.settle_finished()
+        if self._producer is not None:
+            self._take_in_bulk(request)
         with self._lock:
             self._pending.append(request)
             # Room for one more message while this one waits (given back once the
@@ -111,6 +117,24 @@ class ChunkBatcher:
                 self._timer = self._consumer.timer.call_after(self.wait_s, self._timed_flush)
         if full:
             self.flush()
+
+    def _take_in_bulk(self, request: Any) -> None:
+        """Let the channel ``request`` came on hand this batcher many messages of its
+        queue at once (stoker's Redis transport: queues/redis_transport.py)."""
+        queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+        channel: Any = getattr(getattr(request, "message", None), "channel", None)
+        if queue is None or queue in self._bulk_queues or not hasattr(channel, "take_more"):
+            return
+        self._bulk_queues.add(queue)
+        channel.take_more = self.room
+
+    def room(self, queue: str) -> int:
+        """How many more messages of ``queue`` this batcher wants now, beyond the one
+        being delivered: what fills the buffer (0 for a queue it has not seen)."""
+        if queue not in self._bulk_queues:
+            return 0
+        with self._lock:
+            return max(0, self.max_chunks - len(self._pending) - 1)
 
     def _timed_flush(self) -> None:
         """Run the buffer once no request came for ``wait_s`` (or it is 10× that old).

@@ -27,6 +27,7 @@ from stoker.errors import (
     TransientError,
 )
 from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK
+from stoker.queues.redis_transport import acks_together
 
 if TYPE_CHECKING:
     from stoker.config import Settings
@@ -108,21 +109,23 @@ class BatchedChunkTask(Task):
     def settle_batch(self, requests: list[Any], outcomes: list[BaseException | None]) -> None:
         """Acknowledge each request, or retry it, or fail its job, from its outcome."""
         executor, settings = _executor(self.app), self.app.stoker_settings
-        for request, exc in zip(requests, outcomes, strict=True):
-            args: ChunkArgs = tuple(request.args)
-            retries = int(request.request_dict.get("retries") or 0)
-            delay = None if exc is None else settle(executor, settings, args, exc, retries)
-            if delay is not None:
-                # What Task.retry does: publish a copy with a countdown, ack this one.
-                self.apply_async(
-                    args=args,
-                    countdown=delay,
-                    retries=retries + 1,
-                    queue=request.delivery_info.get("routing_key"),
-                    priority=request.delivery_info.get("priority"),
-                )
-            request.acknowledge()
-            task_ready(request, successful=exc is None)
+        # One round trip for the batch's acks on Redis (see queues/redis_transport.py).
+        with acks_together([request.message for request in requests]):
+            for request, exc in zip(requests, outcomes, strict=True):
+                args: ChunkArgs = tuple(request.args)
+                retries = int(request.request_dict.get("retries") or 0)
+                delay = None if exc is None else settle(executor, settings, args, exc, retries)
+                if delay is not None:
+                    # What Task.retry does: publish a copy with a countdown, ack this one.
+                    self.apply_async(
+                        args=args,
+                        countdown=delay,
+                        retries=retries + 1,
+                        queue=request.delivery_info.get("routing_key"),
+                        priority=request.delivery_info.get("priority"),
+                    )
+                request.acknowledge()
+                task_ready(request, successful=exc is None)
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:

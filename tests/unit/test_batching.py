@@ -55,6 +55,19 @@ class FakeRequest:
         self.rejected = requeue
 
 
+class BulkChannel:
+    """A channel able to hand over messages in bulk (stoker's Redis transport)."""
+
+    take_more: Any = None
+
+
+class ChannelRequest(FakeRequest):
+    def __init__(self, n: int, channel: Any, queue: str = "embed") -> None:
+        super().__init__(n)
+        self.message = type("Message", (), {"channel": channel})()
+        self.delivery_info = {"routing_key": queue}
+
+
 def make(
     max_chunks: int = 3, pipelined: bool = False
 ) -> tuple[ChunkBatcher, FakeConsumer, list[list[int]]]:
@@ -166,6 +179,35 @@ def test_pipelined_batches_are_settled_on_the_consumer_thread_and_keep_their_slo
     batcher.settle_finished()
     assert runs == [[0, 1]]
     assert consumer.qos.value == 1
+
+
+def test_a_pipelined_batcher_asks_its_channel_for_the_rest_of_a_batch() -> None:
+    batcher, _, runs = make(max_chunks=5, pipelined=True)
+    channel = BulkChannel()
+    # Given one request of the embed queue buffered
+    batcher.add(ChannelRequest(0, channel))
+    # Then the channel asks the batcher how many more of that queue it wants: what
+    # fills the buffer beyond the message being delivered; none of other queues
+    assert channel.take_more == batcher.room
+    assert batcher.room("embed") == 3
+    assert batcher.room("transcribe") == 0
+    batcher.add(ChannelRequest(1, channel))
+    assert batcher.room("embed") == 2
+    for n in range(2, 5):  # full: the batch runs, the buffer is empty again
+        batcher.add(ChannelRequest(n, channel))
+    assert batcher.room("embed") == 4
+    batcher.close()
+    batcher.settle_finished()
+    assert runs == [[0, 1, 2, 3, 4]]
+
+
+def test_without_an_event_loop_messages_come_one_at_a_time() -> None:
+    # The SQLite broker's consumer has no channel to ask, and the batcher sets none
+    batcher, _, _ = make(max_chunks=5)
+    channel = BulkChannel()
+    batcher.add(ChannelRequest(0, channel))
+    assert channel.take_more is None
+    assert batcher.room("embed") == 0
 
 
 def test_a_partial_buffer_waits_while_the_last_batch_is_still_finishing(
