@@ -52,18 +52,19 @@ class Pruned:
 
 @dataclass
 class Swept:
-    """What :meth:`Stoker.sweep_chunks` deleted (or, on a dry run, would delete)."""
+    """What :meth:`Stoker.sweep_chunks` or :meth:`Stoker.sweep_inputs` deleted (or,
+    on a dry run, would delete)."""
 
     objects: int = 0
     bytes: int = 0
-    kept: int = 0  # old enough, but a job lists them as outputs (a cancelled job's chunks)
+    kept: int = 0  # old enough, but a job lists them (its inputs, a cancelled job's chunks)
     stopped: str | None = None  # why it stopped before the end (a job was queued)
 
 
 #: Where content-addressed chunk outputs, their notes and chunk-group outputs live.
 CHUNKS_PREFIX = "chunks/"
-#: Objects deleted between two checks that the queues are still idle.
-_SWEEP_STEP = 100
+#: Where uploaded inputs live, by content (recordings, prompt files, covers).
+INPUTS_PREFIX = "inputs/"
 
 
 class Stoker:
@@ -256,7 +257,8 @@ class Stoker:
         Raises InvalidInput for a job still queued or running (cancel it first) or one
         that is a file of a batch (delete the batch), JobNotFound for an unknown id.
         Content-addressed objects (``chunks/``, ``inputs/``) stay: other jobs made of
-        the same content share them, and a re-submitted job resumes from them.
+        the same content share them, and a re-submitted job resumes from them;
+        :meth:`sweep_chunks` and :meth:`sweep_inputs` free them.
         """
         return self._delete_ended(self.store.get(job_id))
 
@@ -335,49 +337,83 @@ class Stoker:
         notes, chapter outputs) last written more than ``older_than_s`` seconds ago.
 
         They are a cache: a job reads its chunks only while it runs, and a job that
-        needs one that is gone makes it again. A running job may be reading them, and a
-        job queued now may find an old one and skip making it, so this runs only while
-        no job is queued or running, checked again every 100 objects: otherwise it
-        stops and says why (``Swept.stopped``). Objects a job lists as outputs (a
-        cancelled job's finished chunks) are kept.
+        needs one that is gone makes it again. Objects a job lists as outputs (a
+        cancelled job's finished chunks) are kept. Runs only while no job is queued
+        or running (see :meth:`_sweep`): a running job reads its chunks, and a job
+        queued now may find an old one and skip making it.
+        """
+
+        def listed() -> set[str]:
+            # Only a cancelled job lists chunks as its outputs (its finished ones, partial).
+            cancelled = list_all(self.store, JobFilter(state=JobState.CANCELLED))
+            return {o.key for r in cancelled for o in r.outputs if o.partial}
+
+        return self._sweep(CHUNKS_PREFIX, older_than_s, listed, dry_run)
+
+    def sweep_inputs(self, older_than_s: float, *, dry_run: bool = False) -> Swept:
+        """Delete the uploaded inputs under ``inputs/`` (recordings, prompt files,
+        covers, stored once by content) last written more than ``older_than_s``
+        seconds ago that no remaining job lists as an input.
+
+        A job keeps its inputs until it is deleted (``prune`` first, then this frees
+        what the deleted jobs alone used). Runs only while no job is queued or running
+        (see :meth:`_sweep`): a job submitted now may find an old input and not upload
+        it again (submit puts it back if it went in that instant).
+        """
+
+        def listed() -> set[str]:
+            return {key for r in list_all(self.store, JobFilter()) for key in r.inputs}
+
+        return self._sweep(INPUTS_PREFIX, older_than_s, listed, dry_run)
+
+    def _sweep(
+        self,
+        prefix: str,
+        older_than_s: float,
+        listed: Callable[[], set[str]],
+        dry_run: bool,
+    ) -> Swept:
+        """Delete the objects under ``prefix`` written before the cutoff, except the
+        keys ``listed()`` returns (read after the objects are listed).
+
+        Only while no job is queued or running, checked before every delete: otherwise
+        it stops and says why (``Swept.stopped``). A job submitted in the instant
+        between a check and a delete could still lose an object it found.
         """
         if older_than_s < 0:
             raise InvalidInput(f"older_than_s is {older_than_s}; give 0 or more seconds.")
-        swept = Swept(stopped=self._busy())
+        swept = Swept(stopped=self._busy(prefix))
         if swept.stopped:
             return swept
         cutoff = time.time() - older_than_s
         old = [
             o
-            for o in self.storage.list(CHUNKS_PREFIX)
+            for o in self.storage.list(prefix)
             if o.modified_at is not None and o.modified_at < cutoff
         ]
-        # Only a cancelled job lists chunks as its outputs (its finished ones, partial).
-        cancelled = list_all(self.store, JobFilter(state=JobState.CANCELLED))
-        listed = {o.key for r in cancelled for o in r.outputs if o.partial}
-        doomed = [o for o in old if o.key not in listed]
+        keep = listed()
+        doomed = [o for o in old if o.key not in keep]
         swept.kept = len(old) - len(doomed)
-        for at in range(0, len(doomed), _SWEEP_STEP):
-            if at and (busy := self._busy()):
-                swept.stopped = busy
-                return swept
-            for obj in doomed[at : at + _SWEEP_STEP]:
-                if not dry_run:
-                    self.storage.delete(obj.key)
-                swept.objects += 1
-                swept.bytes += obj.size_bytes
+        for obj in doomed:
+            if not dry_run:
+                if busy := self._busy(prefix):
+                    swept.stopped = busy
+                    return swept
+                self.storage.delete(obj.key)
+            swept.objects += 1
+            swept.bytes += obj.size_bytes
         return swept
 
-    def _busy(self) -> str | None:
-        """Why the chunk cache must not be swept now, or None."""
+    def _busy(self, prefix: str) -> str | None:
+        """Why the objects under ``prefix`` must not be swept now, or None."""
         active = {JobState.QUEUED.value, JobState.RUNNING.value}
         n = sum(count for (_, state), count in self.store.counts().items() if state in active)
         if not n:
             return None
         jobs = "1 job is" if n == 1 else f"{n} jobs are"
         return (
-            f"{jobs} queued or running, and a job may read or reuse cached chunks while "
-            f"it runs; sweep the chunk cache again when the queues are idle."
+            f"{jobs} queued or running, and a job may reuse objects under {prefix} while "
+            f"it is submitted or runs; sweep again when the queues are idle."
         )
 
     def download(self, job_id: str, out_dir: Path, *, include_partial: bool = False) -> list[Path]:

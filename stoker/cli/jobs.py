@@ -301,6 +301,13 @@ def prune(
             "no job is queued or running)."
         ),
     ] = False,
+    inputs: Annotated[
+        bool,
+        typer.Option(
+            help="Also delete uploaded inputs written before the cutoff that no remaining "
+            "job lists (only while no job is queued or running)."
+        ),
+    ] = False,
 ) -> None:
     """Delete the ended jobs older than --older-than, with their outputs."""
     seconds = parse_duration(older_than)
@@ -311,6 +318,7 @@ def prune(
     with client_of(ctx) as client:
         pruned = client.prune(seconds, states=states, dry_run=dry_run)
         swept = client.sweep_chunks(seconds, dry_run=dry_run) if chunks else None
+        freed = client.sweep_inputs(seconds, dry_run=dry_run) if inputs else None
     if dry_run:
         table = table_of("id", "kind", "state", "created")
         for r in pruned.jobs:
@@ -326,16 +334,18 @@ def prune(
             + (f", with the {_jobs(kids)} of their batches" if kids else "")
         )
     if swept is not None:
-        _print_swept(swept, dry_run)
+        _print_swept(swept, dry_run, "chunk objects", "the chunk cache", "as outputs")
+    if freed is not None:
+        _print_swept(freed, dry_run, "uploaded inputs", "inputs/", "as inputs")
 
 
-def _print_swept(swept: Swept, dry_run: bool) -> None:
-    what = f"{swept.objects} chunk objects ({swept.bytes / 1e6:.1f} MB)"
-    console.print(f"{what} {'would be deleted' if dry_run else 'deleted'} from the chunk cache")
+def _print_swept(swept: Swept, dry_run: bool, what: str, where: str, listed: str) -> None:
+    done = "would be deleted" if dry_run else "deleted"
+    console.print(f"{swept.objects} {what} ({swept.bytes / 1e6:.1f} MB) {done} from {where}")
     if swept.kept:
-        console.print(f"{swept.kept} old chunk objects kept: jobs list them as outputs")
+        console.print(f"{swept.kept} old {what} kept: jobs list them {listed}")
     if swept.stopped:
-        err.print(f"[yellow]chunk cache sweep stopped:[/] {swept.stopped}")
+        err.print(f"[yellow]sweep of {where} stopped:[/] {swept.stopped}")
 
 
 def _when(created_at: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -75,18 +76,29 @@ def submit(
         key = input_key(record.id, name)
         storage.put_bytes(key, data, "text/plain; charset=utf-8")
         record.inputs.append(key)
+    found = []
     for key, content in prepared.uploads.items():
         record.inputs.append(key)
         if storage.exists(key):  # content-addressed: the same bytes are there already
-            continue
-        if isinstance(content, bytes):
-            storage.put_bytes(key, content)
+            found.append(key)
         else:
-            storage.put_file(key, content)
+            _upload(storage, key, content)
     store.create(record)
+    # An input found above may have been swept (`stoker prune --inputs`) before the
+    # record that keeps it was created; the sweep stops once it sees this job queued.
+    for key in found:
+        if not storage.exists(key):
+            _upload(storage, key, prepared.uploads[key])
     _enqueue(app, store, record, prepared.chunks)
     log.info("queued %s job %s: %d chunk(s)", kind, record.id, len(chunks))
     return record
+
+
+def _upload(storage: Storage, key: str, content: Path | bytes) -> None:
+    if isinstance(content, bytes):
+        storage.put_bytes(key, content)
+    else:
+        storage.put_file(key, content)
 
 
 def _queue(settings: Settings, record: JobRecord) -> str:

@@ -127,6 +127,13 @@ def test_delete_and_prune_on_the_embedded_default(data_dir: Path, tmp_path: Path
     swept = stoker("prune", "--older-than", "0", "--chunks", data_dir=data_dir)
     assert "2 chunk objects (0.0 MB) deleted from the chunk cache" in swept.stdout, swept.stderr
     assert list(chunks.rglob("*.txt")) == []
+    # And --inputs deletes an uploaded input that no job lists any more
+    loose = data_dir / "outputs" / "inputs" / "ab" / ("ab" * 32 + ".wav")
+    loose.parent.mkdir(parents=True)
+    loose.write_bytes(b"RIFF")
+    freed = stoker("prune", "--older-than", "0", "--inputs", data_dir=data_dir)
+    assert "1 uploaded inputs (0.0 MB) deleted from inputs/" in freed.stdout, freed.stderr
+    assert not loose.exists()
 
 
 def test_models_and_doctor_and_help(data_dir: Path) -> None:

@@ -18,8 +18,9 @@ from stoker.client import Stoker
 from stoker.config import load_settings
 from stoker.errors import InvalidInput, JobNotFound
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef, new_record
-from stoker.storage.keys import chunk_key, job_key
+from stoker.storage.keys import chunk_key, content_input_key, job_key
 from tests.deployment import Deployment
+from tests.gguf_models import write_tiny_llama
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -192,14 +193,18 @@ def test_the_chunk_sweep_deletes_old_chunks_and_keeps_what_a_job_lists(client: S
     assert len(stored(client, own.id)) == 2
 
 
-def test_the_chunk_sweep_waits_for_idle_queues(client: Stoker) -> None:
-    chunk = client.storage.put_bytes(chunk_key("speak", "ab" * 32, "wav"), b"x")
-    client.store.create(new_record(kind="speak"))  # queued: it may reuse the chunk
+@pytest.mark.parametrize("prefix", ["chunks/", "inputs/"])
+def test_a_sweep_waits_for_idle_queues(client: Stoker, prefix: str) -> None:
+    key = chunk_key("speak", "ab" * 32, "wav") if prefix == "chunks/" else upload("ab")
+    old = client.storage.put_bytes(key, b"x")
+    client.store.create(new_record(kind="speak"))  # queued: it may reuse the object
 
-    swept = client.sweep_chunks(0)
+    sweep = client.sweep_chunks if prefix == "chunks/" else client.sweep_inputs
+    swept = sweep(0)
 
-    assert swept.objects == 0 and client.storage.exists(chunk.key)
+    assert swept.objects == 0 and client.storage.exists(old.key)
     assert swept.stopped is not None and "1 job is queued or running" in swept.stopped
+    assert f"reuse objects under {prefix}" in swept.stopped
 
 
 def test_the_chunk_sweep_goes_by_when_a_local_chunk_was_written(tmp_path: Path) -> None:
@@ -215,3 +220,63 @@ def test_the_chunk_sweep_goes_by_when_a_local_chunk_was_written(tmp_path: Path) 
 
         assert swept.objects == 1 and not path.exists()
         assert local.storage.exists(new.key)
+
+
+# --- uploaded inputs ----------------------------------------------------------------------
+
+
+def upload(digest_start: str) -> str:
+    return content_input_key(digest_start * 32, "wav")
+
+
+def test_the_input_sweep_frees_what_only_deleted_jobs_used(client: Stoker) -> None:
+    # Given uploaded inputs: one an old job's, one a recent job's, one both share, one loose
+    names = {"old": "0a", "new": "0b", "both": "0c", "loose": "0d"}
+    keys = {name: upload(d) for name, d in names.items()}
+    for key in keys.values():
+        client.storage.put_bytes(key, b"x" * 10)
+    old = ended(client, age_s=2 * DAY_S, inputs=[keys["old"], keys["both"]])
+    new = ended(client, inputs=[keys["new"], keys["both"]])
+
+    # When the old job is pruned, then a dry run and a sweep take inputs written before now
+    assert [r.id for r in client.prune(DAY_S).jobs] == [old.id]
+    dry = client.sweep_inputs(0, dry_run=True)
+    assert (dry.objects, dry.bytes, dry.kept, dry.stopped) == (2, 20, 2, None)
+    assert all(client.storage.exists(k) for k in keys.values())
+    swept = client.sweep_inputs(0)
+
+    # Then what only the deleted job used, and the loose input, are gone
+    assert (swept.objects, swept.kept, swept.stopped) == (2, 2, None)
+    assert sorted(o.key for o in client.storage.list("inputs/")) == sorted(new.inputs)
+    assert len(stored(client, new.id)) == 2  # the job's own files are not under inputs/
+    # And an hour's age keeps inputs written since
+    client.storage.put_bytes(keys["loose"], b"y")
+    assert client.sweep_inputs(3600).objects == 0 and client.storage.exists(keys["loose"])
+
+
+def test_a_submission_puts_back_an_input_swept_while_it_was_submitted(
+    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a generate job whose prompt file is stored once, by content
+    deployment.env["STOKER_MODELS__TINY__BACKEND"] = "llama"
+    deployment.env["STOKER_MODELS__TINY__PATH"] = str(write_tiny_llama(tmp_path / "tiny.gguf"))
+    request = {"prompt": "Hello", "model": "tiny", "max_tokens": 4}
+    with Stoker(deployment.settings()) as client:
+        first = client.submit("generate", request)
+        (key,) = first.inputs
+        data = client.storage.get_bytes(key)
+
+        # When the same prompt is submitted again and a sweep deletes the stored file
+        # after the submission found it, before its record existed
+        create = client.store.create
+
+        def swept_then_create(record: JobRecord) -> None:
+            client.storage.delete(key)
+            create(record)
+
+        monkeypatch.setattr(client.store, "create", swept_then_create)
+        second = client.submit("generate", request)
+
+        # Then the submission has put it back, with the same bytes
+        assert second.inputs == [key]
+        assert client.storage.get_bytes(key) == data
