@@ -6,6 +6,7 @@ Layout::
     jobs/<job_id>/inputs/<name>        what a job was submitted with
     jobs/<job_id>/<name>               what a job produced
     chunks/<kind>/<dd>/<digest>.<ext>  content-addressed intermediate results (dd = digest[:2])
+    inputs/<dd>/<digest>.<ext>         uploaded inputs, stored once by content
 """
 
 from __future__ import annotations

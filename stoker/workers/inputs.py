@@ -12,6 +12,7 @@ import os
 import threading
 from pathlib import Path
 
+from stoker.errors import ObjectNotFound
 from stoker.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,23 @@ class InputCache:
         root.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, key: str) -> Path:
-        """A local path holding the object at ``key``; downloads it on a miss."""
+        """A local path holding the object at ``key``; downloads it on a miss.
+
+        Raises ObjectNotFound, saying what to do, when the input is not in storage.
+        """
         path = self.root / key
         with self._lock:
             if path.is_file():
                 os.utime(path)  # mark as recently used
                 return path
-            size = self.storage.stat(key).size_bytes
+            try:
+                size = self.storage.stat(key).size_bytes
+            except ObjectNotFound as exc:
+                raise ObjectNotFound(
+                    f"the job's input {key} is no longer in storage ({self.storage.url}): "
+                    f"it was deleted, or swept by `stoker prune --inputs` while the job "
+                    f"was being submitted; submit the job again."
+                ) from exc
             self._make_room(size)
             self.storage.download(key, path)
         log.info("cached input %s (%.1f MiB)", key, size / 2**20)

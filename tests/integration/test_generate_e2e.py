@@ -110,6 +110,29 @@ def test_a_prompt_file_runs_line_by_line_and_bad_models_fail_only_their_jobs(
     assert [o.name for o in single.outputs][:2] == ["results.jsonl", "result.json"]
 
 
+def test_a_job_whose_input_left_storage_fails_saying_so_and_the_next_runs(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Given two queued jobs, the first one's prompt file deleted from storage (as a
+    # sweep in the instant of its submission would), and then a worker
+    configure(deployment, tiny=write_tiny_llama(tmp_path / "tiny.gguf"))
+    sampling = {"model": "tiny", "max_tokens": 4, "seed": 1}
+    with Stoker(deployment.settings()) as client:
+        lost = client.submit("generate", {**sampling, "prompt": "Lost"})
+        (key,) = lost.inputs
+        client.storage.delete(key)
+        kept = client.submit("generate", {**sampling, "prompt": "Kept"})
+        deployment.start_worker("generate")
+
+        # When both are waited for
+        lost, kept = (client.wait(j.id, timeout_s=60) for j in (lost, kept))
+
+    # Then the first failed naming its input and what to do; the second succeeded
+    assert lost.state is JobState.FAILED and lost.error is not None
+    assert key in lost.error.message and "submit the job again" in lost.error.message
+    assert kept.state is JobState.SUCCEEDED, kept.error
+
+
 def test_bad_requests_are_refused_at_submission(deployment: Deployment, tmp_path: Path) -> None:
     """Given bad generate requests (empty or all-malformed files, two inputs, a bad schema,
     a 1 MB prompt, a message without content)
