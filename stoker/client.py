@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -332,7 +332,9 @@ class Stoker:
         pruned.jobs = [r for r in pruned.jobs if r.id not in skipped]
         return pruned
 
-    def sweep_chunks(self, older_than_s: float, *, dry_run: bool = False) -> Swept:
+    def sweep_chunks(
+        self, older_than_s: float, *, dry_run: bool = False, without: Collection[str] = ()
+    ) -> Swept:
         """Delete the content-addressed objects under ``chunks/`` (chunk outputs, their
         notes, chapter outputs) last written more than ``older_than_s`` seconds ago.
 
@@ -340,17 +342,20 @@ class Stoker:
         needs one that is gone makes it again. Objects a job lists as outputs (a
         cancelled job's finished chunks) are kept. Runs only while no job is queued
         or running (see :meth:`_sweep`): a running job reads its chunks, and a job
-        queued now may find an old one and skip making it.
+        queued now may find an old one and skip making it. ``without``: ids of jobs
+        (or batches) to count as deleted already (a dry run after a dry-run prune).
         """
 
         def listed() -> set[str]:
             # Only a cancelled job lists chunks as its outputs (its finished ones, partial).
             cancelled = list_all(self.store, JobFilter(state=JobState.CANCELLED))
-            return {o.key for r in cancelled for o in r.outputs if o.partial}
+            return {o.key for r in _remaining(cancelled, without) for o in r.outputs if o.partial}
 
         return self._sweep(CHUNKS_PREFIX, older_than_s, listed, dry_run)
 
-    def sweep_inputs(self, older_than_s: float, *, dry_run: bool = False) -> Swept:
+    def sweep_inputs(
+        self, older_than_s: float, *, dry_run: bool = False, without: Collection[str] = ()
+    ) -> Swept:
         """Delete the uploaded inputs under ``inputs/`` (recordings, prompt files,
         covers, stored once by content) last written more than ``older_than_s``
         seconds ago that no remaining job lists as an input.
@@ -358,11 +363,13 @@ class Stoker:
         A job keeps its inputs until it is deleted (``prune`` first, then this frees
         what the deleted jobs alone used). Runs only while no job is queued or running
         (see :meth:`_sweep`): a job submitted now may find an old input and not upload
-        it again (submit puts it back if it went in that instant).
+        it again (submit puts it back if it went in that instant). ``without`` as
+        for :meth:`sweep_chunks`.
         """
 
         def listed() -> set[str]:
-            return {key for r in list_all(self.store, JobFilter()) for key in r.inputs}
+            records = list_all(self.store, JobFilter())
+            return {key for r in _remaining(records, without) for key in r.inputs}
 
         return self._sweep(INPUTS_PREFIX, older_than_s, listed, dry_run)
 
@@ -468,3 +475,9 @@ class Stoker:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _remaining(records: list[JobRecord], without: Collection[str]) -> list[JobRecord]:
+    """``records`` less the jobs in ``without`` and the children of batches in it."""
+    gone = set(without)
+    return [r for r in records if r.id not in gone and r.parent not in gone]

@@ -317,8 +317,10 @@ def prune(
         raise InvalidInput(f"--state must be one of {', '.join(sorted(TERMINAL_STATES))}.") from exc
     with client_of(ctx) as client:
         pruned = client.prune(seconds, states=states, dry_run=dry_run)
-        swept = client.sweep_chunks(seconds, dry_run=dry_run) if chunks else None
-        freed = client.sweep_inputs(seconds, dry_run=dry_run) if inputs else None
+        # A dry run counts the jobs it lists as gone: it shows what pruning would free.
+        without = {r.id for r in pruned.jobs} if dry_run else set()
+        swept = client.sweep_chunks(seconds, dry_run=dry_run, without=without) if chunks else None
+        freed = client.sweep_inputs(seconds, dry_run=dry_run, without=without) if inputs else None
     if dry_run:
         table = table_of("id", "kind", "state", "created")
         for r in pruned.jobs:

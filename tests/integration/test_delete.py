@@ -230,23 +230,31 @@ def upload(digest_start: str) -> str:
 
 
 def test_the_input_sweep_frees_what_only_deleted_jobs_used(client: Stoker) -> None:
-    # Given uploaded inputs: one an old job's, one a recent job's, one both share, one loose
-    names = {"old": "0a", "new": "0b", "both": "0c", "loose": "0d"}
+    # Given uploaded inputs: an old job's, an old batch's file's, a recent job's, one
+    # both the old and the recent job list, and one no job lists
+    names = {"old": "0a", "kid": "0e", "new": "0b", "both": "0c", "loose": "0d"}
     keys = {name: upload(d) for name, d in names.items()}
     for key in keys.values():
         client.storage.put_bytes(key, b"x" * 10)
     old = ended(client, age_s=2 * DAY_S, inputs=[keys["old"], keys["both"]])
+    batch = ended(client, age_s=2 * DAY_S, kind="batch")
+    ended(client, age_s=2 * DAY_S, parent=batch.id, parent_index=0, inputs=[keys["kid"]])
     new = ended(client, inputs=[keys["new"], keys["both"]])
 
-    # When the old job is pruned, then a dry run and a sweep take inputs written before now
-    assert [r.id for r in client.prune(DAY_S).jobs] == [old.id]
-    dry = client.sweep_inputs(0, dry_run=True)
-    assert (dry.objects, dry.bytes, dry.kept, dry.stopped) == (2, 20, 2, None)
+    # When a dry run of prune looks ahead: the jobs it lists count as gone
+    would = client.prune(DAY_S, dry_run=True)
+    assert sorted(r.id for r in would.jobs) == sorted([old.id, batch.id])
+    ahead = client.sweep_inputs(0, dry_run=True, without={r.id for r in would.jobs})
+    assert (ahead.objects, ahead.bytes, ahead.kept, ahead.stopped) == (3, 30, 2, None)
+    assert client.sweep_inputs(0, dry_run=True).objects == 1  # today: the loose one
     assert all(client.storage.exists(k) for k in keys.values())
+
+    # And the old jobs are pruned, then inputs written before now are swept
+    assert client.prune(DAY_S).deleted == 3
     swept = client.sweep_inputs(0)
 
-    # Then what only the deleted job used, and the loose input, are gone
-    assert (swept.objects, swept.kept, swept.stopped) == (2, 2, None)
+    # Then what only the deleted jobs used, and the loose input, are gone
+    assert (swept.objects, swept.kept, swept.stopped) == (3, 2, None)
     assert sorted(o.key for o in client.storage.list("inputs/")) == sorted(new.inputs)
     assert len(stored(client, new.id)) == 2  # the job's own files are not under inputs/
     # And an hour's age keeps inputs written since
