@@ -2,7 +2,7 @@
 
 A 3-hour recording is split into many chunks; without a cache every chunk task would
 download the whole file again. Inputs are stored under content-addressed keys
-(``inputs/<sha256>.<ext>``), so a cached copy is always the right bytes.
+(``inputs/<dd>/<sha256>.<ext>``), so a cached copy is always the right bytes.
 """
 
 from __future__ import annotations
