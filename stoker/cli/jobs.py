@@ -317,8 +317,8 @@ def prune(
         raise InvalidInput(f"--state must be one of {', '.join(sorted(TERMINAL_STATES))}.") from exc
     with client_of(ctx) as client:
         pruned = client.prune(seconds, states=states, dry_run=dry_run)
-        # A dry run counts the jobs it lists as gone: it shows what pruning would free.
-        without = {r.id for r in pruned.jobs} if dry_run else set()
+        # The jobs prune lists count as gone, so a dry run shows what pruning would free.
+        without = {r.id for r in pruned.jobs}
         swept = client.sweep_chunks(seconds, dry_run=dry_run, without=without) if chunks else None
         freed = client.sweep_inputs(seconds, dry_run=dry_run, without=without) if inputs else None
     if dry_run:
