@@ -6,6 +6,9 @@ embed (all-MiniLM-L6-v2 on CPU):
   2. stoker: N jobs of ONE sentence each, queued on Redis (own redis-server), then one
      `stoker worker --queues embed` (model preloaded) drains them; from the worker
      being ready to the last job succeeded. The worker batches chunks across jobs.
+     Outputs go to the local directory, or with ``--storage s3`` to a real S3-protocol
+     server on loopback (moto_server, a bucket per run), as in production, and with
+     ``--s3-latency-ms`` through a proxy that delays each request as a network would.
 generate (Gemma 3 270M Q4_K_M, greedy, fixed max tokens):
   1. plain llama-cpp-python: create_completion per prompt in a loop;
   2. stoker: one job with the same prompts as a JSONL file, one worker (preloaded);
@@ -13,11 +16,13 @@ generate (Gemma 3 270M Q4_K_M, greedy, fixed max tokens):
 
 Usage: python bench/capabilities.py [--sentences 10000] [--repeats 3] [--prompts 16]
                                    [--max-tokens 128] [--only embed|generate] [--no-write]
+                                   [--storage local|s3] [--s3-latency-ms 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -31,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, markdown_table, write_section  # noqa: E402
-from tests.servers import redis_server  # noqa: E402
+from bench.latency_proxy import delayed  # noqa: E402
+from tests.servers import moto_s3_server, redis_server  # noqa: E402
 from tests.texts import story  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,18 +89,30 @@ def wait_all(client: Any, ids: list[str], timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def stoker_embed(texts: list[str], redis_url: str, data_dir: Path) -> tuple[float, float]:
-    """(submission seconds, drain seconds) for one-sentence embed jobs."""
+def s3_env(endpoint: str, run: str) -> dict[str, str]:
+    """Settings (as environment) for outputs in a new bucket on the S3 server at ``endpoint``."""
+    import boto3
+
+    bucket = f"bench-{run}-{int(time.time())}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return {"STOKER_STORAGE_URL": f"s3://{bucket}/stoker", "STOKER_S3_ENDPOINT_URL": endpoint}
+
+
+def stoker_embed(
+    texts: list[str], redis_url: str, data_dir: Path, storage: dict[str, str]
+) -> tuple[float, float]:
+    """(submission seconds, drain seconds) for one-sentence embed jobs; ``storage`` is
+    the storage settings as environment ({} for the local directory)."""
     from stoker.client import Stoker
     from stoker.config import load_settings
     from tests.deployment import Deployment
 
     data_dir.mkdir(parents=True)
-    dep = Deployment(
-        env={"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)}, workdir=data_dir
-    )
+    env = {"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)} | storage
+    dep = Deployment(env=env, workdir=data_dir)
+    overrides = {k.removeprefix("STOKER_").lower(): v for k, v in storage.items()}
     try:
-        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
+        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir, **overrides)) as client:
             start = time.perf_counter()
             ids = [client.submit("embed", {"text": t}, priority="bulk").id for t in texts]
             submitted = time.perf_counter() - start
@@ -106,9 +124,12 @@ def stoker_embed(texts: list[str], redis_url: str, data_dir: Path) -> tuple[floa
         dep.stop_all()
 
 
-def embed_section(n: int, data_dir: Path, redis_url: str, repeats: int) -> str:
+def embed_section(
+    n: int, data_dir: Path, redis_url: str, repeats: int, s3_endpoint: str | None, where: str
+) -> str:
     """Plain batch 64 and stoker, interleaved ``repeats`` times (this machine's speed
-    drifts by ±10 % between minutes); the table gives the medians."""
+    drifts by ±10 % between minutes); the table gives the medians. Outputs in S3 at
+    ``s3_endpoint`` if given; ``where`` says where the outputs went, for the table."""
     import redis
 
     texts = distinct_sentences(n)
@@ -120,7 +141,8 @@ def embed_section(n: int, data_dir: Path, redis_url: str, repeats: int) -> str:
         # A stopped worker leaves its last batch unacknowledged: it must not reach
         # the next run's worker.
         redis.Redis.from_url(redis_url).flushall()
-        submitted, drained = stoker_embed(texts, redis_url, data_dir / f"stoker-{r}")
+        storage = s3_env(s3_endpoint, str(r)) if s3_endpoint else {}
+        submitted, drained = stoker_embed(texts, redis_url, data_dir / f"stoker-{r}", storage)
         drains.append(drained)
         submits.append(submitted)
     batched, drained, submitted = (statistics.median(x) for x in (plain, drains, submits))
@@ -128,7 +150,7 @@ def embed_section(n: int, data_dir: Path, redis_url: str, repeats: int) -> str:
         ["plain, one call per sentence (batch 1)", f"{one:.1f}", f"{n / one:.0f}", "—"],
         ["plain, batch 64", f"{batched:.1f}", f"{n / batched:.0f}", "1.00"],
         [
-            "stoker, 1 job per sentence, 1 worker",
+            f"stoker, 1 job per sentence, 1 worker, outputs in {where or 'a folder'}",
             f"{drained:.1f}",
             f"{n / drained:.0f}",
             f"{batched / drained:.2f}",
@@ -214,6 +236,17 @@ def generate_section(n: int, max_tokens: int, data_dir: Path, redis_url: str) ->
     return markdown_table(header, rows) + "\n"
 
 
+def s3_storage(stack: contextlib.ExitStack, latency_ms: float) -> tuple[str, str]:
+    """A moto S3 server for the run (behind a delaying proxy if ``latency_ms``): its
+    endpoint, and how the table names it."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # moto takes any
+        os.environ.setdefault(name, "bench")
+    endpoint = stack.enter_context(moto_s3_server())
+    if latency_ms:  # S3 a network away: each request arrives later
+        endpoint = stack.enter_context(delayed(endpoint, latency_ms))
+    return endpoint, f"S3 (moto_server, +{latency_ms:g} ms a request)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sentences", type=int, default=10_000)
@@ -222,12 +255,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="embed runs of each side")
     parser.add_argument("--only", choices=["embed", "generate"])
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--storage", choices=["local", "s3"], default="local", help="where embed jobs' outputs go"
+    )
+    parser.add_argument(
+        "--s3-latency-ms",
+        type=float,
+        default=0.0,
+        help="with --storage s3: delay added to each request (bench/latency_proxy.py)",
+    )
     args = parser.parse_args()
     parts = []
-    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        redis_url = stack.enter_context(redis_server(Path(tmp)))
+        s3, where = s3_storage(stack, args.s3_latency_ms) if args.storage == "s3" else (None, "")
         if args.only in (None, "embed"):
             embed_dir = Path(tmp) / "embed"
-            parts.append(embed_section(args.sentences, embed_dir, redis_url, args.repeats))
+            section = embed_section(args.sentences, embed_dir, redis_url, args.repeats, s3, where)
+            parts.append(section)
             print(parts[-1])
         if args.only in (None, "generate"):
             section = generate_section(args.prompts, args.max_tokens, Path(tmp) / "gen", redis_url)
@@ -236,12 +282,16 @@ def main() -> None:
     command = "python bench/capabilities.py " + " ".join(sys.argv[1:])
     if os.environ.get("TMPDIR"):  # where every scratch file and the data dir live
         command = f"TMPDIR={os.environ['TMPDIR']} {command}"
-    body = (
-        f"Command: `{command.strip()}` on {machine()}.\n\n" + "\n".join(parts) + "\n"
-        "Greedy decoding (temperature 0) on both sides, so both generate the same tokens.\n"
-    )
-    if not args.no_write and args.only is None:
+    body = f"Command: `{command.strip()}` on {machine()}.\n\n" + "\n".join(parts) + "\n"
+    if args.only != "embed":
+        body += "Greedy decoding (temperature 0) on both sides, so both generate the same tokens.\n"
+    # The S3 run is its own section: embed only (generate writes one file per job).
+    if args.no_write:
+        return
+    if args.storage == "local" and args.only is None:
         write_section("capabilities", body)
+    elif args.storage == "s3" and args.only == "embed":
+        write_section("capabilities-s3", body)
 
 
 if __name__ == "__main__":

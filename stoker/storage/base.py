@@ -39,6 +39,9 @@ class Storage(Protocol):
     when it cannot be reached right now (retry later)."""
 
     url: str  # the root URL it was opened with, e.g. "file:///x/outputs" or "s3://bucket/prefix"
+    # Each call is a network round trip (S3): callers with many calls to make overlap
+    # them on threads. Local calls are kernel work that would only compete for the CPU.
+    remote: bool
 
     def put_bytes(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> ObjectInfo:
         """Store ``data`` at ``key``, replacing any object there."""

@@ -58,6 +58,8 @@ def path_from_file_url(url: str) -> Path:
 class LocalStorage:
     """A :class:`~stoker.storage.base.Storage` rooted at a directory (created if missing)."""
 
+    remote = False
+
     def __init__(self, root: Path, url: str | None = None) -> None:
         try:
             root.mkdir(parents=True, exist_ok=True)

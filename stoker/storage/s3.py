@@ -87,6 +87,8 @@ class S3Storage:
     Raises ConfigError for a malformed URL or endpoint. Does not contact the server.
     """
 
+    remote = True
+
     def __init__(self, url: str, settings: Settings, tuning: S3Tuning | None = None) -> None:
         self.url = url
         self.bucket, self._prefix = parse_s3_url(url)

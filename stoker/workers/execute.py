@@ -16,11 +16,11 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from stoker.config import Settings
 from stoker.errors import JobNotFound, ObjectNotFound, StokerError
@@ -41,10 +41,17 @@ from stoker.workers.manager import ModelManager
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
 #: How often a running chunk looks for a cancellation, at most (seconds).
 CANCEL_POLL_S = 0.5
 #: Threads reading chunk notes at assembly, when there are more notes than this to read.
 NOTES_THREADS = 8
+#: Threads for the storage calls of a batch (existence checks, stored chunks, jobs'
+#: outputs and manifests) on remote storage: on S3 each is a network round trip, and
+#: a batch of one-sentence embed jobs makes two per job. Within botocore's pool of 10.
+BATCH_IO_THREADS = 8
 
 
 class _CancelCheck:
@@ -103,6 +110,8 @@ class ChunkExecutor:
         self.inputs = InputCache(
             storage, settings.data_dir / "cache" / "inputs", settings.input_cache_bytes
         )
+        # Threads start on first use; only batches on remote storage use them.
+        self._io = ThreadPoolExecutor(BATCH_IO_THREADS, thread_name_prefix="stoker-io")
 
     def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None:
         """Run chunk ``index`` of ``job_id`` unless its output exists; assemble if last."""
@@ -149,18 +158,28 @@ class ChunkExecutor:
         except Exception as exc:  # e.g. Redis is down: every item is retried
             outcomes[:] = [exc] * len(items)
             return []
+        started_items = []
         for pos, ((job_id, index, payload), record) in enumerate(zip(items, records, strict=True)):
             try:
                 started = self._started(job_id, index, record)
-                if started is None:
-                    continue
-                item = _Item(pos, started[0], started[1], index, payload)
-                if self.storage.exists(item.record.chunks[index].key):
-                    ready.append(item)
-                else:
-                    todo.setdefault(item.group, []).append(item)
+                if started is not None:
+                    started_items.append(_Item(pos, started[0], started[1], index, payload))
             except Exception as exc:
                 outcomes[pos] = exc
+        # A batch does not store the chunk of a one-chunk job (see _produce_many), so
+        # looking for one would cost a storage round trip (an S3 HEAD) per one-sentence
+        # job to find nothing; at worst one that another job stored is made again.
+        stored = [it for it in started_items if len(it.record.chunks) > 1]
+        checks = self._each(lambda it: self.storage.exists(it.record.chunks[it.index].key), stored)
+        found = {it.pos: check for it, check in zip(stored, checks, strict=True)}
+        for item in started_items:
+            check = found.get(item.pos, False)
+            if isinstance(check, Exception):
+                outcomes[item.pos] = check
+            elif check:
+                ready.append(item)
+            else:
+                todo.setdefault(item.group, []).append(item)
         for group in todo.values():
             ready.extend(self._produce_group(group, scratch, outcomes))
         return ready
@@ -179,14 +198,23 @@ class ChunkExecutor:
             for it in ready:
                 outcomes[it.pos] = exc
             return
+        # Chunk files made in this batch, by job: a job whose chunks all ran here is
+        # assembled from them without downloading any.
+        local: dict[str, dict[int, Path]] = {}
+        for it in ready:
+            if (out := it.out(scratch)).exists():
+                local.setdefault(it.record.id, {})[it.index] = out
         built: list[tuple[_Item, list[OutputRef]]] = []
-        for item, tally in zip(ready, tallies, strict=True):
-            try:
-                outputs = self._outputs_if_last(item, tally, scratch)
-                if outputs is not None:
-                    built.append((item, outputs))
-            except Exception as exc:
-                outcomes[item.pos] = exc
+        pairs = list(zip(ready, tallies, strict=True))
+        results = self._each(
+            lambda pair: self._outputs_if_last(*pair, scratch, local.get(pair[0].record.id, {})),
+            pairs,
+        )
+        for item, outputs in zip(ready, results, strict=True):
+            if isinstance(outputs, Exception):
+                outcomes[item.pos] = outputs
+            elif outputs is not None:
+                built.append((item, outputs))
         self._succeed_items(built, outcomes)
 
     def _succeed_items(
@@ -208,10 +236,10 @@ class ChunkExecutor:
         log.info("%d jobs of a batch succeeded", sum(moved))
 
     def _outputs_if_last(
-        self, item: _Item, tally: ChunkTally | None, scratch: Path
+        self, item: _Item, tally: ChunkTally | None, scratch: Path, local: Mapping[int, Path]
     ) -> list[OutputRef] | None:
         """The job's stored outputs if ``item`` was its last chunk (the job is not
-        marked succeeded yet); None otherwise."""
+        marked succeeded yet); None otherwise. ``local``: the job's chunk files at hand."""
         if tally is None:
             raise JobNotFound(item.record.id)
         if tally.done < tally.total or tally.state.terminal:
@@ -219,8 +247,6 @@ class ChunkExecutor:
             return None
         if len(item.record.chunks) > 1:  # a long enough assembly for the stage to show
             self.store.set_stage(item.record.id, "assemble")
-        out = item.out(scratch)
-        local = {item.index: out} if out.exists() else {}
         return self._build_outputs(item.cap, item.record, scratch, local)
 
     def _start(self, job_id: str, index: int) -> tuple[Capability, JobRecord] | None:
@@ -407,20 +433,40 @@ class ChunkExecutor:
         ]
         with self.manager.use(spec, self.device) as model:
             run_chunks(model, work)
-        for it, (_, _, ctx) in zip(items, work, strict=True):
-            # A one-chunk job is assembled from the local file right after this, so its
-            # chunk is not stored: for one-sentence embed jobs that is a third of the
-            # writes. A crash before assembly recomputes it (cheap, by definition).
-            if len(it.record.chunks) > 1:
-                self.storage.put_file(
-                    it.record.chunks[it.index].key, ctx.out, cap.chunk_content_type
-                )
+        # A one-chunk job is assembled from the local file right after this, so its
+        # chunk is not stored: for one-sentence embed jobs that is a third of the
+        # writes. A crash before assembly recomputes it (cheap, by definition).
+        stored = [
+            (it.record.chunks[it.index].key, ctx.out)
+            for it, (_, _, ctx) in zip(items, work, strict=True)
+            if len(it.record.chunks) > 1
+        ]
+        put = self._each(lambda kp: self.storage.put_file(*kp, cap.chunk_content_type), stored)
+        failed = [r for r in put if isinstance(r, Exception)]
+        if failed:
+            raise failed[0]
         log.info(
             "%d %s chunks done in one batch in %.3fs",
             len(items),
             cap.kind,
             time.perf_counter() - started,
         )
+
+    def _each(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R | Exception]:
+        """``fn`` of each item, in order; an item whose call raised gets its exception
+        as its result. On the batch I/O threads when there are several and storage is
+        remote: on local storage, threads measured slower (they compete with the model
+        for the CPU; docs/benchmarks.md)."""
+
+        def call(item: _T) -> _R | Exception:
+            try:
+                return fn(item)
+            except Exception as exc:
+                return exc
+
+        if len(items) <= 1 or not self.storage.remote:
+            return [call(item) for item in items]
+        return list(self._io.map(call, items))
 
     def assemble(
         self,
