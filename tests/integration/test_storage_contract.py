@@ -59,6 +59,11 @@ def sha256_of(path: Path) -> str:
 # --- the contract ---------------------------------------------------------------------
 
 
+def test_remote_is_what_a_call_costs(storage: Storage) -> None:
+    # A worker overlaps many calls on threads only where each is a network round trip
+    assert storage.remote is is_s3(storage)
+
+
 def test_put_and_get_bytes_roundtrip(storage: Storage) -> None:
     info = storage.put_bytes("jobs/j1/out.bin", b"\x00\xffdata", "application/x-test")
     assert info == ObjectInfo("jobs/j1/out.bin", 6, "application/x-test")
