@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,9 @@ from stoker.cli.app import (
     settings_of,
     table_of,
 )
+
+if TYPE_CHECKING:
+    from stoker.workers.fleet import Fleet
 
 # --- workers, models, health ------------------------------------------------------------------
 
@@ -48,12 +51,31 @@ def models(
     loaded: Annotated[
         bool, typer.Option("--loaded", help="What each live worker holds now (Redis).")
     ] = False,
+    footprints: Annotated[
+        bool,
+        typer.Option(
+            "--footprints", help="The memory each model was measured to take, fleet-wide (Redis)."
+        ),
+    ] = False,
+    forget: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME",
+            help="Delete a model's measured footprints so its next load measures it again.",
+        ),
+    ] = None,
 ) -> None:
     """The models and voices this machine can load, and where they come from."""
     from stoker.workers.catalog import ModelCatalog
 
     if loaded:
         _loaded_models(ctx, as_json)
+        return
+    if forget:
+        _forget_footprints(ctx, forget, as_json)
+        return
+    if footprints:
+        _footprints(ctx, as_json)
         return
     catalog = ModelCatalog(settings_of(ctx))
     if as_json:
@@ -83,19 +105,84 @@ def models(
     console.print(table)
 
 
+def _shared_fleet(ctx: typer.Context, what: str) -> Fleet:
+    """The fleet's shared records, or exit 1 saying why there are none (embedded)."""
+    from stoker.workers.fleet import open_fleet
+
+    fleet = open_fleet(settings_of(ctx))
+    if not fleet.shared:
+        console.print(
+            f"Workers share {what} only when the job store is Redis (set "
+            f"STOKER_BROKER_URL=redis://...); the embedded default has none to show."
+        )
+        raise typer.Exit(1)
+    return fleet
+
+
+def _footprints(ctx: typer.Context, as_json: bool) -> None:
+    """Every shared measurement: model, device kind, MiB, where and when."""
+    records = _shared_fleet(ctx, "measured footprints").footprints()
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    table = table_of("model", "device", "MiB", "measured on", "when", "fingerprint")
+    now = time.time()
+    for r in records:
+        when = f"{_ago(now - r.at)} ago" if r.at else "-"
+        table.add_row(
+            r.name or "-", r.device_kind, _mib(r.bytes), r.host or "-", when, r.fingerprint[:12]
+        )
+    console.print(table)
+    console.print(
+        f"{len(records)} measurement(s); a model not listed is estimated from its size on "
+        f"disk at its first load"
+    )
+
+
+def _forget_footprints(ctx: typer.Context, names: list[str], as_json: bool) -> None:
+    """Delete the shared measurements of each name (also as this machine's catalog
+    resolves it: a name's files and options are its fingerprint)."""
+    from stoker.errors import StokerError
+    from stoker.workers.catalog import ModelCatalog
+
+    fleet = _shared_fleet(ctx, "measured footprints")
+    catalog = ModelCatalog(settings_of(ctx))
+    gone, missing = [], []
+    for name in names:
+        try:
+            fingerprints = {catalog.get(name).fingerprint}
+        except StokerError:  # not a model here; it may be one on another machine
+            fingerprints = set()
+        forgotten = fleet.forget(name, fingerprints)
+        gone += forgotten
+        if not forgotten:
+            missing.append(name)
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json") for r in gone], indent=2))
+    else:
+        for r in gone:
+            what = r.name or r.fingerprint[:12]
+            console.print(f"forgot {what} on {r.device_kind} ({_mib(r.bytes)} MiB)")
+    if missing:
+        console.print(
+            f"no measurement of {', '.join(missing)}: see `stoker models --footprints` for "
+            f"the names and fingerprints measured so far"
+        )
+        raise typer.Exit(1)
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
+
+
 def _loaded_models(ctx: typer.Context, as_json: bool) -> None:
     """Per live worker: pools, budgets, loaded models with footprint and last use."""
     from stoker.queues.app import MODEL_QUEUE_MARK
-    from stoker.workers.fleet import RedisFleet, open_fleet
 
-    fleet = open_fleet(settings_of(ctx))
-    if not isinstance(fleet, RedisFleet):
-        console.print(
-            "Workers publish what they hold only when the job store is Redis "
-            "(set STOKER_BROKER_URL=redis://...); the embedded default has none to show."
-        )
-        raise typer.Exit(1)
-    beats = fleet.workers()
+    beats = _shared_fleet(ctx, "what they hold").workers()
     if as_json:
         print(json.dumps([b.model_dump(mode="json") for b in beats], indent=2))
         return

@@ -4,9 +4,12 @@ Two things, both in Redis when the job store is Redis (``settings.state_url``):
 
 - **Measured footprints**: the bytes a model took at its last load, per model
   fingerprint (which covers its files and load options) and device kind (``cpu``,
-  ``cuda``), in the hash ``stoker:footprints``. A worker that never loaded a model
-  uses another worker's measurement to decide what to evict before the load, instead
-  of the model's size on disk.
+  ``cuda``), in the hash ``stoker:footprints`` (field ``<fingerprint>:<kind>``, a
+  JSON :class:`Footprint`; a bare integer from before names were kept reads too). A
+  worker that never loaded a model uses another worker's measurement to decide what
+  to evict before the load, instead of the model's size on disk. `stoker models
+  --footprints` lists them; `stoker models --forget NAME` deletes a model's, so its
+  next load is estimated from disk again and measured afresh.
 - **Heartbeats**: every worker writes a JSON record of itself (device, queues, pool
   budget and use, loaded models, hit/miss/eviction counts) to
   ``stoker:worker:<hostname>`` with a short TTL, and adds its name to the set
@@ -20,6 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -66,10 +72,30 @@ class WorkerBeat(BaseModel):
     at: float  # epoch seconds of this beat
 
 
+class Footprint(BaseModel):
+    """One shared measurement: what ``name`` took on a device of ``device_kind``."""
+
+    fingerprint: str
+    device_kind: str
+    bytes: int
+    name: str = ""  # empty: recorded before names were kept
+    host: str = ""  # the machine whose worker measured it
+    at: float = 0.0  # epoch seconds; 0: unknown
+
+
 class Fleet(Protocol):
+    # Whether other processes see what this one records (and may forget it).
+    shared: bool
+
     def footprint(self, fingerprint: str, device_kind: str) -> int | None: ...
 
-    def record_footprint(self, fingerprint: str, device_kind: str, nbytes: int) -> None: ...
+    def record_footprint(
+        self, fingerprint: str, device_kind: str, nbytes: int, name: str = ""
+    ) -> None: ...
+
+    def footprints(self) -> list[Footprint]: ...
+
+    def forget(self, name: str, fingerprints: Collection[str] = ()) -> list[Footprint]: ...
 
     def publish(self, beat: WorkerBeat, ttl_s: float) -> None: ...
 
@@ -81,14 +107,30 @@ class Fleet(Protocol):
 class LocalFleet:
     """A fleet of one process: footprints in a dict, no heartbeats."""
 
+    shared = False
+
     def __init__(self) -> None:
-        self._footprints: dict[str, int] = {}
+        self._footprints: dict[tuple[str, str], Footprint] = {}
 
     def footprint(self, fingerprint: str, device_kind: str) -> int | None:
-        return self._footprints.get(f"{fingerprint}:{device_kind}")
+        found = self._footprints.get((fingerprint, device_kind))
+        return found.bytes if found else None
 
-    def record_footprint(self, fingerprint: str, device_kind: str, nbytes: int) -> None:
-        self._footprints[f"{fingerprint}:{device_kind}"] = nbytes
+    def record_footprint(
+        self, fingerprint: str, device_kind: str, nbytes: int, name: str = ""
+    ) -> None:
+        self._footprints[(fingerprint, device_kind)] = _footprint(
+            fingerprint, device_kind, nbytes, name
+        )
+
+    def footprints(self) -> list[Footprint]:
+        return sorted(self._footprints.values(), key=_by_name)
+
+    def forget(self, name: str, fingerprints: Collection[str] = ()) -> list[Footprint]:
+        gone = [f for f in self._footprints.values() if _names(f, name, fingerprints)]
+        for f in gone:
+            del self._footprints[(f.fingerprint, f.device_kind)]
+        return gone
 
     def publish(self, beat: WorkerBeat, ttl_s: float) -> None:
         return None
@@ -103,15 +145,39 @@ class LocalFleet:
 class RedisFleet:
     """Footprints and heartbeats in Redis; see the module doc for the keys."""
 
+    shared = True
+
     def __init__(self, client: Any) -> None:
         self._client = client
 
     def footprint(self, fingerprint: str, device_kind: str) -> int | None:
-        value = self._client.hget(FOOTPRINTS_KEY, f"{fingerprint}:{device_kind}")
-        return int(value) if value is not None else None
+        field = f"{fingerprint}:{device_kind}"
+        value = self._client.hget(FOOTPRINTS_KEY, field)
+        return _parse_footprint(field, value).bytes if value is not None else None
 
-    def record_footprint(self, fingerprint: str, device_kind: str, nbytes: int) -> None:
-        self._client.hset(FOOTPRINTS_KEY, f"{fingerprint}:{device_kind}", nbytes)
+    def record_footprint(
+        self, fingerprint: str, device_kind: str, nbytes: int, name: str = ""
+    ) -> None:
+        record = _footprint(fingerprint, device_kind, nbytes, name)
+        self._client.hset(FOOTPRINTS_KEY, f"{fingerprint}:{device_kind}", record.model_dump_json())
+
+    def footprints(self) -> list[Footprint]:
+        records = []
+        for field, value in self._client.hgetall(FOOTPRINTS_KEY).items():
+            try:
+                records.append(_parse_footprint(_text(field), value))
+            except ValueError as exc:  # pydantic's ValidationError is one
+                log.warning("skipping an unreadable footprint %s (%s)", _text(field), exc)
+        return sorted(records, key=_by_name)
+
+    def forget(self, name: str, fingerprints: Collection[str] = ()) -> list[Footprint]:
+        """Delete the measurements recorded under the model name ``name``, of the
+        ``fingerprints`` (the name's models as this machine's catalog has them), or of
+        the fingerprints that begin with ``name``; returns what was deleted."""
+        gone = [f for f in self.footprints() if _names(f, name, fingerprints)]
+        if gone:
+            self._client.hdel(FOOTPRINTS_KEY, *(f"{f.fingerprint}:{f.device_kind}" for f in gone))
+        return gone
 
     def publish(self, beat: WorkerBeat, ttl_s: float) -> None:
         pipe = self._client.pipeline()
@@ -142,6 +208,46 @@ class RedisFleet:
         if gone:
             self._client.srem(WORKERS_KEY, *gone)
         return beats
+
+
+def _footprint(fingerprint: str, device_kind: str, nbytes: int, name: str) -> Footprint:
+    return Footprint(
+        fingerprint=fingerprint,
+        device_kind=device_kind,
+        bytes=nbytes,
+        name=name,
+        host=socket.gethostname(),
+        at=time.time(),
+    )
+
+
+def _parse_footprint(field: str, value: bytes | str) -> Footprint:
+    fingerprint, _, kind = field.rpartition(":")
+    text = _text(value)
+    if text.lstrip("-").isdigit():  # recorded before names were kept
+        return Footprint(fingerprint=fingerprint, device_kind=kind, bytes=int(text))
+    # The field names the record: it is what a forget deletes.
+    record = Footprint.model_validate_json(text)
+    return record.model_copy(update={"fingerprint": fingerprint, "device_kind": kind})
+
+
+def _names(footprint: Footprint, name: str, fingerprints: Collection[str]) -> bool:
+    """Whether ``name`` (a model's name or a fingerprint's first characters, six or
+    more) or one of ``fingerprints`` means it."""
+    fp = footprint.fingerprint
+    return (
+        footprint.name == name
+        or fp in fingerprints
+        or (len(name) >= 6 and fp.startswith(name.lower()))
+    )
+
+
+def _by_name(footprint: Footprint) -> tuple[str, str, str]:
+    return (footprint.name, footprint.device_kind, footprint.fingerprint)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _worker_key(hostname: str) -> str:

@@ -11,7 +11,10 @@ and the footprint becomes the load's delta plus the largest growth that remained
 if that is more. Measured footprints are remembered per (fingerprint, device) after
 eviction, and shared with other workers through the fleet (workers/fleet.py: Redis,
 per fingerprint and device kind), so only a model's first load anywhere is
-estimated from its size on disk.
+estimated from its size on disk. `stoker models --forget NAME` deletes a model's
+shared measurement; a worker that finds its own measurement too large for its budget
+rereads the shared one (at most every ``RECHECK_S``) and, when it was forgotten,
+forgets its own too, so the next load is estimated from disk and measured afresh.
 
 Eviction is least-recently-used, never a pinned model (``settings.pinned_models``)
 and never a model in use. A model that cannot fit raises ModelTooLarge, a permanent
@@ -44,6 +47,9 @@ DEFAULT_BUDGET_SHARE = {"cpu": 0.5, "cuda": 0.9}
 # A use that leaves the process this much fuller has its free heap given back to the
 # OS before its growth is counted (see ModelManager._after_use).
 TRIM_AFTER_BYTES = 64 * MIB
+# How often a worker rereads the fleet's record of a model its own measurement says
+# is too large for the pool (to notice `stoker models --forget`): a read per check.
+RECHECK_S = 30.0
 
 
 @dataclass
@@ -141,6 +147,8 @@ class ModelManager:
         # The largest growth one use left behind, per (fingerprint, device), so a
         # reloaded model counts it at once.
         self._grown: dict[tuple[str, str], int] = {}
+        # When a too-large measurement was last checked against the fleet's, per key.
+        self._rechecked_at: dict[tuple[str, str], float] = {}
         self._fleet: Fleet = fleet or LocalFleet()
         # One lock for all pools; held while loading, never while a model is used.
         self._lock = threading.Lock()
@@ -181,7 +189,7 @@ class ModelManager:
         """Bytes ``spec`` is expected to take on ``device``: measured here, measured by
         another worker (the fleet), or its size on disk, in that order."""
         with self._lock:
-            return self._estimate(spec, spec.fingerprint, device)
+            return self._estimate(spec, spec.fingerprint, self._pool(device))[0]
 
     def budget_bytes(self, device: str) -> int:
         """The budget of ``device``'s pool. Raises ConfigError for a bad device."""
@@ -286,9 +294,9 @@ class ModelManager:
 
     def _load(self, pool: _Pool, spec: ModelSpec, fingerprint: str) -> _Slot:
         loader = self._loader(spec)
-        estimate = self._estimate(spec, fingerprint, pool.device)
+        estimate, source = self._estimate(spec, fingerprint, pool)
         if estimate > pool.budget_bytes:
-            raise self._too_large(spec.name, pool, estimate)
+            raise self._too_large(spec.name, pool, estimate, source)
         self._make_room(pool, spec.name, estimate)
         model, seen, footprint, seconds = self._measured_load(loader, spec, pool.device)
         # What its jobs left behind the last time it was loaded here is more than a
@@ -296,7 +304,7 @@ class ModelManager:
         grown = self._grown.get((fingerprint, pool.device), 0)
         footprint = max(footprint, seen + grown)
         self._footprints[(fingerprint, pool.device)] = footprint
-        self._share_footprint(fingerprint, pool.device, footprint)
+        self._share_footprint(fingerprint, pool.device, footprint, spec.name)
         now = self._clock()
         info = LoadedModel(
             name=spec.name,
@@ -321,18 +329,51 @@ class ModelManager:
             self._fit_after_load(pool, slot)
         return slot
 
-    def _estimate(self, spec: ModelSpec, fingerprint: str, device: str) -> int:
-        measured = self._footprints.get((fingerprint, device))
-        if measured is None:
-            try:
-                measured = self._fleet.footprint(fingerprint, memory.parse_device(device)[0])
-            except Exception as exc:  # the shared record is a hint; never fail a load on it
-                log.warning("could not read shared footprints (%s); using size on disk", exc)
-        return measured or spec.disk_bytes()
-
-    def _share_footprint(self, fingerprint: str, device: str, footprint: int) -> None:
+    def _estimate(self, spec: ModelSpec, fingerprint: str, pool: _Pool) -> tuple[int, str]:
+        """Bytes ``spec`` is expected to take in ``pool``, and where that figure comes
+        from (for the too-large error): measured here, by another worker, or on disk."""
+        key = (fingerprint, pool.device)
+        measured = self._footprints.get(key)
+        if measured is not None and measured > pool.budget_bytes and self._forgotten(key):
+            measured = None
+        if measured is not None:
+            return measured, "measured when this worker last loaded it"
+        kind = memory.parse_device(pool.device)[0]
         try:
-            self._fleet.record_footprint(fingerprint, memory.parse_device(device)[0], footprint)
+            shared = self._fleet.footprint(fingerprint, kind)
+        except Exception as exc:  # the shared record is a hint; never fail a load on it
+            log.warning("could not read shared footprints (%s); using size on disk", exc)
+            shared = None
+        if shared:
+            return shared, f"measured when another worker last loaded it on {kind}"
+        return spec.disk_bytes(), "its size on disk; it was never loaded on this kind of device"
+
+    def _forgotten(self, key: tuple[str, str]) -> bool:
+        """Whether the fleet no longer has the measurement of ``key`` that this worker
+        shared (`stoker models --forget`); if so, forget it here too. Read at most
+        every RECHECK_S per key; a failed read changes nothing."""
+        now = self._clock()
+        last = self._rechecked_at.get(key)
+        if last is not None and now - last < RECHECK_S:
+            return False
+        self._rechecked_at[key] = now
+        fingerprint, device = key
+        try:
+            if self._fleet.footprint(fingerprint, memory.parse_device(device)[0]) is not None:
+                return False
+        except Exception as exc:
+            log.debug("could not reread the shared footprint of %s (%s)", fingerprint, exc)
+            return False
+        log.info("the measured footprint of %s on %s was forgotten: measuring afresh", *key)
+        del self._footprints[key]
+        self._grown.pop(key, None)
+        return True
+
+    def _share_footprint(self, fingerprint: str, device: str, footprint: int, name: str) -> None:
+        try:
+            self._fleet.record_footprint(
+                fingerprint, memory.parse_device(device)[0], footprint, name
+            )
         except Exception as exc:
             log.warning("could not share the footprint of a load (%s)", exc)
 
@@ -407,7 +448,7 @@ class ModelManager:
         )  # fmt: skip
         info.footprint_bytes = footprint
         self._footprints[key] = footprint
-        self._share_footprint(info.fingerprint, info.device, footprint)
+        self._share_footprint(info.fingerprint, info.device, footprint, info.name)
         pool = self._pools[info.device]
         for victim in [s for s in pool.slots.values() if s.evictable and s is not slot]:
             if pool.used_bytes <= pool.budget_bytes:
@@ -436,7 +477,9 @@ class ModelManager:
         del pool.slots[info.fingerprint]
         try:
             if info.footprint_bytes > pool.budget_bytes:
-                raise self._too_large(info.name, pool, info.footprint_bytes)
+                raise self._too_large(
+                    info.name, pool, info.footprint_bytes, "measured by loading it just now"
+                )
             self._make_room(pool, info.name, info.footprint_bytes)
         except ModelTooLarge:
             self._unload(pool, slot)
@@ -477,11 +520,19 @@ class ModelManager:
         del model
         memory.release_freed_memory(pool.device)
 
-    def _too_large(self, name: str, pool: _Pool, need: int) -> ModelTooLarge:
+    def _too_large(self, name: str, pool: _Pool, need: int, source: str) -> ModelTooLarge:
+        remeasure = ""
+        if source.startswith("measured when"):
+            remeasure = (
+                f"; if that measurement is out of date, `stoker models --forget {name}` "
+                f"has it measured again at its next load"
+                if self._fleet.shared
+                else "; if that measurement is out of date, restart the worker"
+            )
         return ModelTooLarge(
-            f"model {name!r} needs about {_mib(need)} MiB on {pool.device} but the "
-            f"{pool.device} pool's budget is {_mib(pool.budget_bytes)} MiB; "
-            f"{_budget_hint(pool.device)} or use a smaller model"
+            f"model {name!r} needs about {_mib(need)} MiB on {pool.device} ({source}) but "
+            f"the {pool.device} pool's budget is {_mib(pool.budget_bytes)} MiB; "
+            f"{_budget_hint(pool.device)} or use a smaller model{remeasure}"
         )
 
     def _held(self, name: str, pool: _Pool, need: int, held: list[_Slot]) -> ModelTooLarge:

@@ -15,7 +15,8 @@ from stoker.config import Settings
 from stoker.errors import ConfigError, ModelLoadError, ModelTooLarge
 from stoker.workers import memory
 from stoker.workers.catalog import ModelSpec
-from stoker.workers.manager import MIB, ModelManager, PoolStats
+from stoker.workers.fleet import LocalFleet
+from stoker.workers.manager import MIB, RECHECK_S, ModelManager, PoolStats
 
 
 @dataclass
@@ -295,8 +296,46 @@ def test_a_model_that_grows_past_the_whole_budget_stays_and_says_what_comes(
     assert loaded(manager) == ["A"]
     assert "once unloaded it will be refused as too large" in caplog.text
     manager.unload_all()
-    with pytest.raises(ModelTooLarge, match="needs about"):
+    with pytest.raises(ModelTooLarge, match="needs about") as raised:
         use_once(manager, a)
+    # The figure says where it comes from and how to have it measured again (one
+    # process, nothing shared: by restarting the worker)
+    assert "(measured when this worker last loaded it)" in str(raised.value)
+    assert "restart the worker" in str(raised.value)
+
+
+class SharedFleet(LocalFleet):
+    """In-process stand-in for the Redis fleet (tests/integration/test_fleet_redis.py
+    runs the real one): shared, so `stoker models --forget` applies."""
+
+    shared = True
+
+
+def test_a_forgotten_measurement_is_measured_again_by_a_running_worker(
+    tmp_path: Path, spec: Any, loader: FakeLoader, clock: FakeClock
+) -> None:
+    # Given a worker that saw A grow past its budget once, so refuses to load it again
+    fleet = SharedFleet()
+    settings = Settings(data_dir=tmp_path / "data", budgets={"cpu": 1500})
+    manager = ModelManager(
+        settings, {"fake": loader}, clock=clock, measure=loader.measure, fleet=fleet
+    )
+    a = spec("A", 1000)
+    use_growing(manager, a, loader, 900)
+    manager.unload_all()
+    loader.used_bytes = 0  # what the growth held went with the unload
+    with pytest.raises(ModelTooLarge, match="stoker models --forget A"):
+        use_once(manager, a)
+    # When an operator forgets A's measurement fleet-wide
+    assert [f.bytes for f in fleet.forget("A")] == [1900]
+    # Then the worker, which rereads the fleet's record at most every RECHECK_S,
+    # still refuses at once, and after that loads A and counts what it takes now
+    with pytest.raises(ModelTooLarge):
+        use_once(manager, a)
+    clock.now += RECHECK_S
+    assert use_once(manager, a).name == "A"
+    assert manager.footprint(a, "cpu") == 1000
+    assert fleet.footprint(a.fingerprint, "cpu") == 1000
 
 
 def test_overlapping_uses_are_not_measured(
@@ -343,6 +382,7 @@ def test_model_larger_than_budget_is_refused_without_evicting(
 
     message = str(raised.value)
     assert "needs" in message and "budget" in message and "STOKER_BUDGETS__CPU" in message
+    assert "(its size on disk; it was never loaded on this kind of device)" in message
     assert loaded(manager) == ["A"]
     assert pool(manager).evictions == 0
     assert loader.events == ["load A"]
