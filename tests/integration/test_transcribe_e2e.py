@@ -141,12 +141,20 @@ def test_a_worker_killed_mid_file_loses_nothing(deployment: Deployment, archive:
         deployment.start_worker("transcribe")
         done = client.wait(job.id, timeout_s=180)
         text = client.storage.get_bytes(done.outputs[0].key).decode()
+        pieces = [json.loads(client.storage.get_bytes(c.key)) for c in job.chunks]
     assert done.state is JobState.SUCCEEDED, done.error
     assert done.progress.done == done.progress.total == len(job.chunks) >= 8
     # Chunks finished before the kill were not redone: at most the one in flight was.
     computed = sum(w.text().count(f"job {job.id} chunk ") for w in deployment.workers)
     assert len(job.chunks) <= computed <= len(job.chunks) + 1
-    assert wer(LONG_TEXT, text) < 0.15  # tiny.en; every chunk's speech once
+    # Every chunk's speech is in the transcript once, in order, and nothing else is
+    said = " ".join(s["text"] for p in pieces for s in p["transcript"]["segments"])
+    assert words(text) == words(said)
+    # and it is the recording's speech. (Not a tighter bound: the Piper speech differs
+    # from run to run, and tiny.en in faster-whisper's batched pipeline sometimes stops
+    # a chunk's decoding one sentence early, up to 0.16 here; a lost or doubled chunk
+    # of the ~9 adds ~0.11 on top, which the check above catches exactly.)
+    assert wer(LONG_TEXT, text) < 0.25
 
 
 def test_an_s3_prefix_is_a_batch_too(
