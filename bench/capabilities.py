@@ -35,9 +35,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, markdown_table, write_section  # noqa: E402
-from bench.latency_proxy import delayed  # noqa: E402
-from tests.servers import moto_s3_server, redis_server  # noqa: E402
+from bench.common import (  # noqa: E402
+    machine,
+    markdown_table,
+    s3_env,
+    s3_storage,
+    write_section,
+)
+from tests.servers import redis_server  # noqa: E402
 from tests.texts import story  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,15 +92,6 @@ def wait_all(client: Any, ids: list[str], timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(ids) - i} jobs not done after {timeout_s}s")
         time.sleep(0.05)
-
-
-def s3_env(endpoint: str, run: str) -> dict[str, str]:
-    """Settings (as environment) for outputs in a new bucket on the S3 server at ``endpoint``."""
-    import boto3
-
-    bucket = f"bench-{run}-{int(time.time())}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    return {"STOKER_STORAGE_URL": f"s3://{bucket}/stoker", "STOKER_S3_ENDPOINT_URL": endpoint}
 
 
 def stoker_embed(
@@ -234,17 +230,6 @@ def generate_section(n: int, max_tokens: int, data_dir: Path, redis_url: str) ->
     ]
     header = [f"generate {n} prompts", "seconds", "tokens", "tokens/s", "ratio"]
     return markdown_table(header, rows) + "\n"
-
-
-def s3_storage(stack: contextlib.ExitStack, latency_ms: float) -> tuple[str, str]:
-    """A moto S3 server for the run (behind a delaying proxy if ``latency_ms``): its
-    endpoint, and how the table names it."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # moto takes any
-        os.environ.setdefault(name, "bench")
-    endpoint = stack.enter_context(moto_s3_server())
-    if latency_ms:  # S3 a network away: each request arrives later
-        endpoint = stack.enter_context(delayed(endpoint, latency_ms))
-    return endpoint, f"S3 (moto_server, +{latency_ms:g} ms a request)"
 
 
 def main() -> None:

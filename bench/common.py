@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import re
 import statistics
@@ -62,21 +64,26 @@ def timed_on_workers(
     redis_url: str,
     data_dir: Path,
     submit: Callable[[Any], Any],
+    storage: dict[str, str] | None = None,
 ) -> float:
     """Seconds from ``submit(client)`` to its job being done, served by ``workers`` real
-    `stoker worker` processes on ``queue`` with ``model`` preloaded (started beforehand)."""
+    `stoker worker` processes on ``queue`` with ``model`` preloaded (started beforehand).
+    ``storage``: the storage settings as environment (see :func:`s3_env`); default the
+    local directory."""
     from stoker.client import Stoker
     from stoker.config import load_settings
     from tests.deployment import Deployment
 
     data_dir.mkdir(parents=True)
-    dep = Deployment(
-        env={"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)}, workdir=data_dir
-    )
+    storage = storage or {}
+    env = {"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)} | storage
+    dep = Deployment(env=env, workdir=data_dir)
+    overrides = {k.removeprefix("STOKER_").lower(): v for k, v in storage.items()}
     try:
         for _ in range(workers):  # each returns once its model is loaded and it consumes
             dep.start_worker(queue, "--preload", model)
-        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
+        settings = load_settings(broker_url=redis_url, data_dir=data_dir, **overrides)
+        with Stoker(settings) as client:
             start = time.perf_counter()
             done = client.wait(submit(client).id, timeout_s=7200, poll_s=0.05)
             elapsed = time.perf_counter() - start
@@ -84,3 +91,26 @@ def timed_on_workers(
         return elapsed
     finally:
         dep.stop_all()
+
+
+def s3_env(endpoint: str, run: str) -> dict[str, str]:
+    """Settings (as environment) for outputs in a new bucket on the S3 server at ``endpoint``."""
+    import boto3
+
+    bucket = f"bench-{run}-{int(time.time())}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return {"STOKER_STORAGE_URL": f"s3://{bucket}/stoker", "STOKER_S3_ENDPOINT_URL": endpoint}
+
+
+def s3_storage(stack: contextlib.ExitStack, latency_ms: float) -> tuple[str, str]:
+    """A moto S3 server for the run (behind a delaying proxy if ``latency_ms``): its
+    endpoint, and how the table names it."""
+    from bench.latency_proxy import delayed
+    from tests.servers import moto_s3_server
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # moto takes any
+        os.environ.setdefault(name, "bench")
+    endpoint = stack.enter_context(moto_s3_server())
+    if latency_ms:  # S3 a network away: each request arrives later
+        endpoint = stack.enter_context(delayed(endpoint, latency_ms))
+    return endpoint, f"S3 (moto_server, +{latency_ms:g} ms a request)"

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,10 +49,13 @@ _R = TypeVar("_R")
 CANCEL_POLL_S = 0.5
 #: Threads reading chunk notes at assembly, when there are more notes than this to read.
 NOTES_THREADS = 8
-#: Threads for the storage calls of a batch (existence checks, stored chunks, jobs'
-#: outputs and manifests) on remote storage: on S3 each is a network round trip, and
-#: a batch of one-sentence embed jobs makes two per job. Within botocore's pool of 10.
+#: Threads for storage calls that do not depend on each other (a batch's existence
+#: checks, stored chunks, jobs' outputs and manifests; a job's chunk downloads at
+#: assembly and its artifacts) on remote storage: on S3 each is a network round trip,
+#: and a batch of one-sentence embed jobs makes two per job. Within botocore's pool
+#: of 10.
 BATCH_IO_THREADS = 8
+IO_THREAD_PREFIX = "stoker-io"
 
 
 class _CancelCheck:
@@ -110,8 +114,8 @@ class ChunkExecutor:
         self.inputs = InputCache(
             storage, settings.data_dir / "cache" / "inputs", settings.input_cache_bytes
         )
-        # Threads start on first use; only batches on remote storage use them.
-        self._io = ThreadPoolExecutor(BATCH_IO_THREADS, thread_name_prefix="stoker-io")
+        # Threads start on first use; only remote storage uses them (see _each).
+        self._io = ThreadPoolExecutor(BATCH_IO_THREADS, thread_name_prefix=IO_THREAD_PREFIX)
 
     def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None:
         """Run chunk ``index`` of ``job_id`` unless its output exists; assemble if last."""
@@ -121,9 +125,13 @@ class ChunkExecutor:
         cap, record = started
         if self.storage.exists(record.chunks[index].key):
             log.info("job %s chunk %d: output exists, not recomputed", job_id, index)
-        else:
-            self._produce(cap, record, index, payload)
-        self._finish(cap, record, index)
+            self._finish(cap, record, index)
+            return
+        with tempfile.TemporaryDirectory(prefix="stoker-chunk-") as tmp:
+            out, notes = self._produce(cap, record, index, payload, Path(tmp))
+            # If this chunk completes its job, assembly takes the chunk and its notes
+            # from here: on S3, a download and a read fewer for a one-chunk job.
+            self._finish(cap, record, index, local={index: out}, notes={index: notes})
 
     def run_chunks(self, items: list[ChunkArgs]) -> list[BaseException | None]:
         """Run many chunks (of batchable capabilities), one model call per model.
@@ -273,17 +281,18 @@ class ChunkExecutor:
         index: int,
         scratch: Path | None = None,
         local: Mapping[int, Path] | None = None,
+        notes: Mapping[int, dict[str, Any]] | None = None,
     ) -> None:
         """Count chunk ``index`` as done; assemble the job if it was the last.
 
-        ``scratch`` and ``local`` are passed on to :meth:`assemble`.
+        ``scratch``, ``local`` and ``notes`` are passed on to :meth:`assemble`.
         """
         tally = self.store.chunk_done(record.id, index)
         # Both the first recorder of the last chunk and a redelivery after a crash
         # between "last chunk recorded" and "job succeeded" assemble; assembly is
         # idempotent (same keys, same bytes) and succeed() is conditional.
         if tally.done == tally.total and not tally.state.terminal:
-            self.assemble(cap, record, scratch, local)
+            self.assemble(cap, record, scratch, local, notes)
         else:
             self._not_last(cap, record, index, tally, local)
 
@@ -321,27 +330,28 @@ class ChunkExecutor:
             child_ended(self.store, self.storage, record.parent, record.parent_index)
 
     def _produce(
-        self, cap: Capability, record: JobRecord, index: int, payload: dict[str, Any]
-    ) -> None:
+        self, cap: Capability, record: JobRecord, index: int, payload: dict[str, Any], tmp: Path
+    ) -> tuple[Path, dict[str, Any]]:
+        """Make chunk ``index`` in ``tmp`` and store it (its notes first); returns the
+        chunk's file and its notes."""
         self.store.set_stage(record.id, cap.work_stage)
         inputs = {key: self.inputs.path_for(key) for key in payload.get("inputs", [])}
-        with tempfile.TemporaryDirectory(prefix="stoker-chunk-") as tmp:
-            ctx = ChunkContext(
-                out=Path(tmp) / f"chunk.{cap.chunk_ext}",
-                should_stop=_CancelCheck(self.store, record.id),
-                inputs=inputs,
-                use_model=self._use_model,
-            )
-            started = time.perf_counter()
-            if cap.backend is None or record.model is None:
-                cap.run_chunk(None, record.params, payload, ctx)
-            else:
-                with self.manager.use(self._model_spec(cap, record), self.device) as model:
-                    cap.run_chunk(model, record.params, payload, ctx)
-            key = record.chunks[index].key
-            if ctx.notes:  # before the chunk: an existing chunk implies its notes exist
-                self.storage.put_json(notes_key(key), ctx.notes)
-            self.storage.put_file(key, ctx.out, cap.chunk_content_type)
+        ctx = ChunkContext(
+            out=tmp / f"chunk.{cap.chunk_ext}",
+            should_stop=_CancelCheck(self.store, record.id),
+            inputs=inputs,
+            use_model=self._use_model,
+        )
+        started = time.perf_counter()
+        if cap.backend is None or record.model is None:
+            cap.run_chunk(None, record.params, payload, ctx)
+        else:
+            with self.manager.use(self._model_spec(cap, record), self.device) as model:
+                cap.run_chunk(model, record.params, payload, ctx)
+        key = record.chunks[index].key
+        if ctx.notes:  # before the chunk: an existing chunk implies its notes exist
+            self.storage.put_json(notes_key(key), ctx.notes)
+        self.storage.put_file(key, ctx.out, cap.chunk_content_type)
         log.info(
             "job %s chunk %d/%d done in %.2fs",
             record.id,
@@ -349,6 +359,7 @@ class ChunkExecutor:
             len(record.chunks),
             time.perf_counter() - started,
         )
+        return ctx.out, ctx.notes
 
     def _model_spec(self, cap: Capability, record: JobRecord) -> ModelSpec:
         """The job's model, with the job's own load options on top of the configured ones."""
@@ -361,23 +372,27 @@ class ChunkExecutor:
         with self.manager.use(self.catalog.get(name, backend=backend), self.device) as model:
             yield model
 
-    def _notes(self, cap: Capability, record: JobRecord) -> list[dict[str, Any]]:
-        """Each chunk's notes, for capabilities that keep them (``chunk_notes``): read
-        for the chunks that can have them (NotedChunks; every chunk without it), one
-        storage read each, on a few threads when there are many."""
+    def _notes(
+        self, cap: Capability, record: JobRecord, known: Mapping[int, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Each chunk's notes, for capabilities that keep them (``chunk_notes``): those
+        ``known`` (index → notes of a chunk just made here), the rest read for the
+        chunks that can have them (NotedChunks; every chunk without it), one storage
+        read each, on a few threads when there are many."""
         if not getattr(cap, "chunk_notes", False):
             return []
         count = len(record.chunks)
         indexes: Sequence[int] = range(count)
         if isinstance(cap, NotedChunks):
             indexes = cap.noted_chunks(record.params, count)
+        indexes = [i for i in indexes if i not in known]
         keys = [notes_key(record.chunks[i].key) for i in indexes]
         if len(keys) > NOTES_THREADS:  # S3 round trips: wait for several at once
             with ThreadPoolExecutor(NOTES_THREADS, thread_name_prefix="stoker-notes") as pool:
                 found = list(pool.map(self._read_notes, keys))
         else:
             found = [self._read_notes(key) for key in keys]
-        notes: list[dict[str, Any]] = [{} for _ in range(count)]
+        notes: list[dict[str, Any]] = [dict(known.get(i, {})) for i in range(count)]
         for index, note in zip(indexes, found, strict=True):
             notes[index] = note
         return notes
@@ -454,9 +469,11 @@ class ChunkExecutor:
 
     def _each(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R | Exception]:
         """``fn`` of each item, in order; an item whose call raised gets its exception
-        as its result. On the batch I/O threads when there are several and storage is
+        as its result. On the I/O threads when there are several and storage is
         remote: on local storage, threads measured slower (they compete with the model
-        for the CPU; docs/benchmarks.md)."""
+        for the CPU; docs/benchmarks.md). Called on an I/O thread (a batch's job being
+        assembled there), it runs in place: waiting there on the same threads could
+        leave none to do the work."""
 
         def call(item: _T) -> _R | Exception:
             try:
@@ -464,9 +481,19 @@ class ChunkExecutor:
             except Exception as exc:
                 return exc
 
-        if len(items) <= 1 or not self.storage.remote:
+        on_io_thread = threading.current_thread().name.startswith(IO_THREAD_PREFIX)
+        if len(items) <= 1 or not self.storage.remote or on_io_thread:
             return [call(item) for item in items]
         return list(self._io.map(call, items))
+
+    def _all(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+        """``fn`` of each item as :meth:`_each` runs them; raises the first error."""
+        done: list[_R] = []
+        for result in self._each(fn, items):
+            if isinstance(result, Exception):
+                raise result
+            done.append(result)
+        return done
 
     def assemble(
         self,
@@ -474,14 +501,16 @@ class ChunkExecutor:
         record: JobRecord,
         scratch: Path | None = None,
         local: Mapping[int, Path] | None = None,
+        notes: Mapping[int, dict[str, Any]] | None = None,
     ) -> None:
         """Build, store and record the job's artifacts and manifest; mark it succeeded.
 
         Works in ``scratch`` (the caller removes it) or a temporary folder. Chunk
-        outputs in ``local`` (index → file) are used in place of a download.
+        outputs in ``local`` (index → file) are used in place of a download, and chunk
+        notes in ``notes`` (index → notes) in place of a read.
         """
         self.store.set_stage(record.id, "assemble")
-        outputs = self._build_outputs(cap, record, scratch, local)
+        outputs = self._build_outputs(cap, record, scratch, local, notes)
         if self.store.succeed(record.id, outputs):
             self._succeeded(record, outputs)
 
@@ -498,8 +527,12 @@ class ChunkExecutor:
         record: JobRecord,
         scratch: Path | None = None,
         local: Mapping[int, Path] | None = None,
+        notes: Mapping[int, dict[str, Any]] | None = None,
     ) -> list[OutputRef]:
-        """The job's artifacts and manifest, built and stored; its record untouched."""
+        """The job's artifacts and manifest, built and stored; its record untouched.
+
+        The chunks not in ``local`` are downloaded, and the artifacts stored, side by
+        side on remote storage (one round trip each, none waiting on another)."""
         with contextlib.ExitStack() as stack:
             if scratch is None:
                 scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -510,23 +543,25 @@ class ChunkExecutor:
             groups = self.groups.ensure_all(
                 cap, record, scratch / f"{record.id}-groups", local or {}
             )
-            files = [
-                (local or {}).get(c.index)
-                or self.storage.download(c.key, chunk_dir / f"{c.index:06d}.{cap.chunk_ext}")
-                for c in (record.chunks if groups is None else [])
-            ]
+            local = local or {}
+            files = self._all(
+                lambda c: (
+                    local.get(c.index)
+                    or self.storage.download(c.key, chunk_dir / f"{c.index:06d}.{cap.chunk_ext}")
+                ),
+                record.chunks if groups is None else [],
+            )
             inputs = {k: self.inputs.path_for(k) for k in record.params.get("assemble_inputs", [])}
-            notes = self._notes(cap, record)
             context = AssembleContext(
                 files,
                 workdir,
                 inputs,
-                chunk_notes=notes,
+                chunk_notes=self._notes(cap, record, notes or {}),
                 group_files=[g.files for g in groups or []],
                 group_keys=[g.keys for g in groups or []],
             )
             artifacts = cap.assemble(record.params, context)
-            outputs = [self._store_artifact(record.id, a) for a in artifacts]
+            outputs = self._all(lambda a: self._store_artifact(record.id, a), artifacts)
         outputs.append(self._write_manifest(record, artifacts, outputs))
         return outputs
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,37 +18,12 @@ from stoker.config import Settings, load_settings
 from stoker.errors import StorageUnavailable
 from stoker.jobs.embed import pack, read_vectors
 from stoker.queues.records import JobState
-from stoker.storage import Storage
 from stoker.storage.keys import job_key
 from stoker.workers.process import build_executor
 from tests.texts import story
+from tests.watched_storage import WatchedStorage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-class WatchedStorage:
-    """``inner`` with its calls counted (by method) and the writes of keys that
-    contain ``fail_in`` refused as a storage outage would be."""
-
-    def __init__(self, inner: Storage, fail_in: str) -> None:
-        self.inner, self.fail_in = inner, fail_in
-        self.url, self.remote = inner.url, inner.remote
-        self.calls: list[tuple[str, str]] = []  # (method, key)
-        self.threads: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.inner, name)
-
-        def watched(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                self.calls.append((name, str(args[0]) if args else ""))
-                self.threads.add(threading.current_thread().name)
-            if name.startswith("put") and self.fail_in in str(args[0]):
-                raise StorageUnavailable(f"refused by the test: {args[0]}")
-            return method(*args, **kwargs)
-
-        return watched
 
 
 @pytest.fixture()

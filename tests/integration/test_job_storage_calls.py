@@ -1,0 +1,120 @@
+"""A job that is not batched, against a real S3-protocol server: what its worker asks
+of storage. The chunk a worker just made is assembled from its own file (no download),
+the other chunks are downloaded and the artifacts stored side by side, and each is
+one request.
+
+The real executor, job store (SQLite), Whisper tiny.en and Piper speech; storage is
+moto_server, seen through a wrapper that counts the calls (tests/watched_storage.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stoker.client import Stoker
+from stoker.config import Settings, load_settings
+from stoker.errors import StorageUnavailable
+from stoker.queues.records import JobState
+from stoker.storage.keys import job_key
+from stoker.workers.execute import ChunkExecutor
+from stoker.workers.process import build_executor
+from tests.media_files import speech_wav
+from tests.texts import story
+from tests.watched_storage import WatchedStorage
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+FORMATS = ["txt", "srt", "vtt", "json"]
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> Settings:
+    return load_settings(
+        data_dir=tmp_path / "data",
+        storage_url=f"s3://{s3_bucket}/stoker",
+        s3_endpoint_url=s3_endpoint,
+        transcribe_chunk_s=5.0,  # the smallest allowed: a few seconds make chunks
+    )
+
+
+def transcribe(client: Stoker, wav: Path, formats: list[str] = FORMATS) -> str:
+    job = client.submit("transcribe", {"path": str(wav), "model": "tiny.en", "formats": formats})
+    return job.id
+
+
+def run_every_chunk(client: Stoker, executor: ChunkExecutor, job_id: str) -> None:
+    """The chunks in order, as one worker would take their messages."""
+    record = client.status(job_id)
+    for index in range(len(record.chunks)):
+        executor.run_chunk(job_id, index, {"inputs": list(record.inputs), "index": index})
+
+
+def test_a_one_chunk_job_reads_nothing_back_and_stores_its_files_side_by_side(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Given a recording of about three seconds, one chunk, in four formats
+    wav = speech_wav(tmp_path / "short.wav", "The lighthouse keeper climbed the stairs.")
+    with Stoker(settings) as client:
+        job_id = transcribe(client, wav)
+        record = client.status(job_id)
+        assert len(record.chunks) == 1
+        executor = build_executor(settings, "cpu")
+        watched = WatchedStorage(executor.storage, fail_in="no such key")
+        executor.storage = watched
+
+        # When a worker runs its chunk
+        run_every_chunk(client, executor, job_id)
+        done = client.status(job_id)
+
+        # Then the job succeeded with a transcript in every format
+        assert done.state is JobState.SUCCEEDED, done.error
+        assert [o.name for o in done.outputs] == [f"short.{f}" for f in FORMATS] + ["manifest.json"]
+        assert "lighthouse" in client.storage.get_bytes(done.outputs[0].key).decode().lower()
+    # And its worker looked for the chunk and stored it (a cache for a resubmission),
+    # then stored the four files and, last, the manifest: the chunk was not read back
+    chunk = record.chunks[0].key
+    mine = [(name, key) for name, key in watched.calls if key == chunk or job_id in key]
+    assert mine[:2] == [("exists", chunk), ("put_file", chunk)]
+    assert sorted(mine[2:-1]) == sorted(
+        ("put_file", job_key(job_id, f"short.{f}")) for f in FORMATS
+    )
+    assert mine[-1] == ("put_bytes", job_key(job_id, "manifest.json"))
+    # And the four files went out side by side, on the I/O threads
+    assert any(name.startswith("stoker-io") for name in watched.threads)
+
+
+def test_the_last_chunk_downloads_only_the_others_and_a_failed_write_fails_the_job(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Given a recording of about 15 seconds: three or more chunks of 5 s
+    wav = speech_wav(tmp_path / "long.wav", story(40))
+    with Stoker(settings) as client:
+        job_id = transcribe(client, wav, ["txt"])
+        record = client.status(job_id)
+        assert len(record.chunks) >= 3
+        executor = build_executor(settings, "cpu")
+        watched = WatchedStorage(executor.storage, fail_in="no such key")
+        executor.storage = watched
+
+        # When a worker runs every chunk in order
+        run_every_chunk(client, executor, job_id)
+        done = client.status(job_id)
+
+        # Then the job succeeded, and at its assembly every chunk but the last (which
+        # that worker had just made) was downloaded, each once
+        assert done.state is JobState.SUCCEEDED, done.error
+        downloads = [key for name, key in watched.calls if name == "download"]
+        others = [c.key for c in record.chunks[:-1]]
+        assert sorted(k for k in downloads if k in others) == sorted(others)
+        assert record.chunks[-1].key not in downloads
+
+        # And when storage refuses one of a job's files, the job's last chunk raises
+        # that error (for the task layer to retry), and no manifest is written
+        again = transcribe(client, wav, ["txt", "srt"])
+        executor.storage = WatchedStorage(watched.inner, fail_in=".srt")
+        with pytest.raises(StorageUnavailable, match="refused by the test"):
+            run_every_chunk(client, executor, again)
+        assert not client.storage.exists(job_key(again, "manifest.json"))
+        assert client.status(again).state is JobState.RUNNING
