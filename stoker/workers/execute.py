@@ -47,11 +47,9 @@ _R = TypeVar("_R")
 
 #: How often a running chunk looks for a cancellation, at most (seconds).
 CANCEL_POLL_S = 0.5
-#: Threads reading chunk notes at assembly, when there are more notes than this to read.
-NOTES_THREADS = 8
 #: Threads for storage calls that do not depend on each other (a batch's existence
-#: checks, stored chunks, jobs' outputs and manifests; a job's chunk downloads at
-#: assembly and its artifacts) on remote storage: on S3 each is a network round trip,
+#: checks, stored chunks, jobs' outputs and manifests; a job's chunk downloads, notes
+#: and artifacts at assembly) on remote storage: on S3 each is a network round trip,
 #: and a batch of one-sentence embed jobs makes two per job. Within botocore's pool
 #: of 10.
 BATCH_IO_THREADS = 8
@@ -378,7 +376,7 @@ class ChunkExecutor:
         """Each chunk's notes, for capabilities that keep them (``chunk_notes``): those
         ``known`` (index → notes of a chunk just made here), the rest read for the
         chunks that can have them (NotedChunks; every chunk without it), one storage
-        read each, on a few threads when there are many."""
+        read each, side by side on remote storage."""
         if not getattr(cap, "chunk_notes", False):
             return []
         count = len(record.chunks)
@@ -386,12 +384,7 @@ class ChunkExecutor:
         if isinstance(cap, NotedChunks):
             indexes = cap.noted_chunks(record.params, count)
         indexes = [i for i in indexes if i not in known]
-        keys = [notes_key(record.chunks[i].key) for i in indexes]
-        if len(keys) > NOTES_THREADS:  # S3 round trips: wait for several at once
-            with ThreadPoolExecutor(NOTES_THREADS, thread_name_prefix="stoker-notes") as pool:
-                found = list(pool.map(self._read_notes, keys))
-        else:
-            found = [self._read_notes(key) for key in keys]
+        found = self._all(self._read_notes, [notes_key(record.chunks[i].key) for i in indexes])
         notes: list[dict[str, Any]] = [dict(known.get(i, {})) for i in range(count)]
         for index, note in zip(indexes, found, strict=True):
             notes[index] = note

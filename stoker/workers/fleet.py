@@ -193,9 +193,7 @@ class RedisFleet:
 
     def workers(self) -> list[WorkerBeat]:
         """Live workers' latest beats, by hostname; forgets the names that expired."""
-        names = sorted(
-            n.decode() if isinstance(n, bytes) else n for n in self._client.smembers(WORKERS_KEY)
-        )
+        names = sorted(_text(n) for n in self._client.smembers(WORKERS_KEY))
         if not names:
             return []
         raws = self._client.mget([_worker_key(n) for n in names])

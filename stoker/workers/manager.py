@@ -52,6 +52,15 @@ TRIM_AFTER_BYTES = 64 * MIB
 RECHECK_S = 30.0
 
 
+@dataclass(frozen=True)
+class _Estimate:
+    """What a model is expected to take before its load, and where the figure is from."""
+
+    bytes: int
+    source: str  # for the too-large error: "its size on disk", ...
+    measured: bool  # by a load of it (so it may be out of date), not from its files
+
+
 @dataclass
 class LoadedModel:
     """Snapshot of one loaded model. Times are ``clock()`` seconds."""
@@ -189,7 +198,7 @@ class ModelManager:
         """Bytes ``spec`` is expected to take on ``device``: measured here, measured by
         another worker (the fleet), or its size on disk, in that order."""
         with self._lock:
-            return self._estimate(spec, spec.fingerprint, self._pool(device))[0]
+            return self._estimate(spec, spec.fingerprint, self._pool(device)).bytes
 
     def budget_bytes(self, device: str) -> int:
         """The budget of ``device``'s pool. Raises ConfigError for a bad device."""
@@ -294,10 +303,10 @@ class ModelManager:
 
     def _load(self, pool: _Pool, spec: ModelSpec, fingerprint: str) -> _Slot:
         loader = self._loader(spec)
-        estimate, source = self._estimate(spec, fingerprint, pool)
-        if estimate > pool.budget_bytes:
-            raise self._too_large(spec.name, pool, estimate, source)
-        self._make_room(pool, spec.name, estimate)
+        estimate = self._estimate(spec, fingerprint, pool)
+        if estimate.bytes > pool.budget_bytes:
+            raise self._too_large(spec.name, pool, estimate)
+        self._make_room(pool, spec.name, estimate.bytes)
         model, seen, footprint, seconds = self._measured_load(loader, spec, pool.device)
         # What its jobs left behind the last time it was loaded here is more than a
         # fresh load shows: count it from the start, not after the first job.
@@ -323,21 +332,21 @@ class ModelManager:
         pool.loads += 1
         log.info(
             "loaded %s on %s: %s MiB in %.2f s (estimated %s MiB)",
-            spec.name, pool.device, _mib(footprint), seconds, _mib(estimate),
+            spec.name, pool.device, _mib(footprint), seconds, _mib(estimate.bytes),
         )  # fmt: skip
         if pool.used_bytes > pool.budget_bytes:
             self._fit_after_load(pool, slot)
         return slot
 
-    def _estimate(self, spec: ModelSpec, fingerprint: str, pool: _Pool) -> tuple[int, str]:
-        """Bytes ``spec`` is expected to take in ``pool``, and where that figure comes
-        from (for the too-large error): measured here, by another worker, or on disk."""
+    def _estimate(self, spec: ModelSpec, fingerprint: str, pool: _Pool) -> _Estimate:
+        """What ``spec`` is expected to take in ``pool``: measured here, by another
+        worker, or its size on disk, in that order."""
         key = (fingerprint, pool.device)
         measured = self._footprints.get(key)
         if measured is not None and measured > pool.budget_bytes and self._forgotten(key):
             measured = None
         if measured is not None:
-            return measured, "measured when this worker last loaded it"
+            return _Estimate(measured, "measured when this worker last loaded it", True)
         kind = memory.parse_device(pool.device)[0]
         try:
             shared = self._fleet.footprint(fingerprint, kind)
@@ -345,8 +354,9 @@ class ModelManager:
             log.warning("could not read shared footprints (%s); using size on disk", exc)
             shared = None
         if shared:
-            return shared, f"measured when another worker last loaded it on {kind}"
-        return spec.disk_bytes(), "its size on disk; it was never loaded on this kind of device"
+            return _Estimate(shared, f"measured when another worker last loaded it on {kind}", True)
+        disk = "its size on disk; it was never loaded on this kind of device"
+        return _Estimate(spec.disk_bytes(), disk, False)
 
     def _forgotten(self, key: tuple[str, str]) -> bool:
         """Whether the fleet no longer has the measurement of ``key`` that this worker
@@ -477,9 +487,9 @@ class ModelManager:
         del pool.slots[info.fingerprint]
         try:
             if info.footprint_bytes > pool.budget_bytes:
-                raise self._too_large(
-                    info.name, pool, info.footprint_bytes, "measured by loading it just now"
-                )
+                # Just measured: no older figure to have measured again.
+                just_now = _Estimate(info.footprint_bytes, "measured by loading it just now", False)
+                raise self._too_large(info.name, pool, just_now)
             self._make_room(pool, info.name, info.footprint_bytes)
         except ModelTooLarge:
             self._unload(pool, slot)
@@ -520,9 +530,9 @@ class ModelManager:
         del model
         memory.release_freed_memory(pool.device)
 
-    def _too_large(self, name: str, pool: _Pool, need: int, source: str) -> ModelTooLarge:
+    def _too_large(self, name: str, pool: _Pool, need: _Estimate) -> ModelTooLarge:
         remeasure = ""
-        if source.startswith("measured when"):
+        if need.measured:
             remeasure = (
                 f"; if that measurement is out of date, `stoker models --forget {name}` "
                 f"has it measured again at its next load"
@@ -530,9 +540,10 @@ class ModelManager:
                 else "; if that measurement is out of date, restart the worker"
             )
         return ModelTooLarge(
-            f"model {name!r} needs about {_mib(need)} MiB on {pool.device} ({source}) but "
-            f"the {pool.device} pool's budget is {_mib(pool.budget_bytes)} MiB; "
-            f"{_budget_hint(pool.device)} or use a smaller model{remeasure}"
+            f"model {name!r} needs about {_mib(need.bytes)} MiB on {pool.device} "
+            f"({need.source}) but the {pool.device} pool's budget is "
+            f"{_mib(pool.budget_bytes)} MiB; {_budget_hint(pool.device)} or use a smaller "
+            f"model{remeasure}"
         )
 
     def _held(self, name: str, pool: _Pool, need: int, held: list[_Slot]) -> ModelTooLarge:

@@ -44,6 +44,17 @@ def transcribe(client: Stoker, wav: Path, formats: list[str] = FORMATS) -> str:
     return job.id
 
 
+def watched_worker(
+    settings: Settings, fail_in: str = "no such key"
+) -> tuple[ChunkExecutor, WatchedStorage]:
+    """A worker's executor whose storage calls are counted (and those with ``fail_in``
+    in their key refused)."""
+    executor = build_executor(settings, "cpu")
+    watched = WatchedStorage(executor.storage, fail_in=fail_in)
+    executor.storage = watched
+    return executor, watched
+
+
 def run_every_chunk(client: Stoker, executor: ChunkExecutor, job_id: str) -> None:
     """The chunks in order, as one worker would take their messages."""
     record = client.status(job_id)
@@ -60,9 +71,7 @@ def test_a_one_chunk_job_reads_nothing_back_and_stores_its_files_side_by_side(
         job_id = transcribe(client, wav)
         record = client.status(job_id)
         assert len(record.chunks) == 1
-        executor = build_executor(settings, "cpu")
-        watched = WatchedStorage(executor.storage, fail_in="no such key")
-        executor.storage = watched
+        executor, watched = watched_worker(settings)
 
         # When a worker runs its chunk
         run_every_chunk(client, executor, job_id)
@@ -94,9 +103,7 @@ def test_the_last_chunk_downloads_only_the_others_and_a_failed_write_fails_the_j
         job_id = transcribe(client, wav, ["txt"])
         record = client.status(job_id)
         assert len(record.chunks) >= 3
-        executor = build_executor(settings, "cpu")
-        watched = WatchedStorage(executor.storage, fail_in="no such key")
-        executor.storage = watched
+        executor, watched = watched_worker(settings)
 
         # When a worker runs every chunk in order
         run_every_chunk(client, executor, job_id)
