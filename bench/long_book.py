@@ -6,19 +6,21 @@ runs the real worker path on it: every chunk through ``ChunkExecutor.run_chunk``
 (its output exists, so only fan-in runs), which encodes each chapter when its last
 chunk is recorded and assembles the book with the last one. Embedded default: SQLite
 job store, local storage, one process; ``--s3``: storage in a bucket of a moto_server
-started for the run (tests/servers.py), S3 over loopback. Prints a table; writes
+started for the run (tests/servers.py), S3 over loopback (``--s3-latency-ms``: behind
+a proxy that delays each request, as S3 a network away). Prints a table; writes
 nothing to the docs.
 
 Usage: TMPDIR=/var/tmp python bench/long_book.py [--hours 10] [--formats m4b,mp3]
-       [--chapters 40] [--cold] [--s3]   (--cold: chapters encoded in assembly, as before)
+       [--chapters 40] [--cold] [--s3 [--s3-latency-ms 10]]
+       (--cold: chapters encoded in assembly, as before)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
-import os
 import re
 import resource
 import sys
@@ -32,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, markdown_table  # noqa: E402
+from bench.common import machine, markdown_table, s3_storage  # noqa: E402
 
 RATE = 22_050
 CHUNK_S = 7.2
@@ -113,18 +115,16 @@ def peak_rss_mib() -> float:
 
 
 @contextmanager
-def s3_settings(enabled: bool) -> Iterator[dict[str, str]]:
-    """Settings for storage in a bucket of a moto_server of our own ({} when not enabled)."""
+def s3_settings(enabled: bool, latency_ms: float) -> Iterator[dict[str, str]]:
+    """Settings for storage in a bucket of a moto_server of our own, behind a delaying
+    proxy if ``latency_ms`` ({} when not enabled)."""
     if not enabled:
         yield {}
         return
     import boto3
 
-    from tests.servers import moto_s3_server
-
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        os.environ.setdefault(name, "testing")  # moto does not check them; boto3 wants some
-    with moto_s3_server() as endpoint:
+    with contextlib.ExitStack() as stack:
+        endpoint, _ = s3_storage(stack, latency_ms)
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         client.create_bucket(Bucket="long-book")
         client.close()
@@ -228,11 +228,19 @@ def main() -> None:
     parser.add_argument("--formats", default="m4b,mp3")
     parser.add_argument("--cold", action="store_true")
     parser.add_argument("--s3", action="store_true", help="storage on a local moto_server")
+    parser.add_argument(
+        "--s3-latency-ms", type=float, default=0.0, help="with --s3: added to each request"
+    )
     args = parser.parse_args()
     chapters = args.chapters or max(1, round(args.hours * 4))
     formats = args.formats.split(",")
-    with tempfile.TemporaryDirectory(prefix="long-book-") as tmp, s3_settings(args.s3) as s3:
+    with (
+        tempfile.TemporaryDirectory(prefix="long-book-") as tmp,
+        s3_settings(args.s3, args.s3_latency_ms) as s3,
+    ):
         row = run(args.hours, chapters, formats, args.cold, Path(tmp), s3)
+    if args.s3 and args.s3_latency_ms:
+        row[3] += f" (+{args.s3_latency_ms:g} ms a request)"
     print(f"Machine: {machine()}.")
     header = [
         "hours",

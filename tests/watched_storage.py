@@ -13,11 +13,12 @@ class WatchedStorage:
     """``inner`` with its calls counted (by method) and the writes of keys that
     contain ``fail_in`` refused as a storage outage would be."""
 
-    def __init__(self, inner: Storage, fail_in: str) -> None:
+    def __init__(self, inner: Storage, fail_in: str = "no such key") -> None:
         self.inner, self.fail_in = inner, fail_in
         self.url, self.remote = inner.url, inner.remote
         self.calls: list[tuple[str, str]] = []  # (method, key)
         self.threads: set[str] = set()
+        self.thread_of: dict[tuple[str, str], str] = {}  # (method, key) → last thread
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
@@ -25,10 +26,16 @@ class WatchedStorage:
 
         def watched(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
-                self.calls.append((name, str(args[0]) if args else ""))
+                call = (name, str(args[0]) if args else "")
+                self.calls.append(call)
                 self.threads.add(threading.current_thread().name)
+                self.thread_of[call] = threading.current_thread().name
             if name.startswith("put") and self.fail_in in str(args[0]):
                 raise StorageUnavailable(f"refused by the test: {args[0]}")
             return method(*args, **kwargs)
 
         return watched
+
+    def keys(self, method: str) -> list[str]:
+        """The keys of the calls of ``method``, in order."""
+        return [key for called, key in self.calls if called == method]

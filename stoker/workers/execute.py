@@ -15,13 +15,11 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from stoker.config import Settings
 from stoker.errors import JobNotFound, ObjectNotFound, StokerError
@@ -38,22 +36,13 @@ from stoker.storage.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from stoker.workers.catalog import ModelCatalog, ModelSpec
 from stoker.workers.groups import GroupMaker
 from stoker.workers.inputs import InputCache
+from stoker.workers.io_threads import StorageIO
 from stoker.workers.manager import ModelManager
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
 #: How often a running chunk looks for a cancellation, at most (seconds).
 CANCEL_POLL_S = 0.5
-#: Threads for storage calls that do not depend on each other (a batch's existence
-#: checks, stored chunks, jobs' outputs and manifests; a job's chunk downloads, notes
-#: and artifacts at assembly) on remote storage: on S3 each is a network round trip,
-#: and a batch of one-sentence embed jobs makes two per job. Within botocore's pool
-#: of 10.
-BATCH_IO_THREADS = 8
-IO_THREAD_PREFIX = "stoker-io"
 
 
 class _CancelCheck:
@@ -108,12 +97,13 @@ class ChunkExecutor:
     ) -> None:
         self.settings, self.store, self.storage = settings, store, storage
         self.catalog, self.manager, self.device = catalog, manager, device
-        self.groups = GroupMaker(store, storage)
+        # Storage calls that do not wait on each other go side by side on S3: a
+        # batch's existence checks and writes, a job's downloads and artifacts.
+        self.io = StorageIO(storage.remote)
+        self.groups = GroupMaker(store, storage, self.io)
         self.inputs = InputCache(
             storage, settings.data_dir / "cache" / "inputs", settings.input_cache_bytes
         )
-        # Threads start on first use; only remote storage uses them (see _each).
-        self._io = ThreadPoolExecutor(BATCH_IO_THREADS, thread_name_prefix=IO_THREAD_PREFIX)
 
     def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None:
         """Run chunk ``index`` of ``job_id`` unless its output exists; assemble if last."""
@@ -176,7 +166,9 @@ class ChunkExecutor:
         # looking for one would cost a storage round trip (an S3 HEAD) per one-sentence
         # job to find nothing; at worst one that another job stored is made again.
         stored = [it for it in started_items if len(it.record.chunks) > 1]
-        checks = self._each(lambda it: self.storage.exists(it.record.chunks[it.index].key), stored)
+        checks = self.io.each(
+            lambda it: self.storage.exists(it.record.chunks[it.index].key), stored
+        )
         found = {it.pos: check for it, check in zip(stored, checks, strict=True)}
         for item in started_items:
             check = found.get(item.pos, False)
@@ -212,7 +204,7 @@ class ChunkExecutor:
                 local.setdefault(it.record.id, {})[it.index] = out
         built: list[tuple[_Item, list[OutputRef]]] = []
         pairs = list(zip(ready, tallies, strict=True))
-        results = self._each(
+        results = self.io.each(
             lambda pair: self._outputs_if_last(*pair, scratch, local.get(pair[0].record.id, {})),
             pairs,
         )
@@ -384,7 +376,7 @@ class ChunkExecutor:
         if isinstance(cap, NotedChunks):
             indexes = cap.noted_chunks(record.params, count)
         indexes = [i for i in indexes if i not in known]
-        found = self._all(self._read_notes, [notes_key(record.chunks[i].key) for i in indexes])
+        found = self.io.all(self._read_notes, [notes_key(record.chunks[i].key) for i in indexes])
         notes: list[dict[str, Any]] = [dict(known.get(i, {})) for i in range(count)]
         for index, note in zip(indexes, found, strict=True):
             notes[index] = note
@@ -449,7 +441,7 @@ class ChunkExecutor:
             for it, (_, _, ctx) in zip(items, work, strict=True)
             if len(it.record.chunks) > 1
         ]
-        put = self._each(lambda kp: self.storage.put_file(*kp, cap.chunk_content_type), stored)
+        put = self.io.each(lambda kp: self.storage.put_file(*kp, cap.chunk_content_type), stored)
         failed = [r for r in put if isinstance(r, Exception)]
         if failed:
             raise failed[0]
@@ -459,34 +451,6 @@ class ChunkExecutor:
             cap.kind,
             time.perf_counter() - started,
         )
-
-    def _each(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R | Exception]:
-        """``fn`` of each item, in order; an item whose call raised gets its exception
-        as its result. On the I/O threads when there are several and storage is
-        remote: on local storage, threads measured slower (they compete with the model
-        for the CPU; docs/benchmarks.md). Called on an I/O thread (a batch's job being
-        assembled there), it runs in place: waiting there on the same threads could
-        leave none to do the work."""
-
-        def call(item: _T) -> _R | Exception:
-            try:
-                return fn(item)
-            except Exception as exc:
-                return exc
-
-        on_io_thread = threading.current_thread().name.startswith(IO_THREAD_PREFIX)
-        if len(items) <= 1 or not self.storage.remote or on_io_thread:
-            return [call(item) for item in items]
-        return list(self._io.map(call, items))
-
-    def _all(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-        """``fn`` of each item as :meth:`_each` runs them; raises the first error."""
-        done: list[_R] = []
-        for result in self._each(fn, items):
-            if isinstance(result, Exception):
-                raise result
-            done.append(result)
-        return done
 
     def assemble(
         self,
@@ -537,7 +501,7 @@ class ChunkExecutor:
                 cap, record, scratch / f"{record.id}-groups", local or {}
             )
             local = local or {}
-            files = self._all(
+            files = self.io.all(
                 lambda c: (
                     local.get(c.index)
                     or self.storage.download(c.key, chunk_dir / f"{c.index:06d}.{cap.chunk_ext}")
@@ -554,7 +518,7 @@ class ChunkExecutor:
                 group_keys=[g.keys for g in groups or []],
             )
             artifacts = cap.assemble(record.params, context)
-            outputs = self._all(lambda a: self._store_artifact(record.id, a), artifacts)
+            outputs = self.io.all(lambda a: self._store_artifact(record.id, a), artifacts)
         outputs.append(self._write_manifest(record, artifacts, outputs))
         return outputs
 

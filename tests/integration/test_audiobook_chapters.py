@@ -20,13 +20,14 @@ from stoker.jobs import audio
 from stoker.jobs.audiobook import AudiobookCapability
 from stoker.queues.records import ChunkRef, JobRecord, JobState, new_record
 from stoker.queues.stores import open_job_store
-from stoker.storage import Storage, open_storage
+from stoker.storage import open_storage
 from stoker.storage.keys import chunk_key, content_digest
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.execute import ChunkExecutor, notes_key
 from stoker.workers.groups import group_key
 from stoker.workers.manager import ModelManager
 from stoker.workers.process import build_executor
+from tests.watched_storage import WatchedStorage
 
 pytestmark = pytest.mark.integration
 
@@ -251,30 +252,10 @@ def test_a_failed_chapter_encoding_is_left_to_assembly(
 # --- on S3: what assembly reads and writes -----------------------------------------
 
 
-class CountingStorage:
-    """A Storage that passes every call on and records it as (method, first argument)."""
-
-    def __init__(self, inner: Storage) -> None:
-        self.inner, self.url = inner, inner.url
-        self.calls: list[tuple[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.inner, name)
-
-        def recorded(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append((name, args[0] if args else None))
-            return method(*args, **kwargs)
-
-        return recorded
-
-    def keys(self, method: str) -> list[str]:
-        return [str(key) for called, key in self.calls if called == method]
-
-
 @pytest.fixture()
 def s3_executor(
     clean_redis: str, s3_endpoint: str, s3_bucket: str, tmp_path: Path
-) -> Iterator[tuple[ChunkExecutor, CountingStorage]]:
+) -> Iterator[tuple[ChunkExecutor, WatchedStorage]]:
     """A worker's executor in production shape (Redis records, S3 outputs), whose
     storage calls are counted."""
     settings = load_settings(
@@ -283,7 +264,7 @@ def s3_executor(
         storage_url=f"s3://{s3_bucket}/stoker",
         s3_endpoint_url=s3_endpoint,
     )
-    storage = CountingStorage(open_storage(settings))
+    storage = WatchedStorage(open_storage(settings))
     store = open_job_store(settings)
     yield (
         ChunkExecutor(
@@ -302,7 +283,7 @@ def s3_executor(
 
 @pytest.mark.timeout(60)
 def test_assembly_publishes_chapter_files_without_downloading_them(
-    s3_executor: tuple[ChunkExecutor, CountingStorage], tmp_path: Path
+    s3_executor: tuple[ChunkExecutor, WatchedStorage], tmp_path: Path
 ) -> None:
     # Given a book on S3 whose chunks are all done but the last (chapters encoded as
     # they finished), with per-chapter MP3s and WAVs besides the M4B
@@ -311,15 +292,29 @@ def test_assembly_publishes_chapter_files_without_downloading_them(
     order = shuffled_indexes(record, seed=4)
     for index in order[:-1]:
         executor.run_chunk(record.id, index, {})
+    # (each chapter finished so far was made from its chunks, those its last chunk's
+    # worker had not just made downloaded side by side, and its outputs stored so)
+    io = lambda call: storage.thread_of[call].startswith("stoker-io")  # noqa: E731
+    chunk_at = {c.key: c.index for c in record.chunks}
+    early: dict[int, list[tuple[str, str]]] = {}
+    for key in storage.keys("download"):
+        if key in chunk_at:
+            early.setdefault(chapter_of(record, chunk_at[key]), []).append(("download", key))
+    several = [calls for calls in early.values() if len(calls) > 1]  # one runs in place
+    assert several and all(io(call) for calls in several for call in calls)
+    stored = [("put_file", k) for k in storage.keys("put_file") if "audiobook-groups" in k]
+    assert stored and all(io(call) for call in stored)
     # When the last chunk is done and the book assembled
     storage.calls.clear()
     executor.run_chunk(record.id, order[-1], {})
     done = executor.store.get(record.id)
     assert done.state is JobState.SUCCEEDED, done.error
-    # Then of the chapters' outputs only the lengths and the AAC were downloaded
+    # Then of the chapters' outputs only the lengths and the AAC were downloaded, all
+    # the chapters' side by side
     keys = [chapter_keys(record, c) for c in range(len(PLAN))]  # info, aac, mp3, wav
     downloaded = {k for k in storage.keys("download") if k.startswith("chunks/audiobook-groups/")}
     assert downloaded == {k for info, aac, _, _ in keys for k in (info, aac)}
+    assert all(io(("download", k)) for k in downloaded)
     # And each chapter file was copied from where its chapter stored it, not uploaded
     chapter_outputs = [o for o in done.outputs if o.name.endswith((".mp3", ".wav"))]
     assert [k for k in storage.keys("put_file") if k.startswith(f"jobs/{record.id}/")] == [
@@ -355,7 +350,7 @@ def noted_book(executor: ChunkExecutor, folder: Path, **extra: Any) -> JobRecord
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("recorded", [True, False], ids=["verified-recorded", "older-job"])
 def test_assembly_reads_the_notes_of_verified_chunks_only(
-    s3_executor: tuple[ChunkExecutor, CountingStorage], tmp_path: Path, recorded: bool
+    s3_executor: tuple[ChunkExecutor, WatchedStorage], tmp_path: Path, recorded: bool
 ) -> None:
     # Given a book whose first chapter was verified, planned with the verified chunks
     # recorded in its params, or before they were (then any chunk may have notes)
