@@ -22,7 +22,7 @@ from stoker.cli.app import (
 from stoker.cli.jobs import exit_unless_succeeded, follow
 from stoker.config import Priority
 from stoker.errors import InvalidInput
-from stoker.queues.records import JobRecord
+from stoker.queues.records import JobRecord, JobState
 
 # --- speak / echo requests --------------------------------------------------------------
 
@@ -149,16 +149,21 @@ def run_with(
 ) -> None:
     """Submit with ``submit(client)``, serve ``kind`` in-process until done, download."""
     from stoker.workers.inprocess import inprocess_worker
+    from stoker.workers.process import check_worker
 
     settings = settings_of(ctx)
+    check_worker([kind], device)  # before submitting: a job no worker here can run waits
     with client_of(ctx) as client:
         record = submit(client)
         if not record.state.terminal:
             with inprocess_worker(settings, [kind], device):
                 record = follow(client, record.id)
+        # A job that succeeded is downloaded even when every item failed: its
+        # manifest and errors.jsonl say why.
+        if record.state is JobState.SUCCEEDED:
+            for path in client.download(record.id, out):
+                console.print(str(path))
         exit_unless_succeeded(client, record)
-        for path in client.download(record.id, out):
-            console.print(str(path))
 
 
 # --- transcribe ---------------------------------------------------------------------------

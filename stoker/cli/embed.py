@@ -40,7 +40,7 @@ def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
     lines = decode_text(path.read_bytes(), str(path)).splitlines()
     if path.suffix.lower() != ".jsonl":
         kept = [(str(n), line) for n, line in enumerate(lines, start=1) if line.strip()]
-        return [line for _, line in kept], [n for n, _ in kept]
+        return _some([line for _, line in kept], path), [n for n, _ in kept]
     texts, ids = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -55,7 +55,13 @@ def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
             ) from exc
         texts.append(str(text))
         ids.append(id_)
-    return texts, ids
+    return _some(texts, path), ids
+
+
+def _some(texts: list[str], path: Path) -> list[str]:
+    if not texts:
+        raise InvalidInput(f"--file {path} has no text (only blank lines); give one text per line.")
+    return texts
 
 
 def _request(

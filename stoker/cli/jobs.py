@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -102,13 +103,19 @@ def _units(record: JobRecord) -> str:
 
 
 def exit_unless_succeeded(client: Any, record: JobRecord) -> None:
-    """Exit 1 unless the job succeeded; a batch succeeds even if some files failed, and
-    a prompt file's job even if some lines failed (said on stderr, with the first)."""
+    """Exit 1 unless the job succeeded for at least one item. A batch succeeds even if
+    some files failed, and a prompt file's job even if some lines failed: that is said
+    on stderr, with the first error; when every one failed, it is an error (exit 1),
+    so that a script does not go on as if something had come out."""
     if record.state is JobState.SUCCEEDED:
         failed = failed_items(client, record)
-        if failed:
+        if failed is None:
+            return
+        if not failed.everything:
             err.print(f"warning: {failed}", markup=False, soft_wrap=True)
-        return
+            return
+        err.print(f"error: job {record.id}: {failed}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
     reason = record.error.message if record.error else record.state.value
     err.print(
         f"error: job {record.id} {record.state.value}: {reason}", markup=False, soft_wrap=True
@@ -116,19 +123,42 @@ def exit_unless_succeeded(client: Any, record: JobRecord) -> None:
     raise typer.Exit(1)
 
 
-def failed_items(client: Any, record: JobRecord) -> str:
-    """ "2 of 40 lines failed (the first: ...); ..." for a job that succeeded with
-    failed items, else ""."""
+@dataclass(frozen=True)
+class FailedItems:
+    """The failed files of a batch or lines of a prompt file, of a job that succeeded."""
+
+    count: int
+    total: int | None  # None when the job does not say how many it had
+    first: str  # the first failure's message
+    unit: str  # "files" or "lines"
+
+    @property
+    def everything(self) -> bool:
+        return self.total is not None and self.count >= self.total
+
+    def __str__(self) -> str:
+        one = self.unit.removesuffix("s")
+        if self.everything:
+            return (
+                f"all {self.count} {self.unit} failed (the first: {self.first}); each "
+                f"{one}'s error is in {ERRORS_NAME}"
+            )
+        count = f"{self.count} of {self.total}" if self.total else str(self.count)
+        return (
+            f"{count} {self.unit} failed (the first: {self.first}); each failed {one}'s "
+            f"error is in {ERRORS_NAME}, and the job succeeded for the others"
+        )
+
+
+def failed_items(client: Any, record: JobRecord) -> FailedItems | None:
+    """What failed of a job that succeeded with failed items, else None."""
     errors = client.item_errors(record) if record.state is JobState.SUCCEEDED else []
     if not errors:
-        return ""
+        return None
     first = errors[0].get("error", {}).get("message", "")
-    total = record.params.get("lines")
-    count = f"{len(errors)} of {total}" if total else str(len(errors))
-    return (
-        f"{count} lines failed (the first: {first}); each failed line's error is in "
-        f"{ERRORS_NAME}, and the job succeeded for the others"
-    )
+    if record.kind == BATCH_KIND:
+        return FailedItems(len(errors), record.progress.total or None, first, "files")
+    return FailedItems(len(errors), record.params.get("lines"), first, "lines")
 
 
 @app.command()
@@ -187,8 +217,9 @@ def _print_record(record: JobRecord, client: Any) -> None:
     if record.error:
         console.print(f"[red]error ({record.error.kind}):[/] {record.error.message}")
     failed = failed_items(client, record)
-    if failed:
-        console.print(f"[yellow]warning:[/] {failed}", highlight=False)
+    if failed is not None:
+        label = "[red]error:[/]" if failed.everything else "[yellow]warning:[/]"
+        console.print(f"{label} {failed}", highlight=False)
     for out in record.outputs:
         tag = " (partial)" if out.partial else ""
         console.print(f"  {out.name}{tag}  {out.size_bytes} bytes  {client.output_url(out.key)}")

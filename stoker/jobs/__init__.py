@@ -36,7 +36,12 @@ CAPABILITIES: dict[str, Capability] = {
 
 def installed(cap: Capability) -> bool:
     """Whether every engine ``cap`` needs can be imported here (without importing it)."""
-    return all(importlib.util.find_spec(module) is not None for module, _ in cap.engines)
+    return all(installed_module(module) for module, _ in cap.engines)
+
+
+def installed_module(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it)."""
+    return importlib.util.find_spec(module) is not None
 
 
 def get_capability(kind: str) -> Capability:

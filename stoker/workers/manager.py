@@ -124,10 +124,7 @@ def _mib(n: int) -> str:
 
 
 def _budget_hint(device: str) -> str:
-    return (
-        f'raise it with STOKER_BUDGETS__{device.upper()}=<size> (budgets."{device}" '
-        f"in the config file)"
-    )
+    return f"raise it with {memory.budget_setting(device)}"
 
 
 class ModelManager:

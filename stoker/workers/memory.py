@@ -32,6 +32,74 @@ def parse_device(device: str) -> tuple[str, int | None]:
     return ("cuda", int(match.group(1))) if match.group(1) is not None else ("cpu", None)
 
 
+def check_device(device: str) -> None:
+    """Raise ConfigError unless ``device`` is valid and, for ``cuda:N``, a GPU this
+    process can use, as far as what is installed here can tell: a worker started on a
+    GPU that is not there would take jobs and fail every one of them.
+
+    Asked of NVML (nvidia-ml-py), else torch (a CUDA build), else CTranslate2 (comes
+    with faster-whisper); with none of them the worker starts, and a model's load
+    says what is wrong.
+    """
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return
+    assert index is not None
+    counted = cuda_device_count()
+    if counted is None or index < counted[0]:
+        return
+    count, source = counted
+    seen = (
+        "no CUDA GPU"
+        if count == 0
+        else f"{count} CUDA GPU{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})"
+    )
+    raise ConfigError(
+        f"device {device} is not on this machine: {source} sees {seen}. Start the worker "
+        f"with --device cpu or a GPU that is listed; check `nvidia-smi`, "
+        f"CUDA_VISIBLE_DEVICES and that the engines are CUDA builds."
+    )
+
+
+def cuda_device_count() -> tuple[int, str] | None:
+    """(How many CUDA devices this process may use, who said so); None when nothing
+    installed here can tell."""
+    if _has_nvml():
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            count = int(pynvml.nvmlDeviceGetCount())
+        except Exception:  # no NVIDIA driver (NVML's library is part of it)
+            return 0, "NVML (no NVIDIA driver)"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:  # what CUDA numbers, and so what cuda:N means
+            count = min(count, len([e for e in visible.split(",") if e.strip()]))
+        return count, "NVML"
+    torch_is_cpu_build = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.version.cuda is not None:
+            return int(torch.cuda.device_count()), "torch"
+        torch_is_cpu_build = True  # says nothing of the GPUs other engines may use
+    if importlib.util.find_spec("ctranslate2") is not None:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count()), "CTranslate2"
+    return (0, "torch (a CPU build)") if torch_is_cpu_build else None
+
+
+def budget_setting(device: str) -> str:
+    """How to set ``device``'s budget, for error messages: a shell cannot export a
+    variable named ``STOKER_BUDGETS__CUDA:0`` (compose files and systemd can)."""
+    if device == "cpu":
+        where = "STOKER_BUDGETS__CPU=<size>"
+    else:
+        where = f'STOKER_BUDGETS=\'{{"{device}": "<size>"}}\''
+    return f'{where} (budgets."{device}" in the config file)'
+
+
 def rss_bytes() -> int:
     """Resident set size of this process, in bytes."""
     return int(psutil.Process().memory_info().rss)
@@ -48,17 +116,17 @@ def device_total_bytes(device: str) -> int:
         return int(psutil.virtual_memory().total)
     assert index is not None
     try:
-        if importlib.util.find_spec("torch") is not None:
-            import torch
+        if _has_nvml() or importlib.util.find_spec("torch") is None:
+            return int(_nvml_memory(index).total)
+        import torch
 
-            return int(torch.cuda.get_device_properties(index).total_memory)
-        return int(_nvml_memory(index).total)
+        return int(torch.cuda.get_device_properties(index).total_memory)
     except ConfigError:
         raise
     except Exception as exc:
         raise ConfigError(
             f"cannot read the memory size of {device} ({exc}); set a budget for it with "
-            f'STOKER_BUDGETS__{device.upper()}=<size> or budgets."{device}" in the config'
+            f"{budget_setting(device)}"
         ) from exc
 
 
@@ -157,7 +225,7 @@ def _nvml_memory(index: int) -> Any:
     except ImportError as exc:
         raise ConfigError(
             f"cannot read the memory of cuda:{index}: install torch or nvidia-ml-py, or set "
-            f'a budget with STOKER_BUDGETS__CUDA:{index}=<size> (budgets."cuda:{index}")'
+            f"a budget with {budget_setting(f'cuda:{index}')}"
         ) from exc
     pynvml.nvmlInit()
     return pynvml.nvmlDeviceGetMemoryInfo(_nvml_handle(pynvml, index))

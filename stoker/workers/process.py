@@ -27,8 +27,8 @@ from typing import Any
 from celery import Celery
 
 from stoker.config import Settings
-from stoker.errors import InvalidInput
-from stoker.jobs import CAPABILITIES, installed
+from stoker.errors import ConfigError, InvalidInput
+from stoker.jobs import CAPABILITIES, installed, installed_module
 from stoker.queues.app import make_celery, steers_by_backlog
 from stoker.queues.stores import open_job_store
 from stoker.queues.tasks import attach_executor
@@ -37,7 +37,7 @@ from stoker.workers.catalog import ModelCatalog, guess_backend, looks_like_path
 from stoker.workers.execute import ChunkExecutor
 from stoker.workers.fleet import Fleet, open_fleet
 from stoker.workers.manager import ModelManager
-from stoker.workers.memory import parse_device
+from stoker.workers.memory import check_device, parse_device
 from stoker.workers.steering import Steering, SteeringStep
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,28 @@ def build_executor(settings: Settings, device: str, fleet: Fleet | None = None) 
         manager=ModelManager(settings, fleet=fleet),
         device=device,
     )
+
+
+def check_worker(queues: Sequence[str], device: str) -> None:
+    """Refuse to start a worker that would fail the jobs it takes: a queue that is no
+    capability, one whose engines are not installed here, a GPU that is not there.
+
+    Raises InvalidInput for an unknown queue, ConfigError for the others.
+    """
+    for name in queues:
+        cap = CAPABILITIES.get(name)
+        if cap is None:
+            known = ", ".join(sorted(CAPABILITIES))
+            raise InvalidInput(f"unknown queue {name!r} in --queues; the queues are: {known}.")
+        missing = [(module, extra) for module, extra in cap.engines if not installed_module(module)]
+        if missing:
+            module, extra = missing[0]
+            raise ConfigError(
+                f"this machine cannot run {name} jobs: the {module!r} module is not "
+                f"installed. Install it with `pip install 'stoker[{extra}]'`, or leave "
+                f"{name} out of --queues."
+            )
+    check_device(device)
 
 
 def default_queues() -> list[str]:
@@ -162,6 +184,7 @@ def run_worker(
 ) -> None:
     """Serve the capabilities ``queues`` on ``device`` until stopped (SIGTERM/SIGINT:
     warm shutdown); their per-model queues are chosen by the scheduler."""
+    check_worker(queues, device)
     fleet = open_fleet(settings)
     app, executor = worker_app(settings, device, fleet)
     preload(executor, preload_models)

@@ -84,6 +84,29 @@ def test_bad_input_is_one_clear_line_and_exit_2(
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--queues", "speak,nosuch"], "error: unknown queue 'nosuch' in --queues; the queues"),
+        (["--queues", "speak", "--device", "cuda:99"], "error: device cuda:99 is not on this"),
+    ],
+    ids=["unknown-queue", "missing-gpu"],
+)
+def test_a_worker_that_would_fail_its_jobs_does_not_start(
+    args: list[str], message: str, data_dir: Path
+) -> None:
+    # Given a job waiting in the speak queue
+    queued = stoker("submit", "speak", "--text", "Hello.", data_dir=data_dir)
+    assert queued.returncode == 0, queued.stderr
+    # When a worker is started for a queue that is no capability, or a GPU that is not
+    # there, then it refuses at once with one line, and the job still waits
+    result = stoker("worker", *args, data_dir=data_dir)
+    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    shown = stoker("status", queued.stdout.strip(), data_dir=data_dir)
+    assert " queued " in shown.stdout, shown.stdout
+
+
 def test_unknown_job_id_is_a_clear_error(data_dir: Path) -> None:
     result = stoker("status", "job_nope", data_dir=data_dir)
     assert result.returncode == 2
@@ -181,6 +204,35 @@ def test_run_transcribe_on_a_folder_writes_transcripts_beside_their_paths(
     assert [e["name"] for e in errors] == ["empty.wav"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    said = " ".join(result.stderr.split())
+    assert "warning: 1 of 2 files failed (the first: empty.wav is empty" in said
+    assert "the job succeeded for the others" in said
+
+
+def test_run_transcribe_exits_1_when_every_file_failed(data_dir: Path, tmp_path: Path) -> None:
+    # Given a folder whose only files are an empty WAV and bytes that are not audio
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "empty.wav").write_bytes(b"")
+    (archive / "noise.mp3").write_bytes(bytes(range(256)) * 8)
+    out = tmp_path / "out"
+    # When it is transcribed on this machine
+    result = stoker(
+        "run", "transcribe", str(archive), "--model", "tiny.en", "--out", str(out),
+        data_dir=data_dir,
+    )  # fmt: skip
+    # Then the command fails, saying that every file failed and where each one's
+    # reason is, and the manifest and errors.jsonl are downloaded all the same
+    assert result.returncode == 1, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "all 2 files failed (the first: " in said and "errors.jsonl" in said
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert sorted(e["name"] for e in errors) == ["empty.wav", "noise.mp3"]
+    assert "not an audio or video file" in next(
+        e["error"]["message"] for e in errors if e["name"] == "noise.mp3"
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
 
 
 def test_run_audiobook_on_a_markdown_book(data_dir: Path, tmp_path: Path) -> None:

@@ -48,6 +48,10 @@ def test_read_texts_takes_lines_or_jsonl_with_line_numbers_as_ids(tmp_path: Path
     bad.write_text('{"id": "a", "text": "one"}\n{"txt": "two"}\n')
     with pytest.raises(InvalidInput, match=r"bad.jsonl line 2 .* \"text\" field"):
         read_texts(bad, 1000)
+    for name, content in [("empty.txt", ""), ("blank.txt", "\n  \n"), ("blank.jsonl", "\n")]:
+        (tmp_path / name).write_text(content)
+        with pytest.raises(InvalidInput, match=rf"--file .*{name} has no text"):
+            read_texts(tmp_path / name, 1000)
 
 
 def test_each_text_keeps_the_token_count_the_model_read(tmp_path: Path) -> None:

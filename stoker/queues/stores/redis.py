@@ -506,9 +506,9 @@ class RedisJobStore:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BrokerUnavailable(
-                f"the job store at {safe_url(self.url)} cannot be reached ({exc}); the "
-                f"task is retried, but if this persists check that Redis is running and "
-                f"that state_url points to it."
+                f"the job store at {safe_url(self.url)} cannot be reached ({exc}); check "
+                f"that Redis is running and that state_url points to it (workers retry "
+                f"their tasks meanwhile; a client may retry the call)."
             ) from exc
 
 

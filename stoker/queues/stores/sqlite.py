@@ -350,8 +350,9 @@ class SqliteJobStore:
 
     def _unavailable(self, exc: sqlite3.Error) -> BrokerUnavailable:
         return BrokerUnavailable(
-            f"the job store {self.path} could not be used ({exc}); the task is retried, "
-            f"but if this persists check the disk and that no process holds the file locked."
+            f"the job store {self.path} could not be used ({exc}); check the disk and "
+            f"that no process holds the file locked (workers retry their tasks meanwhile; "
+            f"a client may retry the call)."
         )
 
 
