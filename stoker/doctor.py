@@ -131,6 +131,25 @@ def check_engines() -> list[Check]:
     return checks
 
 
+def check_gpus() -> Check:
+    """Which ``--device cuda:N`` a worker here may use. No GPU is not a fault: workers
+    run on ``--device cpu``."""
+    from stoker.workers.memory import cuda_device_count
+
+    try:
+        counted = cuda_device_count()
+    except Exception as exc:  # a broken CUDA install says so here, not in a worker
+        return Check("GPUs", False, f"cannot count them: {exc}", "check the NVIDIA driver")
+    if counted is None:
+        return Check("GPUs", True, "unknown: nothing installed here can count them",
+                     "pip install nvidia-ml-py to check cuda:N before workers start")  # fmt: skip
+    count, source = counted
+    if count == 0:
+        return Check("GPUs", True, f"none ({source}); workers run on --device cpu")
+    devices = ", ".join(f"cuda:{i}" for i in range(count))
+    return Check("GPUs", True, f"{devices} ({source})")
+
+
 def check_path_queues(settings: Settings) -> list[Check]:
     """Jobs that name their model by path, waiting on queues of their own
     (queues/path_queues.py): is a live worker there that has the file?"""
@@ -181,5 +200,6 @@ def check_path_queues(settings: Settings) -> list[Check]:
 
 def run_checks(settings: Settings) -> list[Check]:
     single: list[Callable[[Settings], Check]] = [check_broker, check_job_store, check_storage]
-    checks = [c(settings) for c in single] + check_engines() + check_models(settings)
+    checks = [c(settings) for c in single] + check_engines() + [check_gpus()]
+    checks += check_models(settings)
     return checks + check_path_queues(settings)

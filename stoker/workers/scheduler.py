@@ -11,6 +11,8 @@ consumes exactly the queues it returns. Rules, first match wins:
 2. **Starvation guard**: a model queue whose oldest message has waited at least
    ``max_wait_s`` is served alone (with the plain queues), even if that forces a
    switch. Once its old messages are taken, rule 3 keeps the now-warm model busy.
+   A model that does not fit here is left to another live worker whose budget it
+   fits, when there is one (the CPU box does not fail what the GPU box will run).
 3. **Stay warm**: models this worker holds that have backlog: consume their queues.
 4. **Switch deliberately**: otherwise take the model with the most waiting work
    (then the oldest) among those that fit the budget, leaving out queues that other
@@ -20,8 +22,8 @@ consumes exactly the queues it returns. Rules, first match wins:
 5. Nothing to switch to: consume the held models' queues and wait.
 
 A model that fits no budget of this worker is never chosen by rule 4; when its work
-starves, rule 2 takes it and the job fails with the manager's clear "too large"
-error instead of waiting forever.
+starves and no other live worker could load it, rule 2 takes it and the job fails
+with the manager's clear "too large" error instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class View:
     fits: Callable[[str], bool]  # could this model be loaded here (after evictions)?
     # queue → how many *other* live workers consume it (empty without a fleet view)
     served_elsewhere: Mapping[str, int] = field(default_factory=dict)
+    # could another live worker serve this queue and load its model? (False without
+    # a fleet view)
+    fits_elsewhere: Callable[[Backlog], bool] = lambda _: False
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,13 @@ def choose(view: View, policy: Policy) -> Choice:
     models = [b for b in view.backlogs if b.model is not None]
     held_queues = {b.queue for b in models if b.model in view.held}
 
-    starving = [b for b in models if b.waiting and b.oldest_age_s >= policy.max_wait_s]
+    starving = [
+        b
+        for b in models
+        if b.waiting
+        and b.oldest_age_s >= policy.max_wait_s
+        and (view.fits(b.model or "") or not view.fits_elsewhere(b))
+    ]
     if starving:
         oldest = max(starving, key=lambda b: b.oldest_age_s)
         return Choice(frozenset(plain | {oldest.queue}), "starving", oldest.model)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import bootsteps
@@ -30,7 +30,7 @@ from celery.signals import task_postrun
 
 from stoker.config import Settings
 from stoker.jobs import CAPABILITIES
-from stoker.queues.app import model_queue
+from stoker.queues.app import model_queue, queue_kind
 from stoker.workers.catalog import ModelCatalog, ModelSpec
 from stoker.workers.execute import ChunkExecutor
 from stoker.workers.fleet import Fleet, ModelBeat, PoolBeat, WorkerBeat
@@ -111,6 +111,28 @@ class Steering:
         manager, device = self.executor.manager, self.executor.device
         return manager.estimate(spec, device) <= manager.budget_bytes(device)
 
+    def _fits_elsewhere(self, beats: list[WorkerBeat]) -> Callable[[Backlog], bool]:
+        """Whether one of the live workers ``beats`` serves a queue's capability (and,
+        for a model named by path, has its file) with a budget the model fits, as
+        this worker estimates it (the other's device kind may measure it a little
+        differently)."""
+
+        def fits(backlog: Backlog) -> bool:
+            model = backlog.model or ""
+            spec = self._specs.get(model) or self._path_specs.get(model)
+            if spec is None:
+                return False
+            need = self.executor.manager.estimate(spec, self.executor.device)
+            kind, by_path = queue_kind(backlog.queue), backlog.queue in self.paths.servable
+            return any(
+                kind in beat.queues
+                and (not by_path or backlog.queue in beat.paths)
+                and any(p.device == beat.device and p.budget_bytes >= need for p in beat.pools)
+                for beat in beats
+            )
+
+        return fits
+
     def decide(self) -> Choice | None:
         """The scheduler's choice now; None when the backlog cannot be read."""
         if self._probe is None:
@@ -133,7 +155,9 @@ class Steering:
         served, unservable = backlogs[:split], backlogs[split:]
         held = self._held()
         others = Counter(q for b in beats for q in b.queues)  # workers on each queue
-        choice = choose(View(served, held, self.fits, others), self.policy)
+        choice = choose(
+            View(served, held, self.fits, others, self._fits_elsewhere(beats)), self.policy
+        )
         orphans = self._orphans(unservable, Counter(q for b in beats for q in b.paths))
         if orphans:
             choice = Choice(choice.queues | orphans, choice.reason, choice.target)

@@ -166,6 +166,7 @@ def test_models_and_doctor_and_help(data_dir: Path) -> None:
     assert "en_US-joe-medium" in stoker("models", data_dir=data_dir).stdout
     doctor = stoker("doctor", data_dir=data_dir)
     assert doctor.returncode == 0, doctor.stdout
+    assert "GPUs" in doctor.stdout  # this machine's answer varies: none, or cuda:0…
     for command in ([], ["worker"], ["submit", "speak"], ["run", "speak"], ["wait"]):
         helped = stoker(*command, "--help", data_dir=data_dir)
         assert helped.returncode == 0 and "Usage" in helped.stdout

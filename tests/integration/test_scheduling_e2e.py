@@ -106,6 +106,31 @@ def test_two_workers_each_keep_the_jobs_of_the_voice_they_hold(deployment: Deplo
         assert "v1" in run_cli(deployment, "models", "--loaded")
 
 
+def test_starving_jobs_too_large_for_one_worker_wait_for_one_they_fit(
+    deployment: Deployment,
+) -> None:
+    # Given a worker whose budget fits a voice, busy with long v1 jobs, beside one whose
+    # budget fits no voice, and jobs counted as starving after 2 s
+    configure_voices(deployment, budget=str(512 * 2**20))
+    deployment.env["STOKER_SCHEDULER_MAX_WAIT_S"] = "2"
+    with Stoker(deployment.settings()) as client:
+        long = [client.submit("speak", {"text": sentences(8), "voice": "v1"}) for _ in range(2)]
+        big = deployment.start_worker("speak", "--preload", "v1")
+        deployment.env["STOKER_BUDGETS__CPU"] = str(32 * 2**20)
+        small = deployment.start_worker("speak")
+        fleet = open_fleet(deployment.settings())
+        wait_for(lambda: len(fleet.workers()) == 2, "both heartbeats")
+        # When v2 jobs wait past that while the first worker is still on v1
+        short = [client.submit("speak", {"text": f"Line {i}.", "voice": "v2"}) for i in range(3)]
+        states = wait_all(client, [j.id for j in long + short], timeout_s=180)
+    # Then every job succeeded: the small worker left the starving jobs (v2's, and the
+    # long v1 jobs' later chunks) to the worker they fit, instead of taking them and
+    # failing them as too large ("needs about N MiB … but the budget is 32 MiB")
+    assert states == [JobState.SUCCEEDED] * 5, small.text()[-3000:]
+    assert "needs about" not in small.text() and loads(small.text()) == []
+    assert loads(big.text()) == ["v1", "v2"]
+
+
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 def test_a_worker_stopped_mid_chunk_loses_no_job(deployment: Deployment, signal_name: str) -> None:
     # Given jobs of several chunks on two voices, running on worker A (whose budget

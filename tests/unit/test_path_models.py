@@ -14,7 +14,7 @@ from stoker.config import ModelEntry, Settings
 from stoker.queues.app import model_queue
 from stoker.queues.path_queues import PathQueue, is_path_model
 from stoker.workers.catalog import ModelCatalog
-from stoker.workers.fleet import LocalFleet, WorkerBeat
+from stoker.workers.fleet import LocalFleet, PoolBeat, WorkerBeat
 from stoker.workers.manager import ModelManager
 from stoker.workers.path_models import PathModels
 from stoker.workers.scheduler import Backlog
@@ -178,3 +178,45 @@ def test_holding_a_model_under_one_name_keeps_the_work_of_its_other_names(
     assert choice is not None and choice.reason == "warm"
     assert model_queue("generate", "b") in choice.queues
     assert model_queue("generate", "c") not in choice.queues
+
+
+def big_pool(budget_bytes: int) -> PoolBeat:
+    return PoolBeat(
+        device="cpu", budget_bytes=budget_bytes, used_bytes=0, hits=0, misses=0, loads=0,
+        evictions=0, models=[],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("other", "taken"),
+    [
+        (None, True),  # no other worker: take it, so the job fails with "too large"
+        ({"queues": ["generate"], "budget": 8 * 2**20}, False),  # one it fits serves it
+        ({"queues": ["generate"], "budget": 2**19}, True),  # it fits there neither
+        ({"queues": ["speak"], "budget": 8 * 2**20}, True),  # that one runs no generate
+    ],
+    ids=["alone", "fits-elsewhere", "fits-nowhere", "other-capability"],
+)
+def test_starving_work_too_large_here_is_left_to_a_worker_it_fits(
+    tmp_path: Path, other: dict[str, Any] | None, taken: bool
+) -> None:
+    # Given a catalog model of 1 MiB on disk, a worker with a 512 KiB budget, and that
+    # model's queue starving (its oldest job waited past scheduler_max_wait_s)
+    big = tmp_path / "big.gguf"
+    big.write_bytes(b"GGUF" + bytes(2**20))
+    queue = model_queue("generate", "big")
+    beats = []
+    if other is not None:
+        beats = [beat("gpu-box", [])]
+        beats[0].queues, beats[0].pools = other["queues"], [big_pool(other["budget"])]
+    steer = steering(
+        tmp_path, FakeProbe([], {queue: (1, 400.0)}), beats,
+        models={"big": ModelEntry(backend="llama", path=big)}, budgets={"cpu": 2**19},
+    )  # fmt: skip
+
+    # When it decides
+    choice = steer.decide()
+
+    # Then it takes that work only when no other live worker could load the model
+    assert choice is not None
+    assert (queue in choice.queues) is taken

@@ -65,6 +65,18 @@ def test_a_model_that_does_not_fit_is_not_switched_to_until_it_starves() -> None
     assert old.target == "huge"  # taken, so its jobs fail with "too large" instead of waiting
 
 
+def test_starving_work_that_does_not_fit_here_is_left_to_a_worker_it_fits() -> None:
+    fits = lambda m: m != "huge"  # noqa: E731
+    starving = [q("huge", 9, age=301), q("a", 1)]
+    elsewhere = View(starving, frozenset(), fits, {}, fits_elsewhere=lambda b: True)
+    assert choose(elsewhere, POLICY).target == "a"
+    nowhere = View(starving, frozenset(), fits, {}, fits_elsewhere=lambda b: False)
+    assert choose(nowhere, POLICY).target == "huge"
+    # work that fits here is taken when it starves, whoever else could run it
+    fits_here = View(starving, frozenset(), lambda m: True, {}, fits_elsewhere=lambda b: True)
+    assert choose(fits_here, POLICY).target == "huge"
+
+
 def test_a_queue_another_worker_serves_is_joined_only_when_deep() -> None:
     elsewhere = {"speak.m.b": 1}
     shallow = choose(view(q("b", 9), elsewhere=elsewhere), POLICY)

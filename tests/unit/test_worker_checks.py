@@ -77,3 +77,21 @@ def test_nvml_without_a_driver_counts_no_gpu(monkeypatch: pytest.MonkeyPatch) ->
 def test_the_budget_hint_is_a_setting_a_shell_can_export() -> None:
     assert memory.budget_setting("cpu").startswith("STOKER_BUDGETS__CPU=<size>")
     assert memory.budget_setting("cuda:1").startswith("""STOKER_BUDGETS='{"cuda:1": "<size>"}'""")
+
+
+@pytest.mark.parametrize(
+    ("counted", "detail"),
+    [
+        (None, "unknown: nothing installed here can count them"),
+        ((0, "CTranslate2"), "none (CTranslate2); workers run on --device cpu"),
+        ((2, "NVML"), "cuda:0, cuda:1 (NVML)"),
+    ],
+)
+def test_doctor_lists_the_gpus_a_worker_may_use(
+    monkeypatch: pytest.MonkeyPatch, counted: Any, detail: str
+) -> None:
+    from stoker.doctor import check_gpus
+
+    monkeypatch.setattr(memory, "cuda_device_count", lambda: counted)
+    check = check_gpus()
+    assert check.ok and check.detail == detail
