@@ -27,12 +27,12 @@ from typing import Any
 from celery import Celery
 
 from stoker.config import Settings
-from stoker.errors import ConfigError, InvalidInput
+from stoker.errors import ConfigError, InvalidInput, TransientError
 from stoker.jobs import CAPABILITIES, installed, installed_module
 from stoker.queues.app import make_celery, steers_by_backlog
 from stoker.queues.stores import open_job_store
 from stoker.queues.tasks import attach_executor
-from stoker.storage import open_storage
+from stoker.storage import Storage, open_storage
 from stoker.workers.catalog import ModelCatalog, guess_backend, looks_like_path
 from stoker.workers.execute import ChunkExecutor
 from stoker.workers.fleet import Fleet, open_fleet
@@ -75,6 +75,23 @@ def check_worker(queues: Sequence[str], device: str) -> None:
                 f"{name} out of --queues."
             )
     check_device(device)
+
+
+#: A key no job uses: asking for it tells whether storage answers at all.
+STORAGE_PROBE_KEY = "probes/worker-start"
+
+
+def check_storage(storage: Storage) -> None:
+    """Refuse to start a worker whose storage is misconfigured (a bucket that does
+    not exist, credentials S3 refuses): it would fail every job at its first write.
+    One request. Storage that is only down right now does not stop the start: its
+    tasks retry until it is back."""
+    try:
+        storage.exists(STORAGE_PROBE_KEY)
+    except ConfigError:
+        raise
+    except TransientError as exc:
+        log.warning("storage does not answer yet (%s); starting anyway", exc)
 
 
 def default_queues() -> list[str]:
@@ -187,6 +204,7 @@ def run_worker(
     check_worker(queues, device)
     fleet = open_fleet(settings)
     app, executor = worker_app(settings, device, fleet)
+    check_storage(executor.storage)
     preload(executor, preload_models)
     hostname = node_name(device)
     steering = steer(app, settings, executor, queues, hostname, fleet)

@@ -14,8 +14,13 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def stoker(*args: str, data_dir: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_")}
+def stoker(
+    *args: str, data_dir: Path, cwd: Path | None = None, storage_env: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """The CLI on the embedded default (``storage_env``: with this process's
+    STOKER_STORAGE_URL and STOKER_S3_ENDPOINT_URL)."""
+    kept = ("STOKER_STORAGE_URL", "STOKER_S3_ENDPOINT_URL") if storage_env else ()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_") or k in kept}
     env["STOKER_DATA_DIR"] = str(data_dir)
     return subprocess.run(
         [sys.executable, "-m", "stoker.cli", *args],
@@ -105,6 +110,20 @@ def test_a_worker_that_would_fail_its_jobs_does_not_start(
     assert len(result.stderr.strip().splitlines()) == 1
     shown = stoker("status", queued.stdout.strip(), data_dir=data_dir)
     assert " queued " in shown.stdout, shown.stdout
+
+
+def test_a_worker_whose_bucket_does_not_exist_does_not_start(
+    data_dir: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given storage settings that name a bucket the S3 server does not have
+    monkeypatch.setenv("STOKER_STORAGE_URL", "s3://no-such-bucket/stoker")
+    monkeypatch.setenv("STOKER_S3_ENDPOINT_URL", s3_endpoint)
+    # When a worker is started with them, then it refuses, saying how to fix it
+    result = stoker("worker", "--queues", "speak", data_dir=data_dir, storage_env=True)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the worker's own log lines
+    assert last.startswith("error: the bucket of storage URL s3://no-such-bucket/")
+    assert "aws s3 mb s3://no-such-bucket" in last
 
 
 def test_unknown_job_id_is_a_clear_error(data_dir: Path) -> None:

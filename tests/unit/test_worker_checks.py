@@ -95,3 +95,22 @@ def test_doctor_lists_the_gpus_a_worker_may_use(
     monkeypatch.setattr(memory, "cuda_device_count", lambda: counted)
     check = check_gpus()
     assert check.ok and check.detail == detail
+
+
+class Refusing:
+    """Storage whose every call raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def exists(self, key: str) -> bool:
+        raise self.error
+
+
+def test_misconfigured_storage_stops_the_start_and_storage_that_is_down_does_not() -> None:
+    from stoker.errors import StorageUnavailable
+
+    with pytest.raises(ConfigError, match="no bucket"):
+        process.check_storage(Refusing(ConfigError("no bucket")))  # type: ignore[arg-type]
+    # down right now: the worker starts, and its tasks retry until storage is back
+    process.check_storage(Refusing(StorageUnavailable("timed out")))  # type: ignore[arg-type]
