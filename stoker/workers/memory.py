@@ -72,9 +72,9 @@ def cuda_device_count() -> tuple[int, str] | None:
             count = int(pynvml.nvmlDeviceGetCount())
         except Exception:  # no NVIDIA driver (NVML's library is part of it)
             return 0, "NVML (no NVIDIA driver)"
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        visible = _cuda_visible()
         if visible is not None:  # what CUDA numbers, and so what cuda:N means
-            count = min(count, len([e for e in visible.split(",") if e.strip()]))
+            count = min(count, len(visible))
         return count, "NVML"
     torch_is_cpu_build = False
     if importlib.util.find_spec("torch") is not None:
@@ -240,19 +240,27 @@ def _nvml_handle(pynvml: Any, index: int) -> Any:
     numbering is NVML's (PCI bus order; set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA's
     matches on machines with different GPU models).
     """
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
+    entries = _cuda_visible()
+    if entries is None:
         return pynvml.nvmlDeviceGetHandleByIndex(index)
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
     if index >= len(entries):
         raise ConfigError(
-            f"cuda:{index} is not visible to this process: CUDA_VISIBLE_DEVICES={visible!r} "
+            f"cuda:{index} is not visible to this process: CUDA_VISIBLE_DEVICES="
+            f"{os.environ['CUDA_VISIBLE_DEVICES']!r} "
             f"lists {len(entries)} GPU(s), numbered from cuda:0"
         )
     entry = entries[index]
     if entry.isdigit():
         return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
     return pynvml.nvmlDeviceGetHandleByUUID(entry)
+
+
+def _cuda_visible() -> list[str] | None:
+    """The entries of CUDA_VISIBLE_DEVICES (indices or UUIDs), None when it is unset."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    return [e.strip() for e in visible.split(",") if e.strip()]
 
 
 @cache

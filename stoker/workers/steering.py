@@ -104,8 +104,12 @@ class Steering:
             return [q for q, _ in self.candidates]
         return [q for q, m in self.candidates if m is None]
 
+    def _spec(self, model: str) -> ModelSpec | None:
+        """The spec of a model this worker could serve, named in its catalog or by path."""
+        return self._specs.get(model) or self._path_specs.get(model)
+
     def fits(self, model: str) -> bool:
-        spec = self._specs.get(model) or self._path_specs.get(model)
+        spec = self._spec(model)
         if spec is None:
             return False
         manager, device = self.executor.manager, self.executor.device
@@ -118,8 +122,7 @@ class Steering:
         differently)."""
 
         def fits(backlog: Backlog) -> bool:
-            model = backlog.model or ""
-            spec = self._specs.get(model) or self._path_specs.get(model)
+            spec = self._spec(backlog.model or "")
             if spec is None:
                 return False
             need = self.executor.manager.estimate(spec, self.executor.device)
