@@ -42,9 +42,17 @@ class TransientError(StokerError):
 
 
 class InvalidInput(PermanentError):
-    """The job's input or parameters are wrong; the message names which and why."""
+    """The job's input or parameters are wrong; the message names which and why.
+
+    ``param`` is the request field at fault when there is one; the HTTP API answers
+    it as OpenAI's ``error.param``, which its SDKs expose to the caller.
+    """
 
     kind = "invalid_input"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class UnknownModel(PermanentError):
@@ -52,12 +60,16 @@ class UnknownModel(PermanentError):
 
     kind = "unknown_model"
 
-    def __init__(self, name: str, known: list[str], what: str = "model") -> None:
+    def __init__(
+        self, name: str, known: list[str], what: str = "model", why: str | None = None
+    ) -> None:
         self.name = name
         self.known = sorted(known)
         choices = ", ".join(self.known) if self.known else "none are installed"
+        # ``why`` replaces "unknown model X" when the name is known but wrong here
+        # (a model of another backend), so the user is not told it does not exist.
         super().__init__(
-            f"unknown {what} {name!r}; known {what}s: {choices}. "
+            f"{why or f'unknown {what} {name!r}'}; known {what}s: {choices}. "
             f"Run `stoker models` to see where they come from, or add a path under "
             f"[models] in the config."
         )

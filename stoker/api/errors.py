@@ -70,7 +70,9 @@ def stoker_error_response(exc: se.StokerError) -> JSONResponse:
     if status == 404:
         kind = "not_found_error"
     headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse(error_body(str(exc), kind, exc.kind), status, headers=headers)
+    param = exc.param if isinstance(exc, se.InvalidInput) else None
+    body = error_body(str(exc), kind, exc.kind, param)
+    return JSONResponse(body, status, headers=headers)
 
 
 async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:

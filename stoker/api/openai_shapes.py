@@ -12,10 +12,12 @@ endpoint. Batches and the synchronous routes both use these.
 - ``/v1/embeddings`` → ``embed`` (``input``: a string or a list of strings); the body
   is OpenAI's ``list`` of ``embedding``, floats or (``encoding_format="base64"``, what
   the official client asks for by default) base64 of little-endian float32.
-- ``/v1/chat/completions``, ``/v1/completions`` → ``generate``: ``max_tokens``
-  (``max_completion_tokens``), ``temperature``, ``top_p``, ``stop``, ``seed``, and
-  ``response_format`` json_schema / json_object → generate's ``json_schema``. Its
-  ``result.json`` is already in OpenAI's chat.completion / text_completion shape.
+- ``/v1/chat/completions``, ``/v1/completions`` → ``generate``, translated by
+  jobs/openai_generate.py (which also reads OpenAI Batch lines in prompt files): the
+  sampling fields, ``response_format`` → ``json_schema``, a list of prompts → one
+  choice each; fields it cannot honour (``tools``, ``logprobs``, ``stream``, ...) are
+  refused. Its ``result.json`` is already in OpenAI's chat.completion /
+  text_completion shape.
 - ``/v1/images/generations`` → ``image``: ``n`` → count, ``size`` → width × height,
   ``output_format`` png/webp; stoker's own ``steps``, ``seed``, ``negative_prompt`` and
   ``guidance_scale`` pass through. The body lists the images as URLs, or as base64
@@ -37,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from stoker.errors import InvalidInput
+from stoker.jobs import openai_generate
+from stoker.jobs.openai_fields import STREAM_REFUSED, EndpointFields
 from stoker.queues.records import JobRecord, OutputRef
 
 #: (storage key) → readable URL, and (storage key) → bytes
@@ -133,7 +137,22 @@ def output_named(record: JobRecord, *suffixes: str) -> OutputRef | None:
 # --- speak -----------------------------------------------------------------------------
 
 
+SPEECH_FIELDS = EndpointFields(
+    "/v1/audio/speech",
+    used=frozenset({"input", "voice", "model", "response_format", "speed"}),
+    refused={
+        "instructions": (
+            (None, ""),
+            "instructions are not supported: a Piper voice speaks one way; choose the "
+            "voice (voice or model) instead",
+        ),
+        "stream_format": ((None, "audio"), STREAM_REFUSED),
+    },
+)
+
+
 def speech_request(body: dict[str, Any]) -> dict[str, Any]:
+    SPEECH_FIELDS.check(body)
     request: dict[str, Any] = {"text": _text(body, "input")}
     voice, model = body.get("voice"), body.get("model")
     if isinstance(voice, str) and voice and voice not in OPENAI_VOICES:
@@ -174,7 +193,33 @@ TRANSCRIPT_FORMATS = {
 }
 
 
+TRANSCRIPTION_FIELDS = EndpointFields(
+    "/v1/audio/transcriptions",
+    used=frozenset({"file", "model", "language", "response_format"}),
+    refused={
+        "prompt": (
+            (None, ""),
+            "a prompt to steer the transcript is not supported; leave it out",
+        ),
+        "temperature": (
+            (None, 0, 0.0),
+            "temperature is not supported: stoker decodes with beam search and "
+            "faster-whisper's own fallback; leave it out",
+        ),
+        "timestamp_granularities": (
+            (None, ["segment"]),
+            "word timestamps are not offered through this endpoint; use `stoker submit "
+            "transcribe --word-timestamps`, or leave it out for segments",
+        ),
+        "include": ((None, []), "log-probabilities are not returned; leave it out"),
+        "chunking_strategy": ((None, "auto"), "stoker chunks by silence itself; leave it out"),
+        "stream": ((None, False), STREAM_REFUSED),
+    },
+)
+
+
 def transcription_request(body: dict[str, Any]) -> dict[str, Any]:
+    TRANSCRIPTION_FIELDS.check(body)
     file_id = _text(body, "file")
     fmt = TRANSCRIPT_FORMATS.get(str(body.get("response_format", "json")))
     if fmt is None:
@@ -200,7 +245,21 @@ def transcription_body(
 EMBEDDING_ENCODINGS = ("float", "base64")
 
 
+EMBEDDING_FIELDS = EndpointFields(
+    "/v1/embeddings",
+    used=frozenset({"input", "model", "encoding_format", "normalize"}),
+    ignored=frozenset({"user"}),
+    refused={
+        "dimensions": (
+            (None,),
+            "the model's vectors have a fixed size, so it cannot be chosen; leave it out",
+        )
+    },
+)
+
+
 def embeddings_request(body: dict[str, Any]) -> dict[str, Any]:
+    EMBEDDING_FIELDS.check(body)
     raw = body.get("input")
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -208,11 +267,10 @@ def embeddings_request(body: dict[str, Any]) -> dict[str, Any]:
             "body.input must be a string or a list of strings (token arrays are not supported)."
         )
     embeddings_options(body)
-    if body.get("dimensions") is not None:
-        raise InvalidInput(
-            "body.dimensions is not supported: the model's vectors have a fixed size; leave it out."
-        )
-    return {"texts": texts, "format": "jsonl", **local_model(body)}
+    request: dict[str, Any] = {"texts": texts, "format": "jsonl", **local_model(body)}
+    if body.get("normalize") is not None:  # stoker's own: unit-length vectors
+        request["normalize"] = body["normalize"]
+    return request
 
 
 def embeddings_options(body: dict[str, Any]) -> Options:
@@ -255,54 +313,14 @@ def embeddings_body(
 
 # --- generate ----------------------------------------------------------------------------
 
-_SAMPLING = ("max_tokens", "temperature", "top_p", "stop", "seed")
-
-
-def _json_schema(body: dict[str, Any]) -> dict[str, Any]:
-    """generate's ``json_schema`` for OpenAI's ``response_format`` (``{}`` for text)."""
-    fmt = body.get("response_format")
-    if fmt is None:
-        return {}
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
-        return {}
-    if kind == "json_object":
-        return {"json_schema": {"type": "object"}}
-    if kind == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise InvalidInput("body.response_format.json_schema.schema must be a JSON object.")
-        return {"json_schema": schema}
-    raise InvalidInput(
-        'body.response_format must be {"type": "text"}, {"type": "json_object"} '
-        'or {"type": "json_schema", "json_schema": {"name", "schema"}}.'
-    )
-
-
-def _sampling(body: dict[str, Any]) -> dict[str, Any]:
-    if body.get("stream"):
-        raise InvalidInput("body.stream is not supported; leave it out or set it to false.")
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise InvalidInput("body.n must be 1: one completion per request.")
-    request = {k: body[k] for k in _SAMPLING if body.get(k) is not None}
-    if body.get("max_completion_tokens") is not None:
-        request["max_tokens"] = body["max_completion_tokens"]
-    if isinstance(request.get("stop"), str):
-        request["stop"] = [request["stop"]]
-    return {**request, **_json_schema(body), **local_model(body)}
-
 
 def chat_request(body: dict[str, Any]) -> dict[str, Any]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidInput("body.messages must be a non-empty list of {role, content}.")
-    return {"messages": messages, **_sampling(body)}
+    return {**openai_generate.generate_fields(body, openai_generate.CHAT), **local_model(body)}
 
 
 def completion_request(body: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt": _text(body, "prompt"), **_sampling(body)}
+    fields = openai_generate.generate_fields(body, openai_generate.COMPLETIONS)
+    return {**fields, **local_model(body)}
 
 
 def generate_body(
@@ -322,7 +340,25 @@ IMAGE_RESPONSE_FORMATS = ("url", "b64_json")
 IMAGE_EXTRAS = ("steps", "seed", "negative_prompt", "guidance_scale")
 
 
+IMAGE_FIELDS = EndpointFields(
+    "/v1/images/generations",
+    used=frozenset({"prompt", "model", "n", "size", "output_format", "response_format"})
+    | frozenset(IMAGE_EXTRAS),
+    # OpenAI's own models' hints: a local pipeline's are steps and guidance_scale.
+    ignored=frozenset({"user", "quality", "style", "moderation", "output_compression"}),
+    refused={
+        "background": (
+            (None, "auto", "opaque"),
+            "transparent backgrounds are not supported: the pipeline paints every pixel",
+        ),
+        "partial_images": ((None, 0), "partial images are not supported; leave it out"),
+        "stream": ((None, False), STREAM_REFUSED),
+    },
+)
+
+
 def image_request(body: dict[str, Any]) -> dict[str, Any]:
+    IMAGE_FIELDS.check(body)
     request: dict[str, Any] = {"prompt": _text(body, "prompt")}
     image_options(body)
     n = body.get("n", 1)

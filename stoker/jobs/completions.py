@@ -39,6 +39,21 @@ def fallback_prompt(messages: list[dict[str, str]]) -> str:
     return "\n".join([*turns, "assistant:"])
 
 
+# llama-cpp-python's JSON-schema converter lets a JSON string hold raw control
+# characters (a raw newline, say), which JSON forbids, so a model constrained by it can
+# still write JSON that does not parse; llama.cpp's own converter excludes them, and
+# this is its rule. (Once the vendored converter has it, the replace does nothing.)
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def json_schema_gbnf(schema: dict[str, Any]) -> str:
+    """The GBNF grammar of JSON matching ``schema``, strings free of control characters."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(json.dumps(schema)).replace(_LOOSE_CHAR, _STRICT_CHAR)
+
+
 def _grammar(model: Any, sampling: Sampling) -> Any | None:
     """The LlamaGrammar for ``sampling``'s json_schema or grammar, checked by llama.cpp.
 
@@ -53,9 +68,8 @@ def _grammar(model: Any, sampling: Sampling) -> Any | None:
 
     if sampling.json_schema is not None:
         try:
-            grammar = llama_cpp.LlamaGrammar.from_json_schema(
-                json.dumps(sampling.json_schema), verbose=False
-            )
+            gbnf = json_schema_gbnf(sampling.json_schema)
+            grammar = llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
         except Exception as exc:
             raise ItemFailed(
                 "invalid_json_schema",
@@ -108,6 +122,8 @@ def _options(sampling: Sampling, grammar: Any, extra_stops: tuple[str, ...] = ()
         "top_k": sampling.top_k,
         "min_p": sampling.min_p,
         "repeat_penalty": sampling.repeat_penalty,
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
         "seed": sampling.seed,
         "stop": [*sampling.stop, *extra_stops],
         "grammar": grammar,

@@ -8,8 +8,8 @@ the task messages carry only a key and a line range, whatever the prompts weigh.
 Chunks are :data:`CHUNK_LINES` lines. Each writes one JSONL result line per input
 line (completions.py); a line that cannot run becomes an error line and the rest go
 on. Assembly writes ``results.jsonl`` (every line, in order), ``errors.jsonl`` when
-a line failed, and for a single prompt or messages job ``result.json`` in OpenAI's
-``text_completion`` / ``chat.completion`` shape.
+a line failed, and for a prompt, a list of prompts (one choice each) or a messages
+job ``result.json`` in OpenAI's ``text_completion`` / ``chat.completion`` shape.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import Field
 
 from stoker.errors import InvalidInput, JobCancelled
-from stoker.jobs import completions, prompts
+from stoker.jobs import completions, openai_generate, prompts
 from stoker.jobs.base import (
     ERRORS_NAME,
     Artifact,
@@ -48,14 +48,24 @@ JSONL = "application/x-ndjson"
 class GenerateRequest(prompts.Sampling):
     """What a user may ask of ``generate``: exactly one of prompt, messages, prompts."""
 
-    prompt: str | None = None
+    prompt: str | list[str] | None = Field(
+        default=None, description="a prompt, or a list of them (one OpenAI choice each)"
+    )
     messages: list[dict[str, Any]] | None = None
     prompts: str | None = Field(default=None, description="a JSONL prompt file's text")
     model: str = Field(default=DEFAULT_MODEL, description="catalog name of a GGUF model")
     n_ctx: int | None = Field(default=None, ge=64, le=262_144, description="context tokens")
 
 
-def _single_line(req: GenerateRequest) -> str:
+def _request_lines(req: GenerateRequest) -> str:
+    """A prompt, a list of prompts or one messages list as prompt-file lines."""
+    if isinstance(req.prompt, list):
+        if not req.prompt or len(req.prompt) > openai_generate.MAX_PROMPTS:
+            raise InvalidInput(
+                f"prompt lists {len(req.prompt)} prompts; give 1 to "
+                f"{openai_generate.MAX_PROMPTS}, or a prompt file (prompts) for more."
+            )
+        return "\n".join(json.dumps({"prompt": p}) for p in req.prompt)
     if req.prompt is not None:
         return json.dumps({"prompt": req.prompt})
     return json.dumps({"messages": req.messages})
@@ -74,11 +84,6 @@ def _sampling(req: GenerateRequest) -> prompts.Sampling:
     )
 
 
-def _check_single(item: prompts.PromptItem | prompts.LineError, mode: str) -> None:
-    if isinstance(item, prompts.LineError):
-        raise InvalidInput(item.message.replace("line 1", f"the {mode}", 1))
-
-
 class GenerateCapability:
     kind: str = "generate"
     backend: str | None = "llama"
@@ -91,13 +96,19 @@ class GenerateCapability:
         req: GenerateRequest = parse_request(request, GenerateRequest)
         mode = _mode(req)
         max_bytes = ctx.settings.max_text_bytes
-        text = req.prompts if req.prompts is not None else _single_line(req)
+        text = req.prompts if req.prompts is not None else _request_lines(req)
         sampling = _sampling(req)
         if mode == "prompts":
             count = len(prompts.parse_file(text, sampling, max_bytes))
         else:
-            _check_single(prompts.parse_line(0, 1, text, sampling, max_bytes), mode)
-            count = 1
+            # A request's prompts fail it as a whole: the caller (an API client) asked
+            # for one answer, not a results file with error lines.
+            lines = prompts.split_lines(text)
+            for i, (line_no, raw) in enumerate(lines):
+                item = prompts.parse_line(i, line_no, raw, sampling, max_bytes)
+                if isinstance(item, prompts.LineError):
+                    raise InvalidInput(request_error(item.message, len(lines)))
+            count = len(lines)
         spec = ctx.catalog.get(req.model, backend="llama")
         configured = int(spec.options.get("n_ctx", DEFAULT_N_CTX))
         n_ctx = req.n_ctx or configured
@@ -153,8 +164,10 @@ class GenerateCapability:
             else:
                 result = completions.run_item(model, item)
             if params["mode"] != "prompts" and "error" in result:
-                # One prompt: its failure is the job's (the API answers it as an error).
-                raise InvalidInput(_one_prompt_message(result["error"]["message"]))
+                # A request's prompt: its failure is the job's (the API answers an error).
+                message = result["error"]["message"]
+                # .get: a job queued by a stoker from before lists of prompts has no count
+                raise InvalidInput(request_error(message, params.get("lines", 1)))
             results.append(result)
         ctx.out.write_text("".join(json.dumps(r) + "\n" for r in results), encoding="utf-8")
 
@@ -182,7 +195,7 @@ class GenerateCapability:
             artifacts.append(Artifact(errors.name, errors, JSONL, {"lines": len(failed)}))
         if params["mode"] != "prompts" and results and not failed:
             single = ctx.workdir / "result.json"
-            body = openai_response(params, results[0], int(time.time()))
+            body = openai_response(params, results, int(time.time()))
             single.write_text(json.dumps(body, indent=2), encoding="utf-8")
             artifacts.append(Artifact(single.name, single, "application/json", meta))
         return artifacts
@@ -192,29 +205,42 @@ def _write_jsonl(path: Any, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def openai_response(params: dict[str, Any], result: dict[str, Any], created: int) -> dict:
+def openai_response(params: dict[str, Any], results: list[dict[str, Any]], created: int) -> dict:
     """OpenAI's completion (``text_completion``) or chat (``chat.completion``) response
-    for a single-prompt job's result line."""
-    choice: dict[str, Any] = {"index": 0, "logprobs": None}
-    if params["mode"] == "prompt":
-        kind, prefix = "text_completion", "cmpl"
-        choice = {"text": result["text"], **choice, "finish_reason": result["finish_reason"]}
-    else:
-        kind, prefix = "chat.completion", "chatcmpl"
-        choice = {**choice, "message": result["message"], "finish_reason": result["finish_reason"]}
+    for a request's result lines: one choice per prompt, usage summed."""
+    choices: list[dict[str, Any]] = []
+    for result in results:
+        choice: dict[str, Any] = {"index": result["index"], "logprobs": None}
+        if params["mode"] == "prompt":
+            choice = {"text": result["text"], **choice}
+        else:
+            choice = {**choice, "message": result["message"]}
+        choices.append({**choice, "finish_reason": result["finish_reason"]})
+    kind, prefix = (
+        ("text_completion", "cmpl")
+        if params["mode"] == "prompt"
+        else ("chat.completion", "chatcmpl")
+    )
+    usage = {
+        k: sum(r["usage"][k] for r in results)
+        for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
     return {
         "id": f"{prefix}-{params['request_id']}",
         "object": kind,
         "created": created,
         "model": params["model"],
-        "choices": [choice],
-        "usage": result["usage"],
+        "choices": choices,
+        "usage": usage,
     }
 
 
-def _one_prompt_message(message: str) -> str:
-    """A line's error as the error of a one-prompt job, which has no lines:
-    "line 1: the prompt is 3002 tokens ..." → "the prompt is 3002 tokens ..."."""
+def request_error(message: str, prompts_given: int) -> str:
+    """A line's error as the error of a request's prompt, which has no lines: with one
+    prompt "line 1: the prompt is 3002 tokens ..." → "the prompt is 3002 tokens ...";
+    of a list, "line 3: ..." → "prompt 3: ..."."""
+    if prompts_given > 1:
+        return message.replace("line ", "prompt ", 1)
     if message.startswith("line 1: "):
         return message.removeprefix("line 1: ")
     return message.replace("line 1", "the prompt", 1)

@@ -3,7 +3,8 @@
 One line is ``{"custom_id"?, "prompt": str}`` or ``{"custom_id"?, "messages": [...]}``
 (OpenAI chat shape), with optional sampling overrides (:class:`Sampling` fields). A
 line in the OpenAI Batch shape (``{"custom_id", "method", "url", "body": {...}}``) is
-read from its ``body``; the body's ``model`` is ignored (the job names the model).
+read from its ``body`` as the HTTP API reads it (openai_generate.py: OpenAI's field
+names, unsupported ones refused); its ``model`` is ignored (the job names the model).
 Blank lines are skipped. A malformed line becomes a :class:`LineError` for that line
 only; the submission fails only when the file is empty or every line is malformed.
 Pure: no model, no llama.cpp.
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from stoker.errors import InvalidInput
+from stoker.jobs import openai_generate
 
 JSON_TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 
@@ -33,6 +35,9 @@ class Sampling(BaseModel):
     top_k: int = Field(default=40, ge=0, le=100_000, description="0 = no top-k cut")
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
     repeat_penalty: float = Field(default=1.0, gt=0.0, le=5.0)
+    # OpenAI's: subtract from a token's logit once it has appeared / per appearance.
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     seed: int | None = Field(default=None, ge=0, lt=2**32, description="None = random")
     stop: list[str] = Field(default_factory=list, max_length=16)
     json_schema: dict[str, Any] | None = Field(default=None, description="constrain to JSON")
@@ -88,6 +93,8 @@ class Line(Sampling):
     top_k: int | None = Field(default=None, ge=0, le=100_000)  # type: ignore[assignment]
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)  # type: ignore[assignment]
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=5.0)  # type: ignore[assignment]
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)  # type: ignore[assignment]
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)  # type: ignore[assignment]
     stop: list[str] | None = Field(default=None, max_length=16)  # type: ignore[assignment]
 
 
@@ -167,20 +174,38 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
-def _fields(raw: str) -> tuple[str | None, dict[str, Any]]:
-    """(custom_id, fields) of a line; ValueError when it is not a JSON object."""
+def _object(raw: str) -> dict[str, Any]:
+    """A line's JSON object, its ``id`` read as the custom_id; ValueError otherwise."""
     obj = json.loads(raw)
     if not isinstance(obj, dict):
         raise ValueError(f"a line must be a JSON object: {LINE_SHAPE}")
-    custom_id = obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else None
     if "id" in obj and "custom_id" not in obj and isinstance(obj["id"], str | int):
         # {"id", "prompt"} as embed's {"id", "text"} lines: the id is the custom_id
-        custom_id = str(obj["id"])
-        obj = {"custom_id": custom_id, **{k: v for k, v in obj.items() if k != "id"}}
-    if isinstance(obj.get("body"), dict):  # OpenAI Batch shape
-        body = {k: v for k, v in obj["body"].items() if k != "model"}
-        return custom_id, {"custom_id": custom_id, **body}
-    return custom_id, obj
+        obj = {"custom_id": str(obj["id"]), **{k: v for k, v in obj.items() if k != "id"}}
+    return obj
+
+
+def _fields(obj: dict[str, Any], custom_id: str | None) -> dict[str, Any]:
+    """The Line fields of a line's object (an OpenAI Batch line's from its body)."""
+    if isinstance(obj.get("body"), dict):  # OpenAI Batch shape, read as the API reads it
+        fields = openai_generate.generate_fields(obj["body"], _endpoint(obj))
+        if isinstance(fields.get("prompt"), list):
+            raise ValueError("a line holds one prompt; put each prompt of the list on its own line")
+        return {"custom_id": custom_id, **fields}
+    return obj
+
+
+def _endpoint(line: dict[str, Any]) -> str:
+    """The generate endpoint an OpenAI Batch line names (by its body when it has no url)."""
+    url = line.get("url")
+    if url is None:
+        return openai_generate.CHAT if "messages" in line["body"] else openai_generate.COMPLETIONS
+    if url not in openai_generate.ENDPOINTS:
+        raise ValueError(
+            f"url {url!r} is not a generate endpoint; use one of "
+            f"{', '.join(openai_generate.ENDPOINTS)}"
+        )
+    return str(url)
 
 
 def parse_line(
@@ -193,7 +218,10 @@ def parse_line(
     """
     custom_id: str | None = None
     try:
-        custom_id, fields = _fields(raw)
+        obj = _object(raw)
+        # Read first, so that a line refused for its fields still names its custom_id.
+        custom_id = obj["custom_id"] if isinstance(obj.get("custom_id"), str) else None
+        fields = _fields(obj, custom_id)
         if "id" in fields:  # kept by _fields only beside a custom_id
             raise ValueError("give custom_id or id, not both")
         line = Line.model_validate(fields)
@@ -216,7 +244,7 @@ def parse_line(
             "invalid_line",
             f"line {line_no} is not valid JSON ({exc}); write it as {LINE_SHAPE}",
         )
-    except ValueError as exc:
+    except (ValueError, InvalidInput) as exc:
         return LineError(index, line_no, custom_id, "invalid_line", f"line {line_no}: {exc}")
     size = len((line.prompt or "").encode()) + sum(len(m["content"].encode()) for m in messages)
     if size > max_bytes:

@@ -272,3 +272,16 @@ def test_the_openai_client_transcribes_an_upload_synchronously(
     with wav.open("rb") as f:
         srt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
     assert "00:00:00,000 -->" in str(srt)
+
+    import openai
+
+    # When it asks for what stoker cannot honour (a prompt, word timestamps), Then it is
+    # refused naming the field, and the upload was not kept
+    for extra, field in (
+        ({"prompt": "Names: Ada"}, "prompt"),
+        ({"timestamp_granularities": ["word"], "response_format": "verbose_json"}, "timestamp"),
+        ({"temperature": 0.5}, "temperature"),
+    ):
+        with wav.open("rb") as f, pytest.raises(openai.BadRequestError, match=f"body.{field}"):
+            client.audio.transcriptions.create(model="whisper-1", file=f, **extra)  # type: ignore[call-overload]
+    assert client.files.list().data == []

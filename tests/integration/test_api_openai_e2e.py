@@ -166,6 +166,50 @@ def test_completions_and_chat_on_a_tiny_gguf_model(api: Api) -> None:
     assert isinstance(reply["ok"], bool) and reply["size"] in ("small", "large")
 
 
+def test_a_list_of_prompts_and_openai_fields_stoker_cannot_honour(api: Api) -> None:
+    import openai
+
+    client = api.client()
+    greedy = {"model": "tiny", "max_tokens": 6, "temperature": 0.0}
+    prompts = ["Once upon a time", "The lighthouse", "In the morning"]
+    # When a completion is asked for a list of prompts
+    many = client.completions.create(prompt=prompts, **greedy)
+    # Then each prompt has its choice, in order, equal to asking for it alone
+    alone = [client.completions.create(prompt=p, **greedy) for p in prompts]
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert [c.text for c in many.choices] == [a.choices[0].text for a in alone]
+    # And its usage is theirs summed
+    assert many.usage is not None
+    assert many.usage.total_tokens == sum(a.usage.total_tokens for a in alone if a.usage)
+    # And OpenAI's penalties reach llama.cpp: they change the greedy text, and the same
+    # job through the Python client with the same penalties gives the same text
+    longer = {**greedy, "max_tokens": 32}
+    penalties = {"frequency_penalty": 2.0, "presence_penalty": 2.0}
+    plain = client.completions.create(prompt=prompts[0], **longer).choices[0].text
+    penalised = client.completions.create(prompt=prompts[0], **longer, **penalties)
+    with api.stoker() as stoker:
+        direct = stoker.wait(
+            stoker.submit("generate", {"prompt": prompts[0], **longer, **penalties}).id,
+            timeout_s=60,
+        )
+        (line,) = [json.loads(x) for x in output(stoker, direct, "results.jsonl").splitlines()]
+    assert penalised.choices[0].text == line["text"] != plain
+
+    # When a request asks for what stoker cannot give (tools, log-probabilities, a
+    # misspelt field), Then it is refused with a 400 naming the field, not answered
+    # as if the field had been left out
+    messages = [{"role": "user", "content": "Hi"}]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for extra, field in (
+        ({"tools": [tool]}, "tools"),
+        ({"logprobs": True}, "logprobs"),
+        ({"extra_body": {"temprature": 0.5}}, "temprature"),
+    ):
+        with pytest.raises(openai.BadRequestError, match=f"body.{field}") as refused:
+            client.chat.completions.create(messages=messages, **greedy, **extra)  # type: ignore[arg-type]
+        assert refused.value.param == field  # the SDK's own field for it
+
+
 def test_images_as_urls_and_as_base64(api: Api) -> None:
     from PIL import Image
 

@@ -95,6 +95,45 @@ def test_run_generate_says_which_lines_failed(data_dir: Path, tmp_path: Path) ->
     assert shown.returncode == 0 and warning in " ".join(shown.stdout.split())
 
 
+def test_run_generate_reads_a_batch_file_written_for_openai(data_dir: Path, tmp_path: Path) -> None:
+    """Given a prompt file of OpenAI Batch lines with the fields clients write
+    (max_completion_tokens, response_format, n, user), and one asking for tools
+    When `stoker run generate --prompts` runs it
+    Then the three run (the second's reply a JSON object, as its response_format asks;
+    the unit tests check each field's mapping), and the tools line fails alone
+    under its custom_id, saying tools are not supported."""
+    model = write_tiny_llama(tmp_path / "tiny.gguf")
+    chat = "/v1/chat/completions"
+    bodies = [
+        (chat, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}],
+                "max_completion_tokens": 3, "n": 1, "user": "u-1"}),
+        (chat, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "JSON"}],
+                "max_tokens": 40, "response_format": {"type": "json_object"}, "seed": 2}),
+        ("/v1/completions", {"model": "gpt-4o-mini", "prompt": "Once", "max_tokens": 2}),
+        (chat, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Call"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}]}),
+    ]  # fmt: skip
+    prompts = tmp_path / "batch.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"custom_id": f"r{i}", "method": "POST", "url": url, "body": body}) + "\n"
+            for i, (url, body) in enumerate(bodies)
+        )
+    )
+    out = tmp_path / "out"
+    result = stoker(
+        "run", "generate", "--model", str(model), "--prompts", str(prompts),
+        "--max-tokens", "8", "--out", str(out), data_dir=data_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = (out / "results.jsonl").read_text().splitlines()
+    lines = {x["custom_id"]: x for x in map(json.loads, results)}
+    assert "message" in lines["r0"] and "text" in lines["r2"]
+    assert isinstance(json.loads(lines["r1"]["message"]["content"]), dict)
+    (error,) = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert error["custom_id"] == "r3" and "body.tools" in error["error"]["message"]
+
+
 def test_run_generate_prints_a_failed_prompt_once(data_dir: Path, tmp_path: Path) -> None:
     """Given a single prompt longer than the tiny model's context
     When `stoker run generate` runs it

@@ -122,3 +122,60 @@ def test_base64_embeddings_are_little_endian_float32() -> None:
     body = adapter.response_body(record, lambda k: "u", lambda k: data, options)
     raw = base64.b64decode(body["data"][0]["embedding"])
     assert struct.unpack("<2f", raw) == (0.5, -2.0)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "field", "says"),
+    [
+        ("/v1/embeddings", {"input": "a", "dimensions": 256}, "dimensions", "fixed size"),
+        ("/v1/embeddings", {"input": "a", "encodng_format": "base64"}, "encodng_format", "not a"),
+        (
+            "/v1/images/generations",
+            {"prompt": "a", "num_inference_steps": 4},
+            "num_inference_steps",
+            "not a",
+        ),
+        (
+            "/v1/images/generations",
+            {"prompt": "a", "background": "transparent"},
+            "background",
+            "paints",
+        ),
+        ("/v1/images/generations", {"prompt": "a", "stream": True}, "stream", "streaming"),
+        ("/v1/audio/speech", {"input": "Hi.", "instructions": "Whisper."}, "instructions", "Piper"),
+        ("/v1/audio/speech", {"input": "Hi.", "stream_format": "sse"}, "stream_format", "stream"),
+        ("/v1/audio/transcriptions", {"file": "f", "prompt": "Names: Ada"}, "prompt", "steer"),
+        ("/v1/audio/transcriptions", {"file": "f", "temperature": 0.4}, "temperature", "beam"),
+        (
+            "/v1/audio/transcriptions",
+            {"file": "f", "timestamp_granularities": ["word"]},
+            "timestamp_granularities",
+            "--word-timestamps",
+        ),
+    ],
+)
+def test_a_field_an_endpoint_cannot_honour_or_does_not_know_is_refused_by_name(
+    endpoint: str, body: dict, field: str, says: str
+) -> None:
+    with pytest.raises(InvalidInput, match=f"body.{field}") as raised:
+        ADAPTERS[endpoint].to_request(body)
+
+    assert says in str(raised.value)
+    assert raised.value.param == field
+
+
+def test_fields_that_ask_for_nothing_or_change_nothing_here_are_accepted() -> None:
+    # What OpenAI's clients send for the default behaviour, and hints of OpenAI's own
+    # models that a local pipeline has no use for
+    image = {"prompt": "a", "quality": "hd", "style": "vivid", "user": "u", "stream": False}
+    assert ADAPTERS["/v1/images/generations"].to_request(image) == {"prompt": "a", "count": 1}
+    speech = {"input": "Hi.", "instructions": "", "stream_format": "audio"}
+    assert ADAPTERS["/v1/audio/speech"].to_request(speech) == {"text": "Hi.", "format": "mp3"}
+    heard = {"file": "f", "temperature": 0, "timestamp_granularities": ["segment"]}
+    assert ADAPTERS["/v1/audio/transcriptions"].to_request(heard)["path"] == "f"
+    embed = {"input": ["a"], "user": "u", "normalize": True}
+    assert ADAPTERS["/v1/embeddings"].to_request(embed) == {
+        "texts": ["a"],
+        "format": "jsonl",
+        "normalize": True,
+    }

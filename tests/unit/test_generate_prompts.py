@@ -8,7 +8,7 @@ import pytest
 
 from stoker.errors import InvalidInput
 from stoker.jobs.completions import fallback_prompt
-from stoker.jobs.generate import _one_prompt_message, openai_response
+from stoker.jobs.generate import openai_response, request_error
 from stoker.jobs.prompts import LineError, PromptItem, Sampling, parse_file, parse_line
 
 DEFAULTS = Sampling(max_tokens=32, temperature=0.5)
@@ -130,7 +130,7 @@ def test_result_json_has_openai_shapes() -> None:
     Then result.json bodies have OpenAI's fields for text_completion and chat.completion."""
     usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     text = {"index": 0, "custom_id": None, "text": "ab", "finish_reason": "length", "usage": usage}
-    body = openai_response({"mode": "prompt", "model": "m", "request_id": "r"}, text, 10)
+    body = openai_response({"mode": "prompt", "model": "m", "request_id": "r"}, [text], 10)
     assert body == {
         "id": "cmpl-r",
         "object": "text_completion",
@@ -141,7 +141,7 @@ def test_result_json_has_openai_shapes() -> None:
     }
     message = {"role": "assistant", "content": "hi"}
     chat = {"index": 0, "message": message, "finish_reason": "stop", "usage": usage}
-    body = openai_response({"mode": "messages", "model": "m", "request_id": "r"}, chat, 10)
+    body = openai_response({"mode": "messages", "model": "m", "request_id": "r"}, [chat], 10)
     assert body["object"] == "chat.completion" and body["id"] == "chatcmpl-r"
     assert body["choices"] == [
         {"index": 0, "logprobs": None, "message": message, "finish_reason": "stop"}
@@ -152,5 +152,19 @@ def test_a_one_prompt_job_words_its_error_without_line_numbers() -> None:
     """Given the error of line 1, as a one-prompt job's only line reports it
     Then the job's error reads as the prompt's: no "line 1", no doubled subject."""
     too_long = "line 1: the prompt is 3002 tokens and max_tokens is 8"
-    assert _one_prompt_message(too_long) == "the prompt is 3002 tokens and max_tokens is 8"
-    assert _one_prompt_message("line 1 is not valid JSON") == "the prompt is not valid JSON"
+    assert request_error(too_long, 1) == "the prompt is 3002 tokens and max_tokens is 8"
+    assert request_error("line 1 is not valid JSON", 1) == "the prompt is not valid JSON"
+    # Of a list of prompts, the error names which one
+    third = "line 3: the prompt is 3002 tokens"
+    assert request_error(third, 4) == "prompt 3: the prompt is 3002 tokens"
+
+
+def test_a_list_of_prompts_answers_one_choice_each_with_usage_summed() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    lines = [
+        {"index": i, "text": t, "finish_reason": "stop", "usage": usage}
+        for i, t in enumerate(["a", "b"])
+    ]
+    body = openai_response({"mode": "prompt", "model": "m", "request_id": "r"}, lines, 10)
+    assert [(c["index"], c["text"]) for c in body["choices"]] == [(0, "a"), (1, "b")]
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}

@@ -16,7 +16,12 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from stoker.api.deps import KeyDep, StateDep
 from stoker.api.errors import ApiError
 from stoker.api.keys import ApiKey
-from stoker.api.openai_shapes import ADAPTERS, TRANSCRIPT_FORMATS, output_named
+from stoker.api.openai_shapes import (
+    ADAPTERS,
+    TRANSCRIPT_FORMATS,
+    output_named,
+    transcription_request,
+)
 from stoker.api.routes.files import save_upload
 from stoker.api.state import ApiState
 from stoker.api.submission import submit_job
@@ -119,6 +124,12 @@ def transcriptions(
     model: Annotated[str, Form(max_length=128)] = "whisper-1",
     language: Annotated[str | None, Form(max_length=16)] = None,
     response_format: Annotated[str, Form(max_length=16)] = "json",
+    # OpenAI's fields stoker cannot honour: named here so that they are refused
+    # (transcription_request says why) rather than dropped by the form parser.
+    prompt: Annotated[str | None, Form(max_length=4096)] = None,
+    temperature: Annotated[float | None, Form()] = None,
+    granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+    stream: Annotated[bool | None, Form()] = None,
 ) -> Response:
     fmt = TRANSCRIPT_FORMATS.get(response_format)
     if fmt is None:
@@ -127,6 +138,14 @@ def transcriptions(
             f"response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}.",
             param="response_format",
         )
+    asked = {
+        "prompt": prompt,
+        "temperature": temperature,
+        "timestamp_granularities": granularities,
+        "stream": stream,
+    }
+    # Checked before the upload is stored, so a refused request leaves nothing behind.
+    transcription_request({"file": "-", **{k: v for k, v in asked.items() if v is not None}})
     require_deployed("transcribe")
     upload = save_upload(state, key, file, "user_data")
     body = {
