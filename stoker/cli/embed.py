@@ -32,30 +32,49 @@ def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
 
     A text file's ids are line numbers (from 1), as a JSONL line without an ``id``
     gets: blank lines are skipped, so an output row still maps back to its line.
+    Texts over ``limit_bytes`` are refused here, where the line number is known
+    (the job's own check can only count texts).
     """
     from stoker.jobs.text import decode_text
 
     if not path.is_file():
         raise InvalidInput(f"--file {path} does not exist or is not a file.")
     lines = decode_text(path.read_bytes(), str(path)).splitlines()
-    if path.suffix.lower() != ".jsonl":
-        kept = [(str(n), line) for n, line in enumerate(lines, start=1) if line.strip()]
-        return _some([line for _, line in kept], path), [n for n, _ in kept]
+    jsonl = path.suffix.lower() == ".jsonl"
     texts, ids = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-            text, id_ = row["text"], str(row.get("id", number))
-        except (ValueError, KeyError, TypeError) as exc:
+        text, id_ = _jsonl_row(line, path, number) if jsonl else (line, str(number))
+        if len(text.encode("utf-8")) > limit_bytes:
             raise InvalidInput(
-                f'{path} line {number} is not a JSON object with a "text" field ({exc}); '
-                f'write each line as {{"id": "...", "text": "..."}}.'
-            ) from exc
-        texts.append(str(text))
+                f"{path} line {number}: the text is over the {limit_bytes:,}-byte limit "
+                f"(max_text_bytes); split it over several lines."
+            )
+        texts.append(text)
         ids.append(id_)
     return _some(texts, path), ids
+
+
+def _jsonl_row(line: str, path: Path, number: int) -> tuple[str, str]:
+    """The text and id of one JSONL line, or InvalidInput saying what is wrong with it."""
+    where, shape = f"{path} line {number}", 'write each line as {"id": "...", "text": "..."}'
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise InvalidInput(f"{where} is not JSON ({exc}); {shape}.") from exc
+    if not isinstance(row, dict):
+        raise InvalidInput(f"{where} is JSON but not an object ({line[:40]}); {shape}.")
+    if "text" not in row:
+        raise InvalidInput(f'{where} has no "text" field; {shape}.')
+    text, id_ = row["text"], row.get("id", number)
+    if not isinstance(text, str):
+        raise InvalidInput(f'{where}: "text" must be a string, not {json.dumps(text)[:40]}.')
+    if not isinstance(id_, str | int):
+        raise InvalidInput(
+            f'{where}: "id" must be a string or a number, not {json.dumps(id_)[:40]}.'
+        )
+    return text, str(id_)
 
 
 def _some(texts: list[str], path: Path) -> list[str]:

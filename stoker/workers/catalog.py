@@ -84,8 +84,17 @@ class ModelSpec:
         return [p for p in self.files if not p.exists()]
 
     def disk_bytes(self) -> int:
-        """Total size in bytes of the files that exist: the footprint guess before a load."""
-        return sum(p.stat().st_size for p in self.files if p.exists())
+        """Total size in bytes of the files that exist: the footprint guess before a load.
+
+        Each file counts once however many names it has: a Hugging Face snapshot is
+        symlinks into one blob store, and a folder may hard-link its weights.
+        """
+        seen: dict[tuple[int, int], int] = {}
+        for path in self.files:
+            if path.exists():
+                st = path.stat()
+                seen[(st.st_dev, st.st_ino)] = st.st_size
+        return sum(seen.values())
 
     @property
     def fingerprint(self) -> str:
@@ -265,6 +274,20 @@ def guess_backend(path: Path) -> str | None:
     return None
 
 
+# What each backend's models are for, in the words a user submitting a job knows.
+_KINDS = {
+    "whisper": "faster-whisper model (transcribe)",
+    "piper": "piper voice (speak, audiobook)",
+    "llama": "GGUF model for llama.cpp (generate)",
+    "sentence-transformers": "sentence-transformers model (embed)",
+    "diffusers": "diffusers pipeline (image, mesh)",
+}
+
+
+def _kind(backend: str) -> str:
+    return _KINDS.get(backend, f"{backend} model")
+
+
 def _toml_key(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
 
@@ -344,7 +367,12 @@ class ModelCatalog:
             spec = self._path_spec(name, backend)
         if spec is None or (backend is not None and spec.backend != backend):
             what = "voice" if backend == "piper" else "model"
-            raise UnknownModel(name, self.names(backend), what=what)
+            why = None
+            if spec is not None and backend is not None:
+                why = (
+                    f"{what} {name!r} is a {_kind(spec.backend)}, and this needs a {_kind(backend)}"
+                )
+            raise UnknownModel(name, self.names(backend), what=what, why=why)
         self._build(spec.name)
         missing = spec.missing_files()
         if missing and spec.source == "path":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -83,11 +84,19 @@ def test_unknown_name_lists_the_known_names(tmp_path: Path) -> None:
     assert raised.value.known == catalog.names("piper")
 
 
-def test_a_model_of_another_backend_is_unknown_for_that_backend(tmp_path: Path) -> None:
+def test_a_model_of_another_backend_says_what_it_is_and_what_is_needed(
+    tmp_path: Path,
+) -> None:
     catalog = ModelCatalog(make_settings(tmp_path))
 
-    with pytest.raises(UnknownModel, match="unknown model 'en_US-joe-medium'"):
+    with pytest.raises(UnknownModel) as raised:
         catalog.get(JOE, backend="whisper")
+
+    message = str(raised.value)
+    assert "model 'en_US-joe-medium' is a piper voice (speak, audiobook)" in message
+    assert "this needs a faster-whisper model (transcribe)" in message
+    assert "unknown" not in message
+    assert raised.value.known == catalog.names("whisper")
 
 
 def test_voice_info_of_joe(tmp_path: Path) -> None:
@@ -152,6 +161,24 @@ def test_folder_model_counts_every_file(tmp_path: Path) -> None:
 
     assert spec.files == [folder / "model.bin", folder / "sub" / "vocab.txt"]
     assert spec.disk_bytes() == 120
+
+
+def test_a_file_with_several_names_counts_once(tmp_path: Path) -> None:
+    # A Hugging Face snapshot: symlinks into a blob store, and a hard-linked copy
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "abc").write_bytes(b"w" * 100)
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    (folder / "model.safetensors").symlink_to(blobs / "abc")
+    (folder / "pytorch_model.safetensors").symlink_to(blobs / "abc")
+    os.link(blobs / "abc", folder / "weights.bin")
+    (folder / "config.json").write_bytes(b"c" * 10)
+
+    spec = ModelSpec("snap", "diffusers", folder)
+
+    assert len(spec.files) == 4
+    assert spec.disk_bytes() == 110
 
 
 def test_broken_package_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -46,12 +47,37 @@ def test_read_texts_takes_lines_or_jsonl_with_line_numbers_as_ids(tmp_path: Path
     assert read_texts(rows, 1000) == (["one", "two"], ["a", "2"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "one"}\n{"txt": "two"}\n')
-    with pytest.raises(InvalidInput, match=r"bad.jsonl line 2 .* \"text\" field"):
+    with pytest.raises(InvalidInput, match=r"bad.jsonl line 2 has no \"text\" field"):
         read_texts(bad, 1000)
+    long = tmp_path / "long.txt"
+    long.write_text("short\n" + "x" * 1001 + "\n")
+    with pytest.raises(InvalidInput, match=r"long.txt line 2: the text is over the 1,000-byte"):
+        read_texts(long, 1000)
     for name, content in [("empty.txt", ""), ("blank.txt", "\n  \n"), ("blank.jsonl", "\n")]:
         (tmp_path / name).write_text(content)
         with pytest.raises(InvalidInput, match=rf"--file .*{name} has no text"):
             read_texts(tmp_path / name, 1000)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("{not json", "line 2 is not JSON"),
+        ('["one"]', 'line 2 is JSON but not an object (["one"])'),
+        ('{"text": 3}', 'line 2: "text" must be a string, not 3'),
+        ('{"text": "b", "id": [1]}', 'line 2: "id" must be a string or a number, not [1]'),
+    ],
+)
+def test_a_bad_jsonl_line_says_what_is_wrong_with_it(
+    tmp_path: Path, line: str, reason: str
+) -> None:
+    rows = tmp_path / "s.jsonl"
+    rows.write_text('{"text": "one"}\n' + line + "\n")
+
+    with pytest.raises(InvalidInput, match=re.escape(reason)) as raised:
+        read_texts(rows, 1000)
+
+    assert "KeyError" not in str(raised.value) and "('text')" not in str(raised.value)
 
 
 def test_each_text_keeps_the_token_count_the_model_read(tmp_path: Path) -> None:
