@@ -195,7 +195,7 @@ TRANSCRIPT_FORMATS = {
 
 TRANSCRIPTION_FIELDS = EndpointFields(
     "/v1/audio/transcriptions",
-    used=frozenset({"file", "model", "language", "response_format"}),
+    used=frozenset({"file", "model", "language", "response_format", "timestamp_granularities"}),
     refused={
         "prompt": (
             (None, ""),
@@ -205,11 +205,6 @@ TRANSCRIPTION_FIELDS = EndpointFields(
             (None, 0, 0.0),
             "temperature is not supported: stoker decodes with beam search and "
             "faster-whisper's own fallback; leave it out",
-        ),
-        "timestamp_granularities": (
-            (None, ["segment"]),
-            "word timestamps are not offered through this endpoint; use `stoker submit "
-            "transcribe --word-timestamps`, or leave it out for segments",
         ),
         "include": ((None, []), "log-probabilities are not returned; leave it out"),
         "chunking_strategy": ((None, "auto"), "stoker chunks by silence itself; leave it out"),
@@ -229,7 +224,62 @@ def transcription_request(body: dict[str, Any]) -> dict[str, Any]:
     request |= local_model(body)
     if isinstance(body.get("language"), str):
         request["language"] = body["language"]
+    if "word" in _granularities(body):
+        request["word_timestamps"] = True
     return request
+
+
+def _granularities(body: dict[str, Any]) -> set[str]:
+    """The timestamp granularities asked for; word ones need verbose_json, as at OpenAI."""
+    asked = body.get("timestamp_granularities")
+    if asked is None:
+        return {"segment"}
+    if not isinstance(asked, list) or not asked or not set(asked) <= {"segment", "word"}:
+        raise InvalidInput(
+            'body.timestamp_granularities must list "segment", "word" or both.',
+            param="timestamp_granularities",
+        )
+    if "word" in asked and body.get("response_format") != "verbose_json":
+        raise InvalidInput(
+            "body.timestamp_granularities: word timestamps come only with response_format "
+            "verbose_json; ask for that format too.",
+            param="timestamp_granularities",
+        )
+    return set(asked)
+
+
+def verbose_transcription(transcript: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``verbose_json`` answer from stoker's transcript JSON (transcript.py).
+
+    ``language`` stays the ISO code (OpenAI answers the language's English name), and
+    a segment has the fields stoker keeps: not Whisper's ``seek``, ``tokens``,
+    ``temperature`` or ``compression_ratio``.
+    """
+    segments = transcript["segments"]
+    answer: dict[str, Any] = {
+        "task": "transcribe",
+        "language": transcript["language"] or "",
+        "duration": transcript["duration_s"],
+        "text": transcript["text"],
+        "segments": [
+            {
+                "id": i,
+                "start": s["start"],
+                "end": s["end"],
+                "text": s["text"],
+                "avg_logprob": s["avg_logprob"],
+                "no_speech_prob": s["no_speech_prob"],
+            }
+            for i, s in enumerate(segments)
+        ],
+    }
+    if "word" in _granularities(body):
+        answer["words"] = [
+            {"word": w["word"].strip(), "start": w["start"], "end": w["end"]}
+            for s in segments
+            for w in s["words"]
+        ]
+    return answer
 
 
 def transcription_body(

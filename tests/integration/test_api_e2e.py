@@ -275,11 +275,30 @@ def test_the_openai_client_transcribes_an_upload_synchronously(
 
     import openai
 
-    # When it asks for what stoker cannot honour (a prompt, word timestamps), Then it is
-    # refused naming the field, and the upload was not kept
+    # When it asks for verbose_json with word timestamps, Then the answer has the
+    # fields OpenAI's client reads: the duration, numbered segments, and the words
+    # with times inside the recording
+    with wav.open("rb") as f:
+        verbose = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    assert 1.0 < verbose.duration < 10.0
+    assert "quick brown fox" in verbose.text.lower()
+    assert [s.id for s in verbose.segments or []] == list(range(len(verbose.segments or [])))
+    words = verbose.words or []
+    assert "fox" in [w.word.lower().strip(".,") for w in words]
+    assert all(0 <= w.start <= w.end <= verbose.duration for w in words)
+    assert [w.start for w in words] == sorted(w.start for w in words)
+
+    # When it asks for what stoker cannot honour (a prompt, word timestamps without
+    # verbose_json, a temperature), Then it is refused naming the field, and the upload
+    # was not kept
     for extra, field in (
         ({"prompt": "Names: Ada"}, "prompt"),
-        ({"timestamp_granularities": ["word"], "response_format": "verbose_json"}, "timestamp"),
+        ({"timestamp_granularities": ["word"]}, "timestamp_granularities"),
         ({"temperature": 0.5}, "temperature"),
     ):
         with wav.open("rb") as f, pytest.raises(openai.BadRequestError, match=f"body.{field}"):

@@ -150,7 +150,13 @@ def test_base64_embeddings_are_little_endian_float32() -> None:
             "/v1/audio/transcriptions",
             {"file": "f", "timestamp_granularities": ["word"]},
             "timestamp_granularities",
-            "--word-timestamps",
+            "verbose_json",
+        ),
+        (
+            "/v1/audio/transcriptions",
+            {"file": "f", "timestamp_granularities": ["letter"]},
+            "timestamp_granularities",
+            '"segment", "word" or both',
         ),
     ],
 )
@@ -179,3 +185,49 @@ def test_fields_that_ask_for_nothing_or_change_nothing_here_are_accepted() -> No
         "format": "jsonl",
         "normalize": True,
     }
+
+
+def test_verbose_json_is_openais_shape_with_words_when_asked() -> None:
+    from stoker.api.openai_shapes import verbose_transcription
+
+    word = {"start": 0.5, "end": 0.9, "word": " fox", "probability": 0.9}
+    transcript = {
+        "language": "en",
+        "language_probability": 0.99,
+        "duration_s": 2.5,
+        "model": "tiny",
+        "options": {},
+        "text": "The fox.",
+        "segments": [
+            {
+                "start": 0.0,
+                "end": 1.2,
+                "text": "The fox.",
+                "words": [word],
+                "avg_logprob": -0.2,
+                "no_speech_prob": 0.01,
+            }
+        ],
+    }
+    segment = {
+        "id": 0,
+        "start": 0.0,
+        "end": 1.2,
+        "text": "The fox.",
+        "avg_logprob": -0.2,
+        "no_speech_prob": 0.01,
+    }
+    asked = {"file": "f", "response_format": "verbose_json"}
+    assert verbose_transcription(transcript, asked) == {
+        "task": "transcribe",
+        "language": "en",
+        "duration": 2.5,
+        "text": "The fox.",
+        "segments": [segment],
+    }
+    words = verbose_transcription(transcript, {**asked, "timestamp_granularities": ["word"]})
+    assert words["words"] == [{"word": "fox", "start": 0.5, "end": 0.9}]
+    request = ADAPTERS["/v1/audio/transcriptions"].to_request(
+        {**asked, "timestamp_granularities": ["word"]}
+    )
+    assert request["word_timestamps"] is True and request["formats"] == ["txt", "json"]

@@ -8,10 +8,11 @@ OpenAI client expects the result body or an error, never an accepted-for-later a
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Form, UploadFile
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from stoker.api.deps import KeyDep, StateDep
 from stoker.api.errors import ApiError
@@ -21,6 +22,7 @@ from stoker.api.openai_shapes import (
     TRANSCRIPT_FORMATS,
     output_named,
     transcription_request,
+    verbose_transcription,
 )
 from stoker.api.routes.files import save_upload
 from stoker.api.state import ApiState
@@ -124,7 +126,7 @@ def transcriptions(
     model: Annotated[str, Form(max_length=128)] = "whisper-1",
     language: Annotated[str | None, Form(max_length=16)] = None,
     response_format: Annotated[str, Form(max_length=16)] = "json",
-    # OpenAI's fields stoker cannot honour: named here so that they are refused
+    # OpenAI's other form fields: named here so that each is used or refused
     # (transcription_request says why) rather than dropped by the form parser.
     prompt: Annotated[str | None, Form(max_length=4096)] = None,
     temperature: Annotated[float | None, Form()] = None,
@@ -138,22 +140,23 @@ def transcriptions(
             f"response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}.",
             param="response_format",
         )
+    body: dict[str, Any] = {
+        "model": model,
+        "language": language or "auto",
+        "response_format": response_format,
+    }
     asked = {
         "prompt": prompt,
         "temperature": temperature,
         "timestamp_granularities": granularities,
         "stream": stream,
     }
+    body |= {k: v for k, v in asked.items() if v is not None}
     # Checked before the upload is stored, so a refused request leaves nothing behind.
-    transcription_request({"file": "-", **{k: v for k, v in asked.items() if v is not None}})
+    transcription_request({**body, "file": "-"})
     require_deployed("transcribe")
     upload = save_upload(state, key, file, "user_data")
-    body = {
-        "file": upload.id,
-        "model": model,
-        "language": language or "auto",
-        "response_format": response_format,
-    }
+    body["file"] = upload.id
     try:
         done = run_sync(state, key, "/v1/audio/transcriptions", body)
     finally:
@@ -162,16 +165,10 @@ def transcriptions(
     out = output_named(done, f".{fmt}")
     text = state.stoker.storage.get_bytes(out.key).decode("utf-8") if out else ""
     if response_format == "json":
-        return Response(_json_text(text), media_type="application/json")
+        return JSONResponse({"text": text.strip()})
     if response_format == "verbose_json":
-        return Response(text, media_type="application/json")
+        return JSONResponse(verbose_transcription(json.loads(text), body))
     return PlainTextResponse(text)
-
-
-def _json_text(text: str) -> str:
-    import json
-
-    return json.dumps({"text": text.strip()})
 
 
 @router.post("/embeddings")
