@@ -15,7 +15,7 @@ from stoker.api import errors
 from stoker.api.meta import open_meta_store
 from stoker.api.metrics import ApiMetrics
 from stoker.api.middleware import BodyLimit, Timing
-from stoker.api.routes import batches, files, health, jobs, openai
+from stoker.api.routes import batches, files, health, jobs, models, openai
 from stoker.api.state import ApiState
 from stoker.api.webhooks import Deliverer, DeliveryThread, httpx_post
 from stoker.client import Stoker
@@ -68,7 +68,14 @@ def create_app(settings: Settings | None = None, *, deliver_webhooks: bool = Tru
         lifespan=lifespan,
     )
     errors.install(app)
-    for router in (jobs.router, files.router, batches.router, openai.router, health.router):
+    for router in (
+        jobs.router,
+        files.router,
+        batches.router,
+        openai.router,
+        models.router,
+        health.router,
+    ):
         app.include_router(router)
     app.add_middleware(
         BodyLimit,

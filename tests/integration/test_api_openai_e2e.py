@@ -210,6 +210,31 @@ def test_a_list_of_prompts_and_openai_fields_stoker_cannot_honour(api: Api) -> N
         assert refused.value.param == field  # the SDK's own field for it
 
 
+def test_models_lists_the_names_a_request_may_use_and_no_paths(api: Api) -> None:
+    import openai
+
+    client = api.client()
+    # When an OpenAI client lists the models
+    listed = {m.id: m for m in client.models.list()}
+    # Then the configured and packaged models are there, each with the jobs that use it
+    # and no file path
+    # (gemma-3-270m is packaged in pieces, joined on first use: listed before that too)
+    assert {"tiny", "tinysd", "all-MiniLM-L6-v2", "gemma-3-270m"} <= set(listed)
+    assert listed["tiny"].capabilities == ["generate"]  # type: ignore[attr-defined]
+    assert listed["tinysd"].capabilities == ["image"]  # type: ignore[attr-defined]
+    assert listed["all-MiniLM-L6-v2"].capabilities == ["embed"]  # type: ignore[attr-defined]
+    assert all(m.object == "model" and m.owned_by == "stoker" for m in listed.values())
+    raw = httpx.get(f"{api.url}/v1/models", headers={"Authorization": f"Bearer {api.key}"})
+    assert api.deployment.env["STOKER_MODELS__TINY__PATH"] not in raw.text
+    # And one is read by id, an unknown id is a 404
+    assert client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError, match="no model with id 'nope'"):
+        client.models.retrieve("nope")
+    # And a listed name is one a request can use
+    reply = client.completions.create(model="tiny", prompt="Once", max_tokens=2)
+    assert reply.model == "tiny"
+
+
 def test_images_as_urls_and_as_base64(api: Api) -> None:
     from PIL import Image
 
