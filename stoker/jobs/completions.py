@@ -89,14 +89,34 @@ def _grammar(model: Any, sampling: Sampling) -> Any | None:
     return grammar
 
 
-def _gguf_chat_tokens(model: Any, template: str, messages: list[dict[str, str]]) -> int:
-    """Prompt tokens of ``messages`` rendered with the GGUF template, as llama-cpp-python does."""
+def template_roles(template: str, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` in the roles ``template`` knows. OpenAI's ``developer`` is its newer
+    name for ``system``; chat templates older than it drop it (Qwen 2.5), print a role
+    the model never saw (Llama 3) or refuse it (Gemma), so it is sent as ``system``
+    unless the template names it. The fallback transcript is treated the same way."""
+    if "developer" in template:
+        return messages
+    return [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+
+
+def _gguf_chat_tokens(model: Any, template: str, messages: list[dict[str, str]], line: int) -> int:
+    """Prompt tokens of ``messages`` rendered with the GGUF template, as llama-cpp-python
+    does; ItemFailed when the template refuses them (its ``raise_exception``)."""
+    from jinja2 import TemplateError
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     bos = model.detokenize([model.token_bos()], special=True).decode("utf-8", "replace")
     eos = model.detokenize([model.token_eos()], special=True).decode("utf-8", "replace")
-    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-    rendered = formatter(messages=cast(Any, messages))
+    try:
+        formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        rendered = formatter(messages=cast(Any, messages))
+    except (ValueError, TemplateError) as exc:  # raise_exception raises ValueError
+        raise ItemFailed(
+            "chat_template",
+            f"line {line}: the model's chat template refuses these messages ({exc}); "
+            f"send the roles in the order it expects (usually an optional system "
+            f"message, then user and assistant turns in turn, starting with user)",
+        ) from exc
     text = rendered.prompt.encode("utf-8")
     return len(model.tokenize(text, add_bos=not rendered.added_special, special=True))
 
@@ -151,14 +171,15 @@ def _complete(model: Any, item: PromptItem, grammar: Any) -> dict[str, Any]:
 def _chat(model: Any, item: PromptItem, grammar: Any) -> dict[str, Any]:
     assert item.messages is not None
     template = model.metadata.get(TEMPLATE_KEY)
+    messages = template_roles(template or "", item.messages)
     if template:
-        _check_fits(model, item, _gguf_chat_tokens(model, template, item.messages))
-        response = model.create_chat_completion(item.messages, **_options(item.sampling, grammar))
+        _check_fits(model, item, _gguf_chat_tokens(model, template, messages, item.line))
+        response = model.create_chat_completion(messages, **_options(item.sampling, grammar))
         choice = response["choices"][0]
         content = choice["message"].get("content") or ""
         used = "gguf"
     else:
-        prompt = fallback_prompt(item.messages)
+        prompt = fallback_prompt(messages)
         tokens = model.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         _check_fits(model, item, len(tokens))
         options = _options(item.sampling, grammar, FALLBACK_STOPS)
@@ -180,7 +201,8 @@ def run_item(model: Any, item: PromptItem) -> dict[str, Any]:
 
     ``{"index", "custom_id", "text" | "message", "finish_reason", "usage",
     "chat_template"?}``, or ``{"index", "custom_id", "error": {"code", "message"}}``
-    when the item cannot run (too long for the context, a bad schema or grammar).
+    when the item cannot run (too long for the context, a bad schema or grammar, messages
+    the model's chat template refuses).
     """
     head = {"index": item.index, "custom_id": item.custom_id}
     try:

@@ -27,9 +27,23 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "tiny": tiny,
         "chat": write_tiny_llama(root / "chat.gguf", chat_template=CHAT_TEMPLATE),
+        "strict": write_tiny_llama(root / "strict.gguf", chat_template=STRICT_TEMPLATE),
         "not": write_not_gguf(root / "not.gguf"),
         "truncated": write_truncated(tiny, root / "truncated.gguf"),
     }
+
+
+# Like Gemma's and Qwen 2.5's: a system turn, then user and assistant alternating
+# (any other order raises); no developer role.
+STRICT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}<|sys|>{{ m['content'] }}\n"
+    "{% elif m['role'] in ('user', 'assistant') %}"
+    "{% if (m['role'] == 'user') != (loop.index0 % 2 == (1 if messages[0]['role'] == 'system' "
+    "else 0)) %}{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
+    "{% endif %}{% endfor %}<|assistant|>"
+)
 
 
 def load(path: Path, **options: object) -> object:
@@ -199,3 +213,42 @@ def test_a_chunk_stops_between_lines_when_the_job_is_cancelled(
             load(models["tiny"]), params, {"inputs": ["k"], "first": 0, "count": 8}, ctx
         )
     assert len(asked) == 2 and not out.exists()
+
+
+def test_a_developer_message_is_the_system_turn_of_a_template_without_that_role(
+    models: dict[str, Path],
+) -> None:
+    """Given a model whose chat template knows system, user and assistant only
+    When messages open with OpenAI's developer role
+    Then the model reads it as the system turn (not dropped: the prompt is as long as
+    with a system message, and longer than without)."""
+    model = load(models["strict"])
+    sampling = Sampling(max_tokens=2, seed=1)
+    user = {"role": "user", "content": "Name a colour."}
+
+    def prompt_tokens(messages: list[dict[str, str]]) -> int:
+        result = run_item(model, item(sampling, messages=messages))
+        assert "error" not in result, result
+        return int(result["usage"]["prompt_tokens"])
+
+    developer = prompt_tokens([{"role": "developer", "content": "Answer in one word."}, user])
+    system = prompt_tokens([{"role": "system", "content": "Answer in one word."}, user])
+    assert developer == system > prompt_tokens([user])
+
+
+def test_messages_the_chat_template_refuses_fail_that_line_only(
+    models: dict[str, Path],
+) -> None:
+    """Given a template that raises on two user turns in a row (as Gemma's does)
+    When such messages run
+    Then that item is an error line quoting the template, and the model still serves
+    the next item."""
+    model = load(models["strict"])
+    sampling = Sampling(max_tokens=2, seed=1)
+    twice = [{"role": "user", "content": "Hi."}, {"role": "user", "content": "Hello?"}]
+    failed = run_item(model, item(sampling, messages=twice))
+    assert failed["error"]["code"] == "chat_template"
+    assert "line 1: the model's chat template refuses these messages" in failed["error"]["message"]
+    assert "Conversation roles must alternate" in failed["error"]["message"]
+    fine = run_item(model, item(sampling, messages=twice[:1]))
+    assert fine["message"]["role"] == "assistant"
