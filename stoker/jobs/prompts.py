@@ -73,9 +73,12 @@ class Message(BaseModel):
         if isinstance(self.content, str):
             return self.content
         parts = []
-        for part in self.content:
+        for i, part in enumerate(self.content):
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError("only text content parts are supported")
+                raise ValueError(
+                    f"content part {i} is of type {part.get('type')!r}; only text parts "
+                    f'({{"type": "text", "text": "..."}}) are supported: the model reads text'
+                )
             parts.append(part["text"])
         return "".join(parts)
 

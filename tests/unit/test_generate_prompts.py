@@ -46,6 +46,11 @@ def test_good_lines_take_job_defaults_and_their_own_overrides() -> None:
         ('{"prompt": "a", "json_schema": {"type": "strin"}}', "not a valid JSON schema"),
         ('{"prompt": "a", "json_schema": {}, "grammar": "root ::= \\"x\\""}', "not both"),
         ('{"prompt": "  "}', "the prompt is empty"),
+        (
+            '{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, '
+            '{"type": "image_url", "image_url": {"url": "x.png"}}]}]}',
+            "content part 1 is of type 'image_url'; only text parts",
+        ),
     ],
 )
 def test_a_malformed_line_is_an_error_for_that_line_only(line: str, reason: str) -> None:
