@@ -66,6 +66,7 @@ def models(
     ] = None,
 ) -> None:
     """The models and voices this machine can load, and where they come from."""
+    from stoker.jobs import capabilities_for
     from stoker.workers.catalog import ModelCatalog
 
     if loaded:
@@ -83,6 +84,7 @@ def models(
             {
                 "name": s.name,
                 "backend": s.backend,
+                "capabilities": capabilities_for(s),
                 "source": s.source,
                 "path": str(s.path),
                 "missing": [str(p) for p in catalog.missing_files(s)],
@@ -91,13 +93,14 @@ def models(
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = table_of("name", "backend", "source", "path", "status")
+    table = table_of("name", "backend", "for", "source", "path", "status")
     table.columns[0].no_wrap = True  # names are what people copy; wrap the paths instead
     for spec in catalog.all():
         missing = catalog.missing_files(spec)
         table.add_row(
             spec.name,
             spec.backend,
+            ", ".join(capabilities_for(spec)),
             spec.source,
             str(spec.path),
             f"[red]missing {missing[0]}[/]" if missing else "[green]ok[/]",

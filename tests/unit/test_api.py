@@ -473,21 +473,3 @@ def test_a_batch_past_its_window_expires_and_reports_what_did_not_run(
     lines = [json.loads(line) for line in errors.splitlines()]
     assert sorted(line["custom_id"] for line in lines) == ["a", "b"]
     assert {line["error"]["code"] for line in lines} == {"batch_expired"}
-
-
-def test_a_diffusers_model_is_listed_for_the_job_its_pipeline_makes(tmp_path: Path) -> None:
-    from stoker.api.routes.models import _capabilities
-    from stoker.workers.catalog import ModelSpec
-
-    def folder(name: str, pipeline: str | None) -> ModelSpec:
-        path = tmp_path / name
-        path.mkdir()
-        if pipeline is not None:
-            (path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
-        return ModelSpec(name, "diffusers", path)
-
-    assert _capabilities(folder("shap-e", "ShapEPipeline")) == ["mesh"]
-    assert _capabilities(folder("sd", "StableDiffusionPipeline")) == ["image"]
-    # Not a pipeline folder: what the backend allows (a job for it fails saying why)
-    assert _capabilities(folder("empty", None)) == ["image", "mesh"]
-    assert _capabilities(ModelSpec("v", "piper", tmp_path / "v.onnx")) == ["audiobook", "speak"]

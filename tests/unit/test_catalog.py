@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -311,3 +312,20 @@ def test_the_backend_of_a_model_path_is_guessed_from_its_shape(tmp_path: Path) -
     assert guess_backend(folder("gg", "x.gguf")) == "llama"
     assert guess_backend(tmp_path / "w.bin") is None
     assert guess_backend(folder("empty")) is None
+
+
+def test_a_diffusers_model_is_for_the_job_its_pipeline_makes(tmp_path: Path) -> None:
+    from stoker.jobs import capabilities_for
+
+    def folder(name: str, pipeline: str | None) -> ModelSpec:
+        path = tmp_path / name
+        path.mkdir()
+        if pipeline is not None:
+            (path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+        return ModelSpec(name, "diffusers", path)
+
+    assert capabilities_for(folder("shap-e", "ShapEPipeline")) == ["mesh"]
+    assert capabilities_for(folder("sd", "StableDiffusionPipeline")) == ["image"]
+    # Not a pipeline folder: what the backend allows (a job for it fails saying why)
+    assert capabilities_for(folder("empty", None)) == ["image", "mesh"]
+    assert capabilities_for(ModelSpec("v", "piper", tmp_path / "v.onnx")) == ["audiobook", "speak"]

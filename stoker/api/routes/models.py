@@ -16,25 +16,10 @@ from fastapi import APIRouter
 
 from stoker.api.deps import KeyDep, StateDep
 from stoker.api.errors import not_found
-from stoker.errors import ModelLoadError
-from stoker.jobs import CAPABILITIES
+from stoker.jobs import capabilities_for
 from stoker.workers.catalog import ModelCatalog, ModelSpec
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-
-
-def _capabilities(spec: ModelSpec) -> list[str]:
-    kinds = sorted(k for k, cap in CAPABILITIES.items() if cap.backend == spec.backend)
-    if spec.backend != "diffusers":
-        return kinds
-    from stoker.jobs.mesh import SHAP_E_PIPELINES
-    from stoker.workers.loaders.diffusers import read_model_index
-
-    try:
-        pipeline = str(read_model_index(spec.path).get("_class_name"))
-    except ModelLoadError:  # not a pipeline folder: a job for it fails saying so
-        return kinds
-    return ["mesh"] if pipeline in SHAP_E_PIPELINES else ["image"]
 
 
 def _model(spec: ModelSpec) -> dict[str, Any]:
@@ -46,7 +31,7 @@ def _model(spec: ModelSpec) -> dict[str, Any]:
         "created": int(spec.path.stat().st_mtime) if spec.path.exists() else 0,
         "owned_by": "stoker",
         "backend": spec.backend,
-        "capabilities": _capabilities(spec),
+        "capabilities": capabilities_for(spec),
     }
 
 
