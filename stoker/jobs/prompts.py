@@ -174,6 +174,15 @@ def split_lines(text: str) -> list[tuple[int, str]]:
 def _first_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden" and len(first["loc"]) == 1:
+        # An unknown field of the line: the reason when it is OpenAI's (tools, n, ...),
+        # as a Batch-shaped line gets it, else the fields a line may have.
+        if where in openai_generate.UNSUPPORTED:
+            return f"{where}: {openai_generate.UNSUPPORTED[where][1]}"
+        return (
+            f"{where} is not a field of a prompt line; remove it (a line has: "
+            f"{', '.join(Line.model_fields)})"
+        )
     return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 

@@ -46,6 +46,8 @@ def test_good_lines_take_job_defaults_and_their_own_overrides() -> None:
         ('{"prompt": "a", "json_schema": {"type": "strin"}}', "not a valid JSON schema"),
         ('{"prompt": "a", "json_schema": {}, "grammar": "root ::= \\"x\\""}', "not both"),
         ('{"prompt": "  "}', "the prompt is empty"),
+        ('{"prompt": "a", "tools": [{"type": "function"}]}', "tools: tool calls are not supported"),
+        ('{"prompt": "a", "temprature": 0.5}', "temprature is not a field of a prompt line"),
         (
             '{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, '
             '{"type": "image_url", "image_url": {"url": "x.png"}}]}]}',
