@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from stoker.errors import InvalidInput
-from stoker.jobs.openai_fields import STREAM_REFUSED, EndpointFields
+from stoker.jobs.openai_fields import STREAM_REFUSED, EndpointFields, Refusals
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -59,8 +59,7 @@ _LOGPROBS = (
     "with logits_all, which slows every prompt; leave it out"
 )
 _ONE = "one completion per request: send several requests (or batch lines) with different seeds"
-#: field → (the values that ask for nothing, why any other value is refused)
-UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
+UNSUPPORTED: Refusals = {
     "stream": ((None, False), STREAM_REFUSED),
     "n": ((None, 1), _ONE),
     "best_of": ((None, 1), _ONE),

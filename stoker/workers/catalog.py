@@ -274,18 +274,23 @@ def guess_backend(path: Path) -> str | None:
     return None
 
 
-# What each backend's models are for, in the words a user submitting a job knows.
-_KINDS = {
-    "whisper": "faster-whisper model (transcribe)",
-    "piper": "piper voice (speak, audiobook)",
-    "llama": "GGUF model for llama.cpp (generate)",
-    "sentence-transformers": "sentence-transformers model (embed)",
-    "diffusers": "diffusers pipeline (image, mesh)",
+# What each backend's models are called, in the words a user submitting a job knows.
+_NOUNS = {
+    "whisper": "faster-whisper model",
+    "piper": "piper voice",
+    "llama": "GGUF model for llama.cpp",
+    "sentence-transformers": "sentence-transformers model",
+    "diffusers": "diffusers pipeline",
 }
 
 
 def _kind(backend: str) -> str:
-    return _KINDS.get(backend, f"{backend} model")
+    """e.g. "piper voice (speak, audiobook)": the jobs come from the capability registry."""
+    from stoker.jobs import CAPABILITIES  # lazy: the capabilities import this module
+
+    kinds = [k for k, cap in CAPABILITIES.items() if cap.backend == backend]
+    noun = _NOUNS.get(backend, f"{backend} model")
+    return f"{noun} ({', '.join(kinds)})" if kinds else noun
 
 
 def _toml_key(name: str) -> str:
