@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from stoker.cli.app import (
 )
 from stoker.errors import InvalidInput
 from stoker.jobs.base import ERRORS_NAME
-from stoker.queues.batches import BATCH_KIND, request_counts
+from stoker.queues.batches import BATCH_KIND
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 
 if TYPE_CHECKING:  # the client is imported when a command runs (startup time)
@@ -166,6 +167,9 @@ def status(
     ctx: typer.Context,
     job_id: JobArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    files: Annotated[
+        bool, typer.Option("--files", help="A batch: list every file, not only those to see.")
+    ] = False,
 ) -> None:
     """Show a job's state, progress, outputs and error."""
     with client_of(ctx) as client:
@@ -173,24 +177,40 @@ def status(
         if as_json:
             console.print_json(record.model_dump_json())
             return
-        _print_record(record, client)
+        _print_record(record, client, every_file=files)
 
 
-def _print_children(kids: list[JobRecord]) -> None:
-    counts = request_counts(kids)
-    console.print(
-        f"  {counts['completed']} completed, {counts['failed']} failed, {counts['total']} in all"
-    )
-    table = table_of("file", "job", "state", "progress", "error")
-    for kid in kids:
-        table.add_row(
-            str(kid.params.get("name", "")),
-            kid.id,
-            kid.state.value,
-            f"{kid.progress.done}/{kid.progress.total}",
-            kid.error.message if kid.error else "",
+#: A batch with more files than this lists only those not succeeded, this many at most.
+LISTED_FILES = 20
+#: The order files are listed in when not all are: what needs a look first.
+_FILE_ORDER = {JobState.FAILED: 0, JobState.CANCELLED: 1, JobState.RUNNING: 2, JobState.QUEUED: 3}
+
+
+def _print_children(record: JobRecord, kids: list[JobRecord], every_file: bool) -> None:
+    by_state = Counter(kid.state for kid in kids)
+    states = ", ".join(f"{by_state[s]} {s.value}" for s in JobState if by_state[s])
+    console.print(f"  {len(kids)} files: {states or 'none yet'}")
+    shown = kids
+    if not every_file and len(kids) > LISTED_FILES:
+        todo = [kid for kid in kids if kid.state is not JobState.SUCCEEDED]
+        shown = sorted(todo, key=lambda k: _FILE_ORDER.get(k.state, 9))[:LISTED_FILES]
+    if shown:
+        table = table_of("file", "job", "state", "progress", "error")
+        for kid in shown:
+            table.add_row(
+                str(kid.params.get("name", "")),
+                kid.id,
+                kid.state.value,
+                f"{kid.progress.done}/{kid.progress.total}",
+                kid.error.message if kid.error else "",
+            )
+        console.print(table)
+    if len(shown) < len(kids):
+        console.print(
+            f"  {len(kids) - len(shown)} more files not listed; "
+            f"`stoker status {record.id} --files` lists every file.",
+            highlight=False,
         )
-    console.print(table)
 
 
 def _print_chapters(record: JobRecord, done: set[int]) -> None:
@@ -204,14 +224,17 @@ def _print_chapters(record: JobRecord, done: set[int]) -> None:
     console.print(table)
 
 
-def _print_record(record: JobRecord, client: Any) -> None:
+def _print_record(record: JobRecord, client: Any, *, every_file: bool = False) -> None:
     p = record.progress
+    # Every delivery of a chunk task that ran counts: more runs than chunks means
+    # some were run again (a retry, a worker lost mid-chunk). A batch runs none itself.
+    runs = f" · chunk runs {record.attempts}" if record.attempts else ""
     console.print(
         f"[bold]{record.id}[/] {record.kind} · [bold]{record.state.value}[/] · "
-        f"{p.done}/{p.total} {_units(record)} · stage {p.stage} · attempts {record.attempts}"
+        f"{p.done}/{p.total} {_units(record)} · stage {p.stage}{runs}"
     )
     if record.kind == BATCH_KIND:
-        _print_children(client.children(record.id))
+        _print_children(record, client.children(record.id), every_file)
     elif record.params.get("chapters"):
         _print_chapters(record, client.done_chunks(record.id))
     if record.error:
@@ -262,24 +285,41 @@ def jobs(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
     kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Only the jobs of this batch (one per file).")
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Also the jobs of batches (one per file).")
+    ] = False,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
 ) -> None:
-    """List recent jobs, newest first."""
+    """List recent jobs, newest first. A batch is one row; --batch ID lists its files."""
+    if batch is not None and every:
+        raise InvalidInput("give --batch or --all, not both.")
     try:
-        flt = JobFilter(state=JobState(state) if state else None, kind=kind, limit=limit)
+        flt = JobFilter(
+            state=JobState(state) if state else None,
+            kind=kind,
+            parent=batch,
+            top_level=batch is None and not every,
+            limit=limit,
+        )
     except ValueError as exc:
         raise InvalidInput(
             f"--state must be one of {', '.join(s.value for s in JobState)}."
         ) from exc
     with client_of(ctx) as client:
-        table = table_of("id", "kind", "state", "progress", "stage")
+        if batch is not None:
+            client.status(batch)  # an unknown batch is an error, not an empty list
+        table = table_of("id", "kind", "state", "progress", "stage", "created")
         for r in client.jobs(flt):
             table.add_row(
                 r.id,
                 r.kind,
                 r.state.value,
-                f"{r.progress.done}/{r.progress.total}",
+                f"{r.progress.done}/{r.progress.total} {_units(r)}",
                 r.progress.stage,
+                _when(r.created_at),
             )
     console.print(table)
 

@@ -13,7 +13,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from stoker.config import Priority
 
@@ -92,8 +92,16 @@ class JobFilter(BaseModel):
     kind: str | None = None
     owner: str | None = None
     parent: str | None = None  # the children of one batch
+    # Only jobs that are not a batch's children: a batch of 5,000 files lists as one.
+    top_level: bool = False
     limit: int = Field(default=50, ge=1, le=1000)
     before: float | None = None  # created_at cursor: only jobs created strictly before
+
+    @model_validator(mode="after")
+    def _one_level(self) -> JobFilter:
+        if self.top_level and self.parent is not None:
+            raise ValueError("a filter takes parent or top_level, not both")
+        return self
 
 
 def new_job_id() -> str:

@@ -274,3 +274,78 @@ def test_run_audiobook_on_a_markdown_book(data_dir: Path, tmp_path: Path) -> Non
     ]
     chapters = MP4(str(next(out.glob("*.m4b")))).chapters
     assert [c.title for c in chapters] == ["The Harbour", "The Light"]
+
+
+def _stored_batch(data_dir: Path, files: int) -> tuple[str, list[str], str]:
+    """A batch of ``files`` child jobs in the embedded job store, as an archive leaves
+    it: the first two failed, the third running, the rest succeeded; and a job of
+    its own, created before it. Returns (batch id, child ids, the other job's id)."""
+    from stoker.queues.records import ChunkRef, JobError, Progress, new_record
+    from stoker.queues.stores.sqlite import SqliteJobStore
+
+    store = SqliteJobStore(data_dir / "jobs.sqlite")
+    try:
+        alone = new_record(kind="echo", params={"text": "hi"}, created_at=10.0)
+        store.create(alone)
+        batch = new_record(
+            kind="batch",
+            params={"name": "archive"},
+            progress=Progress(total=files),
+            created_at=20.0,
+        )
+        store.create(batch)
+        kids = []
+        for i in range(files):
+            kid = new_record(
+                kind="transcribe",
+                params={"name": f"rec{i:03d}.wav"},
+                chunks=[ChunkRef(index=0, key=f"chunks/transcribe/{i:064d}.json")],
+                parent=batch.id,
+                parent_index=i,
+                created_at=30.0 + i,
+            )
+            store.create(kid)
+            kids.append(kid.id)
+            if i < 2:
+                store.fail(kid.id, JobError(kind="invalid_input", message=f"rec{i:03d} is corrupt"))
+            elif i > 2:
+                store.mark_running(kid.id)
+                store.succeed(kid.id, [])
+            else:
+                store.mark_running(kid.id)
+    finally:
+        store.close()
+    return batch.id, kids, alone.id
+
+
+def test_a_big_batch_lists_as_one_job_and_shows_the_files_to_look_at(data_dir: Path) -> None:
+    # Given a batch of 30 files (2 failed, 1 running, 27 succeeded) and a job of its own
+    batch, kids, alone = _stored_batch(data_dir, 30)
+    # When listing jobs: the batch is one row beside the other job, not 30 more
+    listed = stoker("jobs", data_dir=data_dir)
+    assert listed.returncode == 0, listed.stderr
+    assert batch in listed.stdout and alone in listed.stdout
+    assert "0/30 files" in listed.stdout
+    assert not any(kid in listed.stdout for kid in kids)
+    # And --batch lists its files, --all everything, newest first
+    files = stoker("jobs", "--batch", batch, "--limit", "100", data_dir=data_dir).stdout
+    assert all(kid in files for kid in kids) and alone not in files
+    every = stoker("jobs", "--all", "--limit", "5", data_dir=data_dir).stdout
+    assert kids[-1] in every and batch not in every
+    # When showing its status: the counts, then only the files that need a look
+    status = stoker("status", batch, data_dir=data_dir)
+    assert status.returncode == 0, status.stderr
+    out = status.stdout
+    assert "30 files: 1 running, 27 succeeded, 2 failed" in out
+    assert "rec000 is corrupt" in out and "rec001 is corrupt" in out and "rec002.wav" in out
+    assert "rec029.wav" not in out
+    assert f"27 more files not listed; `stoker status {batch} --files` lists every file." in out
+    # And --files lists every one
+    assert "rec029.wav" in stoker("status", batch, "--files", data_dir=data_dir).stdout
+
+
+def test_jobs_of_an_unknown_batch_is_a_clear_error(data_dir: Path) -> None:
+    result = stoker("jobs", "--batch", "job_nope", data_dir=data_dir)
+    assert result.returncode == 2 and "job_nope" in result.stderr
+    both = stoker("jobs", "--batch", "job_nope", "--all", data_dir=data_dir)
+    assert both.returncode == 2 and "give --batch or --all, not both" in both.stderr

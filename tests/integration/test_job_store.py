@@ -381,6 +381,61 @@ def test_the_children_of_a_batch_are_listed_by_parent(store: JobStore) -> None:
     assert failed[0].parent == batch.id and failed[0].parent_index == 1
 
 
+def test_top_level_lists_a_batch_once_and_not_its_children(store: JobStore) -> None:
+    # Given two standalone jobs and a batch of three files (created now, so newest)
+    older = job(kind="embed", created_at=50.0)
+    newer = job(kind="speak", created_at=200.0)
+    store.create(older)
+    store.create(newer)
+    batch, kids = batch_of(store, 3)
+    # Then the top level is the batch and the two jobs, newest first; the children
+    # are still listed by every other filter
+    top = JobFilter(top_level=True)
+    assert ids(store.list(top)) == [batch.id, newer.id, older.id]
+    assert set(ids(kids)) <= set(ids(store.list(JobFilter())))
+    # And it combines with the other filters and pages with the cursor
+    assert ids(store.list(JobFilter(top_level=True, kind="speak"))) == [newer.id]
+    assert ids(store.list(JobFilter(top_level=True, state=JobState.QUEUED, limit=2))) == [
+        batch.id,
+        newer.id,
+    ]
+    assert ids(store.list(JobFilter(top_level=True, before=200.0))) == [older.id]
+    # And a deleted job leaves it
+    store.fail(newer.id, JobError(kind="invalid_input", message="bad"))
+    assert store.delete(newer.id)
+    assert ids(store.list(top)) == [batch.id, older.id]
+
+
+def test_a_filter_takes_parent_or_top_level_not_both() -> None:
+    with pytest.raises(ValueError, match="parent or top_level"):
+        JobFilter(parent="job_x", top_level=True)
+
+
+def test_a_redis_store_made_before_the_top_index_gets_it_once(clean_redis: str) -> None:
+    # Given a store whose jobs were created before idx:top existed (its keys removed)
+    store = RedisJobStore(clean_redis, prefix="test")
+    alone = job(created_at=10.0)
+    store.create(alone)
+    batch, _ = batch_of(store, 2)
+    admin = redis.Redis.from_url(clean_redis, decode_responses=True)
+    try:
+        admin.delete("test:idx:top", "test:idx:top:built")
+        # And a job created by this version before anyone listed the top level
+        late = job(created_at=300.0)  # (the batch, created now, is newer)
+        store.create(late)
+        # When a new client lists the top level
+        fresh = RedisJobStore(clean_redis, prefix="test")
+        listed = fresh.list(JobFilter(top_level=True))
+        # Then every job that is not a child is there, once, and the build is marked
+        assert ids(listed) == [batch.id, late.id, alone.id]
+        assert admin.get("test:idx:top:built") == "1"
+        assert not admin.keys("test:tmp:*")
+        fresh.close()
+    finally:
+        admin.close()
+        store.close()
+
+
 # --- deleting ---------------------------------------------------------------------------
 
 
@@ -492,7 +547,8 @@ def test_sqlite_list_is_served_by_indexes(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "jobs.sqlite")
     try:
         for match in [{}, {"state": JobState.QUEUED}, {"kind": "a"}, {"owner": "o"},
-                      {"kind": "a", "owner": "o", "before": 5.0}]:  # fmt: skip
+                      {"kind": "a", "owner": "o", "before": 5.0}, {"parent": "job_b"},
+                      {"top_level": True}, {"top_level": True, "before": 5.0}]:  # fmt: skip
             sql, params = list_query(JobFilter.model_validate(match))
             plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
             jobs_steps = [step for step in plan if " jobs " in f"{step} "]

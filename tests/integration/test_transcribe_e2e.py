@@ -208,5 +208,5 @@ def test_an_s3_prefix_is_a_batch_too(
         text=True,
         timeout=60,
     )
-    assert "2 completed, 0 failed, 2 in all" in status.stdout
+    assert "2 files: 2 succeeded" in status.stdout
     assert "good/a.wav" in status.stdout and "good/b.mp3" in status.stdout

@@ -381,6 +381,25 @@ def _speech(custom_id: str) -> dict[str, Any]:
     }
 
 
+def _speech_batch(client: TestClient, headers: dict[str, str], *custom_ids: str) -> Any:
+    """An OpenAI batch of one speech line per custom id, created; its JSON."""
+    upload = client.post(
+        "/v1/files",
+        files={"file": ("b.jsonl", _jsonl(*(_speech(c) for c in custom_ids)))},
+        data={"purpose": "batch"},
+        headers=headers,
+    ).json()
+    return client.post(
+        "/v1/batches",
+        headers=headers,
+        json={
+            "input_file_id": upload["id"],
+            "endpoint": "/v1/audio/speech",
+            "completion_window": "24h",
+        },
+    ).json()
+
+
 def test_batches_refuse_duplicate_ids_too_many_lines_and_unknown_endpoints(
     data_dir: Path, alice: dict[str, str]
 ) -> None:
@@ -446,21 +465,7 @@ def test_a_batch_past_its_window_expires_and_reports_what_did_not_run(
     from stoker.api import batches
 
     # Given a batch of two speech lines that no worker takes
-    upload = client.post(
-        "/v1/files",
-        files={"file": ("b.jsonl", _jsonl(_speech("a"), _speech("b")))},
-        data={"purpose": "batch"},
-        headers=alice,
-    ).json()
-    created = client.post(
-        "/v1/batches",
-        headers=alice,
-        json={
-            "input_file_id": upload["id"],
-            "endpoint": "/v1/audio/speech",
-            "completion_window": "24h",
-        },
-    ).json()
+    created = _speech_batch(client, alice, "a", "b")
     assert created["status"] == "in_progress" and created["expired_at"] is None
     # When it is read after its 24 h window
     later = time.time() + batches.WINDOW_S + 1
@@ -473,3 +478,27 @@ def test_a_batch_past_its_window_expires_and_reports_what_did_not_run(
     lines = [json.loads(line) for line in errors.splitlines()]
     assert sorted(line["custom_id"] for line in lines) == ["a", "b"]
     assert {line["error"]["code"] for line in lines} == {"batch_expired"}
+
+
+def test_jobs_of_a_batch_are_listed_by_batch_and_left_out_of_the_top_level(
+    client: TestClient, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    # Given an echo job and an OpenAI batch of two speech lines (a job with two jobs)
+    echo = client.post("/v1/jobs", json={"kind": "echo", "params": {"text": "hi"}}, headers=alice)
+    batch = _speech_batch(client, alice, "a", "b")
+
+    def listed(query: str, headers: dict[str, str] = alice) -> list[str]:
+        answer = client.get(f"/v1/jobs?{query}", headers=headers)
+        assert answer.status_code == 200, answer.text
+        return [j["id"] for j in answer.json()["data"]]
+
+    # Then every job is listed by default, the batch and the echo job at the top level,
+    # and the batch's own two with batch=
+    kids = listed(f"batch={batch['id']}")
+    assert len(kids) == 2 and batch["id"] not in kids
+    assert listed("top_level=true") == [batch["id"], echo.json()["id"]]
+    assert set(listed("")) == {batch["id"], echo.json()["id"], *kids}
+    # And another owner's batch is a 404; both filters at once a 400
+    assert_error(client.get(f"/v1/jobs?batch={batch['id']}", headers=bob), 404)
+    both = client.get(f"/v1/jobs?batch={batch['id']}&top_level=true", headers=alice)
+    assert assert_error(both, 400)["param"] == "batch"

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from stoker.api.deps import KeyDep, StateDep, owned_job
+from stoker.api.errors import ApiError
 from stoker.api.inputs import merge_input
 from stoker.api.submission import submit_job
 from stoker.api.views import JobList, JobView, job_view
@@ -65,12 +66,24 @@ def list_jobs(
     kind: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[float | None, Query(description="next_cursor of the previous page")] = None,
+    batch: Annotated[
+        str | None, Query(max_length=64, description="only the jobs of this batch job")
+    ] = None,
+    top_level: Annotated[
+        bool, Query(description="leave out the jobs of batches (one per file or line)")
+    ] = False,
 ) -> JobList:
     """The key's jobs, newest first (an admin key sees every owner's)."""
+    if batch is not None and top_level:
+        raise ApiError(400, "give batch or top_level, not both.", param="batch")
+    if batch is not None:
+        owned_job(state, key, batch)  # another owner's batch is a 404, as when read
     flt = JobFilter(
         state=state_,
         kind=kind,
         owner=None if key.admin else key.owner,
+        parent=batch,
+        top_level=top_level,
         limit=limit + 1,
         before=cursor,
     )

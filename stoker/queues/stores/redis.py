@@ -8,8 +8,11 @@ Key layout (``p`` is the prefix, "stoker" by default)::
     p:job:{id}:outputs    list of OutputRef JSON, in order
     p:job:{id}:done       set of finished chunk indexes
     p:idx:all             sorted set of job ids scored by created_at; likewise
-    p:idx:state:{state}   p:idx:kind:{kind}, p:idx:owner:{owner} and, for the child
-                          jobs of a batch, p:idx:parent:{batch id}
+    p:idx:state:{state}   p:idx:kind:{kind}, p:idx:owner:{owner}, for the child
+                          jobs of a batch p:idx:parent:{batch id}, and for the jobs
+                          that are not a batch's child p:idx:top (built once from the
+                          others in a store made before it existed; p:idx:top:built
+                          marks that)
     p:counts              hash "{kind}|{state}" → jobs, moved by the same scripts as
                           the state index sets; its field "ready" is set once it was
                           counted from the indexes (a store made before counts existed)
@@ -55,7 +58,7 @@ local function move(counts, kind, from, to)
 end
 """
 
-# KEYS: job, outputs, counts, idx:all, idx:state, idx:kind, idx:owner[, idx:parent]
+# KEYS: job, outputs, counts, idx:all, idx:state, idx:kind, idx:owner, idx:parent or top
 # ARGV: id, created_at, "{kind}|{state}", n, n hash field/value items, outputs...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -64,6 +67,29 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + n))
 if #ARGV > 4 + n then redis.call('RPUSH', KEYS[2], unpack(ARGV, 5 + n)) end
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+return 1
+"""
+
+# Fills idx:top, once, for a store made before it existed: idx:all less every batch's
+# children. Atomic, so a job created or deleted meanwhile is not missed or brought back.
+# KEYS: idx:top, idx:all, idx:top:built, a temporary key.  ARGV: the idx:parent: prefix
+_BUILD_TOP = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('DEL', KEYS[4])
+local cursor = '0'
+repeat
+  local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[1] .. '*', 'COUNT', 500)
+  cursor = reply[1]
+  local keys = reply[2]
+  for first = 1, #keys, 500 do  -- a bounded unpack, whatever SCAN returned
+    local last = math.min(first + 499, #keys)
+    redis.call('ZUNIONSTORE', KEYS[4], last - first + 2, KEYS[4], unpack(keys, first, last))
+  end
+until cursor == '0'
+redis.call('ZDIFFSTORE', KEYS[4], 2, KEYS[2], KEYS[4])
+redis.call('ZUNIONSTORE', KEYS[1], 2, KEYS[1], KEYS[4], 'AGGREGATE', 'MAX')
+redis.call('DEL', KEYS[4])
+redis.call('SET', KEYS[3], 1)
 return 1
 """
 
@@ -137,8 +163,8 @@ redis.call('HSET', KEYS[1], 'ready', 1)
 return 1
 """
 
-# KEYS: job, outputs, done, counts, idx:all, idx:state:{state}, idx:kind, idx:owner
-# [, idx:parent].  ARGV: id, state, "{kind}|{state}".  Returns 1 if deleted, 0 if the
+# KEYS: job, outputs, done, counts, idx:all, idx:state:{state}, idx:kind, idx:owner,
+# idx:parent or idx:top.  ARGV: id, state, "{kind}|{state}".  Returns 1 if deleted, 0 if the
 # job is not in ``state`` (it is active: only an ended job is deleted), -1 if no job.
 _DELETE = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -186,7 +212,8 @@ class RedisJobStore:
         self._create, self._mark_running = register(_CREATE), register(_MARK_RUNNING)
         self._finish_script, self._chunk_done = register(_FINISH), register(_CHUNK_DONE)
         self._if_exists, self._count_all = register(_IF_EXISTS), register(_COUNT_ALL)
-        self._delete = register(_DELETE)
+        self._delete, self._build_top = register(_DELETE), register(_BUILD_TOP)
+        self._top_built = False  # idx:top seen complete by this client
         self._docs = DocCache()
 
     # --- reads ----------------------------------------------------------------------
@@ -214,6 +241,8 @@ class RedisJobStore:
         costs time in proportion to the smallest of them.
         """
         keys = self._index_keys(flt)
+        if flt.top_level:
+            self._ensure_top()
         high = "+inf" if flt.before is None else f"({flt.before!r}"  # "(": exclusive
         with self._guard():
             pipe = self._client.pipeline()
@@ -289,8 +318,7 @@ class RedisJobStore:
             self._idx("kind", record.kind),
             self._idx("owner", record.owner),
         ]
-        if record.parent is not None:
-            keys.append(self._idx("parent", record.parent))
+        keys.append(self._level_idx(record.parent))
         count = f"{record.kind}|{record.state.value}"
         args = [record.id, repr(record.created_at), count, len(items), *items]
         with self._guard():
@@ -392,8 +420,7 @@ class RedisJobStore:
             self._idx("kind", kind),
             self._idx("owner", doc_fields["owner"]),
         ]
-        if doc_fields.get("parent") is not None:
-            keys.append(self._idx("parent", doc_fields["parent"]))
+        keys.append(self._level_idx(doc_fields.get("parent")))
         with self._guard():
             deleted = self._delete(keys, [job_id, state, f"{kind}|{state}"])
         self._docs.forget(job_id)
@@ -482,7 +509,23 @@ class RedisJobStore:
             )
             if value is not None
         ]
+        if flt.top_level:
+            keys.append(self._idx("top"))
         return keys or [self._idx("all")]
+
+    def _level_idx(self, parent: str | None) -> str:
+        """The index a job joins by its place: its batch's children, or the top level."""
+        return self._idx("top") if parent is None else self._idx("parent", parent)
+
+    def _ensure_top(self) -> None:
+        """Build idx:top from the other indexes if this store predates it (once)."""
+        if self._top_built:
+            return
+        keys = [self._idx("top"), self._idx("all"), self._idx("top", "built")]
+        tmp = f"{self.prefix}:tmp:{uuid.uuid4().hex}"
+        with self._guard():
+            self._build_top([*keys, tmp], [self._idx("parent", "")])
+        self._top_built = True
 
     def _job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"

@@ -50,6 +50,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs (kind, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (parent, created_at, id);
+-- Jobs that are not a batch's children (JobFilter.top_level), newest first.
+CREATE INDEX IF NOT EXISTS jobs_top ON jobs (created_at, id) WHERE parent IS NULL;
 CREATE TABLE IF NOT EXISTS chunk_done (
     job_id TEXT NOT NULL,
     idx    INTEGER NOT NULL,
@@ -435,6 +438,8 @@ def list_query(flt: JobFilter) -> tuple[str, Sequence[Any]]:
         if value is not None:
             where.append(f"{column} = ?")
             params.append(str(value))
+    if flt.top_level:
+        where.append("parent IS NULL")
     if flt.before is not None:
         where.append("created_at < ?")
         params.append(flt.before)
