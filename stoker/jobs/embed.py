@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -43,6 +44,7 @@ from stoker.jobs.base import (
     Prepared,
     parse_request,
 )
+from stoker.storage.keys import content_digest, content_input_key
 
 #: Texts per chunk: big enough to fill a batch, small enough to keep a message small.
 CHUNK_TEXTS = 256
@@ -52,6 +54,10 @@ CHUNK_BYTES = 256 * 1024
 MAX_TEXTS = 100_000
 #: The model's own batch size when encoding one call's texts.
 ENCODE_BATCH = 64
+#: Ids up to this size (JSON bytes) live in the job record; more are stored as an
+#: input that assembly reads: 100,000 line numbers are ~0.9 MB, which every read of
+#: the record (status polls, API listings) and the manifest would carry.
+IDS_INLINE_BYTES = 16 * 1024
 
 Format = Literal["jsonl", "npy", "parquet"]
 CONTENT_TYPES: dict[str, str] = {
@@ -159,16 +165,16 @@ class EmbedCapability:
             )
             for a, b in pack(texts)
         ]
-        params = {
+        params: dict[str, Any] = {
             "model": name,
             "normalize": req.normalize,
             "format": req.format,
             "batch_size": req.batch_size,
             "count": len(texts),
-            # Ids stay out of the messages; they are only needed by assembly.
-            "ids": None if req.ids is None else ids,
         }
-        return Prepared(params=params, model=name, chunks=chunks)
+        # Ids stay out of the messages; they are only needed by assembly.
+        uploads = _place_ids(params, None if req.ids is None else ids)
+        return Prepared(params=params, model=name, chunks=chunks, uploads=uploads)
 
     def run_chunk(
         self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
@@ -207,7 +213,7 @@ class EmbedCapability:
         parts = [read_chunk(f) for f in ctx.chunk_files]
         vectors = numpy.concatenate([v for v, _ in parts]) if len(parts) > 1 else parts[0][0]
         tokens = [n for _, counts in parts for n in counts]
-        ids = params.get("ids") or [str(i) for i in range(len(vectors))]
+        ids = _ids(params, ctx.inputs) or [str(i) for i in range(len(vectors))]
         fmt = params["format"]
         meta = {"count": len(vectors), "dimensions": int(vectors.shape[1])}
         meta |= {"model": params["model"], "normalized": params["normalize"]}
@@ -230,6 +236,28 @@ class EmbedCapability:
             ids_json = json.dumps(ids).encode("utf-8")
             artifacts.append(Artifact("ids.json", None, "application/json", data=ids_json))
         return artifacts
+
+
+def _place_ids(params: dict[str, Any], ids: list[str] | None) -> dict[str, Path | bytes]:
+    """Put ``ids`` in ``params`` (``ids``), or, past IDS_INLINE_BYTES, in an input
+    named by ``ids_key``; returns the uploads that needs."""
+    params["ids"] = ids
+    if ids is None:
+        return {}
+    data = json.dumps(ids).encode("utf-8")
+    if len(data) <= IDS_INLINE_BYTES:
+        return {}
+    key = content_input_key(content_digest(data), "json")
+    params.update(ids=None, ids_key=key, assemble_inputs=[key])
+    return {key: data}
+
+
+def _ids(params: dict[str, Any], inputs: Mapping[str, Path]) -> list[str] | None:
+    """The job's ids, from its params or the input that holds them; None if not given."""
+    key = params.get("ids_key")
+    if key is None:
+        return params.get("ids")
+    return [str(i) for i in json.loads(inputs[key].read_bytes())]
 
 
 def token_counts(model: Any, texts: list[str]) -> list[int]:

@@ -122,6 +122,27 @@ def test_formats_ids_and_normalisation(deployment: Deployment) -> None:
     assert manifest["outputs"][0]["meta"]["dimensions"] == 384
 
 
+def test_many_ids_are_stored_as_an_input_not_in_the_record(deployment: Deployment) -> None:
+    # Given a job of 1,500 short texts with ids, ~22 KB of them as JSON
+    deployment.start_worker("embed")
+    texts = [f"line {i} is about the sea" for i in range(1500)]
+    ids = [f"doc-{i:06d}" for i in range(1500)]
+    with Stoker(deployment.settings()) as client:
+        job = client.submit("embed", {"texts": texts, "ids": ids})
+        done = client.wait(job.id, timeout_s=180)
+        got_ids, rows = read_vectors(client.storage.get_bytes(done.outputs[0].key), "jsonl")
+        manifest = client.storage.get_bytes(done.outputs[-1].key)
+        stored = json.loads(client.storage.get_bytes(done.params["ids_key"]))
+
+    # Then the output has every id in order, read at assembly from a stored input:
+    # neither the record nor the manifest carries them
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert got_ids == ids and len(rows) == 1500
+    assert stored == ids and done.params["ids_key"] in done.inputs
+    assert done.params["ids"] is None and "doc-001499" not in done.model_dump_json()
+    assert b"doc-001499" not in manifest and len(manifest) < 8_000
+
+
 def test_a_broken_model_fails_its_jobs_only(deployment: Deployment, tmp_path: Path) -> None:
     # Given a configured model whose folder holds no model, and jobs for it and for
     # the good model queued together

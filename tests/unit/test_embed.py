@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,24 @@ def test_a_small_output_is_built_in_memory_and_a_big_one_in_the_work_folder(
     assert b.path == work / "embeddings.parquet" and b.data is None
     assert embed.read_vectors(a.read_bytes(), "parquet")[1] == [[1.0, 1.0, 1.0]] * 2
     assert len(embed.read_vectors(b.read_bytes(), "parquet")[0]) == rows
+
+
+def test_ids_past_the_inline_limit_go_to_an_input_that_assembly_reads(tmp_path: Path) -> None:
+    # Given a few ids and a few thousand
+    few, many = ["a", "b"], [f"id-{i:05d}" for i in range(3000)]
+    small: dict[str, Any] = {}
+    big: dict[str, Any] = {}
+    # When they are placed
+    assert embed._place_ids(small, few) == {}
+    uploads = embed._place_ids(big, many)
+    # Then the few stay in the params, the many are one stored JSON input
+    assert small["ids"] == few and "ids_key" not in small
+    ((key, data),) = uploads.items()
+    assert big["ids"] is None and big["ids_key"] == key and big["assemble_inputs"] == [key]
+    assert key.startswith("inputs/") and json.loads(data) == many
+    # And assembly gets them back from either
+    local = tmp_path / "ids.json"
+    local.write_bytes(data)
+    assert embed._ids(big, {key: local}) == many
+    assert embed._ids(small, {}) == few
+    assert embed._ids({"ids": None}, {}) is None
