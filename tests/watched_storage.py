@@ -5,8 +5,20 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from stoker.config import Settings
 from stoker.errors import StorageUnavailable
-from stoker.storage import Storage
+from stoker.storage import Storage, open_storage
+from stoker.workers.execute import ChunkExecutor
+from stoker.workers.process import build_executor
+
+
+def watched_executor(
+    settings: Settings, fail_in: str = "no such key"
+) -> tuple[ChunkExecutor, WatchedStorage]:
+    """A worker's executor whose storage calls are counted (and the writes of keys
+    with ``fail_in`` in them refused), with the storage it was given."""
+    watched = WatchedStorage(open_storage(settings), fail_in=fail_in)
+    return build_executor(settings, "cpu", storage=watched), watched  # type: ignore[arg-type]
 
 
 class WatchedStorage:

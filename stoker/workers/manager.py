@@ -8,13 +8,9 @@ when the load returns; loaders/base.py). On the CPU, a model may also keep memor
 its jobs leave behind (caches, buffers allocated on first use): after each use that
 ran alone in the process, free heap is given back to the OS if the use left much,
 and the footprint becomes the load's delta plus the largest growth that remained,
-if that is more. Measured footprints are remembered per (fingerprint, device) after
-eviction, and shared with other workers through the fleet (workers/fleet.py: Redis,
-per fingerprint and device kind), so only a model's first load anywhere is
-estimated from its size on disk. `stoker models --forget NAME` deletes a model's
-shared measurement; a worker that finds its own measurement too large for its budget
-rereads the shared one (at most every ``RECHECK_S``) and, when it was forgotten,
-forgets its own too, so the next load is estimated from disk and measured afresh.
+if that is more. Measured footprints are remembered after eviction and shared with
+other workers (footprints.py), so only a model's first load anywhere is estimated
+from its size on disk.
 
 Eviction is least-recently-used, never a pinned model (``settings.pinned_models``)
 and never a model in use. A model that cannot fit raises ModelTooLarge, a permanent
@@ -37,6 +33,7 @@ from stoker.errors import ConfigError, ModelTooLarge
 from stoker.workers import memory
 from stoker.workers.catalog import ModelSpec
 from stoker.workers.fleet import Fleet, LocalFleet
+from stoker.workers.footprints import Estimate, Footprints
 from stoker.workers.loaders import Loader, default_loaders
 
 log = logging.getLogger(__name__)
@@ -47,18 +44,6 @@ DEFAULT_BUDGET_SHARE = {"cpu": 0.5, "cuda": 0.9}
 # A use that leaves the process this much fuller has its free heap given back to the
 # OS before its growth is counted (see ModelManager._after_use).
 TRIM_AFTER_BYTES = 64 * MIB
-# How often a worker rereads the fleet's record of a model its own measurement says
-# is too large for the pool (to notice `stoker models --forget`): a read per check.
-RECHECK_S = 30.0
-
-
-@dataclass(frozen=True)
-class _Estimate:
-    """What a model is expected to take before its load, and where the figure is from."""
-
-    bytes: int
-    source: str  # for the too-large error: "its size on disk", ...
-    measured: bool  # by a load of it (so it may be out of date), not from its files
 
 
 @dataclass
@@ -149,13 +134,7 @@ class ModelManager:
         self._measure = measure
         self._pinned = frozenset(settings.pinned_models)
         self._pools: dict[str, _Pool] = {}
-        self._footprints: dict[tuple[str, str], int] = {}
-        # The largest growth one use left behind, per (fingerprint, device), so a
-        # reloaded model counts it at once.
-        self._grown: dict[tuple[str, str], int] = {}
-        # When a too-large measurement was last checked against the fleet's, per key.
-        self._rechecked_at: dict[tuple[str, str], float] = {}
-        self._fleet: Fleet = fleet or LocalFleet()
+        self._footprints = Footprints(fleet or LocalFleet(), clock)
         # One lock for all pools; held while loading, never while a model is used.
         self._lock = threading.Lock()
         # Uses started so far: a use's growth is measured only when no other use
@@ -187,15 +166,14 @@ class ModelManager:
     def footprint(self, spec: ModelSpec, device: str) -> int | None:
         """Bytes ``spec`` is counted for on ``device`` since its last load here (the
         load's, or what its jobs left after it, if more); None if never loaded."""
-        key = (spec.fingerprint, device)
         with self._lock:
-            return self._footprints.get(key)
+            return self._footprints.get((spec.fingerprint, device))
 
     def estimate(self, spec: ModelSpec, device: str) -> int:
         """Bytes ``spec`` is expected to take on ``device``: measured here, measured by
         another worker (the fleet), or its size on disk, in that order."""
         with self._lock:
-            return self._estimate(spec, spec.fingerprint, self._pool(device)).bytes
+            return self._estimate(spec, self._pool(device)).bytes
 
     def budget_bytes(self, device: str) -> int:
         """The budget of ``device``'s pool. Raises ConfigError for a bad device."""
@@ -300,17 +278,16 @@ class ModelManager:
 
     def _load(self, pool: _Pool, spec: ModelSpec, fingerprint: str) -> _Slot:
         loader = self._loader(spec)
-        estimate = self._estimate(spec, fingerprint, pool)
+        estimate = self._estimate(spec, pool)
         if estimate.bytes > pool.budget_bytes:
             raise self._too_large(spec.name, pool, estimate)
         self._make_room(pool, spec.name, estimate.bytes)
         model, seen, footprint, seconds = self._measured_load(loader, spec, pool.device)
         # What its jobs left behind the last time it was loaded here is more than a
         # fresh load shows: count it from the start, not after the first job.
-        grown = self._grown.get((fingerprint, pool.device), 0)
+        grown = self._footprints.grown((fingerprint, pool.device))
         footprint = max(footprint, seen + grown)
-        self._footprints[(fingerprint, pool.device)] = footprint
-        self._share_footprint(fingerprint, pool.device, footprint, spec.name)
+        self._footprints.record((fingerprint, pool.device), footprint, spec.name)
         now = self._clock()
         info = LoadedModel(
             name=spec.name,
@@ -335,54 +312,8 @@ class ModelManager:
             self._fit_after_load(pool, slot)
         return slot
 
-    def _estimate(self, spec: ModelSpec, fingerprint: str, pool: _Pool) -> _Estimate:
-        """What ``spec`` is expected to take in ``pool``: measured here, by another
-        worker, or its size on disk, in that order."""
-        key = (fingerprint, pool.device)
-        measured = self._footprints.get(key)
-        if measured is not None and measured > pool.budget_bytes and self._forgotten(key):
-            measured = None
-        if measured is not None:
-            return _Estimate(measured, "measured when this worker last loaded it", True)
-        kind = memory.parse_device(pool.device)[0]
-        try:
-            shared = self._fleet.footprint(fingerprint, kind)
-        except Exception as exc:  # the shared record is a hint; never fail a load on it
-            log.warning("could not read shared footprints (%s); using size on disk", exc)
-            shared = None
-        if shared:
-            return _Estimate(shared, f"measured when another worker last loaded it on {kind}", True)
-        disk = "its size on disk; it was never loaded on this kind of device"
-        return _Estimate(spec.disk_bytes(), disk, False)
-
-    def _forgotten(self, key: tuple[str, str]) -> bool:
-        """Whether the fleet no longer has the measurement of ``key`` that this worker
-        shared (`stoker models --forget`); if so, forget it here too. Read at most
-        every RECHECK_S per key; a failed read changes nothing."""
-        now = self._clock()
-        last = self._rechecked_at.get(key)
-        if last is not None and now - last < RECHECK_S:
-            return False
-        self._rechecked_at[key] = now
-        fingerprint, device = key
-        try:
-            if self._fleet.footprint(fingerprint, memory.parse_device(device)[0]) is not None:
-                return False
-        except Exception as exc:
-            log.debug("could not reread the shared footprint of %s (%s)", fingerprint, exc)
-            return False
-        log.info("the measured footprint of %s on %s was forgotten: measuring afresh", *key)
-        del self._footprints[key]
-        self._grown.pop(key, None)
-        return True
-
-    def _share_footprint(self, fingerprint: str, device: str, footprint: int, name: str) -> None:
-        try:
-            self._fleet.record_footprint(
-                fingerprint, memory.parse_device(device)[0], footprint, name
-            )
-        except Exception as exc:
-            log.warning("could not share the footprint of a load (%s)", exc)
+    def _estimate(self, spec: ModelSpec, pool: _Pool) -> Estimate:
+        return self._footprints.estimate(spec, pool.device, pool.budget_bytes)
 
     def _measured_load(
         self, loader: Loader, spec: ModelSpec, device: str
@@ -441,9 +372,8 @@ class ModelManager:
         "too large" if it cannot fit. (Under the lock.)"""
         info = slot.info
         key = (info.fingerprint, info.device)
-        if growth <= self._grown.get(key, 0) or slot.model is None:
+        if slot.model is None or not self._footprints.record_growth(key, growth):
             return
-        self._grown[key] = growth
         footprint = max(info.footprint_bytes, slot.loaded_bytes + growth)
         if footprint == info.footprint_bytes:
             return
@@ -454,8 +384,7 @@ class ModelManager:
             info.name, info.device, _mib(footprint), _mib(info.footprint_bytes),
         )  # fmt: skip
         info.footprint_bytes = footprint
-        self._footprints[key] = footprint
-        self._share_footprint(info.fingerprint, info.device, footprint, info.name)
+        self._footprints.record(key, footprint, info.name)
         pool = self._pools[info.device]
         for victim in [s for s in pool.slots.values() if s.evictable and s is not slot]:
             if pool.used_bytes <= pool.budget_bytes:
@@ -485,7 +414,7 @@ class ModelManager:
         try:
             if info.footprint_bytes > pool.budget_bytes:
                 # Just measured: no older figure to have measured again.
-                just_now = _Estimate(info.footprint_bytes, "measured by loading it just now", False)
+                just_now = Estimate(info.footprint_bytes, "measured by loading it just now", False)
                 raise self._too_large(info.name, pool, just_now)
             self._make_room(pool, info.name, info.footprint_bytes)
         except ModelTooLarge:
@@ -527,13 +456,13 @@ class ModelManager:
         del model
         memory.release_freed_memory(pool.device)
 
-    def _too_large(self, name: str, pool: _Pool, need: _Estimate) -> ModelTooLarge:
+    def _too_large(self, name: str, pool: _Pool, need: Estimate) -> ModelTooLarge:
         remeasure = ""
         if need.measured:
             remeasure = (
                 f"; if that measurement is out of date, `stoker models --forget {name}` "
                 f"has it measured again at its next load"
-                if self._fleet.shared
+                if self._footprints.shared
                 else "; if that measurement is out of date, restart the worker"
             )
         return ModelTooLarge(

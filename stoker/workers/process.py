@@ -43,12 +43,15 @@ from stoker.workers.steering import Steering, SteeringStep
 log = logging.getLogger(__name__)
 
 
-def build_executor(settings: Settings, device: str, fleet: Fleet | None = None) -> ChunkExecutor:
+def build_executor(
+    settings: Settings, device: str, fleet: Fleet | None = None, storage: Storage | None = None
+) -> ChunkExecutor:
+    """The executor of a worker for ``device``; ``storage`` replaces the configured one."""
     parse_device(device)  # refuse "gpu" or "cuda:x" before anything starts
     return ChunkExecutor(
         settings=settings,
         store=open_job_store(settings),
-        storage=open_storage(settings),
+        storage=storage or open_storage(settings),
         catalog=ModelCatalog(settings),
         manager=ModelManager(settings, fleet=fleet),
         device=device,

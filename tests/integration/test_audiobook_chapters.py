@@ -22,8 +22,9 @@ from stoker.queues.records import ChunkRef, JobRecord, JobState, new_record
 from stoker.queues.stores import open_job_store
 from stoker.storage import open_storage
 from stoker.storage.keys import chunk_key, content_digest
+from stoker.workers.assembly import notes_key
 from stoker.workers.catalog import ModelCatalog
-from stoker.workers.execute import ChunkExecutor, notes_key
+from stoker.workers.execute import ChunkExecutor
 from stoker.workers.groups import group_key
 from stoker.workers.manager import ModelManager
 from stoker.workers.process import build_executor

@@ -19,9 +19,8 @@ from stoker.errors import StorageUnavailable
 from stoker.jobs.embed import pack, read_vectors
 from stoker.queues.records import JobState
 from stoker.storage.keys import job_key
-from stoker.workers.process import build_executor
 from tests.texts import story
-from tests.watched_storage import WatchedStorage
+from tests.watched_storage import watched_executor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -48,9 +47,7 @@ def test_a_batch_stores_side_by_side_and_a_failed_write_fails_only_its_job(
         items += [(big.id, i, {"texts": corpus[a:b]}) for i, (a, b) in enumerate(pack(corpus))]
         assert len(corpus) == 600 and len(items) == 12 + 3
         # And a worker's executor whose storage refuses every write of the fifth job
-        executor = build_executor(settings, "cpu")
-        watched = WatchedStorage(executor.storage, fail_in=jobs[4].id)
-        executor.storage = watched
+        executor, watched = watched_executor(settings, fail_in=jobs[4].id)
 
         # When the worker runs all the chunks as one batch
         outcomes = executor.run_chunks(items)
@@ -93,9 +90,7 @@ def test_on_local_storage_a_batch_writes_on_its_own_thread(tmp_path: Path) -> No
     texts = story(60).split(". ")[:3]
     with Stoker(settings) as client:
         jobs = [client.submit("embed", {"text": t}) for t in texts]
-        executor = build_executor(settings, "cpu")
-        watched = WatchedStorage(executor.storage, fail_in="no such job")
-        executor.storage = watched
+        executor, watched = watched_executor(settings)
 
         # When the worker runs them as one batch
         items = [(j.id, 0, {"texts": [t]}) for j, t in zip(jobs, texts, strict=True)]

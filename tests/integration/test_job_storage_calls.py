@@ -19,10 +19,9 @@ from stoker.errors import StorageUnavailable
 from stoker.queues.records import JobState
 from stoker.storage.keys import job_key
 from stoker.workers.execute import ChunkExecutor
-from stoker.workers.process import build_executor
 from tests.media_files import speech_wav
 from tests.texts import story
-from tests.watched_storage import WatchedStorage
+from tests.watched_storage import watched_executor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -44,17 +43,6 @@ def transcribe(client: Stoker, wav: Path, formats: list[str] = FORMATS) -> str:
     return job.id
 
 
-def watched_worker(
-    settings: Settings, fail_in: str = "no such key"
-) -> tuple[ChunkExecutor, WatchedStorage]:
-    """A worker's executor whose storage calls are counted (and those with ``fail_in``
-    in their key refused)."""
-    executor = build_executor(settings, "cpu")
-    watched = WatchedStorage(executor.storage, fail_in=fail_in)
-    executor.storage = watched
-    return executor, watched
-
-
 def run_every_chunk(client: Stoker, executor: ChunkExecutor, job_id: str) -> None:
     """The chunks in order, as one worker would take their messages."""
     record = client.status(job_id)
@@ -71,7 +59,7 @@ def test_a_one_chunk_job_reads_nothing_back_and_stores_its_files_side_by_side(
         job_id = transcribe(client, wav)
         record = client.status(job_id)
         assert len(record.chunks) == 1
-        executor, watched = watched_worker(settings)
+        executor, watched = watched_executor(settings)
 
         # When a worker runs its chunk
         run_every_chunk(client, executor, job_id)
@@ -103,7 +91,7 @@ def test_the_last_chunk_downloads_only_the_others_and_a_failed_write_fails_the_j
         job_id = transcribe(client, wav, ["txt"])
         record = client.status(job_id)
         assert len(record.chunks) >= 3
-        executor, watched = watched_worker(settings)
+        executor, watched = watched_executor(settings)
 
         # When a worker runs every chunk in order
         run_every_chunk(client, executor, job_id)
@@ -120,7 +108,7 @@ def test_the_last_chunk_downloads_only_the_others_and_a_failed_write_fails_the_j
         # And when storage refuses one of a job's files, the job's last chunk raises
         # that error (for the task layer to retry), and no manifest is written
         again = transcribe(client, wav, ["txt", "srt"])
-        executor.storage = WatchedStorage(watched.inner, fail_in=".srt")
+        watched.fail_in = ".srt"
         with pytest.raises(StorageUnavailable, match="refused by the test"):
             run_every_chunk(client, executor, again)
         assert not client.storage.exists(job_key(again, "manifest.json"))

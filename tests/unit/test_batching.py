@@ -310,15 +310,15 @@ def test_a_crashing_batch_at_the_model_thread_is_requeued_by_the_consumer() -> N
 def test_batch_scratch_is_in_memory_only_where_there_is_room(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stoker.workers import execute
+    from stoker.workers import batched
 
     # Given a writable folder standing in for /dev/shm
-    monkeypatch.setattr(execute, "SHM_DIR", tmp_path)
+    monkeypatch.setattr(batched, "SHM_DIR", tmp_path)
     # Then a batch's scratch goes there while it has the room asked for
-    monkeypatch.setattr(execute, "SHM_MIN_FREE", 1)
-    assert execute.memory_scratch() == str(tmp_path)
+    monkeypatch.setattr(batched, "SHM_MIN_FREE", 1)
+    assert batched.memory_scratch() == str(tmp_path)
     # And to the default temp folder when it has not, or does not exist
-    monkeypatch.setattr(execute, "SHM_MIN_FREE", 1 << 60)
-    assert execute.memory_scratch() is None
-    monkeypatch.setattr(execute, "SHM_DIR", tmp_path / "missing")
-    assert execute.memory_scratch() is None
+    monkeypatch.setattr(batched, "SHM_MIN_FREE", 1 << 60)
+    assert batched.memory_scratch() is None
+    monkeypatch.setattr(batched, "SHM_DIR", tmp_path / "missing")
+    assert batched.memory_scratch() is None

@@ -16,7 +16,8 @@ from stoker.errors import ConfigError, ModelLoadError, ModelTooLarge
 from stoker.workers import memory
 from stoker.workers.catalog import ModelSpec
 from stoker.workers.fleet import LocalFleet
-from stoker.workers.manager import MIB, RECHECK_S, ModelManager, PoolStats
+from stoker.workers.footprints import RECHECK_S
+from stoker.workers.manager import MIB, ModelManager, PoolStats
 
 
 @dataclass
