@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -438,13 +439,24 @@ class Stoker:
         return written
 
     def _download_children(self, batch_id: str, out_dir: Path) -> list[Path]:
-        """Each input's outputs beside its relative path: ``talks/a.mp3`` → ``talks/a.srt``."""
+        """Each input's outputs beside its relative path: ``talks/a.mp3`` → ``talks/a.srt``.
+
+        Inputs that share a folder and a stem (``a.mp3`` and ``a.wav``) would write the
+        same files, so theirs keep the input's whole name: ``a.mp3.srt``, ``a.wav.srt``.
+        """
+        kids = children(self.store, batch_id)
+        names = [Path(str(kid.params.get("name", kid.id))) for kid in kids]
+        shared = Counter(name.with_suffix("") for name in names)
         written = []
-        for kid in children(self.store, batch_id):
-            folder = out_dir / Path(str(kid.params.get("name", kid.id))).parent
+        for kid, name in zip(kids, names, strict=True):
+            folder = out_dir / name.parent
             for ref in kid.outputs:
-                if not ref.partial and ref.name != "manifest.json":
-                    written.append(self.storage.download(ref.key, folder / ref.name))
+                if ref.partial or ref.name == "manifest.json":
+                    continue
+                file = ref.name
+                if shared[name.with_suffix("")] > 1 and file.startswith(f"{name.stem}."):
+                    file = name.name + file.removeprefix(name.stem)
+                written.append(self.storage.download(ref.key, folder / file))
         return written
 
     def item_errors(self, job: str | JobRecord) -> list[dict[str, Any]]:

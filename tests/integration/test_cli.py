@@ -195,13 +195,18 @@ def test_models_and_doctor_and_help(data_dir: Path) -> None:
 def test_run_transcribe_on_a_folder_writes_transcripts_beside_their_paths(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    from tests.media_files import speech_wav
+    from tests.media_files import encode, speech_wav
 
-    # Given a folder with one recording in a subfolder and one empty file
+    # Given a folder with a recording in a subfolder, one empty file, and two
+    # recordings that share a folder and a name but not an extension
     archive = tmp_path / "archive"
     (archive / "day1").mkdir(parents=True)
     speech_wav(archive / "day1" / "talk.wav", "The lighthouse keeper lit the lamp.")
     (archive / "empty.wav").write_bytes(b"")
+    encode(
+        speech_wav(tmp_path / "n.wav", "The sailors sang all night."), archive / "note.flac", "flac"
+    )
+    speech_wav(archive / "note.wav", "A storm came in from the west.")
     out = tmp_path / "out"
     # When it is transcribed on this machine
     result = stoker(
@@ -221,12 +226,16 @@ def test_run_transcribe_on_a_folder_writes_transcripts_beside_their_paths(
     assert result.returncode == 0, result.stderr
     assert "lighthouse" in (out / "day1" / "talk.txt").read_text().lower()
     assert (out / "day1" / "talk.srt").exists()
+    # And the two that share a name keep their extensions, neither overwriting the other
+    assert "sailors" in (out / "note.flac.txt").read_text().lower()
+    assert "storm" in (out / "note.wav.txt").read_text().lower()
+    assert (out / "note.wav.srt").exists() and not (out / "note.txt").exists()
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert [e["name"] for e in errors] == ["empty.wav"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    assert manifest["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
     said = " ".join(result.stderr.split())
-    assert "warning: 1 of 2 files failed (the first: empty.wav is empty" in said
+    assert "warning: 1 of 4 files failed (the first: empty.wav is empty" in said
     assert "the job succeeded for the others" in said
 
 
