@@ -199,7 +199,12 @@ class Stoker:
         return self.store.done_chunks(job_id)
 
     def children(self, batch_id: str) -> list[JobRecord]:
+        """Every job of the batch, in input order (each record read: see child_counts)."""
         return children(self.store, batch_id)
+
+    def child_counts(self, batch_id: str) -> dict[JobState, int]:
+        """How many of the batch's jobs are in each state, without reading them."""
+        return self.store.child_counts(batch_id)
 
     def status(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)

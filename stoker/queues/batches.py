@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from stoker.errors import PermanentError
@@ -95,9 +96,16 @@ def children(store: JobStore, parent_id: str) -> list[JobRecord]:
 
 
 def request_counts(kids: list[JobRecord]) -> dict[str, int]:
-    failed = sum(k.state in (JobState.FAILED, JobState.CANCELLED) for k in kids)
-    completed = sum(k.state is JobState.SUCCEEDED for k in kids)
-    return {"total": len(kids), "completed": completed, "failed": failed}
+    """OpenAI's request_counts of a batch whose jobs are ``kids``."""
+    return counts_by_state(Counter(kid.state for kid in kids))
+
+
+def counts_by_state(by_state: Mapping[JobState, int]) -> dict[str, int]:
+    """OpenAI's request_counts from a batch's jobs per state (JobStore.child_counts):
+    a cancelled job counts as failed."""
+    failed = by_state.get(JobState.FAILED, 0) + by_state.get(JobState.CANCELLED, 0)
+    completed = by_state.get(JobState.SUCCEEDED, 0)
+    return {"total": sum(by_state.values()), "completed": completed, "failed": failed}
 
 
 def _entry(kid: JobRecord, meta: dict[str, Any]) -> dict[str, Any]:

@@ -406,6 +406,48 @@ def test_top_level_lists_a_batch_once_and_not_its_children(store: JobStore) -> N
     assert ids(store.list(top)) == [batch.id, older.id]
 
 
+def test_child_counts_count_a_batchs_jobs_by_state(store: JobStore) -> None:
+    # Given a batch of four jobs: one failed, one succeeded, one running, one queued
+    batch, kids = batch_of(store, 4)
+    store.create(job())  # not the batch's
+    store.fail(kids[0].id, JobError(kind="invalid_input", message="corrupt"))
+    store.mark_running(kids[1].id)
+    store.succeed(kids[1].id, [])
+    store.mark_running(kids[2].id)
+    # Then each state is counted, those with none left out
+    assert store.child_counts(batch.id) == {
+        JobState.FAILED: 1,
+        JobState.SUCCEEDED: 1,
+        JobState.RUNNING: 1,
+        JobState.QUEUED: 1,
+    }
+    # And a deleted job leaves the counts; a batch of none counts nothing
+    assert store.delete(kids[0].id)
+    assert JobState.FAILED not in store.child_counts(batch.id)
+    assert store.child_counts("job_none") == {}
+
+
+def test_redis_child_counts_read_indexes_not_every_job(clean_redis: str) -> None:
+    # Given a batch of 500 jobs
+    store = RedisJobStore(clean_redis, prefix="test")
+    batch, _ = batch_of(store, 500)
+    admin = redis.Redis.from_url(clean_redis, decode_responses=True)
+    try:
+        store.child_counts(batch.id)  # warm: the connection's handshake is not counted
+        admin.config_resetstat()
+        # When counting them
+        counts = store.child_counts(batch.id)
+        calls = {
+            k: v["calls"] for k, v in admin.info("commandstats").items() if not k.startswith(_ADMIN)
+        }
+        # Then it is one command per state, not a read per job
+        assert counts == {JobState.QUEUED: 500}
+        assert calls == {"cmdstat_zintercard": len(JobState)}, calls
+    finally:
+        admin.close()
+        store.close()
+
+
 def test_a_filter_takes_parent_or_top_level_not_both() -> None:
     with pytest.raises(ValueError, match="parent or top_level"):
         JobFilter(parent="job_x", top_level=True)

@@ -56,6 +56,10 @@ class JobStore(Protocol):
         """Jobs per (kind, state value), kept as counters beside the records (never a
         count over all records); pairs with no job are left out."""
 
+    def child_counts(self, parent_id: str) -> dict[JobState, int]:
+        """The jobs of batch ``parent_id`` per state (states with none left out),
+        counted from the indexes: a batch of 50,000 lines is not read record by record."""
+
     def mark_running(self, job_id: str) -> JobState:
         """A chunk task started: count an attempt; queued → running (sets started_at).
 

@@ -51,6 +51,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs (kind, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (parent, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_parent_state ON jobs (parent, state);
 -- Jobs that are not a batch's children (JobFilter.top_level), newest first.
 CREATE INDEX IF NOT EXISTS jobs_top ON jobs (created_at, id) WHERE parent IS NULL;
 CREATE TABLE IF NOT EXISTS chunk_done (
@@ -127,6 +128,12 @@ class SqliteJobStore:
         with self._guard() as conn:
             rows = conn.execute("SELECT kind, state, n FROM job_counts WHERE n > 0").fetchall()
         return {(kind, state): n for kind, state, n in rows}
+
+    def child_counts(self, parent_id: str) -> dict[JobState, int]:
+        sql = "SELECT state, COUNT(*) FROM jobs WHERE parent = ? GROUP BY state"
+        with self._guard() as conn:
+            rows = conn.execute(sql, (parent_id,)).fetchall()
+        return {JobState(state): int(n) for state, n in rows}
 
     def done_chunks(self, job_id: str) -> set[int]:
         with self._guard() as conn:
