@@ -69,6 +69,8 @@ def follow(client: Any, job_id: str, timeout_s: float | None = None) -> JobRecor
 
 def _audio_hours(client: Any, record: JobRecord) -> str:
     """ " · 3.2 h audio" for work on recordings, else ""; read once, not every poll."""
+    if record.kind == BATCH_KIND and record.params.get("kind") != "transcribe":
+        return ""  # a batch of prompts or texts: no audio, and no 50,000 records to read
     kids = client.children(record.id) if record.kind == BATCH_KIND else [record]
     seconds = sum(float(k.params.get("duration_s") or 0) for k in kids)
     return f" · {seconds / 3600:.2f} h audio" if seconds else ""
