@@ -329,3 +329,39 @@ def test_a_diffusers_model_is_for_the_job_its_pipeline_makes(tmp_path: Path) -> 
     # Not a pipeline folder: what the backend allows (a job for it fails saying why)
     assert capabilities_for(folder("empty", None)) == ["image", "mesh"]
     assert capabilities_for(ModelSpec("v", "piper", tmp_path / "v.onnx")) == ["audiobook", "speak"]
+
+
+def test_get_works_out_a_models_files_once_per_fresh_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stoker.workers import catalog as catalog_module
+
+    # Given a folder model, and a clock the test moves
+    folder = tmp_path / "minilm"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"x" * 10)
+    (folder / "config.json").write_text("{}")
+    now = [100.0]
+    monkeypatch.setattr(catalog_module.time, "monotonic", lambda: now[0])
+    catalog = ModelCatalog(
+        make_settings(tmp_path, m=ModelEntry(backend="sentence-transformers", path=folder))
+    )
+    walks = []
+    find = ModelSpec._find_files
+    monkeypatch.setattr(ModelSpec, "_find_files", lambda self: walks.append(1) or find(self))
+    # When it is asked for many times within FRESH_S, with options too
+    first = catalog.get("m")
+    fingerprints = {catalog.get("m").fingerprint for _ in range(50)}
+    with_ctx = catalog.get("m").with_options({"max_seq_length": 128})
+    # Then its folder was walked once, and the options still make another model
+    assert fingerprints == {first.fingerprint} and len(walks) == 1
+    assert with_ctx.fingerprint != first.fingerprint and len(walks) == 1
+    # And a file that disappears meanwhile is still seen at once
+    (folder / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
+        catalog.get("m")
+    # And after FRESH_S a changed folder is another model
+    (folder / "config.json").write_text("{}")
+    (folder / "weights.bin").write_bytes(b"x" * 11)
+    now[0] += catalog_module.FRESH_S
+    assert catalog.get("m").fingerprint != first.fingerprint and len(walks) == 2
