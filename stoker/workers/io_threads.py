@@ -46,6 +46,10 @@ class StorageIO:
             return [call(item) for item in items]
         return list(self._pool.map(call, items))
 
+    def close(self) -> None:
+        """Let the threads that started go; no call may be made after."""
+        self._pool.shutdown(wait=False)
+
     def all(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         """``fn`` of each item as :meth:`each` runs them; raises the first error."""
         done: list[_R] = []

@@ -16,12 +16,12 @@ import pytest
 from stoker.client import Stoker
 from stoker.config import Settings, load_settings
 from stoker.errors import StorageUnavailable
-from stoker.queues.records import JobState
+from stoker.queues.records import JobState, OutputRef, Progress, new_record
 from stoker.storage.keys import job_key
 from stoker.workers.execute import ChunkExecutor
 from tests.media_files import speech_wav
 from tests.texts import story
-from tests.watched_storage import watched_executor
+from tests.watched_storage import WatchedStorage, watched_executor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -113,3 +113,42 @@ def test_the_last_chunk_downloads_only_the_others_and_a_failed_write_fails_the_j
             run_every_chunk(client, executor, again)
         assert not client.storage.exists(job_key(again, "manifest.json"))
         assert client.status(again).state is JobState.RUNNING
+
+
+def _stored(client: Stoker, job_id: str, name: str, data: bytes) -> OutputRef:
+    """``data`` stored as the output ``name`` of ``job_id``."""
+    key = job_key(job_id, name)
+    info = client.storage.put_bytes(key, data, "text/plain")
+    return OutputRef(name=name, key=key, size_bytes=info.size_bytes, content_type="text/plain")
+
+
+def test_a_batch_downloads_its_files_side_by_side_from_s3(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Given a finished batch of three files in S3, two of them in one folder
+    with Stoker(settings) as client:
+        batch = new_record(kind="batch", params={"kind": "transcribe"}, progress=Progress(total=3))
+        client.store.create(batch)
+        for i, name in enumerate(["a/x.wav", "a/y.wav", "b/x.wav"]):
+            kid = new_record(kind="transcribe", params={"name": name}, parent=batch.id,
+                             parent_index=i)  # fmt: skip
+            client.store.create(kid)
+            stem = Path(name).stem
+            outputs = [_stored(client, kid.id, f"{stem}.{ext}", f"{name} {ext}".encode())
+                       for ext in ("txt", "srt")]  # fmt: skip
+            client.store.succeed(kid.id, outputs)
+        client.store.succeed(batch.id, [_stored(client, batch.id, "manifest.json", b"{}")])
+        watched = WatchedStorage(client.storage)
+        client.storage = watched  # type: ignore[misc]
+        # When its outputs are downloaded
+        written = client.download(batch.id, tmp_path / "out")
+
+    # Then each file's transcripts sit beside its relative path, the manifest at the top
+    out = tmp_path / "out"
+    assert (out / "a" / "y.srt").read_text() == "a/y.wav srt"
+    assert (out / "b" / "x.txt").read_text() == "b/x.wav txt"
+    assert (out / "manifest.json").read_bytes() == b"{}"
+    assert len(written) == 7 and written[0] == out / "manifest.json"
+    # And the seven downloads ran on the I/O threads, each once
+    assert len(watched.keys("download")) == 7
+    assert any(name.startswith("stoker-io") for name in watched.threads)
