@@ -463,11 +463,12 @@ class Stoker:
         wanted = []
         for kid, name in zip(kids, names, strict=True):
             folder = out_dir / name.parent
+            whole_name = shared[name.with_suffix("")] > 1
             for ref in kid.outputs:
                 if ref.partial or ref.name == "manifest.json":
                     continue
                 file = ref.name
-                if shared[name.with_suffix("")] > 1 and file.startswith(f"{name.stem}."):
+                if whole_name and file.startswith(f"{name.stem}."):
                     file = name.name + file.removeprefix(name.stem)
                 wanted.append((ref.key, folder / file))
         return wanted

@@ -82,7 +82,7 @@ class StartedBatch:
     def finish(self) -> list[BaseException | None]:
         """Finish every produced item; per item, None or the error it ended with."""
         try:
-            self._finish_items(self.ready)
+            self._finish_items()
         finally:
             self.close()
         return self.outcomes
@@ -125,13 +125,13 @@ class StartedBatch:
             ready.extend(self._produce_group(group))
         return ready
 
-    def _finish_items(self, ready: list[_Item]) -> None:
+    def _finish_items(self) -> None:
         """Count every item's chunk as done and finish the jobs that are complete.
 
         The batched form of :meth:`ChunkExecutor._finish`: the store calls are made once for the
         batch (chunks done, then jobs succeeded), not once per item.
         """
-        ex, scratch, outcomes = self._ex, self.scratch, self.outcomes
+        ex, ready, scratch, outcomes = self._ex, self.ready, self.scratch, self.outcomes
         try:
             tallies = ex.store.chunk_done_many([(it.record.id, it.index) for it in ready])
         except Exception as exc:
@@ -147,7 +147,7 @@ class StartedBatch:
         built: list[tuple[_Item, list[OutputRef]]] = []
         pairs = list(zip(ready, tallies, strict=True))
         results = ex.io.each(
-            lambda pair: self._outputs_if_last(*pair, scratch, local.get(pair[0].record.id, {})),
+            lambda pair: self._outputs_if_last(*pair, local.get(pair[0].record.id, {})),
             pairs,
         )
         for item, outputs in zip(ready, results, strict=True):
@@ -175,7 +175,7 @@ class StartedBatch:
         log.info("%d jobs of a batch succeeded", sum(moved))
 
     def _outputs_if_last(
-        self, item: _Item, tally: ChunkTally | None, scratch: Path, local: Mapping[int, Path]
+        self, item: _Item, tally: ChunkTally | None, local: Mapping[int, Path]
     ) -> list[OutputRef] | None:
         """The job's stored outputs if ``item`` was its last chunk (the job is not
         marked succeeded yet); None otherwise. ``local``: the job's chunk files at hand."""
@@ -187,17 +187,17 @@ class StartedBatch:
             return None
         if len(item.record.chunks) > 1:  # a long enough assembly for the stage to show
             ex.store.set_stage(item.record.id, "assemble")
-        return ex.assembler.build(item.cap, item.record, scratch, local)
+        return ex.assembler.build(item.cap, item.record, self.scratch, local)
 
     def _produce_group(self, group: list[_Item]) -> list[_Item]:
         """Produce the outputs of ``group`` (one capability, one model) in one call.
 
         Returns the items that now have an output; the others' errors go in ``outcomes``.
         """
-        scratch, outcomes = self.scratch, self.outcomes
+        outcomes = self.outcomes
         first = group[0]
         try:
-            self._produce_many(first.cap, group, scratch)
+            self._produce_many(first.cap, group)
             return group
         except Exception as exc:
             if len(group) == 1:
@@ -209,13 +209,13 @@ class StartedBatch:
         done = []
         for item in group:
             try:
-                self._produce_many(item.cap, [item], scratch)
+                self._produce_many(item.cap, [item])
                 done.append(item)
             except Exception as exc:
                 outcomes[item.pos] = exc
         return done
 
-    def _produce_many(self, cap: Capability, items: list[_Item], scratch: Path) -> None:
+    def _produce_many(self, cap: Capability, items: list[_Item]) -> None:
         """``cap.run_chunks`` on every item's payload with one warm model; store outputs."""
         ex = self._ex
         run_chunks = getattr(cap, "run_chunks")  # noqa: B009  (batchable capabilities only)
@@ -225,7 +225,7 @@ class StartedBatch:
             (
                 it.record.params,
                 it.payload,
-                ChunkContext(out=it.out(scratch), should_stop=ex.cancel_check(it.record.id)),
+                ChunkContext(out=it.out(self.scratch), should_stop=ex.cancel_check(it.record.id)),
             )
             for it in items
         ]

@@ -75,9 +75,9 @@ class ModelSpec:
         """
         if not extra:
             return self
-        memo = None  # the files are the same; the fingerprint is not
-        if self._memo is not None:
-            memo = {k: v for k, v in self._memo.items() if k == "files"}
+        memo = self._memo
+        if memo is not None:  # the files are the same; the fingerprint is not
+            memo = {"files": memo["files"]} if "files" in memo else {}
         return replace(self, options={**self.options, **extra}, _memo=memo)
 
     def _remember(self, key: str, compute: Callable[[], Any]) -> Any:
