@@ -34,7 +34,7 @@ from stoker.queues.batches import BATCH_KIND, child_ended, children, submit_batc
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 from stoker.queues.stores import JobStore, open_job_store
 from stoker.queues.stores.base import list_all
-from stoker.queues.submit import submit
+from stoker.queues.submit import StagedJob, commit, stage, submit
 from stoker.storage import Storage, open_storage
 from stoker.storage.keys import job_prefix
 from stoker.storage.sources import is_s3_url, list_s3, staged
@@ -114,7 +114,17 @@ class Stoker:
         priority: Priority | None = None,
     ) -> JobRecord:
         """Validate and queue a job; see queues.submit.submit for what is raised."""
-        return self._submit_one(kind, request, owner, priority)
+        with self._staged(self._resolved(request)) as local:
+            return submit(
+                app=self.app,
+                store=self.store,
+                storage=self.storage,
+                ctx=PrepareContext(self.settings, self.catalog),
+                kind=kind,
+                request=local,
+                owner=owner,
+                priority=priority,
+            )
 
     def submit_batch(
         self,
@@ -128,20 +138,23 @@ class Stoker:
         """One batch job with a child per request; inputs refused at submission are
         recorded as failed children (with their reason) and the rest go on."""
 
-        def submit_child(request: dict[str, Any], parent: str, index: int) -> JobRecord:
-            return self._submit_one(kind, request, owner, priority, parent, index)
+        def stage_child(request: dict[str, Any], parent: str, index: int) -> StagedJob:
+            return self.stage_child(
+                kind, request, parent=parent, index=index, owner=owner, priority=priority
+            )
 
         return submit_batch(
             store=self.store,
             storage=self.storage,
             kind=kind,
             requests=requests,
-            submit_child=submit_child,
+            stage_child=stage_child,
+            commit=self.commit,
             owner=owner,
             source=source,
         )
 
-    def submit_child(
+    def stage_child(
         self,
         kind: str,
         request: dict[str, Any],
@@ -150,28 +163,13 @@ class Stoker:
         index: int,
         owner: str = "local",
         priority: Priority | None = None,
-    ) -> JobRecord:
-        """Submit one child of a batch the caller records itself (the HTTP API's
+    ) -> StagedJob:
+        """Validate one child of a batch and store its inputs; :meth:`commit` records
+        and queues it. For a caller that records the batch itself (the HTTP API's
         OpenAI batches go through ``queues.batches.submit_batch`` with their own
-        per-line translation); raises like :meth:`submit`."""
-        return self._submit_one(kind, request, owner, priority, parent, index)
-
-    def _submit_one(
-        self,
-        kind: str,
-        request: dict[str, Any],
-        owner: str,
-        priority: Priority | None,
-        parent: str | None = None,
-        parent_index: int | None = None,
-    ) -> JobRecord:
-        model = request.get("model")
-        if self.model_paths and isinstance(model, str):
-            request = {**request, "model": self.catalog.resolve(model)}
-        with self._staged(request) as local:
-            return submit(
-                app=self.app,
-                store=self.store,
+        per-line translation). Raises InvalidInput / UnknownModel, as :meth:`submit`."""
+        with self._staged(self._resolved(request)) as local:
+            return stage(
                 storage=self.storage,
                 ctx=PrepareContext(self.settings, self.catalog),
                 kind=kind,
@@ -179,8 +177,19 @@ class Stoker:
                 owner=owner,
                 priority=priority,
                 parent=parent,
-                parent_index=parent_index,
+                parent_index=index,
             )
+
+    def commit(self, jobs: list[StagedJob]) -> None:
+        """Record and queue staged jobs together; raises BrokerUnavailable as :meth:`submit`."""
+        commit(app=self.app, store=self.store, storage=self.storage, jobs=jobs)
+
+    def _resolved(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` with a model named by a path on this machine made absolute."""
+        model = request.get("model")
+        if self.model_paths and isinstance(model, str):
+            return {**request, "model": self.catalog.resolve(model)}
+        return request
 
     @contextmanager
     def _staged(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:

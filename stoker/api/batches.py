@@ -26,6 +26,7 @@ from stoker.api.submission import check_capacity
 from stoker.errors import InvalidInput, JobNotFound, StokerError
 from stoker.queues.batches import children, counts_by_state, request_counts, submit_batch
 from stoker.queues.records import JobRecord, JobState
+from stoker.queues.submit import StagedJob
 
 BATCH_NS = "batch"
 _REFUSED = "__refused__"
@@ -136,11 +137,11 @@ def create_batch(
     custom_ids, requests, options = read_requests(state, obj, adapter)
     check_capacity(state, adapter.kind)
 
-    def submit_child(request: dict[str, Any], parent: str, index: int) -> JobRecord:
+    def stage_child(request: dict[str, Any], parent: str, index: int) -> StagedJob:
         if _REFUSED in request:
             raise InvalidInput(request[_REFUSED])
         with inputs.resolved(state, key, request) as local:
-            return state.stoker.submit_child(
+            return state.stoker.stage_child(
                 adapter.kind,
                 local,
                 parent=parent,
@@ -154,7 +155,8 @@ def create_batch(
         storage=state.stoker.storage,
         kind=adapter.kind,
         requests=requests,
-        submit_child=submit_child,
+        stage_child=stage_child,
+        commit=state.stoker.commit,
         owner=key.owner,
         source=input_file_id,
     )

@@ -1,9 +1,9 @@
 """Batches: one submission of many inputs (a folder of recordings) as one parent job.
 
-The parent (kind ``batch``) has one child job per input; its progress counts
-children that ended, like OpenAI's ``request_counts``. A child that cannot even be
-submitted (an empty or corrupt file) is recorded as failed with its reason — the
-batch goes on. When the last child ends, the batch writes ``manifest.json`` (every
+The parent (kind ``batch``) has one child job per input, recorded and queued in
+groups (``GROUP``); its progress counts children that ended, like OpenAI's
+``request_counts``. A child that cannot even be submitted (an empty or corrupt file)
+is recorded as failed with its reason — the batch goes on. When the last child ends, the batch writes ``manifest.json`` (every
 input → its outputs, duration, language, state) and ``errors.jsonl`` (one line per
 failed input) and succeeds.
 
@@ -24,6 +24,7 @@ from stoker.errors import PermanentError
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef, Progress
 from stoker.queues.records import new_record as _new_record
 from stoker.queues.stores.base import JobStore, list_all
+from stoker.queues.submit import StagedJob
 from stoker.storage import Storage
 from stoker.storage.keys import job_key
 
@@ -31,8 +32,14 @@ log = logging.getLogger(__name__)
 
 BATCH_KIND = "batch"
 
-#: submits one child: (request, parent id, index) → the child's record
-SubmitChild = Callable[[dict[str, Any], str, int], JobRecord]
+#: stages one child: (request, parent id, index) → the child validated, its inputs stored
+StageChild = Callable[[dict[str, Any], str, int], StagedJob]
+#: records and queues staged children (queues.submit.commit)
+Commit = Callable[[list[StagedJob]], None]
+
+#: Children recorded and queued together: one write to the store and, on Redis, one
+#: round trip to the broker for the group, where one each cost ~1 ms a line.
+GROUP = 256
 
 
 def submit_batch(
@@ -41,7 +48,8 @@ def submit_batch(
     storage: Storage,
     kind: str,
     requests: list[dict[str, Any]],
-    submit_child: SubmitChild,
+    stage_child: StageChild,
+    commit: Commit,
     owner: str,
     source: str,
 ) -> JobRecord:
@@ -53,12 +61,18 @@ def submit_batch(
         progress=Progress(total=len(requests), stage="running"),
     )
     store.create(parent)
+    staged: list[StagedJob] = []
     for index, request in enumerate(requests):
         try:
-            submit_child(request, parent.id, index)
+            staged.append(stage_child(request, parent.id, index))
         except PermanentError as exc:
             _record_refused(store, kind, owner, request, parent.id, index, exc)
             child_ended(store, storage, parent.id, index)
+        if len(staged) == GROUP:
+            commit(staged)
+            staged = []
+    if staged:
+        commit(staged)
     if not requests:
         assemble_batch(store, storage, parent.id)
     return store.get(parent.id)

@@ -1,5 +1,9 @@
 """Submission: validate, write the job record, queue its chunks.
 
+In two steps, :func:`stage` (validate, store the inputs) and :func:`commit` (record
+and queue), so that a batch of 50,000 lines is recorded and queued in groups: a round
+trip per line to the store and another to the broker would be most of its cost.
+
 Validation happens here, in the submitting process, so bad input (an unknown voice,
 an empty text) is refused before anything is queued, not an hour later on a worker.
 """
@@ -8,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 
 from stoker.config import Priority, Settings
 from stoker.errors import BrokerUnavailable
@@ -35,6 +41,17 @@ from stoker.storage.keys import chunk_key, content_digest, input_key
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class StagedJob:
+    """A validated job with its inputs stored, not yet recorded or queued (:func:`commit`)."""
+
+    record: JobRecord
+    plans: list[ChunkPlan]
+    # Content-addressed inputs found already stored, checked again once the job is
+    # recorded (see commit), with what to upload if they went meanwhile.
+    found: dict[str, Path | bytes] = field(default_factory=dict)
+
+
 def submit(
     *,
     app: Celery,
@@ -45,15 +62,34 @@ def submit(
     request: dict[str, Any],
     owner: str = "local",
     priority: Priority | None = None,
-    parent: str | None = None,
-    parent_index: int | None = None,
 ) -> JobRecord:
     """Validate ``request`` for ``kind``, record the job and queue its chunks.
 
-    ``parent``/``parent_index`` make it a child of a batch (see batches.py).
-
     Raises InvalidInput / UnknownModel (nothing is recorded) or BrokerUnavailable
     (the job is recorded as failed with that reason).
+    """
+    job = stage(
+        storage=storage, ctx=ctx, kind=kind, request=request, owner=owner, priority=priority
+    )
+    commit(app=app, store=store, storage=storage, jobs=[job])
+    return job.record
+
+
+def stage(
+    *,
+    storage: Storage,
+    ctx: PrepareContext,
+    kind: str,
+    request: dict[str, Any],
+    owner: str = "local",
+    priority: Priority | None = None,
+    parent: str | None = None,
+    parent_index: int | None = None,
+) -> StagedJob:
+    """Validate ``request`` for ``kind`` and store its inputs; :func:`commit` records
+    and queues it. ``parent``/``parent_index`` make it a child of a batch (batches.py).
+
+    Raises InvalidInput / UnknownModel; nothing is recorded.
     """
     cap = get_capability(kind)
     prepared = cap.prepare(request, ctx)
@@ -76,22 +112,43 @@ def submit(
         key = input_key(record.id, name)
         storage.put_bytes(key, data, "text/plain; charset=utf-8")
         record.inputs.append(key)
-    found = []
+    job = StagedJob(record, prepared.chunks)
     for key, content in prepared.uploads.items():
         record.inputs.append(key)
         if storage.exists(key):  # content-addressed: the same bytes are there already
-            found.append(key)
+            job.found[key] = content
         else:
             _upload(storage, key, content)
-    store.create(record)
-    # An input found above may have been swept (`stoker prune --inputs`) before the
-    # record that keeps it was created; the sweep stops once it sees this job queued.
-    for key in found:
+    if parent is not None:
+        # The batch is recorded and queued already, which stops a sweep as a recorded
+        # job does: check now, while the caller still holds the content (a file
+        # fetched for this child only is gone by the time its group is committed).
+        _restore_found(storage, job)
+    return job
+
+
+def commit(*, app: Celery, store: JobStore, storage: Storage, jobs: Sequence[StagedJob]) -> None:
+    """Record ``jobs`` and queue their chunks: one write to the store for all of them,
+    and on Redis one round trip per thousand messages (kombu's publish batch).
+
+    Raises BrokerUnavailable if the broker cannot take them: every one of ``jobs`` is
+    then recorded as failed with that reason.
+    """
+    store.create_many([job.record for job in jobs])
+    # An input found at staging may have been swept (`stoker prune --inputs`) before
+    # the record that keeps it was created; the sweep stops once it sees a job queued.
+    for job in jobs:
+        _restore_found(storage, job)
+    _enqueue(app, store, jobs)
+    for job in jobs:
+        log.info("queued %s job %s: %d chunk(s)", job.record.kind, job.record.id, len(job.plans))
+
+
+def _restore_found(storage: Storage, job: StagedJob) -> None:
+    for key, content in job.found.items():
         if not storage.exists(key):
-            _upload(storage, key, prepared.uploads[key])
-    _enqueue(app, store, record, prepared.chunks)
-    log.info("queued %s job %s: %d chunk(s)", kind, record.id, len(chunks))
-    return record
+            _upload(storage, key, content)
+    job.found.clear()
 
 
 def _upload(storage: Storage, key: str, content: Path | bytes) -> None:
@@ -118,28 +175,49 @@ def _queue(settings: Settings, record: JobRecord) -> str:
     return model_queue(record.kind, model)
 
 
-def _enqueue(app: Celery, store: JobStore, record: JobRecord, plans: list[ChunkPlan]) -> None:
+def _enqueue(app: Celery, store: JobStore, jobs: Sequence[StagedJob]) -> None:
     try:
-        with app.producer_or_acquire() as producer:
-            # Batchable capabilities' chunks are run many at a time (batching.py).
-            batched = getattr(get_capability(record.kind), "batchable", False)
-            task = BATCHED_CHUNK_TASK if batched else RUN_CHUNK_TASK
-            queue = _queue(app.stoker_settings, record)
-            for i, plan in enumerate(plans):
-                app.send_task(
-                    task,
-                    args=(record.id, i, plan.payload),
-                    queue=queue,
-                    routing_key=queue,
-                    priority=priority_value(record.priority),
-                    producer=producer,
-                    # When it was queued: the worker's starvation guard reads it.
-                    headers={QUEUED_AT_HEADER: time.time()},
-                )
-    except OperationalError as exc:
+        with app.producer_or_acquire() as producer, producer.batch():
+            # Each queue is found (a path model's is registered: a write) and declared
+            # once, not once per job: a batch's children mostly share one.
+            queues: dict[tuple[str, str | None], str] = {}
+            for job in jobs:
+                where = (job.record.kind, job.record.model)
+                first = where not in queues
+                if first:
+                    queues[where] = _queue(app.stoker_settings, job.record)
+                _publish(app, producer, job, queues[where], declare=first)
+    except (OperationalError, BatchPublishError) as exc:
+        # A failed batch may have queued some of its messages; their jobs are failed
+        # here, and a worker does not run a chunk of a job that ended.
+        ids = ", ".join(job.record.id for job in jobs[:3]) + (", ..." if len(jobs) > 3 else "")
         error = BrokerUnavailable(
-            f"could not queue job {record.id}: the broker is unreachable ({exc}); "
-            f"check STOKER_BROKER_URL and that the broker is running, then resubmit."
+            f"could not queue job {ids}: the broker is unreachable ({exc}); check "
+            f"STOKER_BROKER_URL and that the broker is running, then resubmit."
         )
-        store.fail(record.id, JobError(kind=error.kind, message=str(error)))
+        for job in jobs:
+            store.fail(job.record.id, JobError(kind=error.kind, message=str(error)))
         raise error from exc
+
+
+def _publish(app: Celery, producer: Any, job: StagedJob, queue: str, *, declare: bool) -> None:
+    """Send ``job``'s chunk tasks to ``queue``, declaring it first if ``declare``."""
+    record = job.record
+    # Batchable capabilities' chunks are run many at a time (batching.py).
+    batched = getattr(get_capability(record.kind), "batchable", False)
+    task = BATCHED_CHUNK_TASK if batched else RUN_CHUNK_TASK
+    for i, plan in enumerate(job.plans):
+        app.send_task(
+            task,
+            args=(record.id, i, plan.payload),
+            queue=queue,
+            routing_key=queue,
+            priority=priority_value(record.priority),
+            producer=producer,
+            # When it was queued: the worker's starvation guard reads it.
+            headers={QUEUED_AT_HEADER: time.time()},
+            # None: Celery declares the queue; []: it does not. Logged by its job and
+            # chunk: a repr of each payload was a tenth of a batch's cost.
+            declare=None if declare and i == 0 else [],
+            argsrepr=f"({record.id!r}, {i})",
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ import pytest
 from stoker.client import Stoker
 from stoker.config import load_settings
 from stoker.errors import InvalidInput, JobNotFound
+from stoker.queues.batches import children
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef, new_record
 from stoker.storage.keys import chunk_key, content_input_key, job_key
 from tests.deployment import Deployment
@@ -276,15 +277,56 @@ def test_a_submission_puts_back_an_input_swept_while_it_was_submitted(
 
         # When the same prompt is submitted again and a sweep deletes the stored file
         # after the submission found it, before its record existed
-        create = client.store.create
+        create_many = client.store.create_many
 
-        def swept_then_create(record: JobRecord) -> None:
+        def swept_then_create(records: Sequence[JobRecord]) -> None:
             client.storage.delete(key)
-            create(record)
+            create_many(records)
 
-        monkeypatch.setattr(client.store, "create", swept_then_create)
+        monkeypatch.setattr(client.store, "create_many", swept_then_create)
         second = client.submit("generate", request)
 
         # Then the submission has put it back, with the same bytes
         assert second.inputs == [key]
+        assert client.storage.get_bytes(key) == data
+
+
+def test_a_batch_child_puts_back_an_input_swept_once_it_was_found(
+    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a generate job whose prompt file is stored once, by content
+    deployment.env["STOKER_MODELS__TINY__BACKEND"] = "llama"
+    deployment.env["STOKER_MODELS__TINY__PATH"] = str(write_tiny_llama(tmp_path / "tiny.gguf"))
+    request = {"prompt": "Hello", "model": "tiny", "max_tokens": 4}
+    with Stoker(deployment.settings()) as client:
+        (key,) = client.submit("generate", request).inputs
+        data = client.storage.get_bytes(key)
+
+        # When a batch submits the same prompt, and a sweep deletes the stored file
+        # just after the child found it there (children are recorded in groups, later)
+        exists = client.storage.exists
+
+        def found_then_swept(name: str) -> bool:
+            there = exists(name)
+            if name == key and there:
+                monkeypatch.setattr(client.storage, "exists", exists)
+                client.storage.delete(key)
+            return there
+
+        there_when_recorded = []
+        create_many = client.store.create_many
+
+        def recorded(records: Sequence[JobRecord]) -> None:
+            there_when_recorded.append(exists(key))
+            create_many(records)
+
+        monkeypatch.setattr(client.storage, "exists", found_then_swept)
+        monkeypatch.setattr(client.store, "create_many", recorded)
+        batch = client.submit_batch("generate", [request], source="prompts")
+
+        # Then the child put it back before its group was recorded (while a file
+        # fetched for that child alone, an upload or an s3:// object, is still there)
+        assert there_when_recorded == [True]
+        (kid,) = children(client.store, batch.id)
+        assert kid.inputs == [key]
         assert client.storage.get_bytes(key) == data

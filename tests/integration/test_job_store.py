@@ -108,6 +108,32 @@ def test_create_refuses_an_existing_id(store: JobStore) -> None:
     assert store.get(record.id).kind == "speak"
 
 
+def test_create_many_stores_each_record_as_create_does(store: JobStore) -> None:
+    # Given a batch and three of its jobs, made in one call
+    batch = job(kind="batch", chunks=0)
+    store.create(batch)
+    kids = [
+        job(chunks=1, parent=batch.id, parent_index=i, owner="ann", progress=Progress(total=1))
+        for i in range(3)
+    ]
+    store.create_many(kids)
+
+    # Then each reads back as created, and the indexes and counters know them
+    assert [store.get(k.id) for k in kids] == kids
+    assert sorted(ids(store.list(JobFilter(parent=batch.id)))) == sorted(ids(kids))
+    assert ids(store.list(JobFilter(top_level=True))) == [batch.id]
+    assert store.child_counts(batch.id) == {JobState.QUEUED: 3}
+    assert store.counts()[("speak", "queued")] == 3
+
+    # And an id that exists is refused by name, while the new ones beside it are stored
+    fresh = job(chunks=1, parent=batch.id, parent_index=3, progress=Progress(total=1))
+    taken = kids[1].model_copy(update={"kind": "other"})
+    with pytest.raises(ValueError, match=kids[1].id):
+        store.create_many([taken, fresh])
+    assert store.get(kids[1].id).kind == "speak"
+    assert store.get(fresh.id) == fresh
+
+
 def test_every_method_raises_job_not_found_for_a_missing_job(store: JobStore) -> None:
     calls: list[Callable[[], object]] = [
         lambda: store.get("job_nope"),
@@ -695,6 +721,8 @@ def test_batched_calls_match_the_one_job_calls(store: JobStore) -> None:
 
 
 def test_batched_calls_of_nothing_do_nothing(store: JobStore) -> None:
+    store.create_many([])
+    assert store.list(JobFilter()) == []
     assert store.start_many([]) == []
     assert list(store.chunk_done_many([])) == []
     assert store.succeed_many([]) == []

@@ -43,6 +43,12 @@ class JobStore(Protocol):
     def create(self, record: JobRecord) -> None:
         """Store a new record (state queued). Raises ValueError if the id exists."""
 
+    def create_many(self, records: Sequence[JobRecord]) -> None:
+        """:meth:`create` for each record, in one round trip on Redis and one
+        transaction on SQLite (a batch of 50,000 lines is recorded in groups, not one
+        write each). Raises ValueError naming an id that exists; the others are stored.
+        """
+
     def get(self, job_id: str) -> JobRecord:
         """The record as it is now. Raises errors.JobNotFound."""
 

@@ -307,35 +307,21 @@ class RedisJobStore:
     # --- changes --------------------------------------------------------------------
 
     def create(self, record: JobRecord) -> None:
-        fields = {
-            "doc": record_doc(record),
-            "kind": record.kind,
-            "state": record.state.value,
-            "stage": record.progress.stage,
-            "total": initial_total(record),
-            "attempts": record.attempts,
-            "created_at": repr(record.created_at),
-            "started_at": record.started_at,
-            "finished_at": record.finished_at,
-            "error": record.error.model_dump_json() if record.error else None,
-        }
-        items = _flatten(fields)
-        keys = [
-            self._job(record.id),
-            self._outputs(record.id),
-            self._counts(),
-            self._idx("all"),
-            self._idx("state", record.state),
-            self._idx("kind", record.kind),
-            self._idx("owner", record.owner),
-        ]
-        keys.append(self._level_idx(record.parent))
-        count = f"{record.kind}|{record.state.value}"
-        args = [record.id, repr(record.created_at), count, len(items), *items]
         with self._guard():
-            created = self._create(keys, [*args, *_outputs(record.outputs)])
+            created = self._create(*self._create_call(record))
         if not created:
             raise ValueError(f"a job with id {record.id!r} already exists")
+
+    def create_many(self, records: Sequence[JobRecord]) -> None:
+        # A pipeline checks its scripts are loaded first: two round trips, not one.
+        pipe = self._client.pipeline(transaction=False)
+        for record in records:
+            self._create(*self._create_call(record), client=pipe)
+        with self._guard():
+            created = pipe.execute() if records else []
+        taken = [r.id for r, ok in zip(records, created, strict=True) if not ok]
+        if taken:
+            raise ValueError(f"a job with id {taken[0]!r} already exists")
 
     def mark_running(self, job_id: str) -> JobState:
         with self._guard():
@@ -459,6 +445,34 @@ class RedisJobStore:
         return bool(moved == 1)
 
     # Keys and arguments of each script, shared by the one-job and batched calls.
+
+    def _create_call(self, record: JobRecord) -> tuple[builtins.list[str], builtins.list[Any]]:
+        fields = {
+            "doc": record_doc(record),
+            "kind": record.kind,
+            "state": record.state.value,
+            "stage": record.progress.stage,
+            "total": initial_total(record),
+            "attempts": record.attempts,
+            "created_at": repr(record.created_at),
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+            "error": record.error.model_dump_json() if record.error else None,
+        }
+        items = _flatten(fields)
+        keys = [
+            self._job(record.id),
+            self._outputs(record.id),
+            self._counts(),
+            self._idx("all"),
+            self._idx("state", record.state),
+            self._idx("kind", record.kind),
+            self._idx("owner", record.owner),
+        ]
+        keys.append(self._level_idx(record.parent))
+        count = f"{record.kind}|{record.state.value}"
+        args = [record.id, repr(record.created_at), count, len(items), *items]
+        return keys, [*args, *_outputs(record.outputs)]
 
     def _mark_running_call(self, job_id: str) -> tuple[builtins.list[str], builtins.list[Any]]:
         keys = [

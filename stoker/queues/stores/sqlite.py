@@ -160,28 +160,22 @@ class SqliteJobStore:
     # --- changes --------------------------------------------------------------------
 
     def create(self, record: JobRecord) -> None:
-        row = {
-            "id": record.id,
-            "kind": record.kind,
-            "owner": record.owner,
-            "parent": record.parent,
-            "created_at": record.created_at,
-            "doc": record_doc(record),
-            "state": record.state.value,
-            "stage": record.progress.stage,
-            "total": initial_total(record),
-            "attempts": record.attempts,
-            "outputs": _outputs_json(record.outputs),
-            "error": record.error.model_dump_json() if record.error else None,
-            "started_at": record.started_at,
-            "finished_at": record.finished_at,
-        }
-        sql = f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
-        with self._guard() as conn:
-            try:
-                conn.execute(sql, tuple(row.values()))
-            except sqlite3.IntegrityError as exc:
-                raise ValueError(f"a job with id {record.id!r} already exists") from exc
+        self.create_many([record])
+
+    def create_many(self, records: Sequence[JobRecord]) -> None:
+        rows = [_insert_row(record) for record in records]
+        if not rows:
+            return
+        sql = f"INSERT INTO jobs ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})"
+        taken = None
+        with self._transaction() as conn:
+            for row in rows:
+                try:
+                    conn.execute(sql, tuple(row.values()))
+                except sqlite3.IntegrityError:  # that row only; the others are stored
+                    taken = taken or row["id"]
+        if taken:
+            raise ValueError(f"a job with id {taken!r} already exists")
 
     def mark_running(self, job_id: str) -> JobState:
         with self._guard() as conn:
@@ -452,6 +446,26 @@ def list_query(flt: JobFilter) -> tuple[str, Sequence[Any]]:
         params.append(flt.before)
     condition = f" WHERE {' AND '.join(where)}" if where else ""
     return f"{_SELECT}{condition} ORDER BY created_at DESC, id DESC LIMIT ?", [*params, flt.limit]
+
+
+def _insert_row(record: JobRecord) -> dict[str, Any]:
+    """The ``jobs`` row of a new record, by column."""
+    return {
+        "id": record.id,
+        "kind": record.kind,
+        "owner": record.owner,
+        "parent": record.parent,
+        "created_at": record.created_at,
+        "doc": record_doc(record),
+        "state": record.state.value,
+        "stage": record.progress.stage,
+        "total": initial_total(record),
+        "attempts": record.attempts,
+        "outputs": _outputs_json(record.outputs),
+        "error": record.error.model_dump_json() if record.error else None,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+    }
 
 
 def _record(row: Sequence[Any]) -> JobRecord:

@@ -1,0 +1,83 @@
+"""A batch's children are recorded and queued in groups (queues/batches.py, GROUP):
+``Stoker.submit_batch`` against a real Redis as broker and job store, and against a
+broker that is down."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from stoker.client import Stoker
+from stoker.config import Settings
+from stoker.errors import BrokerUnavailable
+from stoker.queues.batches import GROUP, children
+from stoker.queues.records import JobFilter, JobState
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def queued_job_ids(url: str) -> list[str]:
+    """The job id of every chunk message waiting in any queue of the broker at ``url``."""
+    client = redis.Redis.from_url(url)
+    try:
+        found = []
+        for key in client.scan_iter():
+            if client.type(key) != b"list":
+                continue
+            for raw in client.lrange(key, 0, -1):
+                message = json.loads(raw)
+                args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+                found.append(args[0])
+        return found
+    finally:
+        client.close()
+
+
+def test_a_batch_over_a_group_records_and_queues_every_child_once(
+    clean_redis: str, tmp_path: Path
+) -> None:
+    # Given a batch of one group and a few lines more, one of them refused (empty)
+    n = GROUP + 3
+    requests = [{"text": f"sentence {i}"} for i in range(n)]
+    requests[GROUP - 1] = {"text": ""}
+    settings = Settings(data_dir=tmp_path, broker_url=clean_redis)
+
+    # When it is submitted
+    with Stoker(settings) as stoker:
+        batch = stoker.submit_batch("embed", requests, source="lines.txt")
+        kids = children(stoker.store, batch.id)
+        counts = stoker.store.child_counts(batch.id)
+
+    # Then every line is a child in its place; the empty one failed with its reason
+    assert [k.parent_index for k in kids] == list(range(n))
+    refused = kids[GROUP - 1]
+    assert refused.state is JobState.FAILED and refused.error is not None
+    assert refused.error.kind == "invalid_input" and "empty" in refused.error.message
+    assert counts == {JobState.QUEUED: n - 1, JobState.FAILED: 1}
+    # And each of the others has exactly one chunk message waiting on the broker
+    queued = [k.id for k in kids if k.state is JobState.QUEUED]
+    assert sorted(queued_job_ids(clean_redis)) == sorted(queued)
+
+
+def test_a_broker_down_fails_a_batchs_group_clearly(tmp_path: Path) -> None:
+    # Given a broker nobody listens on (the job store is local and up)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings = Settings(
+        data_dir=tmp_path, broker_url=dead, state_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    )
+    with Stoker(settings) as stoker:
+        # When a batch of three lines is submitted
+        requests = [{"text": f"sentence {i}"} for i in range(3)]
+        with pytest.raises(BrokerUnavailable, match="broker is unreachable") as caught:
+            stoker.submit_batch("embed", requests, source="lines.txt")
+        # Then the error names what to check, and every child is recorded as failed
+        assert "STOKER_BROKER_URL" in str(caught.value)
+        (batch,) = stoker.jobs(JobFilter(top_level=True))
+        kids = children(stoker.store, batch.id)
+    assert [k.state for k in kids] == [JobState.FAILED] * 3
+    assert all(k.error and "broker is unreachable" in k.error.message for k in kids)
