@@ -34,7 +34,7 @@ from stoker.queues.batches import BATCH_KIND, child_ended, children, submit_batc
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 from stoker.queues.stores import JobStore, open_job_store
 from stoker.queues.stores.base import list_all
-from stoker.queues.submit import StagedJob, commit, stage, submit
+from stoker.queues.submit import StagedJob, commit, stage
 from stoker.storage import Storage, open_storage
 from stoker.storage.keys import job_prefix
 from stoker.storage.sources import is_s3_url, list_s3, staged
@@ -113,18 +113,16 @@ class Stoker:
         owner: str = "local",
         priority: Priority | None = None,
     ) -> JobRecord:
-        """Validate and queue a job; see queues.submit.submit for what is raised."""
-        with self._staged(self._resolved(request)) as local:
-            return submit(
-                app=self.app,
-                store=self.store,
-                storage=self.storage,
-                ctx=PrepareContext(self.settings, self.catalog),
-                kind=kind,
-                request=local,
-                owner=owner,
-                priority=priority,
-            )
+        """Validate and queue a job.
+
+        Raises InvalidInput / UnknownModel (nothing is recorded) or BrokerUnavailable
+        (the job is recorded as failed with that reason).
+        """
+        # Committed inside the block: a found input is checked again once the job is
+        # recorded, and an s3:// input's local copy is still there to upload it from.
+        with self._stage(kind, request, owner, priority) as job:
+            self.commit([job])
+        return job.record
 
     def submit_batch(
         self,
@@ -168,8 +166,26 @@ class Stoker:
         and queues it. For a caller that records the batch itself (the HTTP API's
         OpenAI batches go through ``queues.batches.submit_batch`` with their own
         per-line translation). Raises InvalidInput / UnknownModel, as :meth:`submit`."""
+        with self._stage(kind, request, owner, priority, parent, index) as job:
+            return job
+
+    def commit(self, jobs: list[StagedJob]) -> None:
+        """Record and queue staged jobs together; raises BrokerUnavailable as :meth:`submit`."""
+        commit(app=self.app, store=self.store, storage=self.storage, jobs=jobs)
+
+    @contextmanager
+    def _stage(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        owner: str,
+        priority: Priority | None,
+        parent: str | None = None,
+        index: int | None = None,
+    ) -> Iterator[StagedJob]:
+        """``request`` staged (queues.submit.stage), its local inputs kept for the block."""
         with self._staged(self._resolved(request)) as local:
-            return stage(
+            yield stage(
                 storage=self.storage,
                 ctx=PrepareContext(self.settings, self.catalog),
                 kind=kind,
@@ -179,10 +195,6 @@ class Stoker:
                 parent=parent,
                 parent_index=index,
             )
-
-    def commit(self, jobs: list[StagedJob]) -> None:
-        """Record and queue staged jobs together; raises BrokerUnavailable as :meth:`submit`."""
-        commit(app=self.app, store=self.store, storage=self.storage, jobs=jobs)
 
     def _resolved(self, request: dict[str, Any]) -> dict[str, Any]:
         """``request`` with a model named by a path on this machine made absolute."""

@@ -3,9 +3,9 @@
 The parent (kind ``batch``) has one child job per input, recorded and queued in
 groups (``GROUP``); its progress counts children that ended, like OpenAI's
 ``request_counts``. A child that cannot even be submitted (an empty or corrupt file)
-is recorded as failed with its reason — the batch goes on. When the last child ends, the batch writes ``manifest.json`` (every
-input → its outputs, duration, language, state) and ``errors.jsonl`` (one line per
-failed input) and succeeds.
+is recorded as failed with its reason — the batch goes on. When the last child ends,
+the batch writes ``manifest.json`` (every input → its outputs, duration, language,
+state) and ``errors.jsonl`` (one line per failed input) and succeeds.
 
 Children are counted with the same atomic tally as chunks (``chunk_done`` on the
 parent, indexed by the child's place in the batch), so exactly one process sees the

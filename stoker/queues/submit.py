@@ -52,29 +52,6 @@ class StagedJob:
     found: dict[str, Path | bytes] = field(default_factory=dict)
 
 
-def submit(
-    *,
-    app: Celery,
-    store: JobStore,
-    storage: Storage,
-    ctx: PrepareContext,
-    kind: str,
-    request: dict[str, Any],
-    owner: str = "local",
-    priority: Priority | None = None,
-) -> JobRecord:
-    """Validate ``request`` for ``kind``, record the job and queue its chunks.
-
-    Raises InvalidInput / UnknownModel (nothing is recorded) or BrokerUnavailable
-    (the job is recorded as failed with that reason).
-    """
-    job = stage(
-        storage=storage, ctx=ctx, kind=kind, request=request, owner=owner, priority=priority
-    )
-    commit(app=app, store=store, storage=storage, jobs=[job])
-    return job.record
-
-
 def stage(
     *,
     storage: Storage,

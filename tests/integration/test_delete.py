@@ -263,13 +263,18 @@ def test_the_input_sweep_frees_what_only_deleted_jobs_used(client: Stoker) -> No
     assert client.sweep_inputs(3600).objects == 0 and client.storage.exists(keys["loose"])
 
 
+def tiny_prompt(deployment: Deployment, tmp_path: Path) -> dict[str, object]:
+    """A generate request on a tiny GGUF ("tiny") that the deployment now serves."""
+    deployment.env["STOKER_MODELS__TINY__BACKEND"] = "llama"
+    deployment.env["STOKER_MODELS__TINY__PATH"] = str(write_tiny_llama(tmp_path / "tiny.gguf"))
+    return {"prompt": "Hello", "model": "tiny", "max_tokens": 4}
+
+
 def test_a_submission_puts_back_an_input_swept_while_it_was_submitted(
     deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a generate job whose prompt file is stored once, by content
-    deployment.env["STOKER_MODELS__TINY__BACKEND"] = "llama"
-    deployment.env["STOKER_MODELS__TINY__PATH"] = str(write_tiny_llama(tmp_path / "tiny.gguf"))
-    request = {"prompt": "Hello", "model": "tiny", "max_tokens": 4}
+    request = tiny_prompt(deployment, tmp_path)
     with Stoker(deployment.settings()) as client:
         first = client.submit("generate", request)
         (key,) = first.inputs
@@ -295,9 +300,7 @@ def test_a_batch_child_puts_back_an_input_swept_once_it_was_found(
     deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a generate job whose prompt file is stored once, by content
-    deployment.env["STOKER_MODELS__TINY__BACKEND"] = "llama"
-    deployment.env["STOKER_MODELS__TINY__PATH"] = str(write_tiny_llama(tmp_path / "tiny.gguf"))
-    request = {"prompt": "Hello", "model": "tiny", "max_tokens": 4}
+    request = tiny_prompt(deployment, tmp_path)
     with Stoker(deployment.settings()) as client:
         (key,) = client.submit("generate", request).inputs
         data = client.storage.get_bytes(key)
