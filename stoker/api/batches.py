@@ -322,14 +322,17 @@ def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[s
     if active.get(JobState.QUEUED) or active.get(JobState.RUNNING):
         return data  # a cancel still reaching children: asked again at the next read
     kids = children(state.stoker.store, parent.id)
-    for kid in kids:
-        state.metrics.job_seen(kid)
+
+    def result(kid: JobRecord) -> tuple[bool, dict[str, Any]]:
         index = kid.parent_index or 0
         custom_id = custom_ids[index] if index < len(custom_ids) else None
         options = data.get("options", {}).get(str(index), {})
-        ok, line = _result_line(
-            state, adapter, kid, custom_id, options, bool(data.get("expired_at"))
-        )
+        return _result_line(state, adapter, kid, custom_id, options, bool(data.get("expired_at")))
+
+    # Most lines read their job's output (a GET each on S3): side by side on the I/O
+    # threads, in line order.
+    for kid, (ok, line) in zip(kids, state.stoker.io.all(result, kids), strict=True):
+        state.metrics.job_seen(kid)
         (good if ok else bad).append(json.dumps(line) + "\n")
     data = dict(data)
     for lines, name, field in (

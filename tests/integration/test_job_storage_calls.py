@@ -5,10 +5,12 @@ one request.
 
 The real executor, job store (SQLite), Whisper tiny.en and Piper speech; storage is
 moto_server, seen through a wrapper that counts the calls (tests/watched_storage.py).
+Also what readers ask: a batch's downloads and an OpenAI batch's results, side by side.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -151,4 +153,56 @@ def test_a_batch_downloads_its_files_side_by_side_from_s3(
     assert len(written) == 7 and written[0] == out / "manifest.json"
     # And the seven downloads ran on the I/O threads, each once
     assert len(watched.keys("download")) == 7
+    assert any(name.startswith("stoker-io") for name in watched.threads)
+
+
+def test_an_openai_batch_reads_its_lines_results_side_by_side_from_s3(
+    settings: Settings,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from stoker.api.app import create_app
+    from stoker.queues.batches import child_ended, children
+    from tests.api_server import auth, make_key
+
+    lines = [
+        {"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings", "body": {"input": "hi"}}
+        for i in range(3)
+    ]
+    headers = auth(make_key(settings, "ann"))
+    app = create_app(settings, deliver_webhooks=False)
+    with TestClient(app) as http:
+        # Given an OpenAI embeddings batch of three lines whose jobs ended, results in S3
+        upload = http.post(
+            "/v1/files",
+            files={"file": ("b.jsonl", "\n".join(json.dumps(x) for x in lines).encode())},
+            data={"purpose": "batch"},
+            headers=headers,
+        ).json()
+        body = {"input_file_id": upload["id"], "endpoint": "/v1/embeddings"}
+        batch = http.post("/v1/batches", json=body | {"completion_window": "24h"}, headers=headers)
+        stoker = app.state.api.stoker
+        for kid in children(stoker.store, batch.json()["id"]):
+            row = {"id": "0", "embedding": [kid.parent_index, 0.5], "tokens": 1}
+            out = _stored(stoker, kid.id, "embeddings.jsonl", json.dumps(row).encode() + b"\n")
+            stoker.store.succeed(kid.id, [out])
+            child_ended(stoker.store, stoker.storage, kid.parent or "", kid.parent_index or 0)
+        watched = WatchedStorage(stoker.storage)
+        stoker.storage = watched
+
+        # When it is read for the first time since, which writes its output file
+        done = http.get(f"/v1/batches/{batch.json()['id']}", headers=headers).json()
+        output = http.get(f"/v1/files/{done['output_file_id']}/content", headers=headers)
+
+    # Then every line's result is in it, in line order
+    assert done["status"] == "completed" and done["request_counts"]["completed"] == 3
+    got = [json.loads(line) for line in output.text.splitlines()]
+    assert [g["custom_id"] for g in got] == ["e0", "e1", "e2"]
+    assert [g["response"]["body"]["data"][0]["embedding"] for g in got] == [
+        [0, 0.5],
+        [1, 0.5],
+        [2, 0.5],
+    ]
+    # And the three results were read on the I/O threads, each once
+    assert len([k for k in watched.keys("get_bytes") if k.endswith("embeddings.jsonl")]) == 3
     assert any(name.startswith("stoker-io") for name in watched.threads)
