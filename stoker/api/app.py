@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, *, deliver_webhooks: bool = Tru
         finally:
             if thread is not None:
                 thread.stop()
+            state.background.close()
             meta.close()
             stoker.close()
 

@@ -4,8 +4,9 @@ job per input line, the batch id being the parent job's id.
 A line that cannot run (not JSON, wrong method or url, a body the capability refuses)
 becomes a failed child and a line of the error file; the others run. A duplicate
 ``custom_id`` or more than ``api.max_batch_lines`` lines refuse the whole batch (400).
-When the parent job ends, the first read writes ``output_file_id`` (one line per
-successful request) and ``error_file_id`` (one per failed or cancelled one).
+When the parent job ends, the first read starts writing ``output_file_id`` (one line
+per successful request) and ``error_file_id`` (one per failed or cancelled one), on a
+background thread; reads answer "finalizing" until they are written.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from stoker.api import inputs
@@ -222,11 +224,23 @@ def _status(parent: JobRecord, data: dict[str, Any]) -> str:
     return "in_progress"
 
 
-def batch_object(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's Batch object for the batch ``parent``, finalizing it first if it ended."""
+#: How long a read of one batch waits for its output files before it answers
+#: "finalizing" (a list of batches does not wait).
+FINALIZE_WAIT_S = 2.0
+#: How long one API process holds the right to write a batch's output files; after
+#: that (it died, or storage failed) the next read starts again.
+FINALIZE_CLAIM_S = 120.0
+
+
+def batch_object(
+    state: ApiState, parent: JobRecord, data: dict[str, Any], wait_s: float = FINALIZE_WAIT_S
+) -> dict[str, Any]:
+    """OpenAI's Batch object for the batch ``parent``; if it ended, its output files
+    are written first, or, when that takes longer than ``wait_s``, while it answers
+    "finalizing" (or "cancelling")."""
     parent, data = expire_if_due(state, parent, data)
     if parent.state.terminal and "finalized_at" not in data:
-        data = finalize(state, parent, data)
+        data = _finalized(state, parent, data, wait_s)
     # Counted once at finalization; while running, from the store's indexes (a read of
     # every child's record would cost seconds per poll for a batch of 50,000 lines).
     counts = data.get("request_counts") or counts_by_state(
@@ -312,15 +326,42 @@ def _result_line(
     return False, {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
 
 
+def _finalized(
+    state: ApiState, parent: JobRecord, data: dict[str, Any], wait_s: float
+) -> dict[str, Any]:
+    """``data`` with the output files written, if :func:`finalize` is done within
+    ``wait_s``; else ``data`` as it is, finalize going on.
+
+    Finalizing a batch of 50,000 lines reads 50,000 results (minutes on S3): it runs
+    on a background thread, not in the request, once across API processes (a claim
+    in the meta store); every read meanwhile answers at once.
+    """
+    run = state.background.running(parent.id)
+    if run is None:
+        if _children_active(state, parent):
+            return data  # a cancel still reaching children: asked again at the next read
+        if not state.meta.claim(f"batch-finalize:{parent.id}", FINALIZE_CLAIM_S):
+            return data  # another process (or a read just before) is at it
+        run = state.background.start(parent.id, lambda: finalize(state, parent, data))
+    try:
+        return dict(run.result(timeout=wait_s))
+    except FutureTimeout:
+        return data
+
+
+def _children_active(state: ApiState, parent: JobRecord) -> bool:
+    active = state.stoker.store.child_counts(parent.id)
+    return bool(active.get(JobState.QUEUED) or active.get(JobState.RUNNING))
+
+
 def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[str, Any]:
     """Write the output and error files of an ended batch; returns the updated record."""
     adapter = adapter_for(data["endpoint"])
     custom_ids = data.get("custom_ids", [])
     good: list[str] = []
     bad: list[str] = []
-    active = state.stoker.store.child_counts(parent.id)
-    if active.get(JobState.QUEUED) or active.get(JobState.RUNNING):
-        return data  # a cancel still reaching children: asked again at the next read
+    if _children_active(state, parent):
+        return data
     kids = children(state.stoker.store, parent.id)
 
     def result(kid: JobRecord) -> tuple[bool, dict[str, Any]]:
@@ -361,7 +402,7 @@ def list_batches(state: ApiState, key: ApiKey, *, after: str | None, limit: int)
     docs = state.meta.list(BATCH_NS, None if key.admin else key.owner, limit + 1, before)
     page = docs[:limit]
     jobs = ((_batch_job(state, d.id), d) for d in page)
-    data = [batch_object(state, record, d.data) for record, d in jobs if record is not None]
+    data = [batch_object(state, r, d.data, wait_s=0) for r, d in jobs if r is not None]
     return {
         "object": "list",
         "data": data,

@@ -480,6 +480,46 @@ def test_a_batch_past_its_window_expires_and_reports_what_did_not_run(
     assert {line["error"]["code"] for line in lines} == {"batch_expired"}
 
 
+def test_a_batch_whose_files_take_long_is_finalizing_and_finalized_once(
+    client: TestClient, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from stoker.api import batches
+
+    # Given a batch whose output files are slow to write (held until released)
+    release, calls = threading.Event(), []
+    finalize = batches.finalize
+
+    def slow_finalize(*args: Any) -> Any:
+        calls.append(args[1].id)
+        assert release.wait(30), "the test never released finalize"
+        return finalize(*args)
+
+    monkeypatch.setattr(batches, "finalize", slow_finalize)
+    monkeypatch.setattr(batches, "FINALIZE_WAIT_S", 0.0)
+    created = _speech_batch(client, alice, "a", "b")
+
+    # When it is cancelled and read, and listed, while its files are being written
+    url = f"/v1/batches/{created['id']}"
+    first = client.post(f"{url}/cancel", headers=alice).json()
+    again = client.get(url, headers=alice).json()
+    listed = client.get("/v1/batches", headers=alice).json()["data"]
+
+    # Then each answers at once that it is cancelling, and the files are written once
+    assert [first["status"], again["status"], listed[0]["status"]] == ["cancelling"] * 3
+    assert calls == [created["id"]] and again["error_file_id"] is None
+    # And once they are written, a read says cancelled with the error file
+    release.set()
+    for _ in range(200):  # the background run ends within moments of the release
+        done = client.get(url, headers=alice).json()
+        if done["status"] == "cancelled":
+            break
+        time.sleep(0.05)
+    assert done["status"] == "cancelled" and done["error_file_id"] is not None
+    assert calls == [created["id"]]
+
+
 def test_jobs_of_a_batch_are_listed_by_batch_and_left_out_of_the_top_level(
     client: TestClient, alice: dict[str, str], bob: dict[str, str]
 ) -> None:
