@@ -12,14 +12,16 @@ background thread; reads answer "finalizing" until they are written.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 from typing import Any
 
 from stoker.api import inputs
 from stoker.api.errors import ApiError, not_found
-from stoker.api.files import FileObject, get_file, store_bytes
+from stoker.api.files import FileObject, get_file, store_file
 from stoker.api.keys import ApiKey
 from stoker.api.meta import Doc
 from stoker.api.openai_shapes import Adapter, Options, adapter_for
@@ -230,6 +232,9 @@ FINALIZE_WAIT_S = 2.0
 #: How long one API process holds the right to write a batch's output files; after
 #: that (it died, or storage failed) the next read starts again.
 FINALIZE_CLAIM_S = 120.0
+#: Lines whose results are read side by side before they are written out: the output
+#: file is written as it is made, not held whole (50,000 embeddings are ~400 MB of JSON).
+FINALIZE_STEP = 512
 
 
 def batch_object(
@@ -358,8 +363,6 @@ def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[s
     """Write the output and error files of an ended batch; returns the updated record."""
     adapter = adapter_for(data["endpoint"])
     custom_ids = data.get("custom_ids", [])
-    good: list[str] = []
-    bad: list[str] = []
     if _children_active(state, parent):
         return data
     kids = children(state.stoker.store, parent.id)
@@ -370,27 +373,33 @@ def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[s
         options = data.get("options", {}).get(str(index), {})
         return _result_line(state, adapter, kid, custom_id, options, bool(data.get("expired_at")))
 
-    # Most lines read their job's output (a GET each on S3): side by side on the I/O
-    # threads, in line order.
-    for kid, (ok, line) in zip(kids, state.stoker.io.all(result, kids), strict=True):
-        state.metrics.job_seen(kid)
-        (good if ok else bad).append(json.dumps(line) + "\n")
     data = dict(data)
-    for lines, name, field in (
-        (good, "output", "output_file_id"),
-        (bad, "errors", "error_file_id"),
-    ):
-        if lines:
-            obj = store_bytes(
-                state.meta,
-                state.stoker.storage,
-                "".join(lines).encode(),
-                file_id=f"file-{parent.id}-{name}",
-                filename=f"batch_{parent.id}_{name}.jsonl",
-                purpose="batch_output",
-                owner=parent.owner,
-            )
-            data[field] = obj.id
+    with tempfile.TemporaryDirectory(prefix="stoker-batch-") as tmp:
+        paths = {name: Path(tmp) / f"{name}.jsonl" for name in ("output", "errors")}
+        with (
+            paths["output"].open("w", encoding="utf-8") as good,
+            paths["errors"].open("w", encoding="utf-8") as bad,
+        ):
+            # Most lines read their job's output (a GET each on S3): side by side on
+            # the I/O threads, a step at a time, written in line order as they come.
+            for at in range(0, len(kids), FINALIZE_STEP):
+                step = kids[at : at + FINALIZE_STEP]
+                for kid, (ok, line) in zip(step, state.stoker.io.all(result, step), strict=True):
+                    state.metrics.job_seen(kid)
+                    (good if ok else bad).write(json.dumps(line) + "\n")
+        for name, field in (("output", "output_file_id"), ("errors", "error_file_id")):
+            if paths[name].stat().st_size:
+                obj = store_file(
+                    state.meta,
+                    state.stoker.storage,
+                    paths[name],
+                    file_id=f"file-{parent.id}-{name}",
+                    filename=f"batch_{parent.id}_{name}.jsonl",
+                    purpose="batch_output",
+                    owner=parent.owner,
+                    content_type="application/jsonl",
+                )
+                data[field] = obj.id
     data["request_counts"] = request_counts(kids)
     data["finalized_at"] = time.time()
     state.meta.put(Doc(BATCH_NS, parent.id, parent.owner, parent.created_at, data))

@@ -14,6 +14,7 @@ from stoker.api.errors import not_found
 from stoker.api.keys import ApiKey
 from stoker.api.meta import Doc, MetaStore
 from stoker.storage import Storage
+from stoker.storage.base import OCTET_STREAM
 
 FILE_NS = "file"
 PURPOSES = ("batch", "batch_output", "user_data", "assistants", "fine-tune", "vision", "evals")
@@ -49,34 +50,20 @@ def _record(meta: MetaStore, obj: FileObject) -> FileObject:
 
 
 def store_file(
-    meta: MetaStore, storage: Storage, path: Path, *, filename: str, purpose: str, owner: str
-) -> FileObject:
-    """Stream the file at ``path`` to storage (never whole in memory) and record it."""
-    file_id = new_file_id()
-    info = storage.put_file(storage_key(file_id), path)
-    obj = FileObject(
-        id=file_id,
-        bytes=info.size_bytes,
-        created_at=int(time.time()),
-        filename=filename,
-        purpose=purpose,
-        owner=owner,
-    )
-    return _record(meta, obj)
-
-
-def store_bytes(
     meta: MetaStore,
     storage: Storage,
-    data: bytes,
+    path: Path,
     *,
-    file_id: str,
     filename: str,
     purpose: str,
     owner: str,
+    file_id: str | None = None,
+    content_type: str = OCTET_STREAM,
 ) -> FileObject:
-    """Record ``data`` as file ``file_id`` (batch results: ids derived from the batch)."""
-    info = storage.put_bytes(storage_key(file_id), data, "application/jsonl")
+    """Stream the file at ``path`` to storage (never whole in memory) and record it, as
+    a new file id or as ``file_id`` (a batch's results: ids derived from the batch)."""
+    file_id = file_id or new_file_id()
+    info = storage.put_file(storage_key(file_id), path, content_type)
     obj = FileObject(
         id=file_id,
         bytes=info.size_bytes,
