@@ -14,12 +14,12 @@ Usage: python bench/batch_create.py [--lines 5000] [--repeats 3] [--no-write]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,37 +53,30 @@ def plain_celery(url: str, n: int, together: bool) -> Callable[[], object]:
     app = Celery("plain", broker=url)
 
     def run() -> None:
-        with app.producer_or_acquire() as producer:
-            batch: Any = producer.batch() if together else _Nothing()
-            with batch:
-                for i in range(n):
-                    app.send_task(
-                        "plain.embed",
-                        args=(f"job-{i}", 0, {"texts": [f"Sentence number {i}."]}),
-                        queue="plain",
-                        producer=producer,
-                    )
+        with (
+            app.producer_or_acquire() as producer,
+            producer.batch() if together else contextlib.nullcontext(),
+        ):
+            for i in range(n):
+                app.send_task(
+                    "plain.embed",
+                    args=(f"job-{i}", 0, {"texts": [f"Sentence number {i}."]}),
+                    queue="plain",
+                    producer=producer,
+                )
 
     return run
 
 
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def stoker_api(settings: Settings, n: int) -> Callable[[], object]:
-    """`POST /v1/batches` of ``n`` embedding lines, through the app in process."""
+def stoker_api(settings: Settings, n: int, stack: contextlib.ExitStack) -> Callable[[], object]:
+    """`POST /v1/batches` of ``n`` embedding lines, through the app in process (open
+    until ``stack`` closes)."""
     from fastapi.testclient import TestClient
 
     from stoker.api.app import create_app
 
     headers = auth(make_key(settings, "bench"))
-    client = TestClient(create_app(settings, deliver_webhooks=False))
-    client.__enter__()
+    client = stack.enter_context(TestClient(create_app(settings, deliver_webhooks=False)))
     upload = client.post(
         "/v1/files",
         files={"file": ("lines.jsonl", openai_lines(n))},
@@ -119,7 +112,9 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     n = args.lines
-    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp) / "redis") as url:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        url = stack.enter_context(redis_server(Path(tmp) / "redis"))
         settings = load_settings(
             data_dir=Path(tmp) / "data",
             broker_url=url,
@@ -128,7 +123,7 @@ def main() -> None:
         cases = [
             ("plain Celery, `send_task` per line", plain_celery(url, n, together=False)),
             ("plain Celery, `send_task` in `producer.batch()`", plain_celery(url, n, True)),
-            ("stoker `POST /v1/batches`", stoker_api(settings, n)),
+            ("stoker `POST /v1/batches`", stoker_api(settings, n, stack)),
             ("stoker `Stoker.submit_batch`", stoker_python(settings, n)),
         ]
         times = timed_interleaved([fn for _, fn in cases], args.repeats)

@@ -360,11 +360,10 @@ def _children_active(state: ApiState, parent: JobRecord) -> bool:
 
 
 def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[str, Any]:
-    """Write the output and error files of an ended batch; returns the updated record."""
+    """Write the output and error files of an ended batch whose jobs have all ended
+    (:func:`_finalized` checks, before it claims the batch); returns the updated record."""
     adapter = adapter_for(data["endpoint"])
     custom_ids = data.get("custom_ids", [])
-    if _children_active(state, parent):
-        return data
     kids = children(state.stoker.store, parent.id)
 
     def result(kid: JobRecord) -> tuple[bool, dict[str, Any]]:
