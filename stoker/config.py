@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # is missing where) once its queue's oldest message waited this long; a worker
     # with the file that starts within it takes the work instead.
     scheduler_orphan_wait_s: float = Field(default=60.0, gt=0)
+    # How often a worker publishes its heartbeat (on a thread of its own, so a long
+    # chunk does not silence it); one not renewed for 5 beats counts as gone.
+    heartbeat_s: float = Field(default=2.0, gt=0)
 
     log_level: str = "INFO"
     api: ApiSettings = Field(default_factory=ApiSettings)

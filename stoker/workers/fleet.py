@@ -10,10 +10,11 @@ Two things, both in Redis when the job store is Redis (``settings.state_url``):
   to evict before the load, instead of the model's size on disk. `stoker models
   --footprints` lists them; `stoker models --forget NAME` deletes a model's, so its
   next load is estimated from disk again and measured afresh.
-- **Heartbeats**: every worker writes a JSON record of itself (device, queues, pool
-  budget and use, loaded models, hit/miss/eviction counts) to
-  ``stoker:worker:<hostname>`` with a short TTL, and adds its name to the set
-  ``stoker:workers``; a record that expired is a worker that is gone.
+- **Heartbeats**: every worker writes a JSON record of itself (device, the queues it
+  consumes and could consume, pool budget and use, loaded models, hit/miss/eviction
+  counts) to ``stoker:worker:<hostname>`` every ``heartbeat_s`` with a TTL of five
+  beats, and adds its name to the set ``stoker:workers``; a record that expired is a
+  worker that is gone.
 
 With the embedded (SQLite) store there is one machine: footprints stay in process
 (:class:`LocalFleet`) and there are no heartbeats to read.
@@ -64,7 +65,10 @@ class WorkerBeat(BaseModel):
     hostname: str
     device: str
     scheduling: str
-    queues: list[str]
+    queues: list[str]  # consumed now
+    # Every capability and catalog-model queue this worker could consume: a queue no
+    # live worker lists here is one whose jobs wait for a worker that is not there.
+    serves: list[str] = []
     # Path-model queues whose file this worker has (workers/path_models.py), consumed
     # or not: while one live worker lists a queue, others leave its jobs to it.
     paths: list[str] = []

@@ -215,21 +215,36 @@ class ModelManager:
     def stats(self) -> list[PoolStats]:
         """One snapshot per pool used so far, models least recently used first."""
         with self._lock:
-            return [
-                PoolStats(
-                    device=p.device,
-                    budget_bytes=p.budget_bytes,
-                    used_bytes=p.used_bytes,
-                    hits=p.hits,
-                    misses=p.misses,
-                    loads=p.loads,
-                    evictions=p.evictions,
-                    models=[replace(s.info) for s in p.slots.values()],
-                )
-                for p in self._pools.values()
-            ]
+            return self._stats()
+
+    def stats_unless_loading(self, device: str, wait_s: float) -> list[PoolStats] | None:
+        """:meth:`stats`, with ``device``'s pool listed before its first load; None if
+        the lock stays taken ``wait_s``. The lock is held for a whole load (minutes for
+        a big model), and a heartbeat must not wait that long."""
+        if not self._lock.acquire(timeout=wait_s):
+            return None
+        try:
+            self._pool(device)
+            return self._stats()
+        finally:
+            self._lock.release()
 
     # --- internals (called with the lock held) --------------------------------------
+
+    def _stats(self) -> list[PoolStats]:
+        return [
+            PoolStats(
+                device=p.device,
+                budget_bytes=p.budget_bytes,
+                used_bytes=p.used_bytes,
+                hits=p.hits,
+                misses=p.misses,
+                loads=p.loads,
+                evictions=p.evictions,
+                models=[replace(s.info) for s in p.slots.values()],
+            )
+            for p in self._pools.values()
+        ]
 
     def _acquire(self, spec: ModelSpec, device: str) -> tuple[_Slot, int, bool]:
         """The slot of ``spec`` (loaded if need be) marked in use; with the count of

@@ -221,7 +221,7 @@ def run_worker(
         without_mingle=True,
         without_heartbeat=True,
     )
-    with keep_alive(executor, settings):
+    with keep_alive(executor, settings), steering.heartbeat():
         try:
             worker.start()
         finally:

@@ -14,15 +14,20 @@ pool) runs the tasks, so the consumer is changed between tasks, never during one
 kombu defers a cancel that races a pending read until the read completes, and a
 message it then delivers for a cancelled queue is put back. The embedded SQLite
 broker has no event loop (its timer is a thread), so there the worker consumes
-every queue ("fifo") and the steering only publishes heartbeats.
+every queue ("fifo") and the steering does not change queues.
+
+The heartbeat (:meth:`Steering.heartbeat`) runs on a thread of its own, so it goes on
+while a chunk runs.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import bootsteps
@@ -41,7 +46,8 @@ log = logging.getLogger(__name__)
 
 #: A heartbeat record outlives this many missed beats.
 BEAT_TTL_FACTOR = 5
-BEAT_INTERVAL_S = 2.0
+#: How long a beat waits for the model manager, which is busy for a whole load.
+BEAT_STATS_WAIT_S = 0.2
 
 
 #: ``(queue, model)``: a queue a worker could consume, and the model of its jobs.
@@ -92,7 +98,9 @@ class Steering:
         self.switches = 0
         self._last_target: str | None = None
         self._probe_failed = False
-        self._last_beat = 0.0
+        # What the heartbeat thread reads: replaced whole, never changed in place.
+        self._served_paths: tuple[str, ...] = ()
+        self._pools: list[PoolBeat] = []
 
     @property
     def mode(self) -> str:
@@ -144,6 +152,7 @@ class Steering:
             if time.monotonic() - self._registry_read_at >= self.settings.scheduler_interval_s:
                 # Ticks also run after every task; the registry changes far less often.
                 self.paths.update(self._probe.path_queues())
+                self._served_paths = tuple(sorted(self.paths.servable))
                 self._registry_read_at = time.monotonic()
             servable, lacking = self._path_candidates()
             backlogs: list[Backlog] = self._probe.measure(self.candidates + servable + lacking)
@@ -205,15 +214,13 @@ class Steering:
         return orphans
 
     def tick(self, consumer: Any) -> None:
-        """Apply the current choice to ``consumer``; publish a heartbeat when due."""
+        """Apply the current choice to ``consumer``."""
         try:
             choice = self.decide()
             if choice is not None:
                 self.apply(consumer, choice)
         except Exception:  # a bug here must not stop the worker: keep the queues
             log.exception("scheduler tick failed; consuming %s", sorted(self.consuming))
-        if time.monotonic() - self._last_beat >= BEAT_INTERVAL_S:
-            self.beat()
 
     def apply(self, consumer: Any, choice: Choice) -> None:
         add = choice.queues - self.consuming
@@ -228,47 +235,75 @@ class Steering:
             self._last_target = choice.target
         self.consuming = choice.queues
 
+    @contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Publish this worker's heartbeat every ``heartbeat_s`` on a thread of its own
+        for the duration of the ``with`` block.
+
+        Not from :meth:`tick`: the solo pool runs each chunk on the consumer's thread,
+        so beats from there would stop while a chunk runs (a long generation, a book's
+        chapter), and the worker would look gone: off `stoker models --loaded`, and its
+        path-model jobs failed as orphans by a worker without the file.
+        """
+        stop = threading.Event()
+
+        def loop() -> None:
+            while True:
+                self.beat()
+                if stop.wait(self.settings.heartbeat_s):
+                    return
+
+        thread = threading.Thread(target=loop, name="stoker-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
     def beat(self) -> None:
         """Publish this worker's heartbeat (no-op without a shared fleet)."""
-        self._last_beat = time.monotonic()
         try:
-            ttl = max(BEAT_INTERVAL_S, self.settings.scheduler_interval_s) * BEAT_TTL_FACTOR
+            ttl = self.settings.heartbeat_s * BEAT_TTL_FACTOR
             self.fleet.publish(self.snapshot(), ttl)
         except Exception as exc:
             log.debug("heartbeat not published: %s", exc)
 
     def snapshot(self) -> WorkerBeat:
         now, mono = time.time(), time.monotonic()
-        self.executor.manager.budget_bytes(self.executor.device)  # list the pool before a load
-        pools = [
-            PoolBeat(
-                device=p.device,
-                budget_bytes=p.budget_bytes,
-                used_bytes=p.used_bytes,
-                hits=p.hits,
-                misses=p.misses,
-                loads=p.loads,
-                evictions=p.evictions,
-                models=[
-                    ModelBeat(
-                        name=m.name,
-                        footprint_bytes=m.footprint_bytes,
-                        last_used_at=now - (mono - m.last_used_at),
-                        uses=m.uses,
-                        pinned=m.pinned,
-                    )
-                    for m in p.models
-                ],
-            )
-            for p in self.executor.manager.stats()
-        ]
+        manager = self.executor.manager
+        stats = manager.stats_unless_loading(self.executor.device, BEAT_STATS_WAIT_S)
+        if stats is not None:  # else a model is loading: the pools as last seen
+            self._pools = [
+                PoolBeat(
+                    device=p.device,
+                    budget_bytes=p.budget_bytes,
+                    used_bytes=p.used_bytes,
+                    hits=p.hits,
+                    misses=p.misses,
+                    loads=p.loads,
+                    evictions=p.evictions,
+                    models=[
+                        ModelBeat(
+                            name=m.name,
+                            footprint_bytes=m.footprint_bytes,
+                            last_used_at=now - (mono - m.last_used_at),
+                            uses=m.uses,
+                            pinned=m.pinned,
+                        )
+                        for m in p.models
+                    ],
+                )
+                for p in stats
+            ]
         return WorkerBeat(
             hostname=self.hostname,
             device=self.executor.device,
             scheduling=self.mode,
             queues=sorted(self.consuming),
-            paths=sorted(self.paths.servable),
-            pools=pools,
+            serves=[q for q, _ in self.candidates],
+            paths=list(self._served_paths),
+            pools=self._pools,
             at=now,
         )
 

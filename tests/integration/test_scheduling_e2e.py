@@ -233,3 +233,31 @@ def test_voices_named_by_path_are_served_model_by_model(
     loaded = re.findall(r"\bloaded (\S+) on cpu:", worker.text())
     assert sorted(set(loaded)) == voices
     assert len(loaded) <= 4, loaded
+
+
+def test_a_worker_running_a_long_chunk_stays_in_the_fleet(deployment: Deployment) -> None:
+    # Given a worker whose heartbeat lives half a second (a beat every 0.1 s), and a
+    # speak job of one long chunk (many beats long)
+    configure_voices(deployment, budget=str(512 * 2**20))
+    deployment.env.update(
+        STOKER_HEARTBEAT_S="0.1", STOKER_SPEAK_CHUNK_CHARS="4000", STOKER_VISIBILITY_TIMEOUT_S="120"
+    )
+    deployment.start_worker("speak", "--preload", "v1")
+    with Stoker(deployment.settings()) as client:
+        fleet = open_fleet(deployment.settings())
+        wait_for(lambda: len(fleet.workers()) == 1, "the heartbeat")
+        job = client.submit("speak", {"text": sentences(30), "voice": "v1"})
+        assert job.progress.total == 1
+
+        # When the fleet is read over and over while the chunk runs
+        wait_for(lambda: client.status(job.id).state is not JobState.QUEUED, "the start")
+        listed = []
+        while not client.status(job.id).state.terminal:
+            listed.append([w.hostname for w in fleet.workers()])
+            time.sleep(0.05)
+
+        # Then the worker was in it at every read (its beats come from a thread of
+        # their own, not from the thread the chunk runs on)
+        assert client.status(job.id).state is JobState.SUCCEEDED
+        assert len(listed) >= 20, "the chunk ended too soon to tell"
+        assert all(len(names) == 1 for names in listed), listed
