@@ -34,11 +34,12 @@ from stoker.queues.batches import BATCH_KIND, child_ended, children, submit_batc
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 from stoker.queues.stores import JobStore, open_job_store
 from stoker.queues.stores.base import list_all
-from stoker.queues.submit import StagedJob, commit, stage
+from stoker.queues.submit import StagedJob, commit, job_queue, stage
 from stoker.storage import Storage, open_storage
 from stoker.storage.keys import job_prefix
 from stoker.storage.sources import is_s3_url, list_s3, staged
 from stoker.workers.catalog import ModelCatalog
+from stoker.workers.coverage import QueueCover, cover
 from stoker.workers.execute import partial_output
 from stoker.workers.io_threads import StorageIO
 
@@ -239,6 +240,19 @@ class Stoker:
 
     def jobs(self, flt: JobFilter | None = None) -> list[JobRecord]:
         return self.store.list(flt or JobFilter())
+
+    def waiting(self, record: JobRecord) -> QueueCover | None:
+        """Why a queued job waits: its queue now, what waits there, and which live
+        workers could take it (a batch: its first queued file's). None when it is not
+        queued, or where nothing can tell (the embedded broker or job store)."""
+        if record.kind == BATCH_KIND and not record.state.terminal:
+            first = self.store.list(JobFilter(parent=record.id, state=JobState.QUEUED, limit=1))
+            record = first[0] if first else record
+        if record.state is not JobState.QUEUED or record.kind == BATCH_KIND:
+            return None
+        queue = job_queue(self.settings, record.kind, record.model)
+        found = cover(self.settings, [(queue, record.model)])
+        return found[0] if found else None
 
     def wait(
         self,

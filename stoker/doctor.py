@@ -198,8 +198,33 @@ def check_path_queues(settings: Settings) -> list[Check]:
     return checks
 
 
+def check_waiting_queues(settings: Settings) -> list[Check]:
+    """Every capability's queue and its catalog models' queues (as this machine's
+    config names them) with work waiting: does a live worker take it?"""
+    from stoker.jobs import CAPABILITIES
+    from stoker.workers.catalog import ModelCatalog
+    from stoker.workers.coverage import cover
+    from stoker.workers.steering import candidate_queues
+
+    candidates = candidate_queues(sorted(CAPABILITIES), ModelCatalog(settings))
+    if settings.scheduling == "fifo":  # one queue per capability
+        candidates = [(q, m) for q, m in candidates if m is None]
+    try:
+        found = cover(settings, candidates)
+    except Exception as exc:
+        return [Check("queues", False, f"cannot read the queues: {exc}",
+                      "check that the broker is running (STOKER_BROKER_URL)")]  # fmt: skip
+    if found is None:  # the embedded broker: `stoker run` and this machine's worker
+        return []
+    return [
+        Check(f"queue {c.queue}", c.served, f"{c.backlog()}; {c.who(settings)}", c.fix())
+        for c in found
+        if c.waiting
+    ]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     single: list[Callable[[Settings], Check]] = [check_broker, check_job_store, check_storage]
     checks = [c(settings) for c in single] + check_engines() + [check_gpus()]
     checks += check_models(settings)
-    return checks + check_path_queues(settings)
+    return checks + check_waiting_queues(settings) + check_path_queues(settings)

@@ -157,7 +157,8 @@ def run_with(
         record = submit(client)
         if not record.state.terminal:
             with inprocess_worker(settings, [kind], device):
-                record = follow(client, record.id)
+                # The in-process worker sends no heartbeats: no hint of who takes it.
+                record = follow(client, record.id, hint_queued=False)
         # A job that succeeded is downloaded even when every item failed: its
         # manifest and errors.jsonl say why.
         if record.state is JobState.SUCCEEDED:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.progress import (
@@ -34,12 +35,18 @@ from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobStat
 
 if TYPE_CHECKING:  # the client is imported when a command runs (startup time)
     from stoker.client import Swept
+    from stoker.workers.coverage import QueueCover
 
 # --- following jobs -----------------------------------------------------------------------
 
 
-def follow(client: Any, job_id: str, timeout_s: float | None = None) -> JobRecord:
-    """Wait for the job with a progress bar: chunks (or files of a batch), audio, ETA."""
+def follow(
+    client: Any, job_id: str, timeout_s: float | None = None, *, hint_queued: bool = True
+) -> JobRecord:
+    """Wait for the job with a progress bar: chunks (or files of a batch), audio, ETA.
+
+    ``hint_queued``: a job still queued after QUEUED_HINT_AFTER_S that no live worker
+    can take gets a warning saying why, once."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -53,7 +60,20 @@ def follow(client: Any, job_id: str, timeout_s: float | None = None) -> JobRecor
     with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task(job_id, total=None, counts="")
 
+        queued_since, hinted = time.monotonic(), not hint_queued
+
         def update(rec: JobRecord) -> None:
+            nonlocal hinted
+            if not hinted and time.monotonic() - queued_since >= QUEUED_HINT_AFTER_S:
+                # Once: a job nobody can take otherwise waits here without a word.
+                hinted = True
+                waits = _waiting(client, rec)
+                if waits is not None and not waits.served:
+                    bar.console.print(
+                        f"[yellow]warning:[/] {rec.id} is still queued. "
+                        f"{waits.describe(client.settings)}",
+                        highlight=False,
+                    )
             p = rec.progress
             book = _book_progress(rec, client.done_chunks(rec.id)) if _is_book(rec) else ""
             bar.update(
@@ -65,6 +85,21 @@ def follow(client: Any, job_id: str, timeout_s: float | None = None) -> JobRecor
             )
 
         return client.wait(job_id, timeout_s=timeout_s, on_update=update)
+
+
+def _waiting(client: Any, record: JobRecord) -> QueueCover | None:
+    """:meth:`Stoker.waiting`, or None if the broker cannot say: a hint, never a
+    reason for `stoker status` to fail."""
+    if record.state.terminal:
+        return None
+    try:
+        return cast("QueueCover | None", client.waiting(record))
+    except Exception:
+        return None
+
+
+#: `stoker wait` says why a job is still queued once it has been for this long.
+QUEUED_HINT_AFTER_S = 5.0
 
 
 def _audio_hours(client: Any, record: JobRecord) -> str:
@@ -242,6 +277,9 @@ def _print_record(record: JobRecord, client: Any, *, every_file: bool = False) -
         f"[bold]{record.id}[/] {record.kind} · [bold]{record.state.value}[/] · "
         f"{p.done}/{p.total} {_units(record)} · stage {p.stage}{runs}"
     )
+    if (waits := _waiting(client, record)) is not None:
+        style = "" if waits.served else "[yellow]"
+        console.print(f"  {style}waiting: {waits.describe(client.settings)}", highlight=False)
     if record.kind == BATCH_KIND:
         _print_children(client, record, every_file)
     elif record.params.get("chapters"):

@@ -135,21 +135,25 @@ def _upload(storage: Storage, key: str, content: Path | bytes) -> None:
         storage.put_file(key, content)
 
 
-def _queue(settings: Settings, record: JobRecord) -> str:
-    """The queue for ``record``'s chunks.
+def job_queue(settings: Settings, kind: str, model: str | None) -> str:
+    """The queue of a ``kind`` job on ``model``.
 
     One queue per model, so a worker can keep taking its warm model's work; "fifo"
     keeps every model's jobs in one queue, in submission order. A model named by path
     gets its own queue only where workers can discover it (path_queues.py).
     """
-    model = record.model if settings.scheduling == "backlog" else None
-    if path_queues.is_path_model(model):
-        if not steers_by_backlog(settings):
-            return model_queue(record.kind, None)
-        queue = model_queue(record.kind, model)
-        path_queues.register(settings, path_queues.PathQueue(queue, record.kind, str(model)))
-        return queue
-    return model_queue(record.kind, model)
+    model = model if settings.scheduling == "backlog" else None
+    if path_queues.is_path_model(model) and not steers_by_backlog(settings):
+        return model_queue(kind, None)
+    return model_queue(kind, model)
+
+
+def _queue(settings: Settings, record: JobRecord) -> str:
+    """:func:`job_queue` for ``record``, registered first if it is a path model's."""
+    queue = job_queue(settings, record.kind, record.model)
+    if queue != record.kind and path_queues.is_path_model(record.model):
+        path_queues.register(settings, path_queues.PathQueue(queue, record.kind, str(record.model)))
+    return queue
 
 
 def _enqueue(app: Celery, store: JobStore, jobs: Sequence[StagedJob]) -> None:
