@@ -17,6 +17,7 @@ import os
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ByteSize, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -162,6 +163,8 @@ class Settings(BaseSettings):
             )
         if not self.storage_url:
             self.storage_url = f"file://{self.data_dir / 'outputs'}"
+        elif not urlsplit(self.storage_url).scheme:  # a folder: as file://, absolute
+            self.storage_url = Path(self.storage_url).expanduser().resolve().as_uri()
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise ValueError("retry_backoff_max_s must be at least retry_backoff_s")
         return self

@@ -8,6 +8,7 @@ import pytest
 
 from stoker.config import load_settings
 from stoker.errors import ConfigError
+from stoker.storage import open_storage
 
 
 def test_nothing_configured_means_everything_embedded_under_data_dir(tmp_path: Path) -> None:
@@ -16,6 +17,19 @@ def test_nothing_configured_means_everything_embedded_under_data_dir(tmp_path: P
     assert s.state_url == f"sqlite:///{tmp_path}/jobs.sqlite"
     assert s.storage_url == f"file://{tmp_path}/outputs"
     assert s.embedded_broker
+
+
+def test_a_plain_folder_as_storage_url_is_a_local_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(storage_url="out dir")
+    assert settings.storage_url == (tmp_path / "out dir").as_uri()
+    open_storage(settings).put_bytes("a/b.txt", b"hi")
+    assert (tmp_path / "out dir" / "a" / "b.txt").read_bytes() == b"hi"
+    assert load_settings(storage_url=str(tmp_path)).storage_url == tmp_path.as_uri()
+    # A URL with another scheme is left for open_storage to refuse by name
+    assert load_settings(storage_url="s3:/bucket").storage_url == "s3:/bucket"
 
 
 def test_a_redis_broker_also_holds_the_job_records(tmp_path: Path) -> None:
