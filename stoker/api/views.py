@@ -20,6 +20,17 @@ class OutputView(BaseModel):
     url: str  # presigned on S3 (expires after presign_expiry_s), file:// locally
 
 
+class WaitingView(BaseModel):
+    """Why a queued job waits: its queue now, and how many live workers take it."""
+
+    queue: str
+    chunks_waiting: int
+    oldest_age_s: float
+    workers_able: int = Field(description="live workers that could take this queue")
+    workers_consuming: int = Field(description="of those, the ones consuming it now")
+    detail: str
+
+
 class JobView(BaseModel):
     id: str
     object: Literal["job"] = "job"
@@ -36,6 +47,8 @@ class JobView(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     webhook: dict[str, Any] | None = None
+    # Only when one job is read, and only while it is queued (a Redis broker).
+    waiting: WaitingView | None = None
 
 
 class JobList(BaseModel):
@@ -73,4 +86,27 @@ def job_view(state: ApiState, record: JobRecord, *, with_webhook: bool = True) -
         started_at=record.started_at,
         finished_at=record.finished_at,
         webhook=webhooks.status_of(state.meta, record.id) if with_webhook else None,
+    )
+
+
+def waiting_view(state: ApiState, record: JobRecord) -> WaitingView | None:
+    """:meth:`Stoker.waiting` for an API caller: counts of workers, never their names.
+    None where it cannot be read: a hint, never a reason for the read to fail."""
+    if record.state.terminal:
+        return None
+    try:
+        found = state.stoker.waiting(record)
+    except Exception:
+        return None
+    if found is None:
+        return None
+    settings = state.stoker.settings
+    fix = found.fix()
+    return WaitingView(
+        queue=found.queue,
+        chunks_waiting=found.waiting,
+        oldest_age_s=round(found.oldest_age_s, 1),
+        workers_able=len(found.able),
+        workers_consuming=len(found.consuming),
+        detail=found.who(settings, hostnames=False) + (f"; {fix}." if fix else "."),
     )

@@ -56,13 +56,14 @@ class QueueCover:
         age = f", the oldest for {self.oldest_age_s:.0f} s" if self.waiting else ""
         return f"{self.waiting} chunk(s) waiting{age}"
 
-    def who(self, settings: Settings) -> str:
-        """Who takes this queue's work, or why nobody does."""
+    def who(self, settings: Settings, *, hostnames: bool = True) -> str:
+        """Who takes this queue's work, or why nobody does; ``hostnames``: name the
+        workers (not to API callers, who are not told the fleet's machines)."""
         if self.consuming:
-            return f"taken by {_names(self.consuming)}"
+            return f"taken by {_names(self.consuming, hostnames)}"
         if self.able:
             return (
-                f"{_names(self.able)} can take it but now serve other models' queues; a "
+                f"{_names(self.able, hostnames)} can take it but now serve other models' queues; a "
                 f"worker switches to it when the work of the model it holds runs out, or "
                 f"once its oldest job has waited scheduler_max_wait_s "
                 f"({settings.scheduler_max_wait_s:.0f} s)"
@@ -84,9 +85,12 @@ class QueueCover:
         return f"start one with `stoker worker --queues {self.kind}`{where}"
 
 
-def _names(hosts: Sequence[str]) -> str:
+def _names(hosts: Sequence[str], hostnames: bool = True) -> str:
+    counted = f"{len(hosts)} live worker{'s' if len(hosts) != 1 else ''}"
+    if not hostnames:
+        return counted
     shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
-    return f"{len(hosts)} live worker{'s' if len(hosts) != 1 else ''} ({shown})"
+    return f"{counted} ({shown})"
 
 
 def could_take(beat: WorkerBeat, queue: str) -> bool:

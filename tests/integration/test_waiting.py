@@ -115,3 +115,39 @@ def test_work_for_a_model_path_says_which_file_a_worker_needs() -> None:
     text = found.describe(Settings())
     assert "live workers run generate, but none has /srv/models/q.gguf" in text
     assert text.endswith("on a machine that has the file /srv/models/q.gguf.")
+
+
+def test_the_api_says_how_many_workers_take_a_queued_job_never_which(
+    clean_redis: str, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from stoker.api.app import create_app
+    from tests.api_server import auth, make_key
+
+    # Given an API on Redis and an embed job submitted through it, with no worker
+    settings = Settings(data_dir=tmp_path, broker_url=clean_redis)
+    alice = auth(make_key(settings, "alice"))
+    with TestClient(create_app(settings, deliver_webhooks=False)) as api:
+        created = api.post(
+            "/v1/jobs", json={"kind": "embed", "params": {"texts": ["hi"]}}, headers=alice
+        )
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+
+        # Then reading it says what waits and that nobody takes it
+        waiting = api.get(f"/v1/jobs/{job_id}", headers=alice).json()["waiting"]
+        assert waiting["queue"] == "embed.m.all-MiniLM-L6-v2"
+        assert (waiting["chunks_waiting"], waiting["workers_able"]) == (1, 0)
+        assert "nobody takes it" in waiting["detail"]
+
+        # And once a worker consumes that queue, it is counted, never named
+        beat_ = beat("secret-host", ["embed", waiting["queue"]], [waiting["queue"]])
+        open_fleet(settings).publish(beat_, ttl_s=30)
+        read = api.get(f"/v1/jobs/{job_id}", headers=alice)
+        assert read.json()["waiting"]["workers_consuming"] == 1
+        assert "secret-host" not in read.text
+
+        # And an ended job has nothing waiting
+        api.post(f"/v1/jobs/{job_id}/cancel", headers=alice)
+        assert api.get(f"/v1/jobs/{job_id}", headers=alice).json()["waiting"] is None

@@ -16,7 +16,7 @@ from stoker.api.deps import KeyDep, StateDep, owned_job
 from stoker.api.errors import ApiError
 from stoker.api.inputs import merge_input
 from stoker.api.submission import submit_job
-from stoker.api.views import JobList, JobView, job_view
+from stoker.api.views import JobList, JobView, job_view, waiting_view
 from stoker.api.webhooks import WebhookSpec
 from stoker.config import Priority
 from stoker.queues.records import JobFilter, JobRecord, JobState
@@ -99,7 +99,10 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobView)
 def get_job(job_id: str, state: StateDep, key: KeyDep) -> JobView:
-    return job_view(state, owned_job(state, key, job_id))
+    record = owned_job(state, key, job_id)
+    view = job_view(state, record)
+    view.waiting = waiting_view(state, record)
+    return view
 
 
 @router.post("/{job_id}/cancel", response_model=JobView)
