@@ -9,6 +9,8 @@ embed (all-MiniLM-L6-v2 on CPU):
      Outputs go to the local directory, or with ``--storage s3`` to a real S3-protocol
      server on loopback (moto_server, a bucket per run), as in production, and with
      ``--s3-latency-ms`` through a proxy that delays each request as a network would.
+     ``--redis-latency-ms`` puts the same proxy in front of Redis, for the worker (the
+     submitting side connects directly), as a Redis on another machine would be.
 generate (Gemma 3 270M Q4_K_M, greedy, fixed max tokens):
   1. plain llama-cpp-python: create_completion per prompt in a loop;
   2. stoker: one job with the same prompts as a JSONL file, one worker (preloaded);
@@ -17,6 +19,7 @@ generate (Gemma 3 270M Q4_K_M, greedy, fixed max tokens):
 Usage: python bench/capabilities.py [--sentences 10000] [--repeats 3] [--prompts 16]
                                    [--max-tokens 128] [--only embed|generate] [--no-write]
                                    [--storage local|s3] [--s3-latency-ms 0]
+                                   [--redis-latency-ms 0]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,19 @@ def distinct_sentences(n: int) -> list[str]:
     """``n`` different sentences (content addressing would skip repeats)."""
     base = story(12 * n).split(". ")
     return [f"{s.strip('.')} (item {i})." for i, s in enumerate((base * (n // len(base) + 1))[:n])]
+
+
+@contextlib.contextmanager
+def delayed_redis(redis_url: str, delay_ms: float) -> Iterator[str]:
+    """``redis_url`` through bench/latency_proxy.py, ``delay_ms`` added to each
+    request."""
+    from urllib.parse import urlsplit
+
+    from bench.latency_proxy import delayed
+
+    target = urlsplit(redis_url)
+    with delayed(f"http://{target.netloc}", delay_ms) as proxy:
+        yield f"redis://{urlsplit(proxy).netloc}{target.path}"
 
 
 def model_path(data_dir: Path, name: str) -> Path:
@@ -95,10 +112,15 @@ def wait_all(client: Any, ids: list[str], timeout_s: float) -> None:
 
 
 def stoker_embed(
-    texts: list[str], redis_url: str, data_dir: Path, storage: dict[str, str]
+    texts: list[str],
+    redis_url: str,
+    data_dir: Path,
+    storage: dict[str, str],
+    worker_redis_url: str | None = None,
 ) -> tuple[float, float]:
     """(submission seconds, drain seconds) for one-sentence embed jobs; ``storage`` is
-    the storage settings as environment ({} for the local directory)."""
+    the storage settings as environment ({} for the local directory);
+    ``worker_redis_url``: the same Redis as the worker reaches it, if not directly."""
     from stoker.client import Stoker
     from stoker.config import load_settings
     from tests.deployment import Deployment
@@ -112,6 +134,7 @@ def stoker_embed(
             start = time.perf_counter()
             ids = [client.submit("embed", {"text": t}, priority="bulk").id for t in texts]
             submitted = time.perf_counter() - start
+            dep.env["STOKER_BROKER_URL"] = worker_redis_url or redis_url
             dep.start_worker("embed", "--preload", EMBED_MODEL)  # returns once consuming
             start = time.perf_counter()
             wait_all(client, ids, timeout_s=3600)
@@ -121,11 +144,19 @@ def stoker_embed(
 
 
 def embed_section(
-    n: int, data_dir: Path, redis_url: str, repeats: int, s3_endpoint: str | None, where: str
+    n: int,
+    data_dir: Path,
+    redis_url: str,
+    repeats: int,
+    s3_endpoint: str | None,
+    where: str,
+    worker_redis_url: str | None = None,
+    redis_delay_ms: float = 0.0,
 ) -> str:
     """Plain batch 64 and stoker, interleaved ``repeats`` times (this machine's speed
     drifts by ±10 % between minutes); the table gives the medians. Outputs in S3 at
-    ``s3_endpoint`` if given; ``where`` says where the outputs went, for the table."""
+    ``s3_endpoint`` if given; ``where`` says where the outputs went, for the table;
+    ``worker_redis_url``: Redis as the worker reaches it (``redis_delay_ms`` away)."""
     import redis
 
     texts = distinct_sentences(n)
@@ -138,7 +169,9 @@ def embed_section(
         # the next run's worker.
         redis.Redis.from_url(redis_url).flushall()
         storage = s3_env(s3_endpoint, str(r)) if s3_endpoint else {}
-        submitted, drained = stoker_embed(texts, redis_url, data_dir / f"stoker-{r}", storage)
+        submitted, drained = stoker_embed(
+            texts, redis_url, data_dir / f"stoker-{r}", storage, worker_redis_url
+        )
         drains.append(drained)
         submits.append(submitted)
     batched, drained, submitted = (statistics.median(x) for x in (plain, drains, submits))
@@ -146,7 +179,8 @@ def embed_section(
         ["plain, one call per sentence (batch 1)", f"{one:.1f}", f"{n / one:.0f}", "—"],
         ["plain, batch 64", f"{batched:.1f}", f"{n / batched:.0f}", "1.00"],
         [
-            f"stoker, 1 job per sentence, 1 worker, outputs in {where or 'a folder'}",
+            f"stoker, 1 job per sentence, 1 worker, outputs in {where or 'a folder'}"
+            + (f", Redis +{redis_delay_ms:g} ms" if redis_delay_ms else ""),
             f"{drained:.1f}",
             f"{n / drained:.0f}",
             f"{batched / drained:.2f}",
@@ -249,15 +283,27 @@ def main() -> None:
         default=0.0,
         help="with --storage s3: delay added to each request (bench/latency_proxy.py)",
     )
+    parser.add_argument(
+        "--redis-latency-ms",
+        type=float,
+        default=0.0,
+        help="embed: delay added to each of the worker's requests to Redis",
+    )
     args = parser.parse_args()
     parts = []
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         redis_url = stack.enter_context(redis_server(Path(tmp)))
         s3, where = s3_storage(stack, args.s3_latency_ms) if args.storage == "s3" else (None, "")
+        worker_redis = None
+        if args.redis_latency_ms:
+            worker_redis = stack.enter_context(delayed_redis(redis_url, args.redis_latency_ms))
         if args.only in (None, "embed"):
             embed_dir = Path(tmp) / "embed"
-            section = embed_section(args.sentences, embed_dir, redis_url, args.repeats, s3, where)
+            section = embed_section(
+                args.sentences, embed_dir, redis_url, args.repeats, s3, where,
+                worker_redis, args.redis_latency_ms,
+            )  # fmt: skip
             parts.append(section)
             print(parts[-1])
         if args.only in (None, "generate"):
@@ -271,7 +317,7 @@ def main() -> None:
     if args.only != "embed":
         body += "Greedy decoding (temperature 0) on both sides, so both generate the same tokens.\n"
     # The S3 run is its own section: embed only (generate writes one file per job).
-    if args.no_write:
+    if args.no_write or args.redis_latency_ms:
         return
     if args.storage == "local" and args.only is None:
         write_section("capabilities", body)

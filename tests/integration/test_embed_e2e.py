@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +44,19 @@ def batch_sizes(log: str) -> list[int]:
 
 
 def test_one_sentence_jobs_are_batched_across_jobs_and_match_the_plain_model(
-    deployment: Deployment, plain_model: object
+    deployment: Deployment, plain_model: object, tmp_path: Path
 ) -> None:
     # Given 40 jobs of one sentence each, queued before a worker is there
     texts = sentences(40)
     with Stoker(deployment.settings()) as client:
         jobs = [client.submit("embed", {"text": t}) for t in texts]
         # When a worker starts on the embed queue (model loaded first: the test's
-        # visibility timeout is 5 s, and a message not acked by then is redelivered)
-        worker = deployment.start_worker("embed", "--preload", "all-MiniLM-L6-v2")
-        done = [client.wait(j.id, timeout_s=120) for j in jobs]
+        # visibility timeout is 5 s, and a message not acked by then is redelivered),
+        # with every command Redis runs written down
+        url, log = deployment.env["STOKER_BROKER_URL"], tmp_path / "monitor.txt"
+        with redis_commands(url, log) as commands:
+            worker = deployment.start_worker("embed", "--preload", "all-MiniLM-L6-v2")
+            done = [client.wait(j.id, timeout_s=120) for j in jobs]
         vectors = [
             read_vectors(client.storage.get_bytes(d.outputs[0].key), "jsonl")[1][0] for d in done
         ]
@@ -63,6 +70,31 @@ def test_one_sentence_jobs_are_batched_across_jobs_and_match_the_plain_model(
     assert sum(sizes) == 40
     assert max(sizes) > 1
     assert len(sizes) < 40
+    # And each batch's messages were acknowledged in one round trip, not one per job
+    acks = [n for n in ack_sizes(commands.read_text()) if n]
+    assert sum(acks) == 40 and len(acks) <= len(sizes), acks
+
+
+@contextmanager
+def redis_commands(url: str, out: Path) -> Iterator[Path]:
+    """``out``, holding every command the Redis at ``url`` ran in the block
+    (``redis-cli monitor``)."""
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(["redis-cli", "-u", url, "monitor"], stdout=sink)
+        try:
+            time.sleep(0.5)  # MONITOR is on before the block's first command
+            yield out
+            time.sleep(0.5)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def ack_sizes(monitor: str) -> list[int]:
+    """How many messages each acknowledgement removed from kombu's unacked index."""
+    return [
+        line.count('" "') - 1 for line in monitor.splitlines() if '"ZREM" "unacked_index"' in line
+    ]
 
 
 def test_jobs_naming_a_model_folder_by_path_are_batched_on_its_queue(
