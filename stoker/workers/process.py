@@ -221,11 +221,12 @@ def run_worker(
         without_mingle=True,
         without_heartbeat=True,
     )
-    with keep_alive(executor, settings), steering.heartbeat():
+    with keep_alive(executor, settings):
         try:
-            worker.start()
+            with steering.heartbeat():
+                worker.start()
         finally:
-            _leave(fleet, hostname)
+            _leave(fleet, hostname)  # after the last beat, which would bring it back
             for batcher in getattr(app, "stoker_batchers", []):
                 batcher.close()  # no batch may be at a model while they are unloaded
             executor.manager.unload_all()

@@ -242,7 +242,7 @@ def test_a_worker_running_a_long_chunk_stays_in_the_fleet(deployment: Deployment
     deployment.env.update(
         STOKER_HEARTBEAT_S="0.1", STOKER_SPEAK_CHUNK_CHARS="4000", STOKER_VISIBILITY_TIMEOUT_S="120"
     )
-    deployment.start_worker("speak", "--preload", "v1")
+    worker = deployment.start_worker("speak", "--preload", "v1")
     with Stoker(deployment.settings()) as client:
         fleet = open_fleet(deployment.settings())
         wait_for(lambda: len(fleet.workers()) == 1, "the heartbeat")
@@ -261,3 +261,7 @@ def test_a_worker_running_a_long_chunk_stays_in_the_fleet(deployment: Deployment
         assert client.status(job.id).state is JobState.SUCCEEDED
         assert len(listed) >= 20, "the chunk ended too soon to tell"
         assert all(len(names) == 1 for names in listed), listed
+
+        # And once stopped, it has left the fleet: no beat came after it said so
+        assert worker.terminate() == 0
+        assert fleet.workers() == []
