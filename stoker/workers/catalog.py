@@ -414,8 +414,9 @@ class ModelCatalog:
             )
         if missing:
             raise ModelLoadError(
-                f"model {name!r}: file {missing[0]} does not exist; fix the path under "
-                f"[models.{_toml_key(spec.name)}] in the config"
+                f"model {name!r}: file {missing[0]} does not exist on host "
+                f"{socket.gethostname()}; fix the path under "
+                f"[models.{_toml_key(spec.name)}] in the config, or put the model there"
             )
         return spec
 

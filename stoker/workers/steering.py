@@ -83,8 +83,19 @@ class Steering:
         self.settings, self.executor, self.fleet = settings, executor, fleet
         self.hostname = hostname
         kinds = list(kinds)
-        self.candidates = candidate_queues(kinds, executor.catalog)
-        self._specs = {s.name: s for s in executor.catalog.all()}
+        catalog = executor.catalog
+        # A configured model whose files are not on this machine (a config shared by
+        # the fleet, the model on the GPU box only) is left to a worker that has them,
+        # as a path model is; its jobs are failed here only as orphans (_orphans).
+        missing = {
+            s.name: str(s.missing_files()[0]) for s in catalog.all() if catalog.missing_files(s)
+        }
+        every = candidate_queues(kinds, catalog)
+        self.candidates = [(q, m) for q, m in every if m not in missing]
+        self._missing: dict[str, str] = {q: f"{m} ({missing[m]})" for q, m in every if m in missing}
+        for name, path in sorted(missing.items()):
+            log.info("model %s is not here (%s): leaving its jobs to others", name, path)
+        self._specs = {s.name: s for s in catalog.all()}
         # name → fingerprint, read once: names of the same files and options are one
         # model to the manager, so holding one of them holds the others (_held).
         self._fingerprints = {s.name: s.fingerprint for s in self._specs.values()}
@@ -170,7 +181,9 @@ class Steering:
         choice = choose(
             View(served, held, self.fits, others, self._fits_elsewhere(beats)), self.policy
         )
-        orphans = self._orphans(unservable, Counter(q for b in beats for q in b.paths))
+        # A queue is held by a live worker that has its model's files, or consumes it.
+        holders = Counter(q for b in beats for q in {*b.paths, *b.serves, *b.queues})
+        orphans = self._orphans(unservable, holders)
         if orphans:
             choice = Choice(choice.queues | orphans, choice.reason, choice.target)
         return choice
@@ -193,10 +206,11 @@ class Steering:
             (q, s.name) for q, s in self.paths.servable.items() if q not in known
         ]
         lacking: list[Candidate] = [(q, None) for q in self.paths.lacking if q not in known]
-        return servable, lacking
+        return servable, lacking + [(q, None) for q in self._missing]
 
     def _orphans(self, backlogs: list[Backlog], holders: dict[str, int]) -> frozenset[str]:
-        """Path queues no live worker has the file for, waiting past the orphan limit:
+        """Queues of models whose files this worker lacks (named by path, or configured
+        with files elsewhere) that no live worker holds, waiting past the orphan limit:
         this worker takes them so their jobs fail with the error that names the file,
         instead of waiting for a worker that may never come."""
         wait = self.settings.scheduler_orphan_wait_s
@@ -208,7 +222,7 @@ class Steering:
         for queue in orphans - self._orphans_logged:
             log.warning(
                 "no live worker has model %s, wanted by %s for %.0f s: failing those jobs here",
-                self.paths.lacking.get(queue, "?"), queue, wait,
+                self.paths.lacking.get(queue) or self._missing.get(queue, "?"), queue, wait,
             )  # fmt: skip
         self._orphans_logged = set(orphans)
         return orphans

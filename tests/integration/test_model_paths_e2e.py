@@ -154,6 +154,42 @@ def test_a_worker_without_the_file_leaves_the_job_to_one_that_has_it(
     assert "does not exist" not in without.text()
 
 
+def test_a_configured_model_on_some_machines_only_is_left_to_the_workers_with_it(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    if not can_hide():
+        pytest.skip("needs `unshare --mount` (root) to give a worker its own filesystem view")
+    # Given one config for the fleet naming model "tiny", whose file only some
+    # machines have, and first only a worker that cannot see it
+    models = tmp_path / "models"
+    models.mkdir()
+    write_tiny_llama(models / "tiny.gguf")
+    deployment.env.update(
+        STOKER_MODELS__TINY__BACKEND="llama", STOKER_MODELS__TINY__PATH=str(models / "tiny.gguf")
+    )
+    without = deployment.start_worker("generate", hide=models)
+    with Stoker(deployment.settings()) as client:
+        # When jobs name that model
+        jobs = [client.submit("generate", {"prompt": f"Hi {i}", "model": "tiny", **SAMPLING})
+                for i in range(3)]  # fmt: skip
+        without.wait_for_log("model tiny is not here", timeout_s=30)
+        time.sleep(2)  # several scheduler ticks
+
+        # Then it leaves them queued (before, it took and failed each one), and the
+        # job says why
+        assert {client.status(j.id).state for j in jobs} == {JobState.QUEUED}
+        waits = client.waiting(client.status(jobs[0].id))
+        assert waits is not None and not waits.served
+        assert "live workers run generate, but none has tiny" in waits.who(client.settings)
+
+        # And a worker that has the file runs them all when it joins
+        with_file = deployment.start_worker("generate")
+        done = [client.wait(j.id, timeout_s=90) for j in jobs]
+    assert [d.state for d in done] == [JobState.SUCCEEDED] * 3, [d.error for d in done]
+    assert ran_jobs(with_file) == {j.id for j in jobs}
+    assert ran_jobs(without) == set()
+
+
 def test_a_worker_preloads_a_model_named_by_path_and_keeps_its_jobs_warm(
     deployment: Deployment, tmp_path: Path
 ) -> None:

@@ -220,3 +220,39 @@ def test_starving_work_too_large_here_is_left_to_a_worker_it_fits(
     # Then it takes that work only when no other live worker could load the model
     assert choice is not None
     assert (queue in choice.queues) is taken
+
+
+@pytest.mark.parametrize(
+    ("age_s", "holder", "taken"),
+    [
+        (10.0, None, False),  # a worker with the file may be starting: leave it
+        (61.0, None, True),  # nobody has it, waited past the limit: fail it here
+        (61.0, "serves", False),  # a live worker has the file: leave it to that one
+        (61.0, "queues", False),  # one consumes it (its heartbeat predates serves)
+    ],
+)
+def test_a_configured_model_whose_file_is_elsewhere_is_left_to_the_workers_with_it(
+    tmp_path: Path, age_s: float, holder: str | None, taken: bool
+) -> None:
+    # Given a config naming "big", whose file is on another machine only, and "here"
+    here = gguf(tmp_path / "here.gguf")
+    models = {
+        "big": ModelEntry(backend="llama", path=tmp_path / "gpu-box-only.gguf"),
+        "here": ModelEntry(backend="llama", path=here),
+    }
+    queue = model_queue("generate", "big")
+    beats = []
+    if holder is not None:
+        beats = [beat("gpu-box", [])]
+        setattr(beats[0], holder, [queue])
+    steer = steering(tmp_path, FakeProbe([], {queue: (2, age_s)}), beats, models=models)
+
+    # Then its queue is none this worker serves, and its heartbeat says so
+    assert queue not in {q for q, _ in steer.candidates}
+    assert model_queue("generate", "here") in steer.snapshot().serves
+    assert queue not in steer.snapshot().serves
+
+    # And it takes that queue's work only once nobody has the file, as for a path model
+    choice = steer.decide()
+    assert choice is not None
+    assert (queue in choice.queues) is taken
