@@ -68,6 +68,7 @@ def models(
     """The models and voices this machine can load, and where they come from."""
     from stoker.jobs import capabilities_for
     from stoker.workers.catalog import ModelCatalog
+    from stoker.workers.coverage import live_beats, workers_serving
 
     if loaded:
         _loaded_models(ctx, as_json)
@@ -78,33 +79,42 @@ def models(
     if footprints:
         _footprints(ctx, as_json)
         return
-    catalog = ModelCatalog(settings_of(ctx))
+    settings = settings_of(ctx)
+    catalog = ModelCatalog(settings)
+    # With a shared fleet: how many live workers have each model (its files are
+    # where the work runs, which need not be this machine).
+    beats = live_beats(settings)
+    kinds = {s.name: capabilities_for(s) for s in catalog.all()}
+    serving = {n: workers_serving(beats, n, k) for n, k in kinds.items()} if beats else {}
     if as_json:
         rows = [
             {
                 "name": s.name,
                 "backend": s.backend,
-                "capabilities": capabilities_for(s),
+                "capabilities": kinds[s.name],
                 "source": s.source,
                 "path": str(s.path),
                 "missing": [str(p) for p in catalog.missing_files(s)],
+                "workers": serving.get(s.name, 0) if beats is not None else None,
             }
             for s in catalog.all()
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = table_of("name", "backend", "for", "source", "path", "status")
+    columns = ["name", "backend", "for", "source", "path", "status"]
+    table = table_of(*columns, *(["live workers"] if beats is not None else []))
     table.columns[0].no_wrap = True  # names are what people copy; wrap the paths instead
     for spec in catalog.all():
         missing = catalog.missing_files(spec)
-        table.add_row(
+        row = [
             spec.name,
             spec.backend,
-            ", ".join(capabilities_for(spec)),
+            ", ".join(kinds[spec.name]),
             spec.source,
             str(spec.path),
             f"[red]missing {missing[0]}[/]" if missing else "[green]ok[/]",
-        )
+        ]
+        table.add_row(*row, *([str(serving.get(spec.name, 0))] if beats is not None else []))
     console.print(table)
 
 

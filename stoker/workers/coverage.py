@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stoker.config import Settings
-from stoker.queues.app import queue_kind
+from stoker.queues.app import model_queue, queue_kind
 from stoker.queues.path_queues import is_path_model
 from stoker.workers.fleet import RedisFleet, WorkerBeat, open_fleet
 
@@ -96,6 +96,25 @@ def _names(hosts: Sequence[str], hostnames: bool = True) -> str:
 def could_take(beat: WorkerBeat, queue: str) -> bool:
     """Whether the worker of ``beat`` could consume ``queue``."""
     return queue in beat.serves or queue in beat.paths or queue in beat.queues
+
+
+def live_beats(settings: Settings) -> list[WorkerBeat] | None:
+    """The live workers' heartbeats; None where there are none to read (the embedded
+    job store) or Redis cannot be reached: a hint is then left out, not an error."""
+    fleet = open_fleet(settings)
+    if not isinstance(fleet, RedisFleet):
+        return None
+    try:
+        return fleet.workers()
+    except Exception:
+        return None
+
+
+def workers_serving(beats: Sequence[WorkerBeat], model: str, kinds: Sequence[str]) -> int:
+    """How many of ``beats``' workers could take jobs of ``kinds`` on ``model``: they
+    have its files and serve one of those capabilities."""
+    queues = {model_queue(kind, model) for kind in kinds}
+    return sum(1 for beat in beats if queues & {*beat.serves, *beat.queues})
 
 
 def cover(settings: Settings, queues: Sequence[tuple[str, str | None]]) -> list[QueueCover] | None:

@@ -5,6 +5,7 @@ machines would publish them."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -151,3 +152,35 @@ def test_the_api_says_how_many_workers_take_a_queued_job_never_which(
         # And an ended job has nothing waiting
         api.post(f"/v1/jobs/{job_id}/cancel", headers=alice)
         assert api.get(f"/v1/jobs/{job_id}", headers=alice).json()["waiting"] is None
+
+
+def test_models_count_the_live_workers_that_have_each_model(
+    clean_redis: str, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from stoker.api.app import create_app
+    from tests.api_server import auth, make_key
+
+    # Given one live worker that has Gemma (its heartbeat serves its queue)
+    settings = Settings(data_dir=tmp_path, broker_url=clean_redis)
+    open_fleet(settings).publish(beat("gpu-box", ["generate", GEMMA_QUEUE], []), ttl_s=30)
+    env = {"STOKER_DATA_DIR": str(tmp_path), "STOKER_BROKER_URL": clean_redis}
+
+    # Then `stoker models` counts it for Gemma and for nothing else
+    listed = CliRunner().invoke(cli_app, ["models", "--json"], env=env)
+    workers = {row["name"]: row["workers"] for row in json.loads(listed.output)}
+    assert workers["gemma-3-270m"] == 1 and workers["all-MiniLM-L6-v2"] == 0
+
+    # And so does /v1/models
+    alice = auth(make_key(settings, "alice"))
+    with TestClient(create_app(settings, deliver_webhooks=False)) as api:
+        data = api.get("/v1/models", headers=alice).json()["data"]
+        assert {m["id"]: m["workers"] for m in data}["gemma-3-270m"] == 1
+        assert api.get("/v1/models/gemma-3-270m", headers=alice).json()["workers"] == 1
+
+    # And with the embedded store there are no heartbeats to count
+    embedded = CliRunner().invoke(
+        cli_app, ["models", "--json"], env={"STOKER_DATA_DIR": str(tmp_path)}
+    )
+    assert {row["workers"] for row in json.loads(embedded.output)} == {None}

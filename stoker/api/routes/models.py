@@ -5,7 +5,9 @@ they send anything, and read one by id to check it exists. The list is this API
 machine's catalog (`stoker models`: the config's ``[models]`` and the packaged
 ones) with its files present, the same catalog that checks a submitted model name.
 Names only: the API never tells a caller where files are. Each entry adds stoker's
-``backend`` and ``capabilities`` (the jobs that can use it).
+``backend`` and ``capabilities`` (the jobs that can use it), and with a Redis job
+store ``workers``: how many live workers have the model and run one of those jobs
+(0: requests for it wait until one starts).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from stoker.api.deps import KeyDep, StateDep
 from stoker.api.errors import not_found
 from stoker.jobs import capabilities_for
 from stoker.workers.catalog import ModelCatalog, ModelSpec
+from stoker.workers.coverage import live_beats, workers_serving
+from stoker.workers.fleet import WorkerBeat
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _model(spec: ModelSpec) -> dict[str, Any]:
-    return {
+def _model(spec: ModelSpec, beats: list[WorkerBeat] | None) -> dict[str, Any]:
+    kinds = capabilities_for(spec)
+    out = {
         "id": spec.name,
         "object": "model",
         # When its file was written: the model has no other creation time here. A
@@ -31,8 +36,11 @@ def _model(spec: ModelSpec) -> dict[str, Any]:
         "created": int(spec.path.stat().st_mtime) if spec.path.exists() else 0,
         "owned_by": "stoker",
         "backend": spec.backend,
-        "capabilities": capabilities_for(spec),
+        "capabilities": kinds,
     }
+    if beats is not None:  # a shared fleet: how many live workers can run it now
+        out["workers"] = workers_serving(beats, spec.name, kinds)
+    return out
 
 
 def _usable(catalog: ModelCatalog) -> list[ModelSpec]:
@@ -41,7 +49,8 @@ def _usable(catalog: ModelCatalog) -> list[ModelSpec]:
 
 @router.get("")
 def list_models(state: StateDep, key: KeyDep) -> dict[str, Any]:
-    return {"object": "list", "data": [_model(s) for s in _usable(state.stoker.catalog)]}
+    beats = live_beats(state.stoker.settings)
+    return {"object": "list", "data": [_model(s, beats) for s in _usable(state.stoker.catalog)]}
 
 
 @router.get("/{model_id}")
@@ -49,4 +58,4 @@ def get_model(model_id: str, state: StateDep, key: KeyDep) -> dict[str, Any]:
     spec = next((s for s in _usable(state.stoker.catalog) if s.name == model_id), None)
     if spec is None:
         raise not_found("model", model_id)
-    return _model(spec)
+    return _model(spec, live_beats(state.stoker.settings))
