@@ -14,12 +14,13 @@ from stoker.cli.app import (
     PriorityOpt,
     client_of,
     console,
+    err,
     parse_priority,
     run_app,
     settings_of,
     submit_app,
 )
-from stoker.cli.jobs import exit_unless_succeeded, follow
+from stoker.cli.jobs import exit_unless_succeeded, follow, waiting_hint
 from stoker.config import Priority
 from stoker.errors import InvalidInput
 from stoker.queues.records import JobRecord, JobState
@@ -106,7 +107,19 @@ def submit_echo(
 def submit_job(ctx: typer.Context, kind: str, request: dict[str, Any], priority: str) -> None:
     with client_of(ctx) as client:
         record = client.submit(kind, request, priority=parse_priority(priority))
+        submitted(client, record)
+
+
+def submitted(client: Any, record: JobRecord) -> None:
+    """Print the new job's id (stdout: what scripts read), and on stderr a warning if
+    no live worker takes its queue, so nobody waits on a job that cannot start."""
     console.print(record.id)
+    waits = waiting_hint(client, record)
+    if waits is not None and not waits.served:
+        err.print(
+            f"[yellow]warning:[/] {record.id} is queued, but {waits.describe(client.settings)}",
+            highlight=False,
+        )
 
 
 @run_app.command("speak")
@@ -229,7 +242,7 @@ def submit_transcribe(
     args = (model, language, formats, word_timestamps)
     with client_of(ctx) as client:
         record = _submit_transcribe(client, target, args, parse_priority(priority))
-    console.print(record.id)
+        submitted(client, record)
 
 
 @run_app.command("transcribe")

@@ -67,7 +67,7 @@ def follow(
             if not hinted and time.monotonic() - queued_since >= QUEUED_HINT_AFTER_S:
                 # Once: a job nobody can take otherwise waits here without a word.
                 hinted = True
-                waits = _waiting(client, rec)
+                waits = waiting_hint(client, rec)
                 if waits is not None and not waits.served:
                     bar.console.print(
                         f"[yellow]warning:[/] {rec.id} is still queued. "
@@ -87,7 +87,7 @@ def follow(
         return client.wait(job_id, timeout_s=timeout_s, on_update=update)
 
 
-def _waiting(client: Any, record: JobRecord) -> QueueCover | None:
+def waiting_hint(client: Any, record: JobRecord) -> QueueCover | None:
     """:meth:`Stoker.waiting`, or None if the broker cannot say: a hint, never a
     reason for `stoker status` to fail."""
     if record.state.terminal:
@@ -277,7 +277,7 @@ def _print_record(record: JobRecord, client: Any, *, every_file: bool = False) -
         f"[bold]{record.id}[/] {record.kind} · [bold]{record.state.value}[/] · "
         f"{p.done}/{p.total} {_units(record)} · stage {p.stage}{runs}"
     )
-    if (waits := _waiting(client, record)) is not None:
+    if (waits := waiting_hint(client, record)) is not None:
         style = "" if waits.served else "[yellow]"
         console.print(f"  {style}waiting: {waits.describe(client.settings)}", highlight=False)
     if record.kind == BATCH_KIND:

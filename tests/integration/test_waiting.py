@@ -6,7 +6,10 @@ machines would publish them."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,6 +98,16 @@ def test_status_wait_and_doctor_say_nobody_takes_it(clean_redis: str, tmp_path: 
     text = " ".join(waited.output.split())
     assert re.search(rf"warning: {job.id} is still queued\. queue embed\.m\.", text), text
     assert text.count("is still queued") == 1
+
+    # And `stoker submit` prints the new job's id alone on stdout, and the same
+    # warning on stderr
+    sub = subprocess.run(
+        [sys.executable, "-m", "stoker.cli", "submit", "embed", "--text", "two"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sub.returncode == 0, sub.stderr
+    assert re.fullmatch(r"job_\w+\n", sub.stdout), sub.stdout
+    assert "is queued, but queue embed.m.all-MiniLM-L6-v2" in " ".join(sub.stderr.split())
 
     # And doctor fails the check of that queue, and of no empty one
     (check,) = check_waiting_queues(settings)
