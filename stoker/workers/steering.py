@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 BEAT_TTL_FACTOR = 5
 #: How long a beat waits for the model manager, which is busy for a whole load.
 BEAT_STATS_WAIT_S = 0.2
+#: How often a worker checks which configured models' files are on its machine.
+FILES_RECHECK_S = 10.0
 
 
 #: ``(queue, model)``: a queue a worker could consume, and the model of its jobs.
@@ -84,21 +86,16 @@ class Steering:
         self.hostname = hostname
         kinds = list(kinds)
         catalog = executor.catalog
-        # A configured model whose files are not on this machine (a config shared by
-        # the fleet, the model on the GPU box only) is left to a worker that has them,
-        # as a path model is; its jobs are failed here only as orphans (_orphans).
-        missing = {
-            s.name: str(s.missing_files()[0]) for s in catalog.all() if catalog.missing_files(s)
-        }
-        every = candidate_queues(kinds, catalog)
-        self.candidates = [(q, m) for q, m in every if m not in missing]
-        self._missing: dict[str, str] = {q: f"{m} ({missing[m]})" for q, m in every if m in missing}
-        for name, path in sorted(missing.items()):
-            log.info("model %s is not here (%s): leaving its jobs to others", name, path)
+        self._every = candidate_queues(kinds, catalog)
         self._specs = {s.name: s for s in catalog.all()}
         # name → fingerprint, read once: names of the same files and options are one
         # model to the manager, so holding one of them holds the others (_held).
         self._fingerprints = {s.name: s.fingerprint for s in self._specs.values()}
+        self.candidates: list[Candidate] = []
+        self._missing: dict[str, str] = {}  # queue → "model (its missing file)"
+        self._gone: set[str] = set()  # names of the models whose files are not here
+        self._files_checked_at = float("-inf")
+        self._check_files()
         self.paths = PathModels(kinds, executor.catalog)
         self._path_specs: dict[str, ModelSpec] = {}
         self._orphans_logged: set[str] = set()
@@ -112,6 +109,34 @@ class Steering:
         # What the heartbeat thread reads: replaced whole, never changed in place.
         self._served_paths: tuple[str, ...] = ()
         self._pools: list[PoolBeat] = []
+
+    def _check_files(self) -> None:
+        """Split the catalog models' queues by whether their files are on this machine.
+
+        A configured model whose files are not here (one config for the fleet, the
+        model on the GPU box only) is left to a worker that has them, as a path model
+        is: not a candidate, not in the heartbeat's ``serves``; its jobs are failed
+        here only as orphans (:meth:`_orphans`). Run again every FILES_RECHECK_S, so
+        a model copied in (or deleted) is noticed. Files are stat'ed, never read.
+        """
+        catalog = self.executor.catalog
+        served = {m for _, m in self._every if m}  # models of the capabilities served
+        gone = {}
+        for spec in catalog.all():
+            missing = catalog.missing_files(spec) if spec.name in served else []
+            if missing:
+                gone[spec.name] = str(missing[0])
+        for name in sorted(gone.keys() - self._gone):
+            log.info("model %s is not here (%s): leaving its jobs to others", name, gone[name])
+        for name in sorted(self._gone - gone.keys()):
+            log.info("model %s is here now: taking its jobs", name)
+        for name in gone.keys() ^ self._gone:  # file sizes are part of the fingerprint
+            self._fingerprints[name] = self._specs[name].fingerprint
+        self._gone = set(gone)
+        lacking = {q: f"{m} ({gone[m]})" for q, m in self._every if m in gone}
+        self.candidates = [(q, m) for q, m in self._every if m not in gone]
+        self._missing = lacking
+        self._files_checked_at = time.monotonic()
 
     @property
     def mode(self) -> str:
@@ -165,6 +190,8 @@ class Steering:
                 self.paths.update(self._probe.path_queues())
                 self._served_paths = tuple(sorted(self.paths.servable))
                 self._registry_read_at = time.monotonic()
+            if time.monotonic() - self._files_checked_at >= FILES_RECHECK_S:
+                self._check_files()
             servable, lacking = self._path_candidates()
             backlogs: list[Backlog] = self._probe.measure(self.candidates + servable + lacking)
             beats = [b for b in self.fleet.workers() if b.hostname != self.hostname]

@@ -256,3 +256,28 @@ def test_a_configured_model_whose_file_is_elsewhere_is_left_to_the_workers_with_
     choice = steer.decide()
     assert choice is not None
     assert (queue in choice.queues) is taken
+
+
+def test_a_configured_model_copied_onto_the_worker_later_is_taken_up(tmp_path: Path) -> None:
+    # Given a configured model whose file is not here yet, with work waiting
+    later = tmp_path / "later.gguf"
+    models = {"later": ModelEntry(backend="llama", path=later)}
+    queue = model_queue("generate", "later")
+    steer = steering(tmp_path, FakeProbe([], {queue: (3, 1.0)}), [], models=models)
+    assert queue not in steer.snapshot().serves
+
+    # When the file is copied in, and the worker's next check of its files is due
+    gguf(later)
+    steer._files_checked_at = float("-inf")
+    choice = steer.decide()
+
+    # Then it serves that queue and its heartbeat says so
+    assert choice is not None and queue in choice.queues
+    assert queue in steer.snapshot().serves
+
+    # And a file deleted later is dropped the same way
+    later.unlink()
+    steer._files_checked_at = float("-inf")
+    choice = steer.decide()
+    assert choice is not None and queue not in choice.queues
+    assert queue not in steer.snapshot().serves
