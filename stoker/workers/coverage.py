@@ -15,13 +15,15 @@ None.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from stoker.config import Settings
 from stoker.queues.app import model_queue, queue_kind
 from stoker.queues.path_queues import is_path_model
-from stoker.workers.fleet import RedisFleet, WorkerBeat, open_fleet
+from stoker.workers.fleet import RedisFleet, WorkerBeat
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,10 @@ class QueueCover:
         elif is_path_model(self.model):
             where = f" on a machine that has the file {self.model}"
         else:
-            where = f" on a machine with {self.model} in its catalog (`stoker models`)"
+            where = (
+                f" on a machine with {self.model} in its catalog and its files "
+                f"(`stoker models` there says ok)"
+            )
         return f"start one with `stoker worker --queues {self.kind}`{where}"
 
 
@@ -98,11 +103,27 @@ def could_take(beat: WorkerBeat, queue: str) -> bool:
     return queue in beat.serves or queue in beat.paths or queue in beat.queues
 
 
+@functools.cache
+def _redis(url: str) -> Any:
+    """One client (one connection pool) per URL for the process's life: the API asks
+    on every read of a queued job and every model list."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=5)
+
+
+def _fleet(settings: Settings) -> RedisFleet | None:
+    """The shared fleet, or None with the embedded job store (no heartbeats)."""
+    if not settings.state_url.startswith(("redis://", "rediss://")):
+        return None
+    return RedisFleet(_redis(settings.state_url))
+
+
 def live_beats(settings: Settings) -> list[WorkerBeat] | None:
     """The live workers' heartbeats; None where there are none to read (the embedded
     job store) or Redis cannot be reached: a hint is then left out, not an error."""
-    fleet = open_fleet(settings)
-    if not isinstance(fleet, RedisFleet):
+    fleet = _fleet(settings)
+    if fleet is None:
         return None
     try:
         return fleet.workers()
@@ -120,17 +141,12 @@ def workers_serving(beats: Sequence[WorkerBeat], model: str, kinds: Sequence[str
 def cover(settings: Settings, queues: Sequence[tuple[str, str | None]]) -> list[QueueCover] | None:
     """One :class:`QueueCover` per ``(queue, model)``, or None where no heartbeats or
     backlog can be read (the embedded broker or job store). Raises redis errors."""
-    fleet = open_fleet(settings)
-    if not isinstance(fleet, RedisFleet) or not settings.broker_url.startswith(
-        ("redis://", "rediss://")
-    ):
+    fleet = _fleet(settings)
+    if fleet is None or not settings.broker_url.startswith(("redis://", "rediss://")):
         return None
-    import redis
-
     from stoker.workers.backlog import RedisBacklog
 
-    probe = RedisBacklog(redis.Redis.from_url(settings.broker_url, socket_timeout=5))
-    backlogs = probe.measure(list(queues))
+    backlogs = RedisBacklog(_redis(settings.broker_url)).measure(list(queues))
     beats = fleet.workers()
     out = []
     for backlog in backlogs:

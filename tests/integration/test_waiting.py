@@ -48,7 +48,7 @@ def test_a_queued_job_says_who_could_take_it(clean_redis: str, tmp_path: Path) -
         assert "nobody takes it: no live worker runs generate" in found.describe(settings)
         assert found.fix() == (
             "start one with `stoker worker --queues generate` on a machine with "
-            "gemma-3-270m in its catalog (`stoker models`)"
+            "gemma-3-270m in its catalog and its files (`stoker models` there says ok)"
         )
         # When a worker runs only speak, nothing changes
         fleet.publish(beat("speaker", ["speak"], ["speak"]), ttl_s=30)
