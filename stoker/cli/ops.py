@@ -226,6 +226,10 @@ def _loaded_models(ctx: typer.Context, as_json: bool) -> None:
         if not beat.pools:
             table.add_row(beat.hostname, beat.device, "", "", "", "0/0/0", "-", "", "")
     console.print(table)
+    for beat in beats:
+        if beat.running and beat.running_since is not None:
+            since = f"{max(0.0, now - beat.running_since):.0f} s"
+            console.print(f"{beat.hostname}: running {beat.running} for {since}", highlight=False)
     console.print(f"{len(beats)} live worker(s)")
 
 

@@ -73,6 +73,10 @@ class WorkerBeat(BaseModel):
     # or not: while one live worker lists a queue, others leave its jobs to it.
     paths: list[str] = []
     pools: list[PoolBeat]
+    # The chunk it runs now ("job_… chunk 3"; None between tasks and for batched
+    # capabilities, whose batches run beside the consumer) and since when (epoch s).
+    running: str | None = None
+    running_since: float | None = None
     at: float  # epoch seconds of this beat
 
 

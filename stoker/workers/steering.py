@@ -31,11 +31,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import task_postrun
+from celery.signals import task_postrun, task_prerun
 
 from stoker.config import Settings
 from stoker.jobs import CAPABILITIES
-from stoker.queues.app import model_queue, queue_kind
+from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK, model_queue, queue_kind
 from stoker.workers.catalog import ModelCatalog, ModelSpec
 from stoker.workers.execute import ChunkExecutor
 from stoker.workers.fleet import Fleet, ModelBeat, PoolBeat, WorkerBeat
@@ -51,6 +51,9 @@ BEAT_STATS_WAIT_S = 0.2
 #: How often a worker checks which configured models' files are on its machine.
 FILES_RECHECK_S = 10.0
 
+
+#: The tasks whose ``(job_id, index, payload)`` a heartbeat reports as running.
+CHUNK_TASKS = frozenset({RUN_CHUNK_TASK, BATCHED_CHUNK_TASK})
 
 #: ``(queue, model)``: a queue a worker could consume, and the model of its jobs.
 Candidate = tuple[str, str | None]
@@ -109,6 +112,8 @@ class Steering:
         # What the heartbeat thread reads: replaced whole, never changed in place.
         self._served_paths: tuple[str, ...] = ()
         self._pools: list[PoolBeat] = []
+        # The chunk this worker runs now and since when (epoch s), set by SteeringStep.
+        self.running: tuple[str, float] | None = None
 
     def _check_files(self) -> None:
         """Split the catalog models' queues by whether their files are on this machine.
@@ -345,6 +350,8 @@ class Steering:
             serves=[q for q, _ in self.candidates],
             paths=list(self._served_paths),
             pools=self._pools,
+            running=running[0] if (running := self.running) else None,
+            running_since=running[1] if running else None,
             at=now,
         )
 
@@ -362,6 +369,7 @@ class SteeringStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self._entry: Any = None
         self._after_task: Any = None
+        self._before_task: Any = None
 
     def start(self, parent: Any) -> None:
         steering: Steering | None = getattr(parent.app, "stoker_steering", None)
@@ -376,10 +384,17 @@ class SteeringStep(bootsteps.StartStopStep):
         # the task that emptied the held model's queue is followed by a switch at once.
         def after_task(sender: Any = None, **_: Any) -> None:
             if sender is not None and sender.app is parent.app:
+                steering.running = None
                 steering.tick(parent)
 
-        self._after_task = after_task
+        # What the heartbeat says this worker is running (`stoker models --loaded`).
+        def before_task(sender: Any = None, args: Any = (), **_: Any) -> None:
+            if sender is not None and sender.app is parent.app and sender.name in CHUNK_TASKS:
+                steering.running = (f"{args[0]} chunk {int(args[1]) + 1}", time.time())
+
+        self._after_task, self._before_task = after_task, before_task
         task_postrun.connect(after_task, weak=False)
+        task_prerun.connect(before_task, weak=False)
 
     def stop(self, parent: Any) -> None:
         if self._entry is not None:
@@ -387,6 +402,7 @@ class SteeringStep(bootsteps.StartStopStep):
             self._entry = None
         if self._after_task is not None:
             task_postrun.disconnect(self._after_task)
-            self._after_task = None
+            task_prerun.disconnect(self._before_task)
+            self._after_task = self._before_task = None
 
     shutdown = stop

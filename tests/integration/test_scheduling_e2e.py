@@ -251,9 +251,11 @@ def test_a_worker_running_a_long_chunk_stays_in_the_fleet(deployment: Deployment
 
         # When the fleet is read over and over while the chunk runs
         wait_for(lambda: client.status(job.id).state is not JobState.QUEUED, "the start")
-        listed = []
+        listed, running = [], set()
         while not client.status(job.id).state.terminal:
-            listed.append([w.hostname for w in fleet.workers()])
+            beats = fleet.workers()
+            listed.append([w.hostname for w in beats])
+            running |= {w.running for w in beats}
             time.sleep(0.05)
 
         # Then the worker was in it at every read (its beats come from a thread of
@@ -261,6 +263,10 @@ def test_a_worker_running_a_long_chunk_stays_in_the_fleet(deployment: Deployment
         assert client.status(job.id).state is JobState.SUCCEEDED
         assert len(listed) >= 20, "the chunk ended too soon to tell"
         assert all(len(names) == 1 for names in listed), listed
+        # And they said which chunk it was running
+        assert f"{job.id} chunk 1" in running
+        wait_for(lambda: fleet.workers()[0].running is None, "the beat after the chunk")
+        assert f"running {job.id}" not in run_cli(deployment, "models", "--loaded")
 
         # And once stopped, it has left the fleet: no beat came after it said so
         assert worker.terminate() == 0

@@ -197,3 +197,17 @@ def test_models_count_the_live_workers_that_have_each_model(
         cli_app, ["models", "--json"], env={"STOKER_DATA_DIR": str(tmp_path)}
     )
     assert {row["workers"] for row in json.loads(embedded.output)} == {None}
+
+
+def test_models_loaded_says_what_each_worker_runs(clean_redis: str, tmp_path: Path) -> None:
+    # Given a live worker whose heartbeat says it runs a chunk, started 12 s ago
+    settings = Settings(data_dir=tmp_path, broker_url=clean_redis)
+    busy = beat("gpu-box", ["generate"], ["generate"])
+    busy.running, busy.running_since = "job_abc chunk 2", time.time() - 12
+    open_fleet(settings).publish(busy, ttl_s=30)
+    env = {"STOKER_DATA_DIR": str(tmp_path), "STOKER_BROKER_URL": clean_redis}
+
+    # Then `stoker models --loaded` says so under its table
+    shown = CliRunner().invoke(cli_app, ["models", "--loaded"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"gpu-box: running job_abc chunk 2 for 1[23] s", shown.output), shown.output
