@@ -210,4 +210,4 @@ def test_models_loaded_says_what_each_worker_runs(clean_redis: str, tmp_path: Pa
     # Then `stoker models --loaded` says so under its table
     shown = CliRunner().invoke(cli_app, ["models", "--loaded"], env=env)
     assert shown.exit_code == 0, shown.output
-    assert re.search(r"gpu-box: running job_abc chunk 2 for 1[23] s", shown.output), shown.output
+    assert re.search(r"gpu-box: running job_abc chunk 2 for 1\d s", shown.output), shown.output
