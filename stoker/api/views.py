@@ -92,21 +92,17 @@ def job_view(state: ApiState, record: JobRecord, *, with_webhook: bool = True) -
 def waiting_view(state: ApiState, record: JobRecord) -> WaitingView | None:
     """:meth:`Stoker.waiting` for an API caller: counts of workers, never their names.
     None where it cannot be read: a hint, never a reason for the read to fail."""
-    if record.state.terminal:
-        return None
     try:
-        found = state.stoker.waiting(record)
+        found = state.stoker.waiting(record)  # no broker read for a job that is not queued
     except Exception:
         return None
     if found is None:
         return None
-    settings = state.stoker.settings
-    fix = found.fix()
     return WaitingView(
         queue=found.queue,
         chunks_waiting=found.waiting,
         oldest_age_s=round(found.oldest_age_s, 1),
         workers_able=len(found.able),
         workers_consuming=len(found.consuming),
-        detail=found.who(settings, hostnames=False) + (f"; {fix}." if fix else "."),
+        detail=found.advice(state.stoker.settings, hostnames=False),
     )

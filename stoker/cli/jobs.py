@@ -90,8 +90,6 @@ def follow(
 def waiting_hint(client: Any, record: JobRecord) -> QueueCover | None:
     """:meth:`Stoker.waiting`, or None if the broker cannot say: a hint, never a
     reason for `stoker status` to fail."""
-    if record.state.terminal:
-        return None
     try:
         return cast("QueueCover | None", client.waiting(record))
     except Exception:

@@ -85,7 +85,7 @@ def models(
     # where the work runs, which need not be this machine).
     beats = live_beats(settings)
     kinds = {s.name: capabilities_for(s) for s in catalog.all()}
-    serving = {n: workers_serving(beats, n, k) for n, k in kinds.items()} if beats else {}
+    serving = None if beats is None else {n: workers_serving(beats, n, k) for n, k in kinds.items()}
     if as_json:
         rows = [
             {
@@ -95,14 +95,14 @@ def models(
                 "source": s.source,
                 "path": str(s.path),
                 "missing": [str(p) for p in catalog.missing_files(s)],
-                "workers": serving.get(s.name, 0) if beats is not None else None,
+                "workers": None if serving is None else serving[s.name],
             }
             for s in catalog.all()
         ]
         print(json.dumps(rows, indent=2))
         return
     columns = ["name", "backend", "for", "source", "path", "status"]
-    table = table_of(*columns, *(["live workers"] if beats is not None else []))
+    table = table_of(*columns, *([] if serving is None else ["live workers"]))
     table.columns[0].no_wrap = True  # names are what people copy; wrap the paths instead
     for spec in catalog.all():
         missing = catalog.missing_files(spec)
@@ -114,7 +114,7 @@ def models(
             str(spec.path),
             f"[red]missing {missing[0]}[/]" if missing else "[green]ok[/]",
         ]
-        table.add_row(*row, *([str(serving.get(spec.name, 0))] if beats is not None else []))
+        table.add_row(*row, *([] if serving is None else [str(serving[spec.name])]))
     console.print(table)
 
 

@@ -49,10 +49,12 @@ class QueueCover:
 
     def describe(self, settings: Settings) -> str:
         """What waits on this queue, who takes it, and what to do, in one line."""
+        return f"queue {self.queue}: {self.backlog()}; {self.advice(settings)}"
+
+    def advice(self, settings: Settings, *, hostnames: bool = True) -> str:
+        """Who takes this queue's work and, if nobody does, what to start."""
         fix = self.fix()
-        return f"queue {self.queue}: {self.backlog()}; {self.who(settings)}" + (
-            f"; {fix}." if fix else "."
-        )
+        return self.who(settings, hostnames=hostnames) + (f"; {fix}." if fix else ".")
 
     def backlog(self) -> str:
         age = f", the oldest for {self.oldest_age_s:.0f} s" if self.waiting else ""

@@ -95,8 +95,7 @@ class Steering:
         # model to the manager, so holding one of them holds the others (_held).
         self._fingerprints = {s.name: s.fingerprint for s in self._specs.values()}
         self.candidates: list[Candidate] = []
-        self._missing: dict[str, str] = {}  # queue → "model (its missing file)"
-        self._gone: set[str] = set()  # names of the models whose files are not here
+        self._gone: dict[str, str] = {}  # model whose files are not here → one of them
         self._files_checked_at = float("-inf")
         self._check_files()
         self.paths = PathModels(kinds, executor.catalog)
@@ -125,22 +124,19 @@ class Steering:
         a model copied in (or deleted) is noticed. Files are stat'ed, never read.
         """
         catalog = self.executor.catalog
-        served = {m for _, m in self._every if m}  # models of the capabilities served
         gone = {}
-        for spec in catalog.all():
-            missing = catalog.missing_files(spec) if spec.name in served else []
+        for name in sorted({m for _, m in self._every if m}):  # the served capabilities'
+            missing = catalog.missing_files(self._specs[name])
             if missing:
-                gone[spec.name] = str(missing[0])
-        for name in sorted(gone.keys() - self._gone):
+                gone[name] = str(missing[0])
+        for name in sorted(gone.keys() - self._gone.keys()):
             log.info("model %s is not here (%s): leaving its jobs to others", name, gone[name])
-        for name in sorted(self._gone - gone.keys()):
+        for name in sorted(self._gone.keys() - gone.keys()):
             log.info("model %s is here now: taking its jobs", name)
-        for name in gone.keys() ^ self._gone:  # file sizes are part of the fingerprint
+        for name in gone.keys() ^ self._gone.keys():  # file sizes are in the fingerprint
             self._fingerprints[name] = self._specs[name].fingerprint
-        self._gone = set(gone)
-        lacking = {q: f"{m} ({gone[m]})" for q, m in self._every if m in gone}
+        self._gone = gone
         self.candidates = [(q, m) for q, m in self._every if m not in gone]
-        self._missing = lacking
         self._files_checked_at = time.monotonic()
 
     @property
@@ -238,7 +234,7 @@ class Steering:
             (q, s.name) for q, s in self.paths.servable.items() if q not in known
         ]
         lacking: list[Candidate] = [(q, None) for q in self.paths.lacking if q not in known]
-        return servable, lacking + [(q, None) for q in self._missing]
+        return servable, lacking + [(q, m) for q, m in self._every if m in self._gone]
 
     def _orphans(self, backlogs: list[Backlog], holders: dict[str, int]) -> frozenset[str]:
         """Queues of models whose files this worker lacks (named by path, or configured
@@ -251,10 +247,11 @@ class Steering:
             for b in backlogs
             if b.waiting and b.oldest_age_s >= wait and not holders.get(b.queue)
         )
+        configured = {q: f"{m} ({self._gone[m]})" for q, m in self._every if m in self._gone}
         for queue in orphans - self._orphans_logged:
             log.warning(
                 "no live worker has model %s, wanted by %s for %.0f s: failing those jobs here",
-                self.paths.lacking.get(queue) or self._missing.get(queue, "?"), queue, wait,
+                self.paths.lacking.get(queue) or configured.get(queue, "?"), queue, wait,
             )  # fmt: skip
         self._orphans_logged = set(orphans)
         return orphans
