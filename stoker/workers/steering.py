@@ -113,6 +113,7 @@ class Steering:
         self._pools: list[PoolBeat] = []
         # The chunk this worker runs now and since when (epoch s), set by SteeringStep.
         self.running: tuple[str, float] | None = None
+        self._beat_now = threading.Event()  # set: the heartbeat thread beats at once
 
     def _check_files(self) -> None:
         """Split the catalog models' queues by whether their files are on this machine.
@@ -277,6 +278,8 @@ class Steering:
             log.info("scheduler: now serving %s (%s)", choice.target, choice.reason)
             self._last_target = choice.target
         self.consuming = choice.queues
+        if add or drop:  # other workers decide from this: tell them now, not next beat
+            self._beat_now.set()
 
     @contextmanager
     def heartbeat(self) -> Iterator[None]:
@@ -286,22 +289,24 @@ class Steering:
         Not from :meth:`tick`: the solo pool runs each chunk on the consumer's thread,
         so beats from there would stop while a chunk runs (a long generation, a book's
         chapter), and the worker would look gone: off `stoker models --loaded`, and its
-        path-model jobs failed as orphans by a worker without the file.
+        path-model jobs failed as orphans by a worker without the file. A change of the
+        consumed queues (:meth:`apply`) is published at once.
         """
-        stop = threading.Event()
+        stopping = False
 
         def loop() -> None:
-            while True:
+            while not stopping:
                 self.beat()
-                if stop.wait(self.settings.heartbeat_s):
-                    return
+                self._beat_now.wait(self.settings.heartbeat_s)
+                self._beat_now.clear()
 
         thread = threading.Thread(target=loop, name="stoker-heartbeat", daemon=True)
         thread.start()
         try:
             yield
         finally:
-            stop.set()
+            stopping = True
+            self._beat_now.set()
             thread.join(timeout=5)
 
     def beat(self) -> None:

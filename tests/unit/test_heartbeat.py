@@ -15,6 +15,7 @@ from stoker.queues.app import model_queue
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.fleet import LocalFleet, WorkerBeat
 from stoker.workers.manager import ModelManager
+from stoker.workers.scheduler import Choice
 from stoker.workers.steering import BEAT_TTL_FACTOR, Steering
 
 
@@ -35,12 +36,12 @@ class RecordingFleet(LocalFleet):
             return list(self.beats)
 
 
-def steering(tmp_path: Path, fleet: RecordingFleet) -> Steering:
+def steering(tmp_path: Path, fleet: RecordingFleet, heartbeat_s: float = 0.02) -> Steering:
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF" + bytes(60))
     settings = Settings(
         data_dir=tmp_path,
-        heartbeat_s=0.02,
+        heartbeat_s=heartbeat_s,
         models={"m": ModelEntry(backend="llama", path=model)},
     )
     executor: Any = SimpleNamespace(
@@ -85,3 +86,19 @@ def test_a_beat_lists_every_queue_the_worker_could_take(tmp_path: Path) -> None:
         beat.serves[1:]
     )
     assert beat.queues == sorted(beat.serves)
+
+
+def test_a_change_of_queues_is_published_at_once(tmp_path: Path) -> None:
+    # Given a worker that beats once a minute, after its first beat
+    fleet = RecordingFleet()
+    steer = steering(tmp_path, fleet, heartbeat_s=60)
+    ignore = lambda *args, **kwargs: None  # noqa: E731
+    consumer = SimpleNamespace(add_task_queue=ignore, cancel_task_queue=ignore)
+    with steer.heartbeat():
+        fleet.wait_for(1)
+        # When it takes a model's queue
+        queue = model_queue("generate", "m")
+        steer.apply(consumer, Choice(frozenset({"generate", queue}), "switch", "m"))
+        # Then a beat saying so comes now, not a minute later
+        beats = fleet.wait_for(2)
+    assert len(beats) >= 2 and queue in beats[1][0].queues
