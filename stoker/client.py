@@ -38,6 +38,7 @@ from stoker.queues.submit import StagedJob, commit, job_queue, stage
 from stoker.storage import Storage, open_storage
 from stoker.storage.keys import job_prefix
 from stoker.storage.sources import is_s3_url, list_s3, staged
+from stoker.workers.cards import fleet_cards
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.coverage import QueueCover, cover
 from stoker.workers.execute import partial_output
@@ -104,7 +105,11 @@ class Stoker:
 
     @cached_property
     def catalog(self) -> ModelCatalog:
-        return ModelCatalog(self.settings, model_paths=self.model_paths)
+        """This machine's models, and with a Redis job store the live workers' (a model
+        whose files are on the workers only is checked with their model cards)."""
+        return ModelCatalog(
+            self.settings, model_paths=self.model_paths, fleet=fleet_cards(self.settings)
+        )
 
     def submit(
         self,

@@ -39,11 +39,18 @@ class Deployment:
                     os.environ[k] = v
 
     def start_worker(
-        self, queues: str = "speak,echo", *extra: str, hide: Path | None = None
+        self,
+        queues: str = "speak,echo",
+        *extra: str,
+        hide: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         """A `stoker worker` subprocess; ``hide``: a folder whose files this worker
-        does not see (another machine's filesystem, see :func:`hiding`)."""
-        worker = WorkerProcess.start(self, queues, extra, index=len(self.workers), hide=hide)
+        does not see (another machine's filesystem, see :func:`hiding`); ``env``:
+        variables of this worker only (its own ``[models]``, say)."""
+        worker = WorkerProcess.start(
+            self, queues, extra, index=len(self.workers), hide=hide, env=env or {}
+        )
         self.workers.append(worker)
         return worker
 
@@ -83,9 +90,10 @@ class WorkerProcess:
         extra: tuple[str, ...],
         index: int,
         hide: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         log = dep.workdir / f"worker-{index}.log"
-        env = {**os.environ, **dep.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **dep.env, **(env or {}), "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "stoker.cli", "worker", "--queues", queues, *extra]
         if hide is not None:
             cmd = hiding(hide, cmd)

@@ -65,8 +65,10 @@ def models(
         ),
     ] = None,
 ) -> None:
-    """The models and voices this machine can load, and where they come from."""
+    """The models and voices this machine can load, and where they come from; with a
+    Redis job store also those only live workers have (source fleet)."""
     from stoker.jobs import capabilities_for
+    from stoker.workers.cards import fleet_cards
     from stoker.workers.catalog import ModelCatalog
     from stoker.workers.coverage import live_beats, workers_serving
 
@@ -80,11 +82,14 @@ def models(
         _footprints(ctx, as_json)
         return
     settings = settings_of(ctx)
-    catalog = ModelCatalog(settings)
+    catalog = ModelCatalog(settings, fleet=fleet_cards(settings))
     # With a shared fleet: how many live workers have each model (its files are
-    # where the work runs, which need not be this machine).
+    # where the work runs, which need not be this machine), and the models only
+    # they have (from their model cards) after this machine's own.
     beats = live_beats(settings)
-    kinds = {s.name: capabilities_for(s) for s in catalog.all()}
+    here = catalog.all()
+    specs = here + [s for s in catalog.fleet_specs() if s.name not in {h.name for h in here}]
+    kinds = {s.name: capabilities_for(s) for s in specs}
     serving = None if beats is None else {n: workers_serving(beats, n, k) for n, k in kinds.items()}
     if as_json:
         rows = [
@@ -97,22 +102,25 @@ def models(
                 "missing": [str(p) for p in catalog.missing_files(s)],
                 "workers": None if serving is None else serving[s.name],
             }
-            for s in catalog.all()
+            for s in specs
         ]
         print(json.dumps(rows, indent=2))
         return
     columns = ["name", "backend", "for", "source", "path", "status"]
     table = table_of(*columns, *([] if serving is None else ["live workers"]))
     table.columns[0].no_wrap = True  # names are what people copy; wrap the paths instead
-    for spec in catalog.all():
+    for spec in specs:
         missing = catalog.missing_files(spec)
+        status = f"[red]missing {missing[0]}[/]" if missing else "[green]ok[/]"
+        if spec.card is not None:
+            status = "[green]on the workers[/]"
         row = [
             spec.name,
             spec.backend,
             ", ".join(kinds[spec.name]),
             spec.source,
             str(spec.path),
-            f"[red]missing {missing[0]}[/]" if missing else "[green]ok[/]",
+            status,
         ]
         table.add_row(*row, *([] if serving is None else [str(serving[spec.name])]))
     console.print(table)

@@ -67,7 +67,7 @@ def capabilities_for(spec: ModelSpec) -> list[str]:
     from stoker.workers.loaders.diffusers import read_model_index
 
     try:
-        pipeline = str(read_model_index(spec.path).get("_class_name"))
+        pipeline = str(read_model_index(spec.path, spec.read_json).get("_class_name"))
     except ModelLoadError:  # not a pipeline folder: a job for it fails saying so
         return kinds
     return ["mesh"] if pipeline in SHAP_E_PIPELINES else ["image"]

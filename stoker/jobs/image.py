@@ -20,7 +20,7 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -35,6 +35,9 @@ from stoker.jobs.base import (
     StopCheck,
     parse_request,
 )
+
+if TYPE_CHECKING:
+    from stoker.workers.catalog import ModelSpec
 
 MIN_SIDE = 64  # pixels
 MAX_SIDE = 2048  # pixels
@@ -73,11 +76,12 @@ class Geometry:
     multiple: int  # width and height must be multiples of this
 
 
-def read_config(folder: Path, component: str, name: str = "config.json") -> dict[str, Any]:
-    """``folder/component/name`` as a dict; ModelLoadError naming the file otherwise."""
-    path = folder / component / name
+def read_config(spec: ModelSpec, component: str, name: str = "config.json") -> dict[str, Any]:
+    """``component/name`` of pipeline ``spec`` as a dict (from its worker's model card
+    when its files are elsewhere); ModelLoadError naming the file otherwise."""
+    path = spec.path / component / name
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = spec.read_json(path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"could not read {path}: {exc}; copy the whole diffusers folder"
@@ -93,19 +97,19 @@ def _sides(sample_size: Any) -> tuple[int, int]:
     return int(sample_size), int(sample_size)
 
 
-def pipeline_geometry(folder: Path, index: dict[str, Any]) -> Geometry:
-    """Default size and size multiple of the pipeline in ``folder``, from JSON only.
+def pipeline_geometry(spec: ModelSpec, index: dict[str, Any]) -> Geometry:
+    """Default size and size multiple of pipeline ``spec``, from its JSON configs only.
 
     Raises ModelLoadError naming the file when a config cannot be read, and
     InvalidInput when the pipeline has neither a unet nor a transformer.
     """
-    vae = read_config(folder, "vae")
+    vae = read_config(spec, "vae")
     scale = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
     if index.get("unet", [None])[0] is not None:
-        denoiser, patch = read_config(folder, "unet"), 1
+        denoiser, patch = read_config(spec, "unet"), 1
         sample_size = denoiser.get("sample_size", 64)
     elif index.get("transformer", [None])[0] is not None:
-        denoiser = read_config(folder, "transformer")
+        denoiser = read_config(spec, "transformer")
         patch = int(denoiser.get("patch_size") or 1)
         # As diffusers' transformer pipelines (SD3, PixArt, Flux) do: the default side
         # is sample_size latent pixels, 128 where the config has none (Flux's).
@@ -116,7 +120,7 @@ def pipeline_geometry(folder: Path, index: dict[str, Any]) -> Geometry:
             patch = max(patch, 2)
     else:
         raise InvalidInput(
-            f"{folder} is a {index.get('_class_name')} with neither a unet nor a "
+            f"{spec.path} is a {index.get('_class_name')} with neither a unet nor a "
             f"transformer; `image` needs a text-to-image pipeline."
         )
     height, width = _sides(sample_size)
@@ -160,7 +164,7 @@ def pipeline_class(ctx: PrepareContext, model: str | None, kind: str) -> tuple[A
             f"name a diffusers model for `{kind}` with --model; known models: {known}."
         )
     spec = ctx.catalog.get(model, backend="diffusers")
-    index = read_model_index(spec.path)
+    index = read_model_index(spec.path, spec.read_json)
     return spec, str(index.get("_class_name")), index
 
 
@@ -184,7 +188,7 @@ class ImageCapability:
             raise InvalidInput(
                 f"model {req.model!r} is a {cls}, which makes 3D meshes; use `stoker submit mesh`."
             )
-        geo = pipeline_geometry(spec.path, index)
+        geo = pipeline_geometry(spec, index)
         seed = secrets.randbelow(2**32) if req.seed is None else req.seed
         params: dict[str, Any] = {
             "model": req.model,

@@ -17,6 +17,13 @@ A job may also name its model by an absolute path (``stoker submit generate --mo
 ad-hoc spec of the capability's backend for that path, unless a configured model has
 that name or path. Such models are not listed. The HTTP API's catalog refuses paths
 (``model_paths=False``): a request must not make workers open arbitrary files.
+
+A submitting machine's catalog may also know the fleet's models
+(``fleet=FleetCards(...)``, workers/cards.py): a name it does not know, or whose
+files are not on this machine, gets a spec made from the card a live worker
+published. Such a spec's files are on the workers: it has no missing files, its
+fingerprint is the workers', and :meth:`ModelSpec.read_json` reads the card's copy.
+Workers never build their catalog with a fleet: they load from their own files.
 """
 
 from __future__ import annotations
@@ -35,11 +42,14 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stoker.config import ModelEntry, Settings
 from stoker.errors import InvalidInput, ModelLoadError, UnknownModel
 from stoker.workers.packaged import SplitModel, gemma_270m, whisper_base
+
+if TYPE_CHECKING:
+    from stoker.workers.cards import FleetCards, ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,9 @@ class ModelSpec:
     # worked out once per spec, and the catalog hands out a fresh spec every FRESH_S.
     # None (a spec made directly): worked out on every call.
     _memo: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
+    # Set on a spec made from a live worker's model card: the files are on the workers,
+    # and what submission reads of them comes from the card (workers/cards.py).
+    card: ModelCard | None = field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -93,6 +106,8 @@ class ModelSpec:
         return list(self._remember("files", self._find_files))
 
     def _find_files(self) -> tuple[Path, ...]:
+        if self.card is not None:
+            return tuple(Path(p) for p, _ in self.card.identity["files"])
         if self.path.is_dir():
             files = sorted(p for p in self.path.rglob("*") if p.is_file())
         else:
@@ -102,7 +117,10 @@ class ModelSpec:
         return tuple(files)
 
     def missing_files(self) -> list[Path]:
-        """The files of :attr:`files` that do not exist."""
+        """The files of :attr:`files` that do not exist (none for a card's: they are
+        on the workers)."""
+        if self.card is not None:
+            return []
         return [p for p in self.files if not p.exists()]
 
     def disk_bytes(self) -> int:
@@ -111,6 +129,8 @@ class ModelSpec:
         Each file counts once however many names it has: a Hugging Face snapshot is
         symlinks into one blob store, and a folder may hard-link its weights.
         """
+        if self.card is not None:
+            return self.card.disk_bytes
         seen: dict[tuple[int, int], int] = {}
         for path in self.files:
             if path.exists():
@@ -131,15 +151,32 @@ class ModelSpec:
         return str(self._remember("fingerprint", self._fingerprint))
 
     def _fingerprint(self) -> str:
-        sizes = [(str(p.resolve()), p.stat().st_size if p.exists() else -1) for p in self.files]
-        identity = {
-            "backend": self.backend,
-            "path": str(self.path.resolve()),
-            "files": sizes,
-            "options": dict(self.options),
-        }
+        identity = {**self.identity(), "options": dict(self.options)}
         blob = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    def identity(self) -> dict[str, Any]:
+        """What the fingerprint hashes besides the options: backend, resolved path, and
+        each file's resolved path and size (-1: missing). A card's, as its worker saw it."""
+        if self.card is not None:
+            return dict(self.card.identity)
+        sizes = [(str(p.resolve()), p.stat().st_size if p.exists() else -1) for p in self.files]
+        return {"backend": self.backend, "path": str(self.path.resolve()), "files": sizes}
+
+    def read_json(self, path: Path) -> Any:
+        """The JSON file ``path`` (one of this model's files), parsed; OSError or
+        ValueError as reading the file raises. For a spec from a card: the card's copy,
+        and FileNotFoundError when it carries none (only small JSON files travel)."""
+        if self.card is None:
+            return json.loads(path.read_text(encoding="utf-8"))
+        from stoker.workers.cards import document_key
+
+        key = document_key(self.path, self.card.folder, path)
+        if key not in self.card.documents:
+            raise FileNotFoundError(
+                f"{path} is on the workers, and their model card carries no copy of it"
+            )
+        return self.card.documents[key]
 
 
 @dataclass(frozen=True)
@@ -273,6 +310,14 @@ def _spec_from_entry(name: str, entry: ModelEntry, source: str = "config") -> Mo
     return ModelSpec(name, entry.backend, path, config, source=source, options=entry.options)
 
 
+def spec_from_card(card: ModelCard) -> ModelSpec:
+    """The spec of the model a worker's ``card`` describes (source ``fleet``)."""
+    config = None if card.config_path is None else Path(card.config_path)
+    return ModelSpec(
+        card.name, card.backend, Path(card.path), config, "fleet", card.options, card=card
+    )
+
+
 def looks_like_path(name: str) -> bool:
     """Whether a model given by a user is meant as a file or folder, not a catalog name:
     it holds a slash, starts with ``~`` or ends with ``.gguf``. (A configured model of
@@ -330,8 +375,11 @@ class ModelCatalog:
     models never writes the ~150 MB it takes.
     """
 
-    def __init__(self, settings: Settings, *, model_paths: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, model_paths: bool = True, fleet: FleetCards | None = None
+    ) -> None:
         self._model_paths = model_paths
+        self._fleet = fleet  # the live workers' model cards (a submitting machine's)
         found = find_packaged(models_dir=settings.data_dir / "models")
         specs = {spec.name: spec for spec, _ in found}
         self._builds = {spec.name: build for spec, build in found if build is not None}
@@ -346,8 +394,22 @@ class ModelCatalog:
         self._build_lock = threading.Lock()
 
     def names(self, backend: str | None = None) -> list[str]:
-        """Sorted names, of one backend if given."""
-        return [s.name for s in self.all() if backend is None or s.backend == backend]
+        """Sorted names, of one backend if given: this machine's and the fleet's."""
+        specs = {s.name: s for s in [*self.fleet_specs(), *self.all()]}  # this machine's win
+        return sorted(n for n, s in specs.items() if backend is None or s.backend == backend)
+
+    def fleet_specs(self) -> list[ModelSpec]:
+        """Specs from the live workers' cards for the names this machine cannot load
+        itself (unknown here, or files missing here), sorted by name; empty without a
+        fleet."""
+        return [
+            spec_from_card(card)
+            for name, card in sorted(self._cards().items())
+            if name not in self._specs or self.missing_files(self._specs[name])
+        ]
+
+    def _cards(self) -> Mapping[str, ModelCard]:
+        return {} if self._fleet is None else self._fleet.cards()
 
     def all(self) -> list[ModelSpec]:
         """Every spec, sorted by name, including those whose files are missing."""
@@ -413,9 +475,10 @@ class ModelCatalog:
                 f"and submit with --model NAME."
             )
         if missing:
+            elsewhere = "" if self._fleet is None else ", and no live worker reports having it"
             raise ModelLoadError(
                 f"model {name!r}: file {missing[0]} does not exist on host "
-                f"{socket.gethostname()}; fix the path under "
+                f"{socket.gethostname()}{elsewhere}; fix the path under "
                 f"[models.{_toml_key(spec.name)}] in the config, or put the model there"
             )
         return spec
@@ -425,6 +488,9 @@ class ModelCatalog:
         spec = self._specs.get(name)
         if spec is None and looks_like_path(name):
             spec = self._path_spec(name, backend)
+        elif self._fleet is not None and (spec is None or self.missing_files(spec)):
+            card = self._cards().get(name)  # its files are on the workers
+            spec = spec if card is None else spec_from_card(card)
         if spec is None or (backend is not None and spec.backend != backend):
             what = "voice" if backend == "piper" else "model"
             why = None
@@ -482,7 +548,7 @@ def _read_voice_info(spec: ModelSpec) -> VoiceInfo:
     try:
         if path is None:
             raise ValueError("no config file")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = spec.read_json(path)
         language = data.get("language")
         if isinstance(language, Mapping):
             language = language.get("code")

@@ -15,6 +15,9 @@ Two things, both in Redis when the job store is Redis (``settings.state_url``):
   counts) to ``stoker:worker:<hostname>`` every ``heartbeat_s`` with a TTL of five
   beats, and adds its name to the set ``stoker:workers``; a record that expired is a
   worker that is gone.
+- **Model cards** (workers/cards.py): each worker's cards of the models it has, in
+  ``stoker:card:<id>``, named by its heartbeat, so a machine that submits jobs can
+  check requests for models whose files are on the workers only.
 
 With the embedded (SQLite) store there is one machine: footprints stay in process
 (:class:`LocalFleet`) and there are no heartbeats to read.
@@ -32,6 +35,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from stoker.config import Settings
+from stoker.workers.cards import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ class WorkerBeat(BaseModel):
     # capabilities, whose batches run beside the consumer) and since when (epoch s).
     running: str | None = None
     running_since: float | None = None
+    # name → id of the model card it published for each model whose files it has.
+    cards: dict[str, str] = {}
     at: float  # epoch seconds of this beat
 
 
@@ -110,6 +116,10 @@ class Fleet(Protocol):
     def leave(self, hostname: str) -> None: ...
 
     def workers(self) -> list[WorkerBeat]: ...
+
+    def publish_cards(self, cards: list[ModelCard], ttl_s: float) -> None: ...
+
+    def read_cards(self, ids: list[str]) -> dict[str, ModelCard]: ...
 
 
 class LocalFleet:
@@ -148,6 +158,12 @@ class LocalFleet:
 
     def workers(self) -> list[WorkerBeat]:
         return []
+
+    def publish_cards(self, cards: list[ModelCard], ttl_s: float) -> None:
+        return None
+
+    def read_cards(self, ids: list[str]) -> dict[str, ModelCard]:
+        return {}
 
 
 class RedisFleet:
@@ -215,6 +231,21 @@ class RedisFleet:
             self._client.srem(WORKERS_KEY, *gone)
         return beats
 
+    def publish_cards(self, cards: list[ModelCard], ttl_s: float) -> None:
+        if not cards:
+            return
+        pipe = self._client.pipeline()
+        for card in cards:
+            pipe.set(_card_key(card.id), card.model_dump_json(), px=int(ttl_s * 1000))
+        pipe.execute()
+
+    def read_cards(self, ids: list[str]) -> dict[str, ModelCard]:
+        """The cards of ``ids`` that exist, by id."""
+        if not ids:
+            return {}
+        raws = self._client.mget([_card_key(i) for i in ids])
+        return {i: ModelCard.model_validate_json(r) for i, r in zip(ids, raws, strict=True) if r}
+
 
 def _footprint(fingerprint: str, device_kind: str, nbytes: int, name: str) -> Footprint:
     return Footprint(
@@ -254,6 +285,10 @@ def _by_name(footprint: Footprint) -> tuple[str, str, str]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _card_key(card_id: str) -> str:
+    return f"{PREFIX}:card:{card_id}"
 
 
 def _worker_key(hostname: str) -> str:

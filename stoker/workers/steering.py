@@ -17,7 +17,8 @@ broker has no event loop (its timer is a thread), so there the worker consumes
 every queue ("fifo") and the steering does not change queues.
 
 The heartbeat (:meth:`Steering.heartbeat`) runs on a thread of its own, so it goes on
-while a chunk runs.
+while a chunk runs. The same thread publishes the model cards of the served models
+whose files are here (workers/cards.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from celery.signals import task_postrun, task_prerun
 from stoker.config import Settings
 from stoker.jobs import CAPABILITIES
 from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK, model_queue, queue_kind
+from stoker.workers.cards import CardPublisher
 from stoker.workers.catalog import ModelCatalog, ModelSpec
 from stoker.workers.execute import ChunkExecutor
 from stoker.workers.fleet import Fleet, ModelBeat, PoolBeat, WorkerBeat
@@ -114,6 +116,7 @@ class Steering:
         # The chunk this worker runs now and since when (epoch s), set by SteeringStep.
         self.running: tuple[str, float] | None = None
         self._beat_now = threading.Event()  # set: the heartbeat thread beats at once
+        self._cards = CardPublisher(fleet, FILES_RECHECK_S)
 
     def _check_files(self) -> None:
         """Split the catalog models' queues by whether their files are on this machine.
@@ -296,6 +299,7 @@ class Steering:
 
         def loop() -> None:
             while not stopping:
+                self.publish_cards()
                 self.beat()
                 self._beat_now.wait(self.settings.heartbeat_s)
                 self._beat_now.clear()
@@ -308,6 +312,19 @@ class Steering:
             stopping = True
             self._beat_now.set()
             thread.join(timeout=5)
+
+    def publish_cards(self) -> None:
+        """Publish the model cards of the served models whose files are here, when they
+        changed (checked every FILES_RECHECK_S): a machine that submits without the
+        files checks requests with them (workers/cards.py). Before the beat that names
+        them. No-op without a shared fleet."""
+        if not self.fleet.shared:
+            return
+        try:
+            served = sorted({m for _, m in self._every if m})
+            self._cards.refresh(self._specs[name] for name in served)
+        except Exception as exc:
+            log.debug("model cards not published: %s", exc)
 
     def beat(self) -> None:
         """Publish this worker's heartbeat (no-op without a shared fleet)."""
@@ -354,6 +371,7 @@ class Steering:
             pools=self._pools,
             running=running[0] if (running := self.running) else None,
             running_since=running[1] if running else None,
+            cards=dict(self._cards.ids),
             at=now,
         )
 

@@ -16,7 +16,7 @@ from stoker.jobs.image import (
     check_side,
     pipeline_geometry,
 )
-from stoker.workers.catalog import ModelCatalog
+from stoker.workers.catalog import ModelCatalog, ModelSpec
 from stoker.workers.loaders.diffusers import check_pipeline_folder, read_model_index
 from tests.diffusers_models import TinyPipelines, tiny_pipelines
 
@@ -38,7 +38,8 @@ def prepare(ctx: PrepareContext, **request: Any) -> Any:
 
 def test_the_default_size_comes_from_the_folder_configs(tiny: TinyPipelines) -> None:
     # Given the tiny pipeline (unet sample_size 32, a VAE that halves the size once)
-    geo = pipeline_geometry(tiny.image, read_model_index(tiny.image))
+    spec = ModelSpec("tiny_sd", "diffusers", tiny.image)
+    geo = pipeline_geometry(spec, read_model_index(tiny.image))
     # Then its default size is sample_size × VAE scale, in multiples of 8
     assert (geo.default_width, geo.default_height, geo.multiple) == (64, 64, 8)
 
@@ -69,7 +70,8 @@ def test_transformer_pipelines_default_to_sample_size_times_the_vae_scale(
     tmp_path: Path, cls: str, denoiser: str, config: dict[str, Any], expected: tuple[int, ...]
 ) -> None:
     folder = fake_pipeline(tmp_path / "p", cls, denoiser, config)
-    geo = pipeline_geometry(folder, read_model_index(folder))
+    spec = ModelSpec("p", "diffusers", folder)
+    geo = pipeline_geometry(spec, read_model_index(folder))
     assert (geo.default_width, geo.default_height, geo.multiple) == expected
 
 

@@ -3,7 +3,9 @@
 OpenAI clients and the tools built on them (chat UIs, proxies) list models before
 they send anything, and read one by id to check it exists. The list is this API
 machine's catalog (`stoker models`: the config's ``[models]`` and the packaged
-ones) with its files present, the same catalog that checks a submitted model name.
+ones) with its files present, and with a Redis job store the models whose files only
+live workers have (their model cards, workers/cards.py): the same catalog that
+checks a submitted model name.
 Names only: the API never tells a caller where files are. Each entry adds stoker's
 ``backend`` and ``capabilities`` (the jobs that can use it), and with a Redis job
 store ``workers``: how many live workers have the model and run one of those jobs
@@ -33,7 +35,7 @@ def _model(spec: ModelSpec, beats: list[WorkerBeat] | None) -> dict[str, Any]:
         "object": "model",
         # When its file was written: the model has no other creation time here. A
         # packaged model split over packages has no file until its first use joins it.
-        "created": int(spec.path.stat().st_mtime) if spec.path.exists() else 0,
+        "created": _created(spec),
         "owned_by": "stoker",
         "backend": spec.backend,
         "capabilities": kinds,
@@ -43,8 +45,17 @@ def _model(spec: ModelSpec, beats: list[WorkerBeat] | None) -> dict[str, Any]:
     return out
 
 
+def _created(spec: ModelSpec) -> int:
+    if spec.card is not None:
+        return int(spec.card.modified_at)
+    return int(spec.path.stat().st_mtime) if spec.path.exists() else 0
+
+
 def _usable(catalog: ModelCatalog) -> list[ModelSpec]:
-    return [s for s in catalog.all() if not catalog.missing_files(s)]
+    """This machine's models with their files, then those whose files only the live
+    workers have (their model cards), by name."""
+    here = [s for s in catalog.all() if not catalog.missing_files(s)]
+    return sorted([*here, *catalog.fleet_specs()], key=lambda s: s.name)
 
 
 @router.get("")

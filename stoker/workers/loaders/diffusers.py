@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,21 @@ def import_diffusers() -> Any:
     return diffusers
 
 
-def read_model_index(folder: Path) -> dict[str, Any]:
-    """The folder's model_index.json; ModelLoadError when it is not a pipeline folder."""
+def read_json_file(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_model_index(folder: Path, read: Callable[[Path], Any] = read_json_file) -> dict[str, Any]:
+    """The folder's model_index.json, read with ``read`` (a spec's ``read_json``: the
+    copy in a worker's model card); ModelLoadError when it is not a pipeline folder."""
     index = folder / "model_index.json"
-    if not index.is_file():
+    try:
+        data = read(index)
+    except (FileNotFoundError, NotADirectoryError):
         raise ModelLoadError(
             f"{folder} is not a diffusers pipeline folder: it has no model_index.json; "
             f"point the model's path at the folder that holds model_index.json"
-        )
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
+        ) from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not read {index}: {exc}; copy the file again") from exc
     if not isinstance(data, dict):

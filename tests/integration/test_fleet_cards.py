@@ -1,0 +1,125 @@
+"""A machine that submits jobs without the models' files (an API box with no GPU)
+checks requests with the model cards real `stoker worker` processes publish to Redis
+(workers/cards.py), and the jobs run on those workers: S3 outputs from moto_server,
+real Piper and a real (tiny) diffusers pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from stoker.api.app import create_app
+from stoker.cli import app as cli_app
+from stoker.client import Stoker
+from stoker.config import Settings
+from stoker.errors import InvalidInput
+from stoker.queues.records import JobState
+from stoker.workers.fleet import open_fleet
+from tests.api_server import auth, make_key
+from tests.deployment import Deployment, can_hide, hiding
+from tests.diffusers_models import tiny_pipelines
+from tests.piper_voices import copy_joe
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def wait_for_card(settings: Settings, name: str, timeout_s: float = 30) -> None:
+    """Until a live worker's heartbeat names a card for model ``name``."""
+    fleet = open_fleet(settings)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(name in beat.cards for beat in fleet.workers()):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"no worker published a card for {name} in {timeout_s} s")
+
+
+def test_a_submitter_that_cannot_see_the_voice_uses_the_workers_card(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    if not can_hide():
+        pytest.skip("needs `unshare --mount` (root) to give the CLI its own filesystem view")
+    # Given one config for the fleet naming voice "narrator", whose files only the
+    # workers' machines have (the submitting CLI runs with the folder hidden)
+    voices = tmp_path / "voices"
+    deployment.env.update(copy_joe(voices, "narrator").env("narrator"))
+    env = {**os.environ, **deployment.env}
+
+    def submit() -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "stoker.cli", "submit", "speak", "--text",
+               "Hello from the fleet.", "--voice", "narrator"]  # fmt: skip
+        return subprocess.run(
+            hiding(voices, cmd), env=env, capture_output=True, text=True, timeout=120
+        )
+
+    # When it submits while no worker is up, the missing file is named, as before
+    refused = submit()
+    assert refused.returncode != 0
+    assert "narrator.onnx does not exist" in refused.stderr, refused.stderr
+    assert "no live worker reports having it" in refused.stderr
+
+    # When a speak worker with the files is up, the same submission is accepted
+    deployment.start_worker("speak")
+    wait_for_card(deployment.settings(), "narrator")
+    accepted = submit()
+    assert accepted.returncode == 0, accepted.stderr
+
+    # Then the job runs there, and its chunks are those a submitter with the files
+    # makes (their keys hash the model's fingerprint): the worker's outputs are shared
+    with Stoker(deployment.settings()) as client:
+        record = client.wait(accepted.stdout.strip(), timeout_s=90)
+        assert client.catalog.get("narrator").card is None  # this process sees the files
+        again = client.submit("speak", {"text": "Hello from the fleet.", "voice": "narrator"})
+    assert record.state is JobState.SUCCEEDED, record.error
+    assert any(o.name.endswith(".wav") for o in record.outputs)
+    assert [c.key for c in again.chunks] == [c.key for c in record.chunks]
+
+
+def test_an_api_box_without_the_pipeline_lists_checks_and_runs_it(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Given a worker whose own config names a tiny text-to-image pipeline, and a
+    # submitting machine whose config does not name it at all
+    tiny = tiny_pipelines(tmp_path / "diffusers-models")
+    only_image = {k: v for k, v in tiny.env().items() if "TINY_SD__" in k}
+    deployment.start_worker("image", env=only_image)
+    settings = deployment.settings()
+    wait_for_card(settings, "tiny_sd")
+
+    with Stoker(settings) as client:
+        # When it submits an image of a size the pipeline cannot make, it is told why
+        with pytest.raises(InvalidInput, match="nearest valid width is 72"):
+            client.submit("image", {"model": "tiny_sd", "prompt": "a lighthouse", "width": 70})
+
+        # And a good request runs on the worker
+        job = client.submit(
+            "image", {"model": "tiny_sd", "prompt": "a lighthouse", "steps": 2, "seed": 7}
+        )
+        done = client.wait(job.id, timeout_s=120)
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert done.params["width"] == 64 and done.params["height"] == 64
+    assert [o.name for o in done.outputs if o.name.endswith(".png")] == ["image-00.png"]
+
+    # And `stoker models` lists it as on the workers, with one of them
+    listed = CliRunner().invoke(cli_app, ["models", "--json"], env=deployment.env)
+    assert listed.exit_code == 0, listed.output
+    row = {r["name"]: r for r in json.loads(listed.output)}["tiny_sd"]
+    assert (row["source"], row["missing"], row["workers"]) == ("fleet", [], 1)
+    assert row["capabilities"] == ["image"]
+
+    # And so does /v1/models, without saying where the files are
+    alice = auth(make_key(settings, "alice"))
+    with TestClient(create_app(settings, deliver_webhooks=False)) as api:
+        assert "tiny_sd" in {m["id"] for m in api.get("/v1/models", headers=alice).json()["data"]}
+        found = api.get("/v1/models/tiny_sd", headers=alice)
+        assert found.status_code == 200, found.text
+        assert found.json()["workers"] == 1 and found.json()["capabilities"] == ["image"]
+        assert str(tiny.image) not in found.text

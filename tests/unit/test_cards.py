@@ -1,0 +1,222 @@
+"""Model cards (workers/cards.py): a model as a worker has it, for a submitting
+machine that lacks its files. A spec made from a card must check requests and
+fingerprint chunks exactly as a spec of the files would. The fleet here is an
+in-memory one; tests/integration/test_fleet_cards.py runs real workers on Redis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stoker.config import load_settings
+from stoker.errors import InvalidInput, ModelLoadError, UnknownModel
+from stoker.jobs import capabilities_for
+from stoker.jobs.base import PrepareContext
+from stoker.jobs.image import ImageCapability
+from stoker.jobs.speak import SpeakCapability
+from stoker.workers.cards import (
+    DOC_MAX_BYTES,
+    CardPublisher,
+    FleetCards,
+    ModelCard,
+    card_of,
+    cards_of,
+)
+from stoker.workers.catalog import ModelCatalog, ModelSpec, spec_from_card
+from stoker.workers.fleet import WorkerBeat
+from tests.diffusers_models import TinyPipelines, tiny_pipelines
+from tests.piper_voices import VoiceFiles
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyPipelines:
+    return tiny_pipelines(tmp_path_factory.getbasetemp() / "diffusers-models")
+
+
+class MemoryFleet:
+    """Heartbeats and cards in a dict: the part of a Fleet that cards use."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        self.beats: dict[str, WorkerBeat] = {}
+        self.stored: dict[str, ModelCard] = {}
+        self.publications = 0
+
+    def join(self, host: str, cards: dict[str, ModelCard]) -> None:
+        self.publish_cards(list(cards.values()), 60)
+        self.beats[host] = WorkerBeat(
+            hostname=host, device="cpu", scheduling="backlog", queues=[], pools=[],
+            cards={name: card.id for name, card in cards.items()}, at=time.time(),
+        )  # fmt: skip
+
+    def workers(self) -> list[WorkerBeat]:
+        return list(self.beats.values())
+
+    def publish_cards(self, cards: list[ModelCard], ttl_s: float) -> None:
+        self.publications += 1
+        self.stored.update({c.id: c for c in cards})
+
+    def read_cards(self, ids: list[str]) -> dict[str, ModelCard]:
+        return {i: self.stored[i] for i in ids if i in self.stored}
+
+
+def voice_spec(voice: VoiceFiles, name: str = "duo") -> ModelSpec:
+    return ModelSpec(name, "piper", voice.model, voice.config)
+
+
+def test_a_cards_spec_fingerprints_as_the_files_do(two_speaker_voice: VoiceFiles) -> None:
+    # Given a voice as a worker has it, and the spec its card makes elsewhere
+    local = voice_spec(two_speaker_voice)
+    remote = spec_from_card(card_of(local))
+
+    # Then chunk identities match: same fingerprint, also with a job's load options
+    assert remote.fingerprint == local.fingerprint
+    extra = {"n_ctx": 512}
+    assert remote.with_options(extra).fingerprint == local.with_options(extra).fingerprint
+    # And its files are "there" (on the workers), with the worker's sizes
+    assert remote.missing_files() == []
+    assert remote.disk_bytes() == local.disk_bytes()
+    assert remote.source == "fleet" and remote.path == local.path
+
+
+def test_a_card_carries_the_small_json_files_only(tiny: TinyPipelines, tmp_path: Path) -> None:
+    # Given a pipeline folder with a big JSON file (a vocabulary) beside its configs
+    folder = tmp_path / "sd"
+    shutil.copytree(tiny.image, folder)
+    (folder / "tokenizer" / "big.json").write_text(json.dumps(["x" * 100] * DOC_MAX_BYTES))
+    card = card_of(ModelSpec("sd", "diffusers", folder))
+
+    # Then its configs travel, keyed by their place in the folder, and the big file not
+    assert {"model_index.json", "vae/config.json", "unet/config.json"} <= card.documents.keys()
+    assert "tokenizer/big.json" not in card.documents
+    remote = spec_from_card(card)
+    assert remote.read_json(folder / "unet" / "config.json") == json.loads(
+        (folder / "unet" / "config.json").read_text()
+    )
+    # And reading a file the card does not carry says so, naming the file
+    with pytest.raises(FileNotFoundError, match=r"big\.json is on the workers"):
+        remote.read_json(folder / "tokenizer" / "big.json")
+
+
+def catalog_with(
+    tmp_path: Path, fleet: MemoryFleet, models: dict[str, Any] | None = None
+) -> ModelCatalog:
+    settings = load_settings(data_dir=tmp_path / "submitter", models=models or {})
+    return ModelCatalog(settings, fleet=FleetCards(fleet))  # type: ignore[arg-type]
+
+
+def test_a_submitter_checks_requests_with_a_workers_card(
+    tmp_path: Path, tiny: TinyPipelines, two_speaker_voice: VoiceFiles
+) -> None:
+    # Given a worker that published cards for a pipeline and a two-speaker voice, and a
+    # submitting machine whose config names neither
+    fleet = MemoryFleet()
+    image = ModelSpec("tiny_sd", "diffusers", tiny.image)
+    fleet.join("gpu-box", cards_of([image, voice_spec(two_speaker_voice)]))
+    catalog = catalog_with(tmp_path, fleet)
+    ctx = PrepareContext(load_settings(data_dir=tmp_path / "submitter"), catalog)
+
+    # Then it knows both names, and what each is for
+    assert catalog.names("diffusers") == ["tiny_sd"]
+    assert "duo" in catalog.names("piper")
+    assert capabilities_for(catalog.get("tiny_sd")) == ["image"]
+
+    # And an image request is checked against the pipeline's configs from the card
+    with pytest.raises(InvalidInput, match="nearest valid width is 72"):
+        ImageCapability().prepare({"model": "tiny_sd", "prompt": "x", "width": 70}, ctx)
+    plan = ImageCapability().prepare({"model": "tiny_sd", "prompt": "x", "seed": 1}, ctx)
+    assert (plan.params["width"], plan.params["height"]) == (64, 64)
+    assert plan.chunks[0].identity["model"] == image.fingerprint
+
+    # And a speak request against the voice's speakers from its .onnx.json
+    with pytest.raises(InvalidInput, match="voice 'duo' has no speaker 'nobody'"):
+        SpeakCapability().prepare({"text": "Hi.", "voice": "duo", "speaker": "nobody"}, ctx)
+    said = SpeakCapability().prepare({"text": "Hi.", "voice": "duo", "speaker": "slow"}, ctx)
+    assert said.params["speaker_id"] == 1
+
+
+def test_local_files_come_first_and_a_card_stands_in_for_missing_ones(
+    tmp_path: Path, two_speaker_voice: VoiceFiles
+) -> None:
+    # Given a worker's card for "duo" (its voice), and a submitter that configures
+    # "duo" at a path where it has no files, and "mine" at a voice it has
+    fleet = MemoryFleet()
+    fleet.join("gpu-box", cards_of([voice_spec(two_speaker_voice)]))
+    mine = voice_spec(two_speaker_voice, "mine")
+    models = {
+        "duo": {"backend": "piper", "path": str(tmp_path / "absent.onnx")},
+        "mine": {"backend": "piper", "path": str(mine.path), "config": str(mine.config_path)},
+    }
+    catalog = catalog_with(tmp_path, fleet, models)
+
+    # Then "duo" comes from the card, "mine" from its files here
+    assert catalog.get("duo").card is not None
+    assert catalog.get("duo").path == two_speaker_voice.model
+    assert catalog.get("mine").card is None
+    assert [s.name for s in catalog.fleet_specs()] == ["duo"]
+
+    # And once no live worker has it, the missing file is named, as before
+    fleet.beats.clear()
+    catalog = catalog_with(tmp_path, fleet, models)  # a new reader: no cards kept
+    with pytest.raises(ModelLoadError, match=r"absent\.onnx does not exist .*no live worker"):
+        catalog.get("duo")
+    with pytest.raises(UnknownModel) as unknown:
+        catalog.get("elsewhere", backend="piper")
+    assert "duo" in str(unknown.value)
+
+
+def test_the_card_most_workers_hold_wins(tmp_path: Path, two_speaker_voice: VoiceFiles) -> None:
+    # Given three workers with a "duo": two with one file, one with another
+    fleet = MemoryFleet()
+    common = card_of(voice_spec(two_speaker_voice))
+    odd = common.model_copy(update={"disk_bytes": 1})
+    fleet.join("a", {"duo": common})
+    fleet.join("b", {"duo": odd})
+    fleet.join("c", {"duo": common})
+
+    # Then a submitter takes the majority's
+    assert FleetCards(fleet).cards()["duo"].id == common.id  # type: ignore[arg-type]
+
+
+def test_a_fleet_that_cannot_be_read_has_no_cards(caplog: pytest.LogCaptureFixture) -> None:
+    class Away(MemoryFleet):
+        def workers(self) -> list[WorkerBeat]:
+            raise ConnectionError("Redis is away")
+
+    assert FleetCards(Away()).cards() == {}  # type: ignore[arg-type]
+    assert "cannot read the workers' model cards: Redis is away" in caplog.text
+
+
+def test_a_worker_publishes_its_cards_when_they_change(
+    tmp_path: Path, two_speaker_voice: VoiceFiles
+) -> None:
+    # Given a worker's voice copied to a folder of its own, and a publisher that checks
+    # on every call
+    folder = tmp_path / "voices"
+    folder.mkdir()
+    model = Path(shutil.copyfile(two_speaker_voice.model, folder / "v.onnx"))
+    config = Path(shutil.copyfile(two_speaker_voice.config, folder / "v.onnx.json"))
+    spec = ModelSpec("v", "piper", model, config)
+    fleet = MemoryFleet()
+    publisher = CardPublisher(fleet, every_s=0)  # type: ignore[arg-type]
+
+    # When nothing changes between checks, the cards are published once
+    publisher.refresh([spec])
+    publisher.refresh([spec])
+    assert fleet.publications == 1 and list(publisher.ids) == ["v"]
+
+    # When the voice's config changes, its new card is published
+    config.write_text(config.read_text() + "\n")
+    publisher.refresh([spec])
+    assert fleet.publications == 2
+
+    # And a model whose files went away has no card
+    model.unlink()
+    publisher.refresh([spec])
+    assert publisher.ids == {}
