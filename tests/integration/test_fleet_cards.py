@@ -123,3 +123,31 @@ def test_an_api_box_without_the_pipeline_lists_checks_and_runs_it(
         assert found.status_code == 200, found.text
         assert found.json()["workers"] == 1 and found.json()["capabilities"] == ["image"]
         assert str(tiny.image) not in found.text
+
+
+def test_an_api_box_without_a_capabilitys_libraries_serves_it_through_the_workers(
+    clean_redis: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stoker.api.errors import ApiError
+    from stoker.api.routes import openai as routes
+    from stoker.workers.fleet import WorkerBeat
+
+    # Given an API machine where diffusers is not installed
+    monkeypatch.setattr(routes, "installed", lambda cap: False)
+    settings = Settings(data_dir=tmp_path, broker_url=clean_redis)
+
+    # When no live worker runs image, an image request is refused (503) saying why
+    with pytest.raises(ApiError) as refused:
+        routes.require_deployed("image", settings)
+    assert refused.value.status == 503 and "not deployed" in str(refused.value)
+
+    # When a worker on another machine serves image (its heartbeat says so), it is not
+    beat = WorkerBeat(
+        hostname="gpu-box", device="cuda:0", scheduling="backlog", queues=["image"],
+        serves=["image", "image.m.tiny_sd"], pools=[], at=time.time(),
+    )  # fmt: skip
+    open_fleet(settings).publish(beat, ttl_s=30)
+    routes.require_deployed("image", settings)
+    # And a capability no worker serves is still refused
+    with pytest.raises(ApiError):
+        routes.require_deployed("mesh", settings)

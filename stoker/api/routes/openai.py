@@ -1,6 +1,7 @@
 """OpenAI's synchronous routes: submit, wait up to ``api.sync_wait_s``, answer.
 
-A capability that is not deployed here answers 503. A job still unfinished at the
+A capability that is neither installed here nor served by a live worker (with a
+Redis fleet: the heartbeats) answers 503. A job still unfinished at the
 deadline answers 504 with the job id (header ``X-Stoker-Job-Id`` and the message): it
 keeps running and can be read at ``/v1/jobs/{id}``. We chose 504 over 202 because an
 OpenAI client expects the result body or an error, never an accepted-for-later answer.
@@ -27,16 +28,26 @@ from stoker.api.openai_shapes import (
 from stoker.api.routes.files import save_upload
 from stoker.api.state import ApiState
 from stoker.api.submission import submit_job
+from stoker.config import Settings
 from stoker.jobs import CAPABILITIES, installed
+from stoker.queues.app import queue_kind
 from stoker.queues.records import JobRecord, JobState
+from stoker.workers.coverage import live_beats
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 OpenAIBody = Annotated[dict[str, Any], Body(description="the OpenAI request body")]
 
 
-def require_deployed(kind: str) -> None:
+def require_deployed(kind: str, settings: Settings | None = None) -> None:
+    """503 unless ``kind`` can run: its engines are installed on this machine, or
+    (with ``settings`` of a Redis fleet) a live worker serves it. An API box with no
+    GPU need not install the models' libraries; the workers that run them do."""
     cap = CAPABILITIES.get(kind)
+    if cap is not None and not installed(cap) and settings is not None:
+        beats = live_beats(settings) or []
+        if any(kind in {queue_kind(q) for q in [*b.serves, *b.queues]} for b in beats):
+            return
     if cap is None or not installed(cap):
         raise ApiError(
             503,
@@ -50,7 +61,7 @@ def require_deployed(kind: str) -> None:
 def run_sync(state: ApiState, key: ApiKey, endpoint: str, body: dict[str, Any]) -> JobRecord:
     """Submit the request of ``endpoint`` and wait for its job; the finished record."""
     adapter = ADAPTERS[endpoint]
-    require_deployed(adapter.kind)
+    require_deployed(adapter.kind, state.settings)
     request = adapter.to_request(body)
     record, _ = submit_job(
         state,
@@ -154,7 +165,7 @@ def transcriptions(
     body |= {k: v for k, v in asked.items() if v is not None}
     # Checked before the upload is stored, so a refused request leaves nothing behind.
     transcription_request({**body, "file": "-"})
-    require_deployed("transcribe")
+    require_deployed("transcribe", state.settings)
     upload = save_upload(state, key, file, "user_data")
     body["file"] = upload.id
     try:
