@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from stoker.config import Settings
     from stoker.workers.catalog import ModelSpec
     from stoker.workers.fleet import Fleet
+    from stoker.workers.packaged import SplitModel
 
 log = logging.getLogger(__name__)
 
@@ -87,21 +88,29 @@ def document_key(path: Path, folder: bool, target: Path) -> str:
         return str(target)
 
 
-def card_of(spec: ModelSpec) -> ModelCard:
-    """The card of ``spec``, whose files must all exist here. Reads only small JSON files."""
-    files = spec.files
-    folder = spec.path.is_dir()
+def card_of(spec: ModelSpec, pieces: SplitModel | None = None) -> ModelCard:
+    """The card of ``spec``, whose files must all exist here, or with ``pieces`` of a
+    split model not joined yet: of the folder joining it will write (the same card but
+    for the times). Reads only small JSON files."""
+    if pieces is None:
+        # (file, size, where to read it): every file, as it is on disk
+        layout: list[tuple[Path, int, Path | None]] = [(f, f.stat().st_size, f) for f in spec.files]
+        identity, folder = spec.identity(), spec.path.is_dir()
+    else:
+        layout = pieces.planned(spec.path)
+        identity, folder = spec.identity([(dest, size) for dest, size, _ in layout]), True
     documents: dict[str, Any] = {}
-    for file in files:
+    for file, size, source in layout:
         limit = SIDE_DOC_MAX_BYTES if file == spec.config_path else DOC_MAX_BYTES
-        if file.suffix != ".json" or file.stat().st_size > limit:
+        if source is None or file.suffix != ".json" or size > limit:
             continue
         try:
             documents[document_key(spec.path, folder, file)] = json.loads(
-                file.read_text(encoding="utf-8")
+                source.read_text(encoding="utf-8")
             )
         except (OSError, ValueError) as exc:  # the worker's own load says what is wrong
             log.debug("model card of %s leaves out %s: %s", spec.name, file, exc)
+    sources = [source or file for file, _, source in layout if source or file.exists()]
     return ModelCard(
         name=spec.name,
         backend=spec.backend,
@@ -109,20 +118,27 @@ def card_of(spec: ModelSpec) -> ModelCard:
         folder=folder,
         config_path=None if spec.config_path is None else str(spec.config_path),
         options=json.loads(json.dumps(dict(spec.options), default=str)),
-        identity=spec.identity(),
-        disk_bytes=spec.disk_bytes(),
-        modified_at=max((f.stat().st_mtime for f in files), default=0.0),
+        identity=identity,
+        disk_bytes=spec.disk_bytes() if pieces is None else sum(size for _, size, _ in layout),
+        modified_at=max((f.stat().st_mtime for f in sources), default=0.0),
         documents=documents,
     )
 
 
-def cards_of(specs: Iterable[ModelSpec]) -> dict[str, ModelCard]:
-    """Cards of the specs whose files are all here, by name; the others are left out
-    (a split model not joined yet has its card once it is)."""
+#: The pieces of a spec when it is a split model not joined yet (ModelCatalog.pending_split).
+Pending = Callable[["ModelSpec"], "SplitModel | None"]
+
+
+def cards_of(specs: Iterable[ModelSpec], pending: Pending | None = None) -> dict[str, ModelCard]:
+    """Cards of the specs whose files are all here, or that are split models whose
+    pieces are (``pending``), by name; the others are left out."""
     out = {}
     for spec in specs:
         try:
-            if not spec.missing_files():
+            pieces = None if pending is None else pending(spec)
+            if pieces is not None and not pieces.missing():
+                out[spec.name] = card_of(spec, pieces)
+            elif pieces is None and not spec.missing_files():
                 out[spec.name] = card_of(spec)
         except OSError as exc:  # a file deleted while we read it: next round
             log.debug("no model card for %s now: %s", spec.name, exc)
@@ -140,13 +156,13 @@ class CardPublisher:
         self._published_at = float("-inf")
         self.ids: dict[str, str] = {}  # name → card id, as the heartbeat names them
 
-    def refresh(self, specs: Iterable[ModelSpec]) -> None:
+    def refresh(self, specs: Iterable[ModelSpec], pending: Pending | None = None) -> None:
         """Work the cards out again (every ``every_s``) and publish them if changed."""
         now = time.monotonic()
         if now - self._checked_at < self._every_s:
             return
         self._checked_at = now
-        cards = cards_of(specs)
+        cards = cards_of(specs, pending)
         ids = {name: card.id for name, card in cards.items()}
         if ids == self.ids and now - self._published_at < CARD_REPUBLISH_S:
             return

