@@ -84,13 +84,21 @@ def check_storage(settings: Settings) -> Check:
 
 
 def check_models(settings: Settings) -> list[Check]:
+    """Each model of this machine's catalog: are its files here? With a Redis fleet, a
+    model whose files only live workers have is fine (submissions here use their
+    model cards), and the models only they have are listed too."""
+    from stoker.workers.cards import fleet_cards
     from stoker.workers.catalog import ModelCatalog
 
-    catalog = ModelCatalog(settings)
+    catalog = ModelCatalog(settings, fleet=fleet_cards(settings))
+    elsewhere = {s.name: s for s in catalog.fleet_specs()}
     checks = []
     for spec in catalog.all():
         missing = catalog.missing_files(spec)
-        if missing:
+        if missing and spec.name in elsewhere:
+            why = f"not on this machine ({missing[0]}); live workers have it"
+            checks.append(Check(f"model {spec.name}", True, why))
+        elif missing:
             checks.append(
                 Check(
                     f"model {spec.name}",
@@ -101,6 +109,10 @@ def check_models(settings: Settings) -> list[Check]:
             )
         else:
             checks.append(Check(f"model {spec.name}", True, f"{spec.backend}, {spec.source}"))
+    here = {spec.name for spec in catalog.all()}
+    for name, spec in sorted(elsewhere.items()):
+        if name not in here:
+            checks.append(Check(f"model {name}", True, f"{spec.backend}, on live workers"))
     if not checks:
         checks.append(
             Check(
@@ -113,13 +125,23 @@ def check_models(settings: Settings) -> list[Check]:
     return checks
 
 
-def check_engines() -> list[Check]:
+def check_engines(settings: Settings | None = None) -> list[Check]:
+    """Each capability's libraries: installed here? With a Redis fleet, one that is not
+    but whose capability a live worker runs is fine (this machine submits, they run)."""
     from stoker.jobs import CAPABILITIES
+    from stoker.queues.app import queue_kind
+    from stoker.workers.coverage import live_beats
 
+    beats = (live_beats(settings) if settings is not None else None) or []
+    served = {queue_kind(q) for b in beats for q in [*b.serves, *b.queues]}
     checks = []
     engines = {(kind, m, e) for kind, cap in CAPABILITIES.items() for m, e in cap.engines}
     for capability, module, extra in sorted(engines):
         found = importlib.util.find_spec(module) is not None
+        if not found and capability in served:
+            why = f"not installed here; live workers run {capability}"
+            checks.append(Check(f"{capability}: {module}", True, why))
+            continue
         checks.append(
             Check(
                 f"{capability}: {module}",
@@ -225,6 +247,6 @@ def check_waiting_queues(settings: Settings) -> list[Check]:
 
 def run_checks(settings: Settings) -> list[Check]:
     single: list[Callable[[Settings], Check]] = [check_broker, check_job_store, check_storage]
-    checks = [c(settings) for c in single] + check_engines() + [check_gpus()]
+    checks = [c(settings) for c in single] + check_engines(settings) + [check_gpus()]
     checks += check_models(settings)
     return checks + check_waiting_queues(settings) + check_path_queues(settings)

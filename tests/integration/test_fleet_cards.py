@@ -227,3 +227,44 @@ def test_a_submitter_with_the_core_only_submits_every_packaged_model_to_the_work
         )
     assert [c.key for c in speak.chunks] == [c.key for c in records["speak"].chunks]
     assert [c.key for c in generate.chunks] == [c.key for c in records["generate"].chunks]
+
+
+def test_doctor_on_a_submitting_machine_counts_what_live_workers_have(
+    clean_redis: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stoker import doctor
+    from stoker.workers.cards import cards_of
+    from stoker.workers.catalog import ModelSpec
+    from stoker.workers.fleet import WorkerBeat
+
+    # Given a worker elsewhere with voices "narrator" and "guide" (its heartbeat and
+    # cards), and this machine's config naming "narrator" at a path it lacks
+    voice = copy_joe(tmp_path / "voices", "narrator")
+    cards = cards_of(
+        [ModelSpec(n, "piper", voice.model, voice.config) for n in ("narrator", "guide")]
+    )
+    here = {"narrator": {"backend": "piper", "path": "/nowhere/n.onnx"}}
+    settings = Settings(data_dir=tmp_path / "api", broker_url=clean_redis, models=here)
+    fleet = open_fleet(settings)
+    fleet.publish_cards(list(cards.values()), ttl_s=60)
+    fleet.publish(
+        WorkerBeat(hostname="gpu-box", device="cpu", scheduling="backlog", queues=["speak"],
+                   serves=["speak"], pools=[], cards={n: c.id for n, c in cards.items()},
+                   at=time.time()),
+        ttl_s=30,
+    )  # fmt: skip
+
+    # Then the models check passes for both, saying where they are
+    checks = {c.name: c for c in doctor.check_models(settings)}
+    assert checks["model narrator"].ok, checks["model narrator"]
+    assert "not on this machine (/nowhere/n.onnx); live workers have it" in (
+        checks["model narrator"].detail
+    )
+    assert checks["model guide"].ok and "on live workers" in checks["model guide"].detail
+
+    # And with no library installed here, only the capabilities no worker runs fail
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: None)
+    engines = {c.name: c for c in doctor.check_engines(settings)}
+    assert engines["speak: piper"].ok
+    assert engines["speak: piper"].detail == "not installed here; live workers run speak"
+    assert not engines["generate: llama_cpp"].ok
