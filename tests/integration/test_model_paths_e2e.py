@@ -218,3 +218,48 @@ def test_a_preload_path_of_no_known_shape_stops_the_worker_with_a_sentence(
     message = " ".join(str(caught.value).split())
     assert f"--preload {odd}: cannot tell which backend" in message
     assert "[models.NAME]" in message
+
+
+def test_with_fifo_scheduling_a_worker_without_the_file_hands_the_job_on(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    if not can_hide():
+        pytest.skip("needs `unshare --mount` (root) to give a worker its own filesystem view")
+    # Given FIFO scheduling (every worker takes every generate job), a model only some
+    # machines have, and first only a worker that cannot see it
+    deployment.env.update(STOKER_SCHEDULING="fifo", STOKER_SCHEDULER_ORPHAN_WAIT_S="600")
+    models = tmp_path / "models"
+    models.mkdir()
+    model = write_tiny_llama(models / "tiny.gguf")
+    without = deployment.start_worker("generate", hide=models)
+    with Stoker(deployment.settings()) as client:
+        # When jobs name the model by path, that worker takes them and hands them on
+        jobs = [client.submit("generate", {"prompt": f"Hi {i}", "model": str(model), **SAMPLING})
+                for i in range(3)]  # fmt: skip
+        without.wait_for_log("handing it on to a worker that has the files", timeout_s=30)
+        assert {client.status(j.id).state for j in jobs} <= {JobState.QUEUED, JobState.RUNNING}
+
+        # And once a worker with the file joins, it runs them all (before, each failed)
+        with_file = deployment.start_worker("generate")
+        done = [client.wait(j.id, timeout_s=120) for j in jobs]
+    assert [d.state for d in done] == [JobState.SUCCEEDED] * 3, [d.error for d in done]
+    assert ran_jobs(with_file) == {j.id for j in jobs}
+    assert ran_jobs(without) == set()
+
+
+def test_with_fifo_scheduling_a_file_no_worker_has_fails_after_the_orphan_wait(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Given FIFO scheduling that gives up after 4 s, and a job whose file is then deleted
+    deployment.env.update(STOKER_SCHEDULING="fifo", STOKER_SCHEDULER_ORPHAN_WAIT_S="4")
+    gone = write_tiny_llama(tmp_path / "gone.gguf")
+    with Stoker(deployment.settings()) as client:
+        job = client.submit("generate", {"prompt": "Hi", "model": str(gone), **SAMPLING})
+        gone.unlink()
+        worker = deployment.start_worker("generate")
+        done = client.wait(job.id, timeout_s=90)
+
+    # Then it was handed on a few times, and failed naming the file and the host
+    assert worker.text().count("handing it on") >= 2
+    assert done.state is JobState.FAILED and done.error is not None
+    assert f"{gone} does not exist on host {socket.gethostname()}" in done.error.message
