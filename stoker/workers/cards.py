@@ -110,7 +110,7 @@ def card_of(spec: ModelSpec, pieces: SplitModel | None = None) -> ModelCard:
             )
         except (OSError, ValueError) as exc:  # the worker's own load says what is wrong
             log.debug("model card of %s leaves out %s: %s", spec.name, file, exc)
-    sources = [source or file for file, _, source in layout if source or file.exists()]
+    sources = [source for _, _, source in layout if source is not None]
     return ModelCard(
         name=spec.name,
         backend=spec.backend,
