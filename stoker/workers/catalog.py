@@ -169,11 +169,12 @@ class ModelSpec:
         return {"backend": self.backend, "path": str(self.path.resolve()), "files": sizes}
 
     def read_json(self, path: Path) -> Any:
-        """The JSON file ``path`` (one of this model's files), parsed; OSError or
-        ValueError as reading the file raises. For a spec from a card: the card's copy,
-        and FileNotFoundError when it carries none (only small JSON files travel)."""
-        if self.card is None:
-            return json.loads(path.read_text(encoding="utf-8"))
+        """The JSON file ``path`` (one of this model's files), parsed (do not change
+        it: it is shared); OSError or ValueError as reading the file raises. For a spec
+        from a card: the card's copy, and FileNotFoundError when it carries none (only
+        small JSON files travel)."""
+        if self.card is None:  # read once per spec (a catalog's is fresh every FRESH_S)
+            return self._remember(f"json:{path}", lambda: json.loads(path.read_text("utf-8")))
         from stoker.workers.cards import document_key
 
         key = document_key(self.path, self.card.folder, path)
