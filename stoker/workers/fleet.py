@@ -244,7 +244,15 @@ class RedisFleet:
         if not ids:
             return {}
         raws = self._client.mget([_card_key(i) for i in ids])
-        return {i: ModelCard.model_validate_json(r) for i, r in zip(ids, raws, strict=True) if r}
+        cards = {}
+        for card_id, raw in zip(ids, raws, strict=True):
+            if raw is None:  # expired: its worker stopped publishing it
+                continue
+            try:
+                cards[card_id] = ModelCard.model_validate_json(raw)
+            except ValueError as exc:  # another stoker version's, say: skip that one only
+                log.warning("skipping an unreadable model card %s (%s)", card_id, exc)
+        return cards
 
 
 def _footprint(fingerprint: str, device_kind: str, nbytes: int, name: str) -> Footprint:

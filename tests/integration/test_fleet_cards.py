@@ -268,3 +268,32 @@ def test_doctor_on_a_submitting_machine_counts_what_live_workers_have(
     assert engines["speak: piper"].ok
     assert engines["speak: piper"].detail == "not installed here; live workers run speak"
     assert not engines["generate: llama_cpp"].ok
+
+
+def test_an_unreadable_card_is_skipped_and_the_others_are_used(
+    clean_redis: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    from stoker.workers.cards import FleetCards, cards_of
+    from stoker.workers.catalog import ModelSpec
+    from stoker.workers.fleet import WorkerBeat
+
+    # Given two workers: one with a good card, one whose card does not parse (written
+    # by another stoker version, say)
+    voice = copy_joe(tmp_path / "voices", "narrator")
+    good = cards_of([ModelSpec("narrator", "piper", voice.model, voice.config)])["narrator"]
+    settings = Settings(data_dir=tmp_path, broker_url=clean_redis)
+    fleet = open_fleet(settings)
+    fleet.publish_cards([good], ttl_s=60)
+    redis.Redis.from_url(clean_redis).set("stoker:card:garbled", b'{"name": 3}')
+    for host, cards in (("a", {"narrator": good.id}), ("b", {"other": "garbled"})):
+        fleet.publish(
+            WorkerBeat(hostname=host, device="cpu", scheduling="backlog", queues=[],
+                       pools=[], cards=cards, at=time.time()),
+            ttl_s=30,
+        )  # fmt: skip
+
+    # Then the good card is read, and the other is skipped with a warning
+    assert list(FleetCards(fleet).cards()) == ["narrator"]
+    assert "skipping an unreadable model card garbled" in caplog.text
