@@ -225,8 +225,11 @@ class RedisFleet:
         for name, raw in zip(names, raws, strict=True):
             if raw is None:
                 gone.append(name)
-            else:
+                continue
+            try:
                 beats.append(WorkerBeat.model_validate(json.loads(raw)))
+            except ValueError as exc:  # another stoker version's, say: skip that worker
+                log.warning("skipping the unreadable heartbeat of %s (%s)", name, exc)
         if gone:
             self._client.srem(WORKERS_KEY, *gone)
         return beats

@@ -179,6 +179,24 @@ def test_heartbeats_list_live_workers_and_forget_expired_ones(clean_redis: str) 
     assert fleet.workers() == []
 
 
+def test_an_unreadable_heartbeat_is_skipped_and_the_others_are_read(
+    clean_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a live worker's beat, and one written by another stoker version
+    client = redis.Redis.from_url(clean_redis)
+    fleet = RedisFleet(client)
+    fleet.publish(
+        WorkerBeat(hostname="w1", device="cpu", scheduling="backlog", queues=[], pools=[], at=0),
+        30.0,
+    )
+    client.set("stoker:worker:w0", b'{"hostname": "w0", "pools": "none"}')
+    client.sadd("stoker:workers", "w0")
+
+    # Then the readable one is listed, and the other skipped with a warning
+    assert [w.hostname for w in fleet.workers()] == ["w1"]
+    assert "skipping the unreadable heartbeat of w0" in caplog.text
+
+
 def test_backlog_counts_every_priority_and_ages_the_oldest_message(
     clean_redis: str, tmp_path: Path
 ) -> None:
