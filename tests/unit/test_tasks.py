@@ -80,24 +80,3 @@ def test_a_chunk_of_a_deleted_job_is_dropped_without_failing_anything(tmp_path: 
 @pytest.mark.parametrize(("retries", "expected"), [(0, 2.0), (1, 4.0), (3, 16.0), (20, 300.0)])
 def test_backoff_doubles_and_is_capped(retries: int, expected: float, tmp_path: Path) -> None:
     assert backoff_s(load_settings(data_dir=tmp_path), retries) == expected
-
-
-@pytest.mark.parametrize(
-    ("scheduling", "broker", "retries", "expected"),
-    [
-        ("fifo", "redis://127.0.0.1:6379/0", 0, 2.0),  # every worker takes every job
-        ("fifo", "redis://127.0.0.1:6379/0", 29, 2.0),  # 58 s of the 60 s tried
-        ("fifo", "redis://127.0.0.1:6379/0", 30, None),  # the wait is over: fail here
-        ("backlog", "redis://127.0.0.1:6379/0", 0, None),  # only orphans reach it
-        ("fifo", "", 0, None),  # the embedded broker: one machine, nobody to hand on to
-    ],
-)
-def test_a_chunk_whose_files_are_elsewhere_is_handed_on_only_under_fifo_on_redis(
-    tmp_path: Path, scheduling: str, broker: str, retries: int, expected: float | None
-) -> None:
-    from stoker.queues.tasks import hand_on_s
-
-    overrides = {"broker_url": broker} if broker else {}
-    settings = load_settings(data_dir=tmp_path, scheduling=scheduling, **overrides)
-    assert settings.scheduler_orphan_wait_s == 60
-    assert hand_on_s(settings, retries) == expected
