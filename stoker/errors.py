@@ -81,14 +81,6 @@ class ModelLoadError(PermanentError):
     kind = "model_load_failed"
 
 
-class ModelNotHere(ModelLoadError):
-    """The model's files are not on this worker's machine; another worker may have them.
-
-    Permanent for this worker. With FIFO scheduling on a shared fleet, where every
-    worker takes every job of its capabilities, the chunk is handed on for a while
-    (queues/tasks.py :func:`settle`) before the job fails with this."""
-
-
 class ModelTooLarge(PermanentError):
     """The model cannot fit in its pool's memory budget even with everything evicted."""
 

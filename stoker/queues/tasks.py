@@ -22,12 +22,11 @@ from stoker.errors import (
     InternalError,
     JobCancelled,
     JobNotFound,
-    ModelNotHere,
     PermanentError,
     StokerError,
     TransientError,
 )
-from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK, steers_by_backlog
+from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK
 from stoker.queues.redis_transport import acks_together
 
 if TYPE_CHECKING:
@@ -71,26 +70,6 @@ def backoff_s(settings: Settings, retries: int) -> float:
     return min(settings.retry_backoff_s * (2**retries), settings.retry_backoff_max_s)
 
 
-#: How long a chunk handed on (:func:`hand_on_s`) waits before a worker takes it again.
-HAND_ON_S = 2.0
-
-
-def hand_on_s(settings: Settings, retries: int) -> float | None:
-    """Seconds until a chunk whose model's files are not on this worker is offered
-    again, or None when it is to fail here.
-
-    With backlog scheduling a worker never takes the queue of a model it lacks
-    (workers/steering.py) except as an orphan, which is to fail. With FIFO on a shared
-    fleet (a Redis job store) every worker takes every job of its capabilities, so the
-    chunk is put back (any worker may take it next) until ``scheduler_orphan_wait_s``
-    worth of tries have passed; then it fails, naming the file and host.
-    """
-    shared = settings.state_url.startswith(("redis://", "rediss://"))
-    if steers_by_backlog(settings) or not shared:
-        return None
-    return HAND_ON_S if retries * HAND_ON_S < settings.scheduler_orphan_wait_s else None
-
-
 def settle(
     executor: Executor, settings: Settings, args: ChunkArgs, exc: BaseException, retries: int
 ) -> float | None:
@@ -101,10 +80,6 @@ def settle(
         log.info("job %s chunk %d stopped: cancelled", job_id, index)
     elif isinstance(exc, JobNotFound):  # deleted after it ended: nothing to record
         log.info("job %s chunk %d dropped: the job no longer exists", job_id, index)
-    elif isinstance(exc, ModelNotHere) and (delay := hand_on_s(settings, retries)) is not None:
-        log.warning("job %s chunk %d: %s; handing it on to a worker that has the files "
-                    "(again in %.0f s)", job_id, index, exc, delay)  # fmt: skip
-        return delay
     elif isinstance(exc, TransientError):
         if retries < settings.task_max_retries:
             delay = backoff_s(settings, retries)

@@ -44,7 +44,7 @@ from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 from stoker.config import ModelEntry, Settings
-from stoker.errors import InvalidInput, ModelLoadError, ModelNotHere, UnknownModel
+from stoker.errors import InvalidInput, ModelLoadError, UnknownModel
 from stoker.workers.packaged import SplitModel, gemma_270m, whisper_base
 
 if TYPE_CHECKING:
@@ -478,7 +478,7 @@ class ModelCatalog:
             self._fresh[(name, backend)] = (time.monotonic() + FRESH_S, spec)
         missing = spec.missing_files()
         if missing and spec.source == "path":
-            raise ModelNotHere(
+            raise ModelLoadError(
                 f"model file {missing[0]} does not exist on host {socket.gethostname()}; "
                 f"a job that names its model by path loads it from that same path on the "
                 f"worker: put the model at that path on every worker (a shared "
@@ -487,7 +487,7 @@ class ModelCatalog:
             )
         if missing:
             elsewhere = "" if self._fleet is None else ", and no live worker reports having it"
-            raise ModelNotHere(
+            raise ModelLoadError(
                 f"model {name!r}: file {missing[0]} does not exist on host "
                 f"{socket.gethostname()}{elsewhere}; fix the path under "
                 f"[models.{_toml_key(spec.name)}] in the config, or put the model there"
