@@ -125,15 +125,13 @@ def check_models(settings: Settings) -> list[Check]:
     return checks
 
 
-def check_engines(settings: Settings | None = None) -> list[Check]:
+def check_engines(settings: Settings) -> list[Check]:
     """Each capability's libraries: installed here? With a Redis fleet, one that is not
     but whose capability a live worker runs is fine (this machine submits, they run)."""
     from stoker.jobs import CAPABILITIES
-    from stoker.queues.app import queue_kind
-    from stoker.workers.coverage import live_beats
+    from stoker.workers.coverage import capabilities_run, live_beats
 
-    beats = (live_beats(settings) if settings is not None else None) or []
-    served = {queue_kind(q) for b in beats for q in [*b.serves, *b.queues]}
+    served = capabilities_run(live_beats(settings) or [])
     checks = []
     engines = {(kind, m, e) for kind, cap in CAPABILITIES.items() for m, e in cap.engines}
     for capability, module, extra in sorted(engines):

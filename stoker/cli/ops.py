@@ -88,7 +88,8 @@ def models(
     # they have (from their model cards) after this machine's own.
     beats = live_beats(settings)
     here = catalog.all()
-    specs = here + [s for s in catalog.fleet_specs() if s.name not in {h.name for h in here}]
+    known = {s.name for s in here}
+    specs = here + [s for s in catalog.fleet_specs() if s.name not in known]
     kinds = {s.name: capabilities_for(s) for s in specs}
     serving = None if beats is None else {n: workers_serving(beats, n, k) for n, k in kinds.items()}
     if as_json:

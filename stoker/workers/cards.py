@@ -198,17 +198,13 @@ class FleetCards:
             for beat in self._fleet.workers():
                 for name, card_id in beat.cards.items():
                     votes.setdefault(name, Counter())[card_id] += 1
-            wanted = {max(sorted(c), key=c.__getitem__) for c in votes.values()}
-            found = self._fleet.read_cards(sorted(wanted))
+            # The id most workers name (ties: the smallest id, so every reader agrees).
+            chosen = {name: max(sorted(c), key=c.__getitem__) for name, c in votes.items()}
+            found = self._fleet.read_cards(sorted(set(chosen.values())))
         except Exception as exc:  # Redis away: as if no worker had published
             log.warning("cannot read the workers' model cards: %s", exc)
             return {}
-        best = {}
-        for name, counts in votes.items():
-            card = found.get(max(sorted(counts), key=counts.__getitem__))
-            if card is not None:
-                best[name] = card
-        return best
+        return {name: found[i] for name, i in chosen.items() if i in found}
 
 
 def fleet_cards(settings: Settings) -> FleetCards | None:

@@ -133,6 +133,11 @@ def live_beats(settings: Settings) -> list[WorkerBeat] | None:
         return None
 
 
+def capabilities_run(beats: Sequence[WorkerBeat]) -> set[str]:
+    """The capabilities some of ``beats``' workers consume or could consume."""
+    return {queue_kind(q) for beat in beats for q in [*beat.serves, *beat.queues]}
+
+
 def workers_serving(beats: Sequence[WorkerBeat], model: str, kinds: Sequence[str]) -> int:
     """How many of ``beats``' workers could take jobs of ``kinds`` on ``model``: they
     have its files and serve one of those capabilities."""

@@ -96,6 +96,8 @@ class Steering:
         # name → fingerprint, read once: names of the same files and options are one
         # model to the manager, so holding one of them holds the others (_held).
         self._fingerprints = {s.name: s.fingerprint for s in self._specs.values()}
+        # The catalog models of the served capabilities, whose files are checked here.
+        self._served_models = sorted({m for _, m in self._every if m})
         self.candidates: list[Candidate] = []
         self._gone: dict[str, str] = {}  # model whose files are not here → one of them
         self._files_checked_at = float("-inf")
@@ -129,7 +131,7 @@ class Steering:
         """
         catalog = self.executor.catalog
         gone = {}
-        for name in sorted({m for _, m in self._every if m}):  # the served capabilities'
+        for name in self._served_models:
             missing = catalog.missing_files(self._specs[name])
             if missing:
                 gone[name] = str(missing[0])
@@ -321,8 +323,7 @@ class Steering:
         if not self.fleet.shared:
             return
         try:
-            served = sorted({m for _, m in self._every if m})
-            specs = [self._specs[name] for name in served]
+            specs = [self._specs[name] for name in self._served_models]
             self._cards.refresh(specs, self.executor.catalog.pending_split)
         except Exception as exc:
             log.debug("model cards not published: %s", exc)

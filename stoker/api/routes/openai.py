@@ -30,9 +30,8 @@ from stoker.api.state import ApiState
 from stoker.api.submission import submit_job
 from stoker.config import Settings
 from stoker.jobs import CAPABILITIES, installed
-from stoker.queues.app import queue_kind
 from stoker.queues.records import JobRecord, JobState
-from stoker.workers.coverage import live_beats
+from stoker.workers.coverage import capabilities_run, live_beats
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -44,11 +43,10 @@ def require_deployed(kind: str, settings: Settings | None = None) -> None:
     (with ``settings`` of a Redis fleet) a live worker serves it. An API box with no
     GPU need not install the models' libraries; the workers that run them do."""
     cap = CAPABILITIES.get(kind)
-    if cap is not None and not installed(cap) and settings is not None:
-        beats = live_beats(settings) or []
-        if any(kind in {queue_kind(q) for q in [*b.serves, *b.queues]} for b in beats):
-            return
-    if cap is None or not installed(cap):
+    if cap is not None and installed(cap):
+        return
+    served = capabilities_run(live_beats(settings) or []) if settings is not None else set()
+    if cap is None or kind not in served:
         raise ApiError(
             503,
             f"the {kind} capability is not deployed on this stoker; ask the operator to "
