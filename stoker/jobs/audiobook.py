@@ -85,28 +85,44 @@ def _cover(book: books.Book, params: dict[str, Any]) -> dict[str, Path | bytes]:
 
 
 def _verification(
-    req: AudiobookRequest, language: str | None, ctx: PrepareContext
+    req: AudiobookRequest, voice: str, language: str | None, ctx: PrepareContext
 ) -> dict[str, Any]:
     """``verify_model``/``verify_language`` params, or {} when not verifying.
 
-    The default (first chapter) is skipped quietly where no Whisper model is
-    installed; asking for it explicitly there is an error.
+    Whether Whisper can check the audio is for the workers that will run the job to
+    say, not the submitting machine: where live workers take audiobooks of ``voice``
+    (a Redis fleet), what they have decides (their model cards, which name the Whisper
+    models they can load); elsewhere this machine's Whisper does (`stoker run` runs
+    the job here). The default (first chapter) is skipped quietly unless every such
+    worker can verify; asking for it explicitly fails when none can.
     """
     if req.verify == "none":
         return {}
     lang = (language or "en").split("_")[0].lower()
     name = req.verify_model or ("tiny.en" if lang == "en" else "base")
-    usable = importlib.util.find_spec("faster_whisper") is not None and name in ctx.catalog.names(
-        "whisper"
-    )
-    if not usable:
-        if req.verify_model is None and req.verify == "first-chapter":
-            return {}
-        raise InvalidInput(
-            f"verify needs the Whisper model {name!r}, which is not installed here; install "
-            f"stoker[transcribe], pick another with verify_model, or set verify to none."
+    by_default = req.verify_model is None and req.verify == "first-chapter"
+    takers = ctx.catalog.fleet_takers("audiobook", voice)
+    plan = {"verify_model": name, "verify_language": lang}
+    if takers:
+        able = [name in held for held in takers]
+        if all(able) or (any(able) and not by_default):
+            return plan
+        problem = (
+            f"{'only some' if any(able) else 'none'} of the {len(takers)} live worker(s) "
+            f"that run audiobooks with voice {voice!r} can load it; install "
+            f"stoker[transcribe] and the model on them"
         )
-    return {"verify_model": name, "verify_language": lang}
+    elif importlib.util.find_spec("faster_whisper") and name in ctx.catalog.names("whisper"):
+        return plan
+    else:
+        problem = "it is not installed here; install stoker[transcribe]"
+    if by_default:
+        log.info("first chapter not verified: %s", problem.partition(";")[0])
+        return {}
+    raise InvalidInput(
+        f"verify needs the Whisper model {name!r}, but {problem}, pick another with "
+        f"verify_model, or set verify to none."
+    )
 
 
 def _verified(chunk: ChunkPlan, checking: dict[str, Any]) -> ChunkPlan:
@@ -147,6 +163,7 @@ class AudiobookCapability:
     chunk_content_type: str = "audio/wav"
     work_stage: str = "synthesize"
     chunk_notes: bool = True  # verification results, per chunk
+    borrows: tuple[tuple[str, str], ...] = (("whisper", "faster_whisper"),)  # to verify
     engines: tuple[tuple[str, str], ...] = (
         ("piper", "speak"),
         ("soundfile", "speak"),
@@ -172,7 +189,7 @@ class AudiobookCapability:
             "sentence_silence_s": req.sentence_silence_s,
         }
         chunks, chapters = self._plan(book, spec.fingerprint, sound, ctx.settings.speak_chunk_chars)
-        checking = _verification(req, info.language, ctx)
+        checking = _verification(req, voice, info.language, ctx)
         if checking:
             last = chapters[0]["count"] if req.verify == "first-chapter" else len(chunks)
             chunks = [_verified(c, checking) if i < last else c for i, c in enumerate(chunks)]

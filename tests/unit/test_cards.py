@@ -16,9 +16,11 @@ import pytest
 from stoker.config import load_settings
 from stoker.errors import InvalidInput, ModelLoadError, UnknownModel
 from stoker.jobs import capabilities_for
+from stoker.jobs.audiobook import AudiobookCapability
 from stoker.jobs.base import PrepareContext
 from stoker.jobs.image import ImageCapability
 from stoker.jobs.speak import SpeakCapability
+from stoker.queues.app import model_queue
 from stoker.workers.cards import (
     DOC_MAX_BYTES,
     CardPublisher,
@@ -48,11 +50,20 @@ class MemoryFleet:
         self.stored: dict[str, ModelCard] = {}
         self.publications = 0
 
-    def join(self, host: str, cards: dict[str, ModelCard]) -> None:
+    def join(
+        self,
+        host: str,
+        cards: dict[str, ModelCard],
+        serves: tuple[str, ...] = (),
+        also: tuple[str, ...] = (),
+    ) -> None:
+        """A worker's beat: ``cards`` published, ``serves`` its queues, ``also`` names
+        of more cards it holds (not stored: only names matter to the test)."""
         self.publish_cards(list(cards.values()), 60)
         self.beats[host] = WorkerBeat(
             hostname=host, device="cpu", scheduling="backlog", queues=[], pools=[],
-            cards={name: card.id for name, card in cards.items()}, at=time.time(),
+            serves=list(serves), at=time.time(),
+            cards={name: card.id for name, card in cards.items()} | {n: "-" for n in also},
         )  # fmt: skip
 
     def workers(self) -> list[WorkerBeat]:
@@ -251,3 +262,55 @@ def test_a_split_model_not_joined_yet_has_the_card_of_the_joined_folder(tmp_path
     assert planned.disk_bytes == built.disk_bytes == spec.disk_bytes()
     assert planned.documents == built.documents == {"config.json": {"layers": 6}}
     assert planned.folder and built.folder
+
+
+def test_audiobook_verification_follows_the_workers_that_would_run_it(
+    tmp_path: Path, two_speaker_voice: VoiceFiles
+) -> None:
+    # Given a book in English voice "duo", two live workers taking its audiobooks (one
+    # with Whisper tiny.en, one without) and one taking another voice's only
+    book = tmp_path / "book.txt"
+    book.write_text("Chapter One\n\nIt was a dark night. The keeper climbed the stairs.\n")
+    fleet = MemoryFleet()
+    duo = cards_of([voice_spec(two_speaker_voice)])
+    takes_duo = ("audiobook", model_queue("audiobook", "duo"))
+    fleet.join("with", duo, takes_duo, also=("tiny.en",))
+    fleet.join("without", duo, takes_duo)
+    fleet.join("elsewhere", {}, ("audiobook", model_queue("audiobook", "solo")), also=("base",))
+
+    def planned(**request: Any) -> dict[str, Any]:
+        ctx = PrepareContext(load_settings(data_dir=tmp_path / "s"), catalog_with(tmp_path, fleet))
+        request = {"path": str(book), "voice": "duo", "formats": ["mp3"], **request}
+        return AudiobookCapability().prepare(request, ctx).params
+
+    # Then the default check is not planned: a worker that cannot do it may run the job
+    assert "verify_model" not in planned()
+    # And one asked for is: a worker can
+    assert planned(verify="all")["verify_model"] == "tiny.en"
+    # And a model none of them has is refused, whatever other workers have
+    with pytest.raises(InvalidInput) as refused:
+        planned(verify_model="base")
+    assert str(refused.value) == (
+        "verify needs the Whisper model 'base', but none of the 2 live worker(s) that run "
+        "audiobooks with voice 'duo' can load it; install stoker[transcribe] and the model "
+        "on them, pick another with verify_model, or set verify to none."
+    )
+
+    # When every worker taking "duo" has tiny.en, the first chapter is checked by default
+    fleet.join("without", duo, takes_duo, also=("tiny.en",))
+    params = planned()
+    assert (params["verify_model"], params["verified_chunks"]) == ("tiny.en", 1)
+
+
+def test_an_audiobook_worker_publishes_the_whisper_models_it_verifies_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stoker.workers import steering
+
+    catalog = ModelCatalog(load_settings(data_dir=tmp_path))
+    # Audiobook borrows Whisper; transcribe serves it (its cards come from its queues)
+    assert "tiny.en" in steering.borrowed_models(["audiobook"], catalog)
+    assert steering.borrowed_models(["speak", "transcribe"], catalog) == []
+    # And without faster-whisper, there is nothing to borrow
+    monkeypatch.setattr(steering, "installed_module", lambda module: module != "faster_whisper")
+    assert steering.borrowed_models(["audiobook"], catalog) == []
