@@ -81,6 +81,19 @@ class ModelLoadError(PermanentError):
     kind = "model_load_failed"
 
 
+class ModelElsewhere(PermanentError):
+    """This worker cannot find the job's model (``error``), but a live worker with its
+    files serves the model's own queue, ``queue``. The chunk task hands the chunk on
+    to that queue instead of failing the job (queues/tasks.py); where it cannot (the
+    chunk came from that queue already), the job fails with ``error``."""
+
+    def __init__(self, queue: str, error: PermanentError) -> None:
+        super().__init__(str(error))
+        self.queue = queue
+        self.error = error
+        self.kind = error.kind
+
+
 class ModelTooLarge(PermanentError):
     """The model cannot fit in its pool's memory budget even with everything evicted."""
 

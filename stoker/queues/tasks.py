@@ -12,6 +12,7 @@ the work itself is done by the worker's executor, attached to the app at start-u
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,11 +23,12 @@ from stoker.errors import (
     InternalError,
     JobCancelled,
     JobNotFound,
+    ModelElsewhere,
     PermanentError,
     StokerError,
     TransientError,
 )
-from stoker.queues.app import BATCHED_CHUNK_TASK, RUN_CHUNK_TASK
+from stoker.queues.app import BATCHED_CHUNK_TASK, QUEUED_AT_HEADER, RUN_CHUNK_TASK
 from stoker.queues.redis_transport import acks_together
 
 if TYPE_CHECKING:
@@ -87,6 +89,8 @@ def settle(
             return delay
         executor.fail(job_id, exc)
     elif isinstance(exc, PermanentError):
+        if isinstance(exc, ModelElsewhere):  # not handed on (see hand_on)
+            exc = exc.error
         log.warning(JOB_FAILED, job_id, exc)
         executor.fail(job_id, exc)
     else:  # a bug of ours: fail this job, keep the worker serving
@@ -114,6 +118,8 @@ class BatchedChunkTask(Task):
             for request, exc in zip(requests, outcomes, strict=True):
                 args: ChunkArgs = tuple(request.args)
                 retries = int(request.request_dict.get("retries") or 0)
+                if exc is not None and hand_on(self, args, exc, request):
+                    exc = None  # settled: the chunk is another worker's now
                 delay = None if exc is None else settle(executor, settings, args, exc, retries)
                 if delay is not None:
                     # What Task.retry does: publish a copy with a countdown, ack this one.
@@ -126,6 +132,36 @@ class BatchedChunkTask(Task):
                     )
                 _acknowledge_now(request)
                 task_ready(request, successful=exc is None)
+
+
+def hand_on(task: Task, args: ChunkArgs, exc: BaseException, request: Any) -> bool:
+    """Send the chunk ``args`` (delivered as ``request``: the task's request, or a
+    batched one) on to the queue of a worker that has its model, when ``exc`` says
+    this worker lacks it (ModelElsewhere); True if it was sent.
+
+    With FIFO scheduling every worker of a capability takes from one queue, so one
+    without a model's files gets that model's jobs too; a worker with the files also
+    consumes the model's own queue (steering.candidate_queues), which only such
+    workers do. A chunk that came from that queue already is not sent again (the
+    worker lost the files since it chose its queues): its job fails, naming the file.
+    A copy is published first and the caller then acks this message, as Task.retry
+    does: a crash between the two runs the chunk twice, which chunks allow.
+    """
+    delivery = request.delivery_info or {}
+    if not isinstance(exc, ModelElsewhere) or delivery.get("routing_key") == exc.queue:
+        return False
+    job_id, index, _ = args
+    # Its age on the new queue counts from its first queueing (the starvation guard).
+    queued_at = getattr(request, "request_dict", None) or vars(request)
+    task.apply_async(
+        args=args,
+        queue=exc.queue,
+        routing_key=exc.queue,
+        priority=delivery.get("priority"),
+        headers={QUEUED_AT_HEADER: queued_at.get(QUEUED_AT_HEADER) or time.time()},
+    )
+    log.info("job %s chunk %d: its model is not here; handed on to %s", job_id, index, exc.queue)
+    return True
 
 
 def _acknowledge_now(request: Any) -> None:
@@ -147,10 +183,13 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     @app.task(name=RUN_CHUNK_TASK, bind=True, shared=False, max_retries=settings.task_max_retries)
     def run_chunk(self: Task, job_id: str, index: int, payload: dict[str, Any]) -> None:
         executor = _executor(self.app)
+        args: ChunkArgs = (job_id, index, payload)
         try:
             executor.run_chunk(job_id, index, payload)
         except Exception as exc:
-            delay = settle(executor, settings, (job_id, index, payload), exc, self.request.retries)
+            if hand_on(self, args, exc, self.request):
+                return
+            delay = settle(executor, settings, args, exc, self.request.retries)
             if delay is not None:
                 raise self.retry(exc=exc, countdown=delay) from exc
 
@@ -166,7 +205,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         # a batch of one.
         args: ChunkArgs = (job_id, index, payload)
         exc = _executor(self.app).run_chunks([args])[0]
-        if exc is not None:
+        if exc is not None and not hand_on(self, args, exc, self.request):
             delay = settle(_executor(self.app), settings, args, exc, self.request.retries)
             if delay is not None:
                 raise self.retry(exc=exc, countdown=delay) from exc

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stoker.errors import JobNotFound
+from stoker.errors import JobNotFound, ModelElsewhere
 from stoker.jobs.base import Capability, ChunkContext
 from stoker.queues.records import JobRecord, OutputRef
 from stoker.queues.stores.base import ChunkTally
@@ -200,8 +200,9 @@ class StartedBatch:
             self._produce_many(first.cap, group)
             return group
         except Exception as exc:
-            if len(group) == 1:
-                outcomes[first.pos] = exc
+            if len(group) == 1 or isinstance(exc, ModelElsewhere):  # the same for each
+                for item in group:
+                    outcomes[item.pos] = exc
                 return []
             log.warning(
                 "a batch of %d chunks failed (%s); running them one by one", len(group), exc

@@ -16,12 +16,18 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from stoker.config import Settings
-from stoker.errors import JobNotFound, StokerError
+from stoker.errors import (
+    JobNotFound,
+    ModelElsewhere,
+    ModelLoadError,
+    StokerError,
+    UnknownModel,
+)
 from stoker.jobs import get_capability
 from stoker.jobs.base import Capability, ChunkContext
 from stoker.queues.batches import child_ended
@@ -82,6 +88,9 @@ class ChunkExecutor:
             storage, settings.data_dir / "cache" / "inputs", settings.input_cache_bytes
         )
         self.assembler = Assembler(storage, self.io, self.groups, self.inputs)
+        # (kind, model) → the queue of a live worker that has the model, for a model
+        # not here (workers/steering.py); None: no fleet to hand chunks on to.
+        self.elsewhere: Callable[[str, str | None], str | None] | None = None
 
     def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None:
         """Run chunk ``index`` of ``job_id`` unless its output exists; assemble if last."""
@@ -225,8 +234,18 @@ class ChunkExecutor:
         return ctx.out, ctx.notes
 
     def model_spec(self, cap: Capability, record: JobRecord) -> ModelSpec:
-        """The job's model, with the job's own load options on top of the configured ones."""
-        spec = self.catalog.get(record.model or "", backend=cap.backend)
+        """The job's model, with the job's own load options on top of the configured ones.
+
+        Raises ModelElsewhere when it is not here but a live worker serves its queue
+        (see :attr:`elsewhere`), else what the catalog raises.
+        """
+        try:
+            spec = self.catalog.get(record.model or "", backend=cap.backend)
+        except (UnknownModel, ModelLoadError) as exc:
+            queue = None if self.elsewhere is None else self.elsewhere(cap.kind, record.model)
+            if queue is None:
+                raise
+            raise ModelElsewhere(queue, exc) from exc
         return spec.with_options(record.params.get("load_options") or {})
 
     @contextlib.contextmanager

@@ -189,6 +189,7 @@ def steer(
         settings, executor, kinds, fleet=fleet, probe=backlog_probe(settings), hostname=hostname
     )
     app.stoker_steering = steering
+    executor.elsewhere = steering.elsewhere
     app.steps["consumer"].add(SteeringStep)
     log.info("scheduling: %s over %d queue(s)", steering.mode, len(steering.candidates))
     return steering

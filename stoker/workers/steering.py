@@ -160,6 +160,23 @@ class Steering:
         self.candidates = [(q, m) for q, m in self._every if m not in gone]
         self._files_checked_at = time.monotonic()
 
+    def elsewhere(self, kind: str, model: str | None) -> str | None:
+        """The queue of ``model``'s ``kind`` jobs when another live worker serves it
+        (it has the model's files: workers list only those), else None. Asked by the
+        executor about a model it cannot find here (ChunkExecutor.elsewhere), so
+        FIFO's shared queue does not fail jobs a worker with the files would run."""
+        queue = model_queue(kind, model)
+        if queue == kind or not self.fleet.shared:
+            return None
+        try:
+            beats = self.fleet.workers()
+        except Exception as exc:  # Redis away: fail as without a fleet
+            log.warning("cannot read the heartbeats to hand %s on: %s", queue, exc)
+            return None
+        return (
+            queue if any(queue in b.serves for b in beats if b.hostname != self.hostname) else None
+        )
+
     @property
     def mode(self) -> str:
         return "backlog" if self._probe is not None else "fifo"

