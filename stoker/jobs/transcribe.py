@@ -50,11 +50,15 @@ class TranscribeRequest(BaseModel):
 
 
 def _check_language(language: str, model: str) -> str | None:
+    """``language`` as faster-whisper takes it (None: detect), or InvalidInput.
+
+    Where faster-whisper is not installed (a machine that only submits), the code is
+    checked by the worker, which calls this again before transcribing.
+    """
     if language == "auto":
         return None
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-    if language not in _LANGUAGE_CODES:
+    codes = _whisper_languages()
+    if codes is not None and language not in codes:
         raise InvalidInput(
             f"unknown language {language!r}; use an ISO 639-1 code such as en, de, fr, "
             f"or auto to detect it."
@@ -62,6 +66,15 @@ def _check_language(language: str, model: str) -> str | None:
     if model.endswith(".en") and language != "en":
         raise InvalidInput(f"model {model!r} only knows English; use --model base for {language}.")
     return language
+
+
+def _whisper_languages() -> frozenset[str] | None:
+    """The language codes Whisper knows; None where faster-whisper is not installed."""
+    try:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+    except ImportError:
+        return None
+    return frozenset(_LANGUAGE_CODES)
 
 
 def _decoder(model: Any, batch_size: int) -> Any:
@@ -135,6 +148,9 @@ class TranscribeCapability:
     def run_chunk(
         self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
     ) -> None:
+        options = params["options"]
+        # Checked at submission too, unless faster-whisper is not installed there.
+        _check_language(options["language"] or "auto", params["model"])
         path = ctx.inputs[payload["inputs"][0]]
         start, end = cuts.boundaries(
             path,
@@ -146,7 +162,6 @@ class TranscribeCapability:
         )
         audio = media.decode(path, start, end, params["name"])
         stop = start + len(audio) / media.SAMPLE_RATE
-        options = params["options"]
         pieces, info = _decoder(model, options["batch_size"]).transcribe(
             audio,
             language=options["language"],

