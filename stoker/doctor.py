@@ -127,27 +127,36 @@ def check_models(settings: Settings) -> list[Check]:
 
 def check_engines(settings: Settings) -> list[Check]:
     """Each capability's libraries: installed here? With a Redis fleet, one that is not
-    but whose capability a live worker runs is fine (this machine submits, they run)."""
+    but whose capability a live worker runs is fine (this machine submits, they run),
+    unless submitting uses it here too (``submit_needs``: reading a recording's length)."""
     from stoker.jobs import CAPABILITIES
+    from stoker.jobs.base import SubmitNeed
     from stoker.workers.coverage import capabilities_run, live_beats
 
     served = capabilities_run(live_beats(settings) or [])
-    checks = []
     engines = {(kind, m, e) for kind, cap in CAPABILITIES.items() for m, e in cap.engines}
+    needs: dict[tuple[str, str], SubmitNeed] = {}
+    for kind, cap in CAPABILITIES.items():
+        for need in getattr(cap, "submit_needs", ()):
+            needs[(kind, need.module)] = need
+            # (its extra has the capability's name: stoker[transcribe], stoker[audiobook])
+            engines.add((kind, need.module, kind))
+    checks = []
     for capability, module, extra in sorted(engines):
-        found = importlib.util.find_spec(module) is not None
-        if not found and capability in served:
-            why = f"not installed here; live workers run {capability}"
-            checks.append(Check(f"{capability}: {module}", True, why))
-            continue
-        checks.append(
-            Check(
-                f"{capability}: {module}",
-                found,
-                "installed" if found else "not installed",
-                "" if found else f"pip install 'stoker[{extra}]'",
+        name = f"{capability}: {module}"
+        if importlib.util.find_spec(module) is not None:
+            checks.append(Check(name, True, "installed"))
+        elif capability not in served:
+            checks.append(Check(name, False, "not installed", f"pip install 'stoker[{extra}]'"))
+        elif (need := needs.get((capability, module))) is None:
+            checks.append(Check(name, True, f"not installed here; live workers run {capability}"))
+        else:
+            uses = "uses it" if need.always else "uses it for some inputs"
+            why = (
+                f"not installed here; live workers run {capability}, but submitting "
+                f"{uses} here: {need.purpose}"
             )
-        )
+            checks.append(Check(name, not need.always, why, f"pip install {need.package}"))
     return checks
 
 

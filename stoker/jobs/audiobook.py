@@ -39,6 +39,7 @@ from stoker.jobs.base import (
     GroupOutput,
     PrepareContext,
     Prepared,
+    SubmitNeed,
     parse_request,
 )
 from stoker.jobs.speak import speaker_id, speech_chunks, synthesize_to_wav
@@ -164,6 +165,11 @@ class AudiobookCapability:
     work_stage: str = "synthesize"
     chunk_notes: bool = True  # verification results, per chunk
     borrows: tuple[tuple[str, str], ...] = (("whisper", "faster_whisper"),)  # to verify
+    submit_needs = (  # a plain-text book needs none of them
+        SubmitNeed("ebooklib", "ebooklib", "reading EPUB books", always=False),
+        SubmitNeed("bs4", "beautifulsoup4", "reading EPUB books", always=False),
+        SubmitNeed("markdown_it", "markdown-it-py", "reading Markdown books", always=False),
+    )
     engines: tuple[tuple[str, str], ...] = (
         ("piper", "speak"),
         ("soundfile", "speak"),

@@ -249,6 +249,18 @@ class NotedChunks(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SubmitNeed:
+    """A library that submitting a capability's jobs uses on the submitting machine
+    (beside the workers): a capability's optional ``submit_needs``, which `stoker
+    doctor` checks on a machine that only submits."""
+
+    module: str  # import name
+    package: str  # what to pip install
+    purpose: str  # what submission does with it: "reading each recording's length"
+    always: bool = True  # False: only some inputs need it (EPUB books, not text)
+
+
 @runtime_checkable
 class BorrowsModels(Protocol):
     """Optional capability hook: models of other backends its chunks borrow from the

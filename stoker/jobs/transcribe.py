@@ -26,6 +26,7 @@ from stoker.jobs.base import (
     ChunkPlan,
     PrepareContext,
     Prepared,
+    SubmitNeed,
     parse_request,
 )
 from stoker.storage.keys import content_input_key
@@ -102,6 +103,7 @@ class TranscribeCapability:
     chunk_content_type: str = "application/json"
     work_stage: str = "transcribe"
     engines: tuple[tuple[str, str], ...] = (("faster_whisper", "transcribe"), ("av", "transcribe"))
+    submit_needs = (SubmitNeed("av", "av", "reading each recording's length"),)
 
     def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
         req: TranscribeRequest = parse_request(request, TranscribeRequest)

@@ -338,9 +338,10 @@ def test_doctor_on_a_submitting_machine_counts_what_live_workers_have(
     fleet = open_fleet(settings)
     fleet.publish_cards(list(cards.values()), ttl_s=60)
     fleet.publish(
-        WorkerBeat(hostname="gpu-box", device="cpu", scheduling="backlog", queues=["speak"],
-                   serves=["speak"], pools=[], cards={n: c.id for n, c in cards.items()},
-                   at=time.time()),
+        WorkerBeat(hostname="gpu-box", device="cpu", scheduling="backlog",
+                   queues=["speak", "transcribe", "audiobook"],
+                   serves=["speak", "transcribe", "audiobook"], pools=[],
+                   cards={n: c.id for n, c in cards.items()}, at=time.time()),
         ttl_s=30,
     )  # fmt: skip
 
@@ -357,7 +358,20 @@ def test_doctor_on_a_submitting_machine_counts_what_live_workers_have(
     engines = {c.name: c for c in doctor.check_engines(settings)}
     assert engines["speak: piper"].ok
     assert engines["speak: piper"].detail == "not installed here; live workers run speak"
+    assert engines["transcribe: faster_whisper"].ok
     assert not engines["generate: llama_cpp"].ok
+    # Except those that submitting uses here: PyAV for every recording, failing...
+    assert not engines["transcribe: av"].ok
+    assert engines["transcribe: av"].detail == (
+        "not installed here; live workers run transcribe, but submitting uses it here: "
+        "reading each recording's length"
+    )
+    assert engines["transcribe: av"].fix == "pip install av"
+    # ...and the book readers for some books only, passing with the hint
+    assert engines["audiobook: markdown_it"].ok
+    assert "uses it for some inputs here: reading Markdown books" in (
+        engines["audiobook: markdown_it"].detail
+    )
 
 
 def test_an_unreadable_card_is_skipped_and_the_others_are_used(
