@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(default=300.0, gt=0)
     default_priority: Priority = "normal"
 
+    # How long one chunk may run, its model's load included: one still running then is
+    # stopped at its next check (between sentences, segments, diffusion steps, prompts)
+    # and its job fails saying so. One stuck inside a library call (no check comes) is
+    # ended with its worker process 5 % later, at least 10 s (`stoker worker` exits;
+    # systemd or compose start it again: workers/watchdog.py). 0: no limit. Keep it
+    # below visibility_timeout_s, past which Redis hands the chunk to a second worker
+    # while the first still runs it.
+    chunk_time_limit_s: float = Field(default=3000.0, ge=0)
+
     # --- input limits ---------------------------------------------------------------
     max_text_bytes: int = Field(default=1_000_000, gt=0)
     # Workers keep recent inputs (recordings) on local disk, so the chunks of one

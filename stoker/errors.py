@@ -94,6 +94,25 @@ class ModelElsewhere(PermanentError):
         self.kind = error.kind
 
 
+class ChunkTimedOut(PermanentError):
+    """A chunk ran past ``chunk_time_limit_s``: its job fails (running it again would
+    take as long)."""
+
+    kind = "timed_out"
+
+    def __init__(self, job_id: str, index: int, limit_s: float, stuck: bool = False) -> None:
+        how = (
+            "did not stop at its next check, so its worker process exits to end it"
+            if stuck
+            else "was stopped"
+        )
+        super().__init__(
+            f"chunk {index + 1} of job {job_id} ran for more than {limit_s:g} s and {how}; "
+            f"submit smaller pieces of work (a shorter text, fewer prompts per job), or "
+            f"raise chunk_time_limit_s (STOKER_CHUNK_TIME_LIMIT_S) on the workers."
+        )
+
+
 class ModelTooLarge(PermanentError):
     """The model cannot fit in its pool's memory budget even with everything evicted."""
 

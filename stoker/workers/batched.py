@@ -226,7 +226,9 @@ class StartedBatch:
             (
                 it.record.params,
                 it.payload,
-                ChunkContext(out=it.out(self.scratch), should_stop=ex.cancel_check(it.record.id)),
+                ChunkContext(
+                    out=it.out(self.scratch), should_stop=ex.cancel_check(it.record.id, it.index)
+                ),
             )
             for it in items
         ]

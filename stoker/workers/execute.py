@@ -22,6 +22,7 @@ from typing import Any
 
 from stoker.config import Settings
 from stoker.errors import (
+    ChunkTimedOut,
     JobNotFound,
     ModelElsewhere,
     ModelLoadError,
@@ -50,15 +51,22 @@ CANCEL_POLL_S = 0.5
 
 
 class _CancelCheck:
-    """``should_stop`` for a running chunk: asks the store at most every CANCEL_POLL_S."""
+    """``should_stop`` for a running chunk: True once its job is cancelled (the store
+    is asked at most every CANCEL_POLL_S); raises ChunkTimedOut once the chunk has run
+    for ``limit_s`` (None: no limit). Made when the chunk starts, before its model is
+    loaded, so the load counts too."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self._store, self._job_id = store, job_id
+    def __init__(self, store: JobStore, job_id: str, index: int, limit_s: float | None) -> None:
+        self._store, self._job_id, self._index = store, job_id, index
         self._next = 0.0
         self._cancelled = False
+        self._limit_s = limit_s
+        self._deadline = None if limit_s is None else time.monotonic() + limit_s
 
     def __call__(self) -> bool:
         now = time.monotonic()
+        if self._deadline is not None and now >= self._deadline:
+            raise ChunkTimedOut(self._job_id, self._index, self._limit_s or 0.0)
         if not self._cancelled and now >= self._next:
             self._next = now + CANCEL_POLL_S
             self._cancelled = self._store.state(self._job_id) is JobState.CANCELLED
@@ -125,9 +133,10 @@ class ChunkExecutor:
         """
         return StartedBatch.start(self, items)
 
-    def cancel_check(self, job_id: str) -> _CancelCheck:
-        """``should_stop`` for a chunk of ``job_id`` about to run here."""
-        return _CancelCheck(self.store, job_id)
+    def cancel_check(self, job_id: str, index: int) -> _CancelCheck:
+        """``should_stop`` for chunk ``index`` of ``job_id``, about to run here."""
+        limit = self.settings.chunk_time_limit_s or None
+        return _CancelCheck(self.store, job_id, index, limit)
 
     def _start(self, job_id: str, index: int) -> tuple[Capability, JobRecord] | None:
         """Mark the job running; None when it already ended (cancelled, failed)."""
@@ -210,7 +219,7 @@ class ChunkExecutor:
         inputs = {key: self.inputs.path_for(key) for key in payload.get("inputs", [])}
         ctx = ChunkContext(
             out=tmp / f"chunk.{cap.chunk_ext}",
-            should_stop=self.cancel_check(record.id),
+            should_stop=self.cancel_check(record.id, index),
             inputs=inputs,
             use_model=self._use_model,
         )

@@ -19,7 +19,8 @@ every queue ("fifo") and the steering does not change queues.
 The heartbeat (:meth:`Steering.heartbeat`) runs on a thread of its own, so it goes on
 while a chunk runs. The same thread publishes the model cards of the served models,
 and of those the served capabilities borrow (audiobook's Whisper), whose files are
-here (workers/cards.py).
+here (workers/cards.py), and ends the process when a chunk is stuck past its time
+limit (workers/watchdog.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from stoker.workers.execute import ChunkExecutor
 from stoker.workers.fleet import Fleet, ModelBeat, PoolBeat, WorkerBeat
 from stoker.workers.path_models import PathModels
 from stoker.workers.scheduler import Backlog, Choice, Policy, View, choose
+from stoker.workers.watchdog import RunningChunk, end_stuck_chunk, is_stuck
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,7 @@ class Steering:
         self._served_paths: tuple[str, ...] = ()
         self._pools: list[PoolBeat] = []
         # The chunk this worker runs now and since when (epoch s), set by SteeringStep.
-        self.running: tuple[str, float] | None = None
+        self.running: RunningChunk | None = None
         self._beat_now = threading.Event()  # set: the heartbeat thread beats at once
         self._cards = CardPublisher(fleet, FILES_RECHECK_S)
 
@@ -333,6 +335,7 @@ class Steering:
 
         def loop() -> None:
             while not stopping:
+                self.watch()
                 self.publish_cards()
                 self.beat()
                 self._beat_now.wait(self.settings.heartbeat_s)
@@ -346,6 +349,12 @@ class Steering:
             stopping = True
             self._beat_now.set()
             thread.join(timeout=5)
+
+    def watch(self) -> None:
+        """End this process if its chunk is stuck past the time limit (watchdog.py)."""
+        limit, chunk = self.settings.chunk_time_limit_s, self.running
+        if chunk is not None and is_stuck(chunk, limit):
+            end_stuck_chunk(chunk, limit, self.executor.fail)
 
     def publish_cards(self) -> None:
         """Publish the model cards of the served and borrowed models whose files are
@@ -404,8 +413,8 @@ class Steering:
             serves=[q for q, _ in self.candidates],
             paths=list(self._served_paths),
             pools=self._pools,
-            running=running[0] if (running := self.running) else None,
-            running_since=running[1] if running else None,
+            running=running.label if (running := self.running) else None,
+            running_since=running.since if running else None,
             cards=dict(self._cards.ids),
             at=now,
         )
@@ -445,7 +454,7 @@ class SteeringStep(bootsteps.StartStopStep):
         # What the heartbeat says this worker is running (`stoker models --loaded`).
         def before_task(sender: Any = None, args: Any = (), **_: Any) -> None:
             if sender is not None and sender.app is parent.app and sender.name in CHUNK_TASKS:
-                steering.running = (f"{args[0]} chunk {int(args[1]) + 1}", time.time())
+                steering.running = RunningChunk(str(args[0]), int(args[1]))
 
         self._after_task, self._before_task = after_task, before_task
         task_postrun.connect(after_task, weak=False)

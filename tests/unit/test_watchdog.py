@@ -1,0 +1,80 @@
+"""A chunk's time limit (chunk_time_limit_s): the check a running chunk makes
+(workers/execute.py) and the watchdog for one that makes none (workers/watchdog.py).
+With a fake clock and store; tests/integration/test_chunk_limit.py runs both for real."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stoker.errors import ChunkTimedOut, StokerError
+from stoker.queues.records import JobState
+from stoker.workers import execute, watchdog
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RunningStore:
+    def state(self, job_id: str) -> JobState:
+        return JobState.RUNNING
+
+
+def test_a_chunk_past_its_limit_is_stopped_at_its_next_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(execute.time, "monotonic", clock)
+    check = execute._CancelCheck(RunningStore(), "job_x", 2, limit_s=60)  # type: ignore[arg-type]
+    clock.now += 59
+    assert check() is False
+    clock.now += 1
+    with pytest.raises(ChunkTimedOut) as stopped:
+        check()
+    assert str(stopped.value).startswith(
+        "chunk 3 of job job_x ran for more than 60 s and was stopped"
+    )
+    assert stopped.value.kind == "timed_out"
+    # And without a limit it never is
+    endless = execute._CancelCheck(RunningStore(), "job_x", 2, limit_s=None)  # type: ignore[arg-type]
+    clock.now += 10**6
+    assert endless() is False
+
+
+def test_the_watchdog_fails_a_stuck_chunks_job_then_ends_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(watchdog.time, "monotonic", clock)
+    chunk = watchdog.RunningChunk("job_x", 0, started=clock.now)
+    # Given a 100 s limit: the grace is 10 s (5 % would be 5)
+    assert watchdog.stuck_after_s(100) == 110 and watchdog.stuck_after_s(3000) == 3150
+    clock.now += 109.9
+    assert not watchdog.is_stuck(chunk, 100)
+    clock.now += 0.1
+    assert watchdog.is_stuck(chunk, 100)
+    assert not watchdog.is_stuck(chunk, 0) and not watchdog.is_stuck(None, 100)
+
+    failed: list[tuple[str, StokerError]] = []
+    exits: list[int] = []
+    watchdog.end_stuck_chunk(chunk, 100, lambda j, e: failed.append((j, e)), exits.append)
+    assert [j for j, _ in failed] == ["job_x"] and exits == [watchdog.EXIT_STUCK]
+    assert "did not stop at its next check, so its worker process exits" in str(failed[0][1])
+
+    # And with the store away it still exits (the redelivered chunk runs again)
+    def away(job_id: str, error: StokerError) -> Any:
+        raise ConnectionError("Redis is away")
+
+    watchdog.end_stuck_chunk(chunk, 100, away, exits.append)
+    assert exits == [watchdog.EXIT_STUCK] * 2
+
+
+def test_the_running_chunk_says_what_the_heartbeat_shows() -> None:
+    chunk = watchdog.RunningChunk("job_x", 4)
+    assert chunk.label == "job_x chunk 5"
