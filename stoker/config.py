@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     # below visibility_timeout_s, past which Redis hands the chunk to a second worker
     # while the first still runs it.
     chunk_time_limit_s: float = Field(default=3000.0, ge=0)
+    # A chunk whose workers died this many times while running it (killed, out of
+    # memory, crashed in a library on a corrupt input) fails its job at its next
+    # delivery, instead of taking down one worker after another. 0: never. Batched
+    # capabilities (embed) are not counted.
+    chunk_max_crashes: int = Field(default=2, ge=0)
 
     # --- input limits ---------------------------------------------------------------
     max_text_bytes: int = Field(default=1_000_000, gt=0)

@@ -113,6 +113,23 @@ class ChunkTimedOut(PermanentError):
         )
 
 
+class ChunkCrashedWorkers(PermanentError):
+    """Workers that ran a chunk died before finishing it, too often: its job fails
+    rather than take down another worker (a poison input)."""
+
+    kind = "crashed_workers"
+
+    def __init__(self, job_id: str, index: int, deaths: int) -> None:
+        super().__init__(
+            f"chunk {index + 1} of job {job_id}: the worker running it stopped before "
+            f"finishing it {deaths} times (killed, out of memory, or crashed in its model "
+            f"library, as a corrupt input can make it), so the job is failed rather than "
+            f"stop another worker; the worker logs (and the kernel's, for an out-of-memory "
+            f"kill) say more. Fix the input or give the workers more memory, then submit "
+            f"it again."
+        )
+
+
 class ModelTooLarge(PermanentError):
     """The model cannot fit in its pool's memory budget even with everything evicted."""
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from stoker.config import Settings
 from stoker.errors import (
+    ChunkCrashedWorkers,
     ChunkTimedOut,
     JobNotFound,
     ModelElsewhere,
@@ -110,11 +111,35 @@ class ChunkExecutor:
             log.info("job %s chunk %d: output exists, not recomputed", job_id, index)
             self._finish(cap, record, index)
             return
-        with tempfile.TemporaryDirectory(prefix="stoker-chunk-") as tmp:
+        with (
+            self._counted_run(job_id, index),
+            tempfile.TemporaryDirectory(prefix="stoker-chunk-") as tmp,
+        ):
             out, notes = self._produce(cap, record, index, payload, Path(tmp))
             # If this chunk completes its job, assembly takes the chunk and its notes
             # from here: on S3, a download and a read fewer for a one-chunk job.
             self._finish(cap, record, index, local={index: out}, notes={index: notes})
+
+    @contextlib.contextmanager
+    def _counted_run(self, job_id: str, index: int) -> Iterator[None]:
+        """Count this run of chunk ``index`` while it lasts (JobStore.chunk_runs),
+        assembly included. Runs counted before and never ended are workers that died
+        running it: past ``chunk_max_crashes`` of them, raise ChunkCrashedWorkers
+        instead of running it again (a poison input would stop every worker in turn).
+        """
+        deaths = self.store.chunk_runs(job_id, index, +1) - 1
+        try:
+            limit = self.settings.chunk_max_crashes
+            if limit and deaths >= limit:
+                raise ChunkCrashedWorkers(job_id, index, deaths)
+            if deaths:
+                log.warning("job %s chunk %d: %d earlier run(s) never ended", job_id, index, deaths)
+            yield
+        finally:
+            try:
+                self.store.chunk_runs(job_id, index, -1)
+            except Exception as exc:  # a deleted job, the store away: counted as a death
+                log.debug("job %s chunk %d: run not counted as ended: %s", job_id, index, exc)
 
     def run_chunks(self, items: list[ChunkArgs]) -> list[BaseException | None]:
         """Run many chunks (of batchable capabilities), one model call per model.

@@ -1,8 +1,13 @@
-"""A chunk that runs too long (chunk_time_limit_s), through real `stoker worker`
-processes on Redis and S3 with the real Piper voice: one that reaches a check past the
+"""Chunks that would hold or stop workers, through real `stoker worker` processes on
+Redis and S3 with the real Piper voice.
+
+A chunk that runs too long (chunk_time_limit_s): one that reaches a check past the
 limit fails its job and the worker goes on; one stuck in a single library call (one
 sentence of 1,500 words) fails its job and ends its worker process, and a new worker
-takes the next job and skips the stuck chunk when it is handed out again."""
+takes the next job and skips the stuck chunk when it is handed out again. A chunk
+whose workers die running it (chunk_max_crashes: SIGKILL, as the kernel's
+out-of-memory killer sends) fails its job at its third delivery instead of stopping
+a third worker."""
 
 from __future__ import annotations
 
@@ -71,3 +76,31 @@ def test_a_chunk_stuck_in_one_call_ends_its_worker_and_only_its_job(
     assert f"job {stuck.id} chunk 1/1 done" not in fresh.text()  # skipped, never run
     assert f"job {stuck.id} is" in fresh.text() and "chunk 0 skipped" in fresh.text()
     assert client.status(stuck.id).state is JobState.FAILED
+
+
+def test_a_chunk_whose_workers_die_twice_fails_its_job_instead_of_a_third_worker(
+    deployment: Deployment,
+) -> None:
+    # Given a job of one long chunk (30 sentences: seconds of work)
+    deployment.env["STOKER_SPEAK_CHUNK_CHARS"] = "4000"
+    with Stoker(deployment.settings()) as client:
+        poison = client.submit("speak", {"text": sentences(30)})
+
+        # When the worker running it dies mid-chunk, and so does the next one that
+        # gets it (after the 5 s visibility timeout)
+        for _ in range(2):
+            worker = deployment.start_worker("speak", "--preload", VOICE)
+            worker.wait_for_log("Task stoker.run_chunk[", timeout_s=60)
+            time.sleep(1.0)  # inside the chunk
+            worker.kill()
+            worker.proc.wait(timeout=30)
+
+        # Then the third fails the job at its delivery, saying why, and goes on
+        third = deployment.start_worker("speak", "--preload", VOICE)
+        failed = client.wait(poison.id, timeout_s=90)
+        assert failed.state is JobState.FAILED and failed.error is not None
+        assert failed.error.kind == "crashed_workers"
+        assert "stopped before finishing it 2 times" in failed.error.message
+        done = client.wait(client.submit("speak", {"text": "Hello there."}).id, timeout_s=60)
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert f"job {poison.id} chunk 1/1 done" not in third.text()

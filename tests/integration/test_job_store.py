@@ -144,6 +144,7 @@ def test_every_method_raises_job_not_found_for_a_missing_job(store: JobStore) ->
         lambda: store.done_chunks("job_nope"),
         lambda: store.chunks_all_done("job_nope", [0]),
         lambda: store.chunks_all_done("job_nope", []),
+        lambda: store.chunk_runs("job_nope", 0, 1),
         lambda: store.succeed("job_nope", []),
         lambda: store.fail("job_nope", JobError(kind="x", message="y")),
         lambda: store.cancel("job_nope"),
@@ -201,6 +202,30 @@ def test_chunk_done_tallies_distinct_chunks(store: JobStore) -> None:
     assert (last.newly_done, last.done, last.total) == (True, 3, 3)
     assert store.done_chunks(record.id) == {0, 1, 2}
     assert store.get(record.id).progress.done == 3
+
+
+def test_chunk_runs_count_the_runs_that_started_and_did_not_end(
+    make_store: StoreFactory,
+) -> None:
+    # Given a job, and two workers' stores
+    a, b = make_store(), make_store()
+    record = job(chunks=2)
+    a.create(record)
+    # When a run of chunk 0 starts on one and never ends (its worker died), then the
+    # next run, on the other, sees it
+    assert a.chunk_runs(record.id, 0, 1) == 1
+    assert b.chunk_runs(record.id, 0, 1) == 2
+    assert b.chunk_runs(record.id, 0, -1) == 1
+    # And each chunk has its own count, which leaves the record as it was
+    assert a.chunk_runs(record.id, 1, 1) == 1
+    got = a.get(record.id)
+    assert (got.state, got.progress.done, got.attempts) == (JobState.QUEUED, 0, 0)
+
+    # And it goes with its job
+    a.fail(record.id, JobError(kind="x", message="y"))
+    assert a.delete(record.id)
+    with pytest.raises(JobNotFound):
+        b.chunk_runs(record.id, 0, -1)
 
 
 def test_chunks_all_done_answers_for_a_group_of_chunks_in_any_order(store: JobStore) -> None:

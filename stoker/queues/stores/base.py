@@ -81,6 +81,15 @@ class JobStore(Protocol):
     def done_chunks(self, job_id: str) -> set[int]:
         """Indexes of finished chunks."""
 
+    def chunk_runs(self, job_id: str, index: int, change: int) -> int:
+        """Add ``change`` to chunk ``index``'s count of runs that started and have not
+        ended (+1 as a run starts, -1 as it ends, whatever its outcome), and return it.
+
+        A run whose worker died (killed, out of memory, crashed in a library) never
+        ends, so a run that starts with others still counted follows such deaths (or,
+        rarely, a redelivery of a chunk still running elsewhere). Raises JobNotFound.
+        """
+
     def chunks_all_done(self, job_id: str, indices: Sequence[int]) -> bool:
         """Whether every chunk in ``indices`` is recorded as done (True for none).
 

@@ -5,6 +5,8 @@ Key layout (``p`` is the prefix, "stoker" by default)::
     p:job:{id}            hash: doc (immutable JSON), state, stage, total, attempts,
                           created_at, started_at, finished_at, error (JSON); a field is
                           absent while its value is None
+                          and, per chunk run that started and has not ended
+                          (ChunkExecutor's crash count), runs:{index}
     p:job:{id}:outputs    list of OutputRef JSON, in order
     p:job:{id}:done       set of finished chunk indexes
     p:idx:all             sorted set of job ids scored by created_at; likewise
@@ -177,6 +179,13 @@ return 1
 """
 
 # KEYS: job, target.  ARGV: 'hset' field value | 'rpush' items...  Returns 0 if no job.
+# KEYS: job.  ARGV: chunk index, change.  The chunk's count of runs not ended, or
+# false if the job does not exist (HINCRBY alone would make a hash for a deleted one).
+_CHUNK_RUNS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('HINCRBY', KEYS[1], 'runs:' .. ARGV[1], ARGV[2])
+"""
+
 _IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call(ARGV[1], KEYS[2], unpack(ARGV, 2))
@@ -213,6 +222,7 @@ class RedisJobStore:
         self._finish_script, self._chunk_done = register(_FINISH), register(_CHUNK_DONE)
         self._if_exists, self._count_all = register(_IF_EXISTS), register(_COUNT_ALL)
         self._delete, self._build_top = register(_DELETE), register(_BUILD_TOP)
+        self._chunk_runs = register(_CHUNK_RUNS)
         self._top_built = False  # idx:top seen complete by this client
         self._docs = DocCache()
 
@@ -339,6 +349,13 @@ class RedisJobStore:
         if reply is None:
             raise JobNotFound(job_id)
         return _tally(reply)
+
+    def chunk_runs(self, job_id: str, index: int, change: int) -> int:
+        with self._guard():
+            count = self._chunk_runs([self._job(job_id)], [index, change])
+        if count is None:
+            raise JobNotFound(job_id)
+        return int(count)
 
     def succeed(self, job_id: str, outputs: builtins.list[OutputRef]) -> bool:
         return self._finish(job_id, JobState.SUCCEEDED, {"stage": "done"}, outputs)

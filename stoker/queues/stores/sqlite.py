@@ -59,6 +59,13 @@ CREATE TABLE IF NOT EXISTS chunk_done (
     idx    INTEGER NOT NULL,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
+-- Per chunk, its runs that started and have not ended (ChunkExecutor's crash count).
+CREATE TABLE IF NOT EXISTS chunk_runs (
+    job_id TEXT NOT NULL,
+    idx    INTEGER NOT NULL,
+    open   INTEGER NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
 COMMIT;
 """
 
@@ -211,6 +218,18 @@ class SqliteJobStore:
             ).fetchone()
         return Tally(newly_done=added == 1, done=done, total=row[0], state=JobState(row[1]))
 
+    def chunk_runs(self, job_id: str, index: int, change: int) -> int:
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise JobNotFound(job_id)
+            (count,) = conn.execute(
+                "INSERT INTO chunk_runs (job_id, idx, open) VALUES (?, ?, ?)"
+                " ON CONFLICT (job_id, idx) DO UPDATE SET open = open + excluded.open"
+                " RETURNING open",
+                (job_id, index, change),
+            ).fetchone()
+        return int(count)
+
     def succeed(self, job_id: str, outputs: builtins.list[OutputRef]) -> bool:
         return self._finish(
             job_id, JobState.SUCCEEDED, stage="done", outputs=_outputs_json(outputs)
@@ -283,6 +302,7 @@ class SqliteJobStore:
             ).rowcount
             if deleted:
                 conn.execute("DELETE FROM chunk_done WHERE job_id = ?", (job_id,))
+                conn.execute("DELETE FROM chunk_runs WHERE job_id = ?", (job_id,))
             elif conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                 raise JobNotFound(job_id)
         self._docs.forget(job_id)
