@@ -115,7 +115,8 @@ class Settings(BaseSettings):
     # A chunk whose workers died this many times while running it (killed, out of
     # memory, crashed in a library on a corrupt input) fails its job at its next
     # delivery, instead of taking down one worker after another. 0: never. Batched
-    # capabilities (embed) are not counted.
+    # capabilities (embed) are not counted. A run still going on another worker counts
+    # too, which only happens past visibility_timeout_s: keep chunk_time_limit_s below it.
     chunk_max_crashes: int = Field(default=2, ge=0)
 
     # --- input limits ---------------------------------------------------------------
