@@ -29,7 +29,6 @@ from stoker.errors import (
     TransientError,
 )
 from stoker.queues.app import BATCHED_CHUNK_TASK, QUEUED_AT_HEADER, RUN_CHUNK_TASK
-from stoker.queues.redis_transport import acks_together
 
 if TYPE_CHECKING:
     from stoker.config import Settings
@@ -112,6 +111,8 @@ class BatchedChunkTask(Task):
 
     def settle_batch(self, requests: list[Any], outcomes: list[BaseException | None]) -> None:
         """Acknowledge each request, or retry it, or fail its job, from its outcome."""
+        from stoker.queues.redis_transport import acks_together  # (redis-py: worker only)
+
         executor, settings = _executor(self.app), self.app.stoker_settings
         # One round trip for the batch's acks on Redis (see queues/redis_transport.py).
         with acks_together([request.message for request in requests]):
