@@ -252,8 +252,36 @@ def check_waiting_queues(settings: Settings) -> list[Check]:
     ]
 
 
+def check_time_limits(settings: Settings) -> Check:
+    """On Redis: does a chunk end (time limit, watchdog) before Redis would hand it to
+    a second worker (visibility timeout)? A chunk run twice at once is wasted work, and
+    counts toward chunk_max_crashes as a worker that died."""
+    from stoker.workers.watchdog import stuck_after_s
+
+    name = "chunk time limit"
+    limit, visible = settings.chunk_time_limit_s, settings.visibility_timeout_s
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return Check(name, True, f"{limit:g} s per chunk" if limit else "none")
+    fix = f"set STOKER_CHUNK_TIME_LIMIT_S below STOKER_VISIBILITY_TIMEOUT_S ({visible} s)"
+    if not limit:
+        why = "none: a stuck chunk holds its worker for good"
+        return Check(name, False, f"{why}, and one past the visibility timeout runs twice", fix)
+    stuck = stuck_after_s(limit)
+    detail = f"{limit:g} s per chunk, a stuck one ends its worker at {stuck:g} s"
+    if stuck >= visible:
+        return Check(
+            name, False, f"{detail}: not before Redis hands it out again at {visible} s", fix
+        )
+    return Check(name, True, f"{detail}, before the {visible} s visibility timeout")
+
+
 def run_checks(settings: Settings) -> list[Check]:
-    single: list[Callable[[Settings], Check]] = [check_broker, check_job_store, check_storage]
+    single: list[Callable[[Settings], Check]] = [
+        check_broker,
+        check_job_store,
+        check_storage,
+        check_time_limits,
+    ]
     checks = [c(settings) for c in single] + check_engines(settings) + [check_gpus()]
     checks += check_models(settings)
     return checks + check_waiting_queues(settings) + check_path_queues(settings)

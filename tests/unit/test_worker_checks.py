@@ -4,11 +4,13 @@ a capability whose engine is not installed, a GPU that is not there."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from stoker.config import load_settings
 from stoker.errors import ConfigError, InvalidInput
 from stoker.workers import memory, process
 
@@ -114,3 +116,27 @@ def test_misconfigured_storage_stops_the_start_and_storage_that_is_down_does_not
         process.check_storage(Refusing(ConfigError("no bucket")))  # type: ignore[arg-type]
     # down right now: the worker starts, and its tasks retry until storage is back
     process.check_storage(Refusing(StorageUnavailable("timed out")))  # type: ignore[arg-type]
+
+
+def test_doctor_checks_that_a_chunk_ends_before_redis_hands_it_out_again(tmp_path: Path) -> None:
+    from stoker.doctor import check_time_limits
+
+    def check(**fields: object) -> tuple[bool, str, str]:
+        settings = load_settings(data_dir=tmp_path, broker_url="redis://h:6379/0", **fields)
+        c = check_time_limits(settings)
+        return c.ok, c.detail, c.fix
+
+    # The defaults: 3000 s, stuck at 3150 s, before the 3600 s visibility timeout
+    assert check() == (
+        True, "3000 s per chunk, a stuck one ends its worker at 3150 s, before the 3600 s "
+        "visibility timeout", "",
+    )  # fmt: skip
+    # A limit whose watchdog comes after the visibility timeout, and none at all
+    late_ok, late, fix = check(chunk_time_limit_s=3500)
+    assert not late_ok and "ends its worker at 3675 s: not before Redis hands it out" in late
+    assert fix == "set STOKER_CHUNK_TIME_LIMIT_S below STOKER_VISIBILITY_TIMEOUT_S (3600 s)"
+    none_ok, none, _ = check(chunk_time_limit_s=0)
+    assert not none_ok and none.startswith("none: a stuck chunk holds its worker for good")
+    # And the embedded broker has no visibility timeout to race
+    embedded = check_time_limits(load_settings(data_dir=tmp_path, chunk_time_limit_s=0))
+    assert embedded.ok and embedded.detail == "none"
