@@ -132,7 +132,8 @@ class Steering:
         # What the heartbeat thread reads: replaced whole, never changed in place.
         self._served_paths: tuple[str, ...] = ()
         self._pools: list[PoolBeat] = []
-        # The chunk this worker runs now and since when (epoch s), set by SteeringStep.
+        # The chunk this worker runs now and since when, set by SteeringStep: the
+        # heartbeat reports it, the watchdog times it.
         self.running: RunningChunk | None = None
         self._beat_now = threading.Event()  # set: the heartbeat thread beats at once
         self._cards = CardPublisher(fleet, FILES_RECHECK_S)

@@ -8,10 +8,9 @@ the chunk holds the worker's only consumer thread, so that worker would take no 
 work, ever. So the heartbeat thread (workers/steering.py) looks at the running chunk
 at every beat. Once it has run past the limit by a grace (time for the chunk to
 reach its next check), its job is failed with a sentence saying so and the process
-exits with EXIT_STUCK, for its supervisor
-(systemd, compose) to start it again. The chunk's message was never acknowledged:
-Redis hands it out again after the visibility timeout, and the worker that gets it
-skips it, since its job has ended.
+exits with EXIT_STUCK, for its supervisor (systemd, compose) to start it again. The
+chunk's message was never acknowledged: Redis hands it out again after the
+visibility timeout, and the worker that gets it skips it, since its job has ended.
 """
 
 from __future__ import annotations
