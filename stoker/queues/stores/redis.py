@@ -4,9 +4,8 @@ Key layout (``p`` is the prefix, "stoker" by default)::
 
     p:job:{id}            hash: doc (immutable JSON), state, stage, total, attempts,
                           created_at, started_at, finished_at, error (JSON); a field is
-                          absent while its value is None
-                          and, per chunk run that started and has not ended
-                          (ChunkExecutor's crash count), runs:{index}
+                          absent while its value is None. runs:{index}: chunk index's
+                          runs that started and have not ended (the crash count)
     p:job:{id}:outputs    list of OutputRef JSON, in order
     p:job:{id}:done       set of finished chunk indexes
     p:idx:all             sorted set of job ids scored by created_at; likewise
@@ -178,7 +177,6 @@ for i = 5, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 """
 
-# KEYS: job, target.  ARGV: 'hset' field value | 'rpush' items...  Returns 0 if no job.
 # KEYS: job.  ARGV: chunk index, change.  The chunk's count of runs not ended, or
 # false if the job does not exist (HINCRBY alone would make a hash for a deleted one).
 _CHUNK_RUNS = """
@@ -186,6 +184,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('HINCRBY', KEYS[1], 'runs:' .. ARGV[1], ARGV[2])
 """
 
+# KEYS: job, target.  ARGV: 'hset' field value | 'rpush' items...  Returns 0 if no job.
 _IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call(ARGV[1], KEYS[2], unpack(ARGV, 2))
