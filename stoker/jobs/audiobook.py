@@ -20,6 +20,7 @@ match its text is synthesized once more. The results go in ``verification.json``
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from stoker.errors import InvalidInput
+from stoker.errors import InvalidInput, MissingDependency, ModelLoadError, UnknownModel
 from stoker.jobs import audio, books, text, verify
 from stoker.jobs.base import (
     Artifact,
@@ -240,7 +241,18 @@ class AudiobookCapability:
     ) -> None:
         synthesize_to_wav(model, payload["text"], params, ctx.out, ctx.should_stop)
         if payload.get("verify") and ctx.use_model is not None:
-            with ctx.use_model(params["verify_model"], "whisper") as whisper:
+            with contextlib.ExitStack() as stack:
+                name = params["verify_model"]
+                try:
+                    whisper = stack.enter_context(ctx.use_model(name, "whisper"))
+                except (UnknownModel, ModelLoadError, MissingDependency) as exc:
+                    # Planned from the fleet's cards at submission; this worker differs.
+                    raise ModelLoadError(
+                        f"the book's speech is to be checked with Whisper {name!r}, which "
+                        f"this worker cannot load ({exc}); install stoker[transcribe] and "
+                        f"that model on every worker that takes audiobooks, or submit the "
+                        f"book with verify none."
+                    ) from exc
                 ctx.notes.update(_checked(model, whisper, params, payload["text"], ctx))
 
     def noted_chunks(self, params: dict[str, Any], count: int) -> range:

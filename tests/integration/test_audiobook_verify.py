@@ -100,3 +100,22 @@ def test_a_chunk_wrong_twice_is_reported_with_what_was_heard(
     assert voice.calls == 2
     assert not notes["ok"] and notes["resynthesized"]
     assert notes["expected"] == TEXT and "heard" in notes
+
+
+def test_a_worker_that_cannot_load_the_checking_model_says_so(
+    takes: dict[str, bytes], tmp_path: Path
+) -> None:
+    from stoker.errors import ModelLoadError, UnknownModel
+
+    def no_whisper(name: str, backend: str) -> Any:
+        raise UnknownModel(name, ["base"])
+
+    ctx = ChunkContext(out=tmp_path / "c.wav", should_stop=lambda: False, use_model=no_whisper)
+    with pytest.raises(ModelLoadError) as caught:
+        AudiobookCapability().run_chunk(
+            ScriptedVoice(takes["speech"]), PARAMS, {"text": TEXT, "verify": True}, ctx
+        )
+    message = str(caught.value)
+    assert message.startswith("the book's speech is to be checked with Whisper 'tiny.en', ")
+    assert "this worker cannot load (unknown model 'tiny.en'" in message
+    assert message.endswith("or submit the book with verify none.")
