@@ -355,7 +355,9 @@ class Steering:
         """End this process if its chunk is stuck past the time limit (watchdog.py)."""
         limit, chunk = self.settings.chunk_time_limit_s, self.running
         if chunk is not None and is_stuck(chunk, limit):
-            end_stuck_chunk(chunk, limit, self.executor.fail)
+            end_stuck_chunk(
+                chunk, limit, self.executor.fail, leave=lambda: self.fleet.leave(self.hostname)
+            )
 
     def publish_cards(self) -> None:
         """Publish the model cards of the served and borrowed models whose files are

@@ -62,13 +62,19 @@ def end_stuck_chunk(
     chunk: RunningChunk,
     limit_s: float,
     fail: Callable[[str, StokerError], None],
+    leave: Callable[[], object] = lambda: None,
     exit_process: Callable[[int], object] = os._exit,
 ) -> None:
-    """Fail ``chunk``'s job saying it was stuck, then end this process."""
+    """Fail ``chunk``'s job saying it was stuck, ``leave`` the fleet (so no one counts
+    on this worker until its heartbeat expires), then end this process."""
     error = ChunkTimedOut(chunk.job_id, chunk.index, limit_s, stuck=True)
     log.error("%s", error)
     try:
         fail(chunk.job_id, error)
     except Exception as exc:  # the store is away: the redelivery runs it again
         log.error("could not record job %s as failed: %s", chunk.job_id, exc)
+    try:
+        leave()
+    except Exception as exc:  # its heartbeat expires by itself
+        log.debug("heartbeat record not removed: %s", exc)
     exit_process(EXIT_STUCK)

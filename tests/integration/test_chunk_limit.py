@@ -17,6 +17,7 @@ import pytest
 
 from stoker.client import Stoker
 from stoker.queues.records import JobState
+from stoker.workers.fleet import open_fleet
 from stoker.workers.watchdog import EXIT_STUCK
 from tests.deployment import Deployment
 from tests.texts import sentences
@@ -59,8 +60,10 @@ def test_a_chunk_stuck_in_one_call_ends_its_worker_and_only_its_job(
     with Stoker(deployment.settings()) as client:
         stuck = client.submit("speak", {"text": run_on})
 
-        # When it runs, the worker's watchdog fails the job and ends the process
+        # When it runs, the worker's watchdog fails the job and ends the process,
+        # leaving the fleet first (no heartbeat of it lingers)
         assert stuck_worker.proc.wait(timeout=90) == EXIT_STUCK
+        assert open_fleet(deployment.settings()).workers() == []
         failed = client.status(stuck.id)
         assert failed.state is JobState.FAILED and failed.error is not None
         assert "ran for more than 1 s and did not stop at its next check" in failed.error.message

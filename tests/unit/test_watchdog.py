@@ -62,16 +62,25 @@ def test_the_watchdog_fails_a_stuck_chunks_job_then_ends_the_process(
     assert not watchdog.is_stuck(chunk, 0) and not watchdog.is_stuck(None, 100)
 
     failed: list[tuple[str, StokerError]] = []
+    steps: list[object] = []
     exits: list[int] = []
-    watchdog.end_stuck_chunk(chunk, 100, lambda j, e: failed.append((j, e)), exits.append)
+
+    def exit_process(status: int) -> None:
+        steps.append("exit")
+        exits.append(status)
+
+    watchdog.end_stuck_chunk(
+        chunk, 100, lambda j, e: failed.append((j, e)), lambda: steps.append("leave"), exit_process
+    )
     assert [j for j, _ in failed] == ["job_x"] and exits == [watchdog.EXIT_STUCK]
+    assert steps == ["leave", "exit"]  # it leaves the fleet first
     assert "did not stop at its next check, so its worker process exits" in str(failed[0][1])
 
     # And with the store away it still exits (the redelivered chunk runs again)
     def away(job_id: str, error: StokerError) -> Any:
         raise ConnectionError("Redis is away")
 
-    watchdog.end_stuck_chunk(chunk, 100, away, exits.append)
+    watchdog.end_stuck_chunk(chunk, 100, away, lambda: away("", failed[0][1]), exits.append)
     assert exits == [watchdog.EXIT_STUCK] * 2
 
 
