@@ -153,13 +153,14 @@ def hand_on(task: Task, args: ChunkArgs, exc: BaseException, request: Any) -> bo
         return False
     job_id, index, _ = args
     # Its age on the new queue counts from its first queueing (the starvation guard).
-    queued_at = getattr(request, "request_dict", None) or vars(request)
+    # The message's headers: a batched request's request_dict, a task Context's fields.
+    headers = getattr(request, "request_dict", None) or vars(request)
     task.apply_async(
         args=args,
         queue=exc.queue,
         routing_key=exc.queue,
         priority=delivery.get("priority"),
-        headers={QUEUED_AT_HEADER: queued_at.get(QUEUED_AT_HEADER) or time.time()},
+        headers={QUEUED_AT_HEADER: headers.get(QUEUED_AT_HEADER) or time.time()},
     )
     log.info("job %s chunk %d: its model is not here; handed on to %s", job_id, index, exc.queue)
     return True

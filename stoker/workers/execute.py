@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -61,13 +62,13 @@ class _CancelCheck:
         self._store, self._job_id, self._index = store, job_id, index
         self._next = 0.0
         self._cancelled = False
-        self._limit_s = limit_s
-        self._deadline = None if limit_s is None else time.monotonic() + limit_s
+        self._limit_s = limit_s or 0.0
+        self._deadline = math.inf if limit_s is None else time.monotonic() + limit_s
 
     def __call__(self) -> bool:
         now = time.monotonic()
-        if self._deadline is not None and now >= self._deadline:
-            raise ChunkTimedOut(self._job_id, self._index, self._limit_s or 0.0)
+        if now >= self._deadline:
+            raise ChunkTimedOut(self._job_id, self._index, self._limit_s)
         if not self._cancelled and now >= self._next:
             self._next = now + CANCEL_POLL_S
             self._cancelled = self._store.state(self._job_id) is JobState.CANCELLED

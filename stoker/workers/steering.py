@@ -113,8 +113,10 @@ class Steering:
         self._fingerprints = {s.name: s.fingerprint for s in self._specs.values()}
         # The catalog models of the served capabilities, whose files are checked here.
         self._served_models = sorted({m for _, m in self._every if m})
-        # Models the served capabilities borrow (audiobook's Whisper): cards only.
-        self._borrowed_models = borrowed_models(kinds, catalog)
+        # Whose cards it publishes: those and the models the served capabilities
+        # borrow (audiobook's Whisper); the catalog is fixed, so worked out once.
+        carded = {*self._served_models, *borrowed_models(kinds, catalog)}
+        self._card_specs = [self._specs[name] for name in sorted(carded)]
         self.candidates: list[Candidate] = []
         self._gone: dict[str, str] = {}  # model whose files are not here → one of them
         self._files_checked_at = float("-inf")
@@ -367,9 +369,7 @@ class Steering:
         if not self.fleet.shared:
             return
         try:
-            names = sorted({*self._served_models, *self._borrowed_models})
-            specs = [self._specs[name] for name in names]
-            self._cards.refresh(specs, self.executor.catalog.pending_split)
+            self._cards.refresh(self._card_specs, self.executor.catalog.pending_split)
         except Exception as exc:
             log.debug("model cards not published: %s", exc)
 
