@@ -27,14 +27,14 @@ from typing import Any
 from celery import Celery
 
 from stoker.config import Priority, Settings
-from stoker.errors import InternalError, InvalidInput, JobNotFound
+from stoker.errors import BrokerUnavailable, InternalError, InvalidInput, JobNotFound
 from stoker.jobs import get_capability
 from stoker.jobs.base import ERRORS_NAME, PrepareContext
-from stoker.queues.batches import BATCH_KIND, child_ended, children, submit_batch
+from stoker.queues.batches import BATCH_KIND, GROUP, child_ended, children, submit_batch
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 from stoker.queues.stores import JobStore, open_job_store
 from stoker.queues.stores.base import list_all
-from stoker.queues.submit import StagedJob, commit, job_queue, stage
+from stoker.queues.submit import Messages, StagedJob, commit, job_queue, requeue, stage
 from stoker.storage import Storage, open_storage
 from stoker.storage.keys import job_prefix
 from stoker.storage.sources import is_s3_url, list_s3, staged
@@ -63,6 +63,17 @@ class Swept:
     bytes: int = 0
     kept: int = 0  # old enough, but a job lists them (its inputs, a cancelled job's chunks)
     stopped: str | None = None  # why it stopped before the end (a job was queued)
+
+
+@dataclass
+class Retried:
+    """What :meth:`Stoker.retry` queued again."""
+
+    record: JobRecord  # the job, or the batch, as it is now
+    jobs: list[str] = field(default_factory=list)  # ids queued again (a batch: its files)
+    chunks: int = 0  # chunk tasks sent (finished chunks are not run again)
+    # A batch's failed or cancelled files that were not queued again, and why.
+    not_retried: list[tuple[JobRecord, str]] = field(default_factory=list)
 
 
 #: Where content-addressed chunk outputs, their notes and chunk-group outputs live.
@@ -301,6 +312,94 @@ class Stoker:
         if record.parent is not None and record.parent_index is not None:
             child_ended(self.store, self.storage, record.parent, record.parent_index)
         return self.store.get(job_id)
+
+    def retry(self, job_id: str) -> Retried:
+        """Queue a failed or cancelled job again, under its id: the chunks it had not
+        finished run (with the payloads kept from its submission), and it assembles
+        as if it had never stopped. For a batch, every failed or cancelled file of it
+        (a batch that ended goes back to running); for one file of a batch, that file.
+
+        For after the cause is fixed: a model installed on the workers, a time limit
+        raised, a worker given more memory. Bad input fails again, with its reason.
+        Raises InvalidInput for a job that is queued, running or succeeded, or that
+        has nothing kept to run again (the reason is given), JobNotFound for an
+        unknown id, BrokerUnavailable as :meth:`submit` (the jobs fail again).
+        """
+        record = self.store.get(job_id)
+        batch = self.store.get(record.parent) if record.parent else record
+        if batch.kind == BATCH_KIND and batch.params.get("retriable") is False:
+            raise InvalidInput(
+                f"batch {batch.id} is an OpenAI batch, whose output and error files are "
+                f"final once written; submit the lines that failed (its error file) as "
+                f"a new batch."
+            )
+        if record.kind == BATCH_KIND:
+            return self._retry_batch(record)
+        if why := _not_retriable(record):
+            raise InvalidInput(f"job {job_id} {why}")
+        retried = self._retry_files(record.parent, [record])
+        if retried.not_retried:
+            raise InvalidInput(f"job {job_id} {retried.not_retried[0][1]}")
+        retried.record = self.store.get(job_id)
+        return retried
+
+    def _retry_batch(self, batch: JobRecord) -> Retried:
+        kids = [k for k in children(self.store, batch.id) if not _not_retriable(k)]
+        if not kids:
+            raise InvalidInput(
+                f"batch {batch.id} has no failed or cancelled file to retry "
+                f"(`stoker status {batch.id} --files` lists its files)."
+            )
+        retried = Retried(batch)
+        for at in range(0, len(kids), GROUP):
+            group = self._retry_files(batch.id, kids[at : at + GROUP])
+            retried.jobs += group.jobs
+            retried.chunks += group.chunks
+            retried.not_retried += group.not_retried
+        if not retried.jobs:
+            why = retried.not_retried[0][1]
+            raise InvalidInput(f"batch {batch.id}: no file could be retried; the first {why}")
+        retried.record = self.store.get(batch.id)
+        return retried
+
+    def _retry_files(self, parent: str | None, records: list[JobRecord]) -> Retried:
+        """Queue ``records`` (failed or cancelled, all of batch ``parent`` if any)
+        again. Their batch, if any, first counts them as not ended, so that it
+        assembles again once they end (an order that leaves no moment where one
+        could end uncounted)."""
+        retried = Retried(records[0])
+        plans: list[tuple[JobRecord, list[dict[str, Any]]]] = []
+        for record in records:
+            payloads = self.store.chunk_payloads(record.id)
+            if payloads:
+                plans.append((record, payloads))
+            else:
+                retried.not_retried.append((record, _nothing_kept(record)))
+        if parent is not None and plans:
+            places = [r.parent_index for r, _ in plans if r.parent_index is not None]
+            self.store.requeue(parent, stage="running", undone=places)
+        messages = []
+        for record, payloads in plans:
+            done = self.store.done_chunks(record.id)
+            if not self.store.requeue(record.id):
+                # Queued or running again already (another retry): that run ends it.
+                retried.not_retried.append((record, "was queued again meanwhile"))
+                continue
+            # A job whose chunks all finished (it failed in assembly) gets its first
+            # chunk again: its worker finds the output there and assembles.
+            chunks = [(i, p) for i, p in enumerate(payloads) if i not in done] or [(0, payloads[0])]
+            messages.append(Messages(record, chunks))
+            retried.jobs.append(record.id)
+            retried.chunks += len(chunks)
+        try:
+            requeue(app=self.app, store=self.store, jobs=messages)
+        except BrokerUnavailable:
+            # Failed again by the enqueue; their batch must count them as ended.
+            for job in messages:
+                if parent is not None and job.record.parent_index is not None:
+                    child_ended(self.store, self.storage, parent, job.record.parent_index)
+            raise
+        return retried
 
     def delete(self, job_id: str) -> list[str]:
         """Delete an ended job: everything stored under ``jobs/<id>/`` (outputs, the
@@ -543,6 +642,27 @@ class Stoker:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _not_retriable(record: JobRecord) -> str | None:
+    """Why ``record`` cannot be retried by state, as the end of a sentence; None if it can."""
+    if record.state in (JobState.FAILED, JobState.CANCELLED):
+        return None
+    if record.state is JobState.SUCCEEDED:
+        return (
+            "succeeded; its outputs are ready (`stoker get`). Items that failed inside it "
+            "(lines in errors.jsonl) can be submitted again as a new job."
+        )
+    return f"is {record.state.value}; only a failed or cancelled job can be retried."
+
+
+def _nothing_kept(record: JobRecord) -> str:
+    """Why a failed job has no chunk payloads kept, as the end of a sentence."""
+    why = f" ({record.error.message})" if record.error else ""
+    return (
+        f"has no chunks kept to run again: it was refused at submission{why}, or "
+        f"submitted by a stoker older than retries; submit it again."
+    )
 
 
 def _remaining(records: list[JobRecord], without: Collection[str]) -> list[JobRecord]:

@@ -163,6 +163,7 @@ def create_batch(
         commit=state.stoker.commit,
         owner=key.owner,
         source=input_file_id,
+        retriable=False,  # OpenAI's batches never restart; their files are final
     )
     state.metrics.submitted.labels("batch").inc()
     state.queued(adapter.kind, len(requests))

@@ -65,6 +65,8 @@ class Webhook(BaseModel):
     attempts: list[Attempt] = Field(default_factory=list)
     state: str = "pending"  # pending, delivered, failed
     next_at: float = 0.0
+    # Times the job was retried after its webhook was settled: each end is told anew.
+    round: int = 0
 
 
 def validate_target(url: str, settings: ApiSettings) -> None:
@@ -97,6 +99,21 @@ def register(meta: MetaStore, job_id: str, owner: str, spec: WebhookSpec, key_se
     now = time.time()
     meta.put(Doc(HOOK_NS, job_id, owner, now, hook.model_dump()))
     meta.put(Doc(PENDING_NS, job_id, owner, now, {}))
+
+
+def rearm(meta: MetaStore, job_id: str) -> None:
+    """Tell a retried job's end again: its webhook, if it has one that was delivered
+    or gave up, is pending once more (its past attempts are kept)."""
+    doc = meta.get(HOOK_NS, job_id)
+    if doc is None:
+        return
+    hook = Webhook.model_validate(doc.data)
+    if hook.state == "pending":  # not told yet: the retried run's end is told
+        return
+    hook.state, hook.next_at, hook.round = "pending", 0.0, hook.round + 1
+    hook.attempts = []
+    meta.put(Doc(HOOK_NS, job_id, doc.owner, doc.created_at, hook.model_dump()))
+    meta.put(Doc(PENDING_NS, job_id, doc.owner, time.time(), {}))
 
 
 def status_of(meta: MetaStore, job_id: str) -> dict[str, Any] | None:
@@ -171,7 +188,7 @@ class Deliverer:
             return 0
         if not record.state.terminal or hook.next_at > time.time():
             return 0
-        claim = f"webhook:{job_id}:{record.state.value}:{len(hook.attempts)}"
+        claim = f"webhook:{job_id}:{hook.round}:{record.state.value}:{len(hook.attempts)}"
         if not self.meta.claim(claim, self.settings.webhook_timeout_s * 2 + CLAIM_MARGIN_S):
             return 0  # another API process makes this attempt
         body = event_body(record, self.extra(record))

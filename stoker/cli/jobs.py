@@ -326,6 +326,30 @@ def cancel(ctx: typer.Context, job_id: JobArg) -> None:
 
 
 @app.command()
+def retry(
+    ctx: typer.Context,
+    job_id: JobArg,
+    and_wait: Annotated[bool, typer.Option("--wait", help="Then wait for it.")] = False,
+) -> None:
+    """Queue a failed or cancelled job again under its id (a batch: its failed and
+    cancelled files), once the cause is fixed; finished chunks are not run again."""
+    with client_of(ctx) as client:
+        retried = client.retry(job_id)
+        record = retried.record
+        chunks = f"{retried.chunks} chunk{'s' if retried.chunks != 1 else ''}"
+        if record.kind == BATCH_KIND:
+            files = f"{len(retried.jobs)} file{'s' if len(retried.jobs) != 1 else ''}"
+            console.print(f"{record.id} {record.state.value}: {files} queued again ({chunks})")
+        else:
+            total = record.progress.total
+            console.print(f"{record.id} {record.state.value}: {chunks} of {total} queued again")
+        for kid, why in retried.not_retried:
+            err.print(f"[yellow]not retried:[/] {kid.params.get('name') or kid.id} {why}")
+        if and_wait:
+            exit_unless_succeeded(client, follow(client, record.id))
+
+
+@app.command()
 def jobs(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,

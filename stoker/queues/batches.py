@@ -52,12 +52,16 @@ def submit_batch(
     commit: Commit,
     owner: str,
     source: str,
+    retriable: bool = True,
 ) -> JobRecord:
-    """Record a batch of ``requests`` for ``kind`` and submit each as a child job."""
+    """Record a batch of ``requests`` for ``kind`` and submit each as a child job.
+
+    ``retriable=False`` (an OpenAI batch, whose output files are final once written)
+    makes Stoker.retry refuse the batch and its files."""
     parent = _new_record(
         kind=BATCH_KIND,
         owner=owner,
-        params={"kind": kind, "source": source},
+        params={"kind": kind, "source": source, **({} if retriable else {"retriable": False})},
         progress=Progress(total=len(requests), stage="running"),
     )
     store.create(parent)

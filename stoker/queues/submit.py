@@ -111,14 +111,35 @@ def commit(*, app: Celery, store: JobStore, storage: Storage, jobs: Sequence[Sta
     Raises BrokerUnavailable if the broker cannot take them: every one of ``jobs`` is
     then recorded as failed with that reason.
     """
-    store.create_many([job.record for job in jobs])
+    # The payloads are kept with the record too, for a retry (JobStore.requeue).
+    payloads = [[plan.payload for plan in job.plans] for job in jobs]
+    store.create_many([job.record for job in jobs], payloads)
     # An input found at staging may have been swept (`stoker prune --inputs`) before
     # the record that keeps it was created; the sweep stops once it sees a job queued.
     for job in jobs:
         _restore_found(storage, job)
-    _enqueue(app, store, jobs)
+    messages = [Messages(j.record, list(enumerate(p))) for j, p in zip(jobs, payloads, strict=True)]
+    _enqueue(app, store, messages)
     for job in jobs:
         log.info("queued %s job %s: %d chunk(s)", job.record.kind, job.record.id, len(job.plans))
+
+
+@dataclass(frozen=True)
+class Messages:
+    """The chunk tasks to send for one job: (chunk index, payload) each."""
+
+    record: JobRecord
+    chunks: Sequence[tuple[int, dict[str, Any]]]
+
+
+def requeue(*, app: Celery, store: JobStore, jobs: Sequence[Messages]) -> None:
+    """Queue again the given chunks of jobs moved back to queued (JobStore.requeue),
+    with the payloads kept from their submission. Raises BrokerUnavailable as
+    :func:`commit`, failing the jobs again."""
+    _enqueue(app, store, jobs)
+    for job in jobs:
+        record = job.record
+        log.info("queued %s job %s again: %d chunk(s)", record.kind, record.id, len(job.chunks))
 
 
 def _restore_found(storage: Storage, job: StagedJob) -> None:
@@ -156,7 +177,7 @@ def _queue(settings: Settings, record: JobRecord) -> str:
     return queue
 
 
-def _enqueue(app: Celery, store: JobStore, jobs: Sequence[StagedJob]) -> None:
+def _enqueue(app: Celery, store: JobStore, jobs: Sequence[Messages]) -> None:
     try:
         with app.producer_or_acquire() as producer, producer.batch():
             # Each queue is found (a path model's is registered: a write) and declared
@@ -181,16 +202,16 @@ def _enqueue(app: Celery, store: JobStore, jobs: Sequence[StagedJob]) -> None:
         raise error from exc
 
 
-def _publish(app: Celery, producer: Any, job: StagedJob, queue: str, *, declare: bool) -> None:
+def _publish(app: Celery, producer: Any, job: Messages, queue: str, *, declare: bool) -> None:
     """Send ``job``'s chunk tasks to ``queue``, declaring it first if ``declare``."""
     record = job.record
     # Batchable capabilities' chunks are run many at a time (batching.py).
     batched = getattr(get_capability(record.kind), "batchable", False)
     task = BATCHED_CHUNK_TASK if batched else RUN_CHUNK_TASK
-    for i, plan in enumerate(job.plans):
+    for n, (i, payload) in enumerate(job.chunks):
         app.send_task(
             task,
-            args=(record.id, i, plan.payload),
+            args=(record.id, i, payload),
             queue=queue,
             routing_key=queue,
             priority=priority_value(record.priority),
@@ -199,6 +220,6 @@ def _publish(app: Celery, producer: Any, job: StagedJob, queue: str, *, declare:
             headers={QUEUED_AT_HEADER: time.time()},
             # None: Celery declares the queue; []: it does not. Logged by its job and
             # chunk: a repr of each payload was a tenth of a batch's cost.
-            declare=None if declare and i == 0 else [],
+            declare=None if declare and n == 0 else [],
             argsrepr=f"({record.id!r}, {i})",
         )

@@ -133,6 +133,9 @@ def test_a_batch_can_be_cancelled_and_another_key_cannot_see_it(
     assert cancelled.status == "cancelled"
     errors = client.files.content(cancelled.error_file_id).text.splitlines()
     assert errors and all(json.loads(e)["error"]["code"] == "batch_cancelled" for e in errors)
+    # And its job cannot be retried: an OpenAI batch's files are final
+    retry = httpx.post(f"{url}/v1/jobs/{batch.id}/retry", headers=auth(key))
+    assert retry.status_code == 400 and "is an OpenAI batch" in retry.text
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -304,3 +307,54 @@ def test_the_openai_client_transcribes_an_upload_synchronously(
         with wav.open("rb") as f, pytest.raises(openai.BadRequestError, match=f"body.{field}"):
             client.audio.transcriptions.create(model="whisper-1", file=f, **extra)  # type: ignore[call-overload]
     assert client.files.list().data == []
+
+
+class _Recorder(_Receiver):
+    received: list[tuple[dict[str, str], bytes]] = []
+    fail_first = 0
+
+
+def test_a_cancelled_job_is_retried_over_http_and_its_webhook_tells_the_new_end(
+    api: tuple[str, str], deployment: Deployment
+) -> None:
+    url, key = api
+    eve = make_key(deployment.settings(), "eve")
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = {"url": f"http://127.0.0.1:{server.server_port}/hook"}
+    try:
+        with httpx.Client(base_url=url, headers=auth(key), timeout=30) as http:
+            # Given an echo job with a webhook (no worker here takes echo), cancelled,
+            # its webhook delivered
+            job = http.post(
+                "/v1/jobs", json={"kind": "echo", "params": {"text": "hi"}, "webhook": hook}
+            ).json()
+            http.post(f"/v1/jobs/{job['id']}/cancel")
+            wait_for(lambda: _Recorder.received, lambda r: len(r) == 1)
+
+            # When another owner retries it: 404, as for a job they cannot see
+            other = http.post(f"/v1/jobs/{job['id']}/retry", headers=auth(eve))
+            assert other.status_code == 404
+            # When its owner does, it is queued again, its webhook pending once more
+            retried = http.post(f"/v1/jobs/{job['id']}/retry")
+            assert retried.status_code == 202, retried.text
+            view = retried.json()
+            assert view["state"] == "queued" and view["error"] is None
+            assert view["webhook"]["state"] == "pending" and view["webhook"]["attempts"] == []
+            # And a second retry while it is queued is refused, saying why
+            again = http.post(f"/v1/jobs/{job['id']}/retry")
+            assert again.status_code == 400 and "is queued" in again.text
+
+            # When it ends again (cancelled), that end is told too
+            http.post(f"/v1/jobs/{job['id']}/cancel")
+            wait_for(lambda: _Recorder.received, lambda r: len(r) == 2)
+            final = wait_for(
+                lambda: http.get(f"/v1/jobs/{job['id']}").json(),
+                lambda j: j["webhook"]["state"] == "delivered",
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    events = [json.loads(body) for _, body in _Recorder.received]
+    assert [(e["type"], e["job_id"]) for e in events] == [("job.cancelled", job["id"])] * 2
+    assert [a["status_code"] for a in final["webhook"]["attempts"]] == [200]

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -284,9 +285,9 @@ def test_a_submission_puts_back_an_input_swept_while_it_was_submitted(
         # after the submission found it, before its record existed
         create_many = client.store.create_many
 
-        def swept_then_create(records: Sequence[JobRecord]) -> None:
+        def swept_then_create(records: Sequence[JobRecord], payloads: Any = None) -> None:
             client.storage.delete(key)
-            create_many(records)
+            create_many(records, payloads)
 
         monkeypatch.setattr(client.store, "create_many", swept_then_create)
         second = client.submit("generate", request)
@@ -319,9 +320,9 @@ def test_a_batch_child_puts_back_an_input_swept_once_it_was_found(
         there_when_recorded = []
         create_many = client.store.create_many
 
-        def recorded(records: Sequence[JobRecord]) -> None:
+        def recorded(records: Sequence[JobRecord], payloads: Any = None) -> None:
             there_when_recorded.append(exists(key))
-            create_many(records)
+            create_many(records, payloads)
 
         monkeypatch.setattr(client.storage, "exists", found_then_swept)
         monkeypatch.setattr(client.store, "create_many", recorded)

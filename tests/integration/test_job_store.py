@@ -797,3 +797,121 @@ def test_the_doc_cache_keeps_only_the_last_few_many_chunk_jobs() -> None:
     assert cache.get(one.id) is None
     assert cache.get(b.id) is None
     assert cache.get(a.id) is a and cache.get(c.id) is c
+
+
+# --- retries: kept payloads and requeue ----------------------------------------------
+
+
+def test_payloads_are_kept_until_the_job_succeeds_or_is_deleted(store: JobStore) -> None:
+    # Given three jobs created with their chunk payloads, and one without
+    ok, failed, cancelled = job(chunks=2), job(chunks=2), job(chunks=1)
+    bare = job(chunks=1)
+    payloads = [[{"text": "a"}, {"text": "b"}], [{"text": "c"}, {"n": 2}], [{"x": [1.5]}]]
+    store.create_many([ok, failed, cancelled], payloads)
+    store.create(bare)
+
+    # Then each reads back in chunk order, and the job without reads None
+    assert store.chunk_payloads(failed.id) == [{"text": "c"}, {"n": 2}]
+    assert store.chunk_payloads(bare.id) is None
+
+    # When they end: a succeeded job's go (it is never retried), the others' stay
+    store.succeed(ok.id, [output("a.wav")])
+    store.fail(failed.id, JobError(kind="timed_out", message="slow"))
+    store.cancel(cancelled.id)
+    assert store.chunk_payloads(ok.id) is None
+    assert store.chunk_payloads(failed.id) == [{"text": "c"}, {"n": 2}]
+    assert store.chunk_payloads(cancelled.id) == [{"x": [1.5]}]
+
+    # And a deleted job's go with it
+    assert store.delete(failed.id)
+    with pytest.raises(JobNotFound):
+        store.chunk_payloads(failed.id)
+    store.create(failed.model_copy())  # the same id again: nothing of the old one
+    assert store.chunk_payloads(failed.id) is None
+
+
+def test_requeue_brings_an_ended_job_back_with_its_finished_chunks(store: JobStore) -> None:
+    # Given a 3-chunk job that finished chunk 1, had a crash counted on chunk 2, and failed
+    record = job(chunks=3, kind="embed")
+    store.create(record)
+    store.mark_running(record.id)
+    store.chunk_done(record.id, 1)
+    store.chunk_runs(record.id, 2, +1)
+    store.fail(record.id, JobError(kind="timed_out", message="slow"))
+
+    # When it is requeued
+    assert store.requeue(record.id) is True
+
+    # Then it is queued again, without its error or end, with chunk 1 still done, and
+    # the indexes and counts moved with it
+    got = store.get(record.id)
+    assert (got.state, got.progress.stage, got.error, got.finished_at) == (
+        JobState.QUEUED, "queued", None, None,
+    )  # fmt: skip
+    assert (got.progress.done, got.attempts) == (1, 1)
+    assert store.done_chunks(record.id) == {1}
+    assert ids(store.list(JobFilter(state=JobState.QUEUED))) == [record.id]
+    assert store.list(JobFilter(state=JobState.FAILED)) == []
+    assert store.counts() == {("embed", "queued"): 1}
+    # And its crash count starts again
+    assert store.chunk_runs(record.id, 2, +1) == 1
+
+    # And it runs and ends as a new job does
+    assert store.mark_running(record.id) is JobState.RUNNING
+    assert store.chunk_done(record.id, 0).done == 2
+    assert store.chunk_done(record.id, 2).done == 3
+    assert store.succeed(record.id, [output("e.npy")])
+    assert store.counts() == {("embed", "succeeded"): 1}
+
+
+def test_requeue_of_a_cancelled_job_clears_its_partial_outputs(store: JobStore) -> None:
+    record = job(chunks=2)
+    store.create(record)
+    store.chunk_done(record.id, 0)
+    store.cancel(record.id)
+    store.add_outputs(record.id, [output("chunk-0.wav")])
+
+    assert store.requeue(record.id) is True
+
+    got = store.get(record.id)
+    assert (got.state, got.outputs, got.progress.done) == (JobState.QUEUED, [], 1)
+
+
+def test_requeue_leaves_an_active_job_but_counts_its_undone_chunks(store: JobStore) -> None:
+    # Given a batch still running with two files ended, and a queued job
+    batch = job(kind="batch", chunks=0, progress=Progress(total=3, stage="running"))
+    store.create(batch)
+    store.chunk_done(batch.id, 0)
+    store.chunk_done(batch.id, 2)
+    queued = job()
+    store.create(queued)
+
+    # When they are requeued, the batch with file 2 to count again
+    assert store.requeue(batch.id, stage="running", undone=[2]) is False
+    assert store.requeue(queued.id) is False
+
+    # Then neither moved, and file 2 is no longer counted as ended
+    assert store.get(batch.id).state is JobState.QUEUED
+    assert store.done_chunks(batch.id) == {0}
+    assert store.get(queued.id).state is JobState.QUEUED
+    with pytest.raises(JobNotFound):
+        store.requeue("job_missing")
+
+
+def test_requeue_reopens_an_ended_batch_for_the_files_retried(store: JobStore) -> None:
+    # Given a batch of three files that ended (one failed) and succeeded
+    batch = job(kind="batch", chunks=0, progress=Progress(total=3, stage="running"))
+    store.create(batch)
+    for i in range(3):
+        assert store.chunk_done(batch.id, i).done == i + 1
+    store.succeed(batch.id, [output("manifest.json")])
+
+    # When it is reopened for file 1
+    assert store.requeue(batch.id, stage="running", undone=[1]) is True
+
+    # Then it is active, without its outputs, and file 1 ending completes it again
+    got = store.get(batch.id)
+    assert (got.state, got.progress.stage, got.outputs) == (JobState.QUEUED, "running", [])
+    tally = store.chunk_done(batch.id, 1)
+    assert (tally.newly_done, tally.done, tally.total) == (True, 3, 3)
+    assert not tally.state.terminal

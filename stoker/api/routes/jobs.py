@@ -17,7 +17,7 @@ from stoker.api.errors import ApiError
 from stoker.api.inputs import merge_input
 from stoker.api.submission import submit_job
 from stoker.api.views import JobList, JobView, job_view, waiting_view
-from stoker.api.webhooks import WebhookSpec
+from stoker.api.webhooks import WebhookSpec, rearm
 from stoker.config import Priority
 from stoker.queues.records import JobFilter, JobRecord, JobState
 
@@ -110,6 +110,17 @@ def cancel_job(job_id: str, state: StateDep, key: KeyDep) -> JobView:
     """Cancel a queued or running job; an ended job is returned unchanged."""
     owned_job(state, key, job_id)
     return job_view(state, state.stoker.cancel(job_id))
+
+
+@router.post("/{job_id}/retry", status_code=202, response_model=JobView)
+def retry_job(job_id: str, state: StateDep, key: KeyDep) -> JobView:
+    """Queue a failed or cancelled job again under its id (a batch: its failed and
+    cancelled files); its webhook, if any, tells the new end. 400 for a job that is
+    queued, running or succeeded, or has nothing kept to run again."""
+    owned_job(state, key, job_id)
+    retried = state.stoker.retry(job_id)
+    rearm(state.meta, job_id)
+    return job_view(state, retried.record)
 
 
 @router.delete("/{job_id}")

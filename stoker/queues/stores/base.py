@@ -43,11 +43,24 @@ class JobStore(Protocol):
     def create(self, record: JobRecord) -> None:
         """Store a new record (state queued). Raises ValueError if the id exists."""
 
-    def create_many(self, records: Sequence[JobRecord]) -> None:
+    def create_many(
+        self,
+        records: Sequence[JobRecord],
+        payloads: Sequence[Sequence[dict[str, Any]]] | None = None,
+    ) -> None:
         """:meth:`create` for each record, in one round trip on Redis and one
         transaction on SQLite (a batch of 50,000 lines is recorded in groups, not one
         write each). Raises ValueError naming an id that exists; the others are stored.
+
+        ``payloads``, one list per record: its chunks' task payloads, kept until the
+        job succeeds or is deleted, so that a job that failed or was cancelled can be
+        queued again (:meth:`chunk_payloads`, :meth:`requeue`).
         """
+
+    def chunk_payloads(self, job_id: str) -> builtins.list[dict[str, Any]] | None:
+        """The chunk payloads stored with the job by :meth:`create_many`, in chunk
+        order; None when none are kept (it succeeded, it was recorded without them: a
+        batch, a file refused at submission). Raises JobNotFound."""
 
     def get(self, job_id: str) -> JobRecord:
         """The record as it is now. Raises errors.JobNotFound."""
@@ -126,6 +139,15 @@ class JobStore(Protocol):
 
     def add_outputs(self, job_id: str, outputs: builtins.list[OutputRef]) -> None:
         """Append outputs (used for the partial outputs of a cancelled job)."""
+
+    def requeue(self, job_id: str, *, stage: str = "queued", undone: Sequence[int] = ()) -> bool:
+        """An ended job back to queued, for a retry: its error, end time, outputs and
+        crash counts cleared and ``stage`` set; its finished chunks stay done. The
+        chunk indexes in ``undone`` are counted as not done, also when the job is
+        still queued or running (a batch whose failed file is retried while others
+        run: the file must count again when it ends). Returns whether the job moved:
+        False for a job queued or running. Raises JobNotFound. The caller queues the
+        chunks (Stoker.retry)."""
 
     def delete(self, job_id: str) -> bool:
         """Remove an ended job's record, its chunk tally and its place in every index

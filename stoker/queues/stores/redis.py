@@ -8,6 +8,8 @@ Key layout (``p`` is the prefix, "stoker" by default)::
                           runs that started and have not ended (the crash count)
     p:job:{id}:outputs    list of OutputRef JSON, in order
     p:job:{id}:done       set of finished chunk indexes
+    p:job:{id}:payloads   JSON list of the chunks' task payloads, kept until the job
+                          succeeds, for `stoker retry` of a failed or cancelled job
     p:idx:all             sorted set of job ids scored by created_at; likewise
     p:idx:state:{state}   p:idx:kind:{kind}, p:idx:owner:{owner}, for the child
                           jobs of a batch p:idx:parent:{batch id}, and for the jobs
@@ -112,9 +114,10 @@ return state
 """
 )
 
-# KEYS: job, outputs, idx:state:queued, idx:state:running, idx:state:{target}, counts
-# ARGV: id, target, replace_outputs ('1'/'0'), n, n field/value items, outputs...
-# Returns 1 if moved, 0 if the job is terminal, -1 if it does not exist.
+# KEYS: job, outputs, idx:state:queued, idx:state:running, idx:state:{target}, counts,
+# payloads.  ARGV: id, target, replace_outputs ('1'/'0'), n, n field/value items,
+# outputs...  Returns 1 if moved, 0 if the job is terminal, -1 if it does not exist.
+# A job that succeeded is never retried: its chunk payloads go.
 _FINISH = (
     _COUNT
     + """
@@ -130,6 +133,7 @@ if ARGV[3] == '1' then
   redis.call('DEL', KEYS[2])
   if #ARGV > 4 + n then redis.call('RPUSH', KEYS[2], unpack(ARGV, 5 + n)) end
 end
+if ARGV[2] == 'succeeded' then redis.call('DEL', KEYS[7]) end
 return 1
 """
 )
@@ -164,18 +168,48 @@ redis.call('HSET', KEYS[1], 'ready', 1)
 return 1
 """
 
-# KEYS: job, outputs, done, counts, idx:all, idx:state:{state}, idx:kind, idx:owner,
-# idx:parent or idx:top.  ARGV: id, state, "{kind}|{state}".  Returns 1 if deleted, 0 if the
-# job is not in ``state`` (it is active: only an ended job is deleted), -1 if no job.
+# KEYS: job, outputs, done, payloads, counts, idx:all, idx:state:{state}, idx:kind,
+# idx:owner, idx:parent or idx:top.  ARGV: id, state, "{kind}|{state}".  Returns 1 if
+# deleted, 0 if the job is not in ``state`` (it is active: only an ended job is
+# deleted, and a retried one is active again), -1 if no job.
 _DELETE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
 if state ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('HINCRBY', KEYS[4], ARGV[3], -1)
-for i = 5, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('HINCRBY', KEYS[5], ARGV[3], -1)
+for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 """
+
+# An ended job back to queued, for a retry (see JobStore.requeue).
+# KEYS: job, outputs, done, idx:state:{state}, idx:state:queued, counts.
+# ARGV: id, state (as read: the index key depends on it), stage, chunk indexes to
+# count as not done...  Returns 1 if moved, 0 if the job is active (only the chunks
+# were counted as not done), 2 if it ended in another state than read, -1 if no job.
+_REQUEUE = (
+    _COUNT
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state == 'queued' or state == 'running' then
+  if #ARGV > 3 then redis.call('SREM', KEYS[3], unpack(ARGV, 4)) end
+  return 0
+end
+if state ~= ARGV[2] then return 2 end
+move(KEYS[6], kind_of(KEYS[1]), state, 'queued')
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], redis.call('HGET', KEYS[1], 'created_at'), ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'stage', ARGV[3])
+redis.call('HDEL', KEYS[1], 'error', 'finished_at')
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 5) == 'runs:' then redis.call('HDEL', KEYS[1], field) end
+end
+redis.call('DEL', KEYS[2])
+if #ARGV > 3 then redis.call('SREM', KEYS[3], unpack(ARGV, 4)) end
+return 1
+"""
+)
 
 # KEYS: job.  ARGV: chunk index, change.  The chunk's count of runs not ended, or
 # false if the job does not exist (HINCRBY alone would make a hash for a deleted one).
@@ -221,7 +255,7 @@ class RedisJobStore:
         self._finish_script, self._chunk_done = register(_FINISH), register(_CHUNK_DONE)
         self._if_exists, self._count_all = register(_IF_EXISTS), register(_COUNT_ALL)
         self._delete, self._build_top = register(_DELETE), register(_BUILD_TOP)
-        self._chunk_runs = register(_CHUNK_RUNS)
+        self._chunk_runs, self._requeue = register(_CHUNK_RUNS), register(_REQUEUE)
         self._top_built = False  # idx:top seen complete by this client
         self._docs = DocCache()
 
@@ -321,16 +355,52 @@ class RedisJobStore:
         if not created:
             raise ValueError(f"a job with id {record.id!r} already exists")
 
-    def create_many(self, records: Sequence[JobRecord]) -> None:
+    def create_many(
+        self,
+        records: Sequence[JobRecord],
+        payloads: Sequence[Sequence[dict[str, Any]]] | None = None,
+    ) -> None:
         # A pipeline checks its scripts are loaded first: two round trips, not one.
         pipe = self._client.pipeline(transaction=False)
         for record in records:
             self._create(*self._create_call(record), client=pipe)
+        for record, kept in zip(records, payloads, strict=True) if payloads is not None else ():
+            pipe.set(self._payloads(record.id), json.dumps(kept, separators=(",", ":")))
         with self._guard():
-            created = pipe.execute() if records else []
+            created = pipe.execute()[: len(records)] if records else []
         taken = [r.id for r, ok in zip(records, created, strict=True) if not ok]
         if taken:
             raise ValueError(f"a job with id {taken[0]!r} already exists")
+
+    def chunk_payloads(self, job_id: str) -> builtins.list[dict[str, Any]] | None:
+        with self._guard():
+            pipe = self._client.pipeline()
+            pipe.exists(self._job(job_id))
+            pipe.get(self._payloads(job_id))
+            exists, kept = pipe.execute()
+        if not exists:
+            raise JobNotFound(job_id)
+        return None if kept is None else cast(builtins.list[dict[str, Any]], json.loads(kept))
+
+    def requeue(self, job_id: str, *, stage: str = "queued", undone: Sequence[int] = ()) -> bool:
+        moved = 2
+        while moved == 2:  # it ended in another state since it was read: read again
+            with self._guard():
+                state = cast(str | None, self._client.hget(self._job(job_id), "state"))
+                if state is None:
+                    raise JobNotFound(job_id)
+                keys = [
+                    self._job(job_id),
+                    self._outputs(job_id),
+                    self._done(job_id),
+                    self._idx("state", state),
+                    self._idx("state", "queued"),
+                    self._counts(),
+                ]
+                moved = self._requeue(keys, [job_id, state, stage, *undone])
+        if moved == -1:  # deleted by another client meanwhile
+            raise JobNotFound(job_id)
+        return bool(moved == 1)
 
     def mark_running(self, job_id: str) -> JobState:
         with self._guard():
@@ -427,6 +497,7 @@ class RedisJobStore:
             self._job(job_id),
             self._outputs(job_id),
             self._done(job_id),
+            self._payloads(job_id),
             self._counts(),
             self._idx("all"),
             self._idx("state", state),
@@ -519,6 +590,7 @@ class RedisJobStore:
             self._idx("state", "running"),
             self._idx("state", target),
             self._counts(),
+            self._payloads(job_id),
         ]
         replace = "0" if outputs is None else "1"
         return keys, [job_id, target.value, replace, len(items), *items, *_outputs(outputs or [])]
@@ -576,6 +648,9 @@ class RedisJobStore:
 
     def _done(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:done"
+
+    def _payloads(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:payloads"
 
     def _counts(self) -> str:
         return f"{self.prefix}:counts"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from stoker.errors import BrokerUnavailable, ConfigError, JobNotFound
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef
@@ -66,6 +66,19 @@ CREATE TABLE IF NOT EXISTS chunk_runs (
     open   INTEGER NOT NULL,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
+-- Per job, its chunks' task payloads (JSON list), for `stoker retry` of a job that
+-- failed or was cancelled: kept until it succeeds (never retried) or is deleted.
+CREATE TABLE IF NOT EXISTS job_payloads (
+    job_id   TEXT PRIMARY KEY,
+    payloads TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS job_payloads_succeeded AFTER UPDATE OF state ON jobs
+WHEN NEW.state = 'succeeded' BEGIN
+  DELETE FROM job_payloads WHERE job_id = NEW.id;
+END;
+CREATE TRIGGER IF NOT EXISTS job_payloads_deleted AFTER DELETE ON jobs BEGIN
+  DELETE FROM job_payloads WHERE job_id = OLD.id;
+END;
 COMMIT;
 """
 
@@ -169,10 +182,22 @@ class SqliteJobStore:
     def create(self, record: JobRecord) -> None:
         self.create_many([record])
 
-    def create_many(self, records: Sequence[JobRecord]) -> None:
+    def create_many(
+        self,
+        records: Sequence[JobRecord],
+        payloads: Sequence[Sequence[dict[str, Any]]] | None = None,
+    ) -> None:
         rows = [_insert_row(record) for record in records]
         if not rows:
             return
+        kept = (
+            [
+                (record.id, json.dumps(p, separators=(",", ":")))
+                for record, p in zip(records, payloads, strict=True)
+            ]
+            if payloads is not None
+            else []
+        )
         sql = f"INSERT INTO jobs ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})"
         taken = None
         with self._transaction() as conn:
@@ -181,8 +206,38 @@ class SqliteJobStore:
                     conn.execute(sql, tuple(row.values()))
                 except sqlite3.IntegrityError:  # that row only; the others are stored
                     taken = taken or row["id"]
+            conn.executemany(
+                "INSERT OR IGNORE INTO job_payloads (job_id, payloads) VALUES (?, ?)", kept
+            )
         if taken:
             raise ValueError(f"a job with id {taken!r} already exists")
+
+    def chunk_payloads(self, job_id: str) -> builtins.list[dict[str, Any]] | None:
+        sql = "SELECT payloads FROM job_payloads WHERE job_id = ?"
+        with self._guard() as conn:
+            row = conn.execute(sql, (job_id,)).fetchone()
+        if row is None:
+            self.state(job_id)  # raises JobNotFound for a missing job
+            return None
+        return cast(builtins.list[dict[str, Any]], json.loads(row[0]))
+
+    def requeue(self, job_id: str, *, stage: str = "queued", undone: Sequence[int] = ()) -> bool:
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise JobNotFound(job_id)
+            conn.executemany(
+                "DELETE FROM chunk_done WHERE job_id = ? AND idx = ?",
+                [(job_id, i) for i in undone],
+            )
+            moved = conn.execute(
+                "UPDATE jobs SET state = 'queued', stage = ?, error = NULL,"
+                " finished_at = NULL, outputs = '[]'"
+                f" WHERE id = ? AND state NOT IN {_ACTIVE}",
+                (stage, job_id),
+            ).rowcount
+            if moved:
+                conn.execute("DELETE FROM chunk_runs WHERE job_id = ?", (job_id,))
+        return bool(moved)
 
     def mark_running(self, job_id: str) -> JobState:
         with self._guard() as conn:
