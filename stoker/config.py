@@ -118,6 +118,14 @@ class Settings(BaseSettings):
     # capabilities (embed) are not counted. A run still going on another worker counts
     # too, which only happens past visibility_timeout_s: keep chunk_time_limit_s below it.
     chunk_max_crashes: int = Field(default=2, ge=0)
+    # A worker told to stop (SIGTERM: a deploy, `systemctl stop`) lets its running
+    # chunk finish for this long; past it, the chunk stops at its next check and goes
+    # back to its queue at once, for another worker (its finished work is lost, not the
+    # job). Keep it below the time the service manager waits before SIGKILL (systemd's
+    # TimeoutStopSec, compose's stop_grace_period: 300 s in deploy/): a chunk killed
+    # there waits visibility_timeout_s for Redis to hand it out again, and counts as a
+    # crash. 0: put the chunk back at its next check.
+    stop_grace_s: float = Field(default=240.0, ge=0)
 
     # --- input limits ---------------------------------------------------------------
     max_text_bytes: int = Field(default=1_000_000, gt=0)

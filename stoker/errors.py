@@ -113,6 +113,19 @@ class ChunkTimedOut(PermanentError):
         )
 
 
+class WorkerStopping(TransientError):
+    """The worker running a chunk was told to stop and the chunk would not end within
+    ``stop_grace_s``: it goes back to its queue for another worker (queues/tasks.py)."""
+
+    kind = "worker_stopping"
+
+    def __init__(self, job_id: str, index: int, grace_s: float) -> None:
+        super().__init__(
+            f"chunk {index + 1} of job {job_id} was still running {grace_s:g} s after its "
+            f"worker was told to stop (stop_grace_s); it goes back to its queue."
+        )
+
+
 class ChunkCrashedWorkers(PermanentError):
     """Workers that ran a chunk died before finishing it, too often: its job fails
     rather than take down another worker (a poison input)."""

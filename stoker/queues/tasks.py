@@ -27,6 +27,7 @@ from stoker.errors import (
     PermanentError,
     StokerError,
     TransientError,
+    WorkerStopping,
 )
 from stoker.queues.app import BATCHED_CHUNK_TASK, QUEUED_AT_HEADER, RUN_CHUNK_TASK
 
@@ -119,7 +120,9 @@ class BatchedChunkTask(Task):
             for request, exc in zip(requests, outcomes, strict=True):
                 args: ChunkArgs = tuple(request.args)
                 retries = int(request.request_dict.get("retries") or 0)
-                if exc is not None and hand_on(self, args, exc, request):
+                if exc is not None and (
+                    hand_on(self, args, exc, request) or put_back(self, args, exc, request)
+                ):
                     exc = None  # settled: the chunk is another worker's now
                 delay = None if exc is None else settle(executor, settings, args, exc, retries)
                 if delay is not None:
@@ -151,19 +154,41 @@ def hand_on(task: Task, args: ChunkArgs, exc: BaseException, request: Any) -> bo
     delivery = request.delivery_info or {}
     if not isinstance(exc, ModelElsewhere) or delivery.get("routing_key") == exc.queue:
         return False
+    _republish(task, args, request, exc.queue)
     job_id, index, _ = args
-    # Its age on the new queue counts from its first queueing (the starvation guard).
+    log.info("job %s chunk %d: its model is not here; handed on to %s", job_id, index, exc.queue)
+    return True
+
+
+def put_back(task: Task, args: ChunkArgs, exc: BaseException, request: Any) -> bool:
+    """Send the chunk ``args`` back to the queue it came from, to run now on another
+    worker, when ``exc`` says this worker is stopping (WorkerStopping); True if sent.
+
+    Not a retry: its retry count and its age in the queue are kept. As for
+    :func:`hand_on`, the copy is published before the caller acks this message.
+    """
+    queue = (request.delivery_info or {}).get("routing_key")
+    if not isinstance(exc, WorkerStopping) or not queue:
+        return False  # (no queue known: retried as any TransientError)
+    _republish(task, args, request, queue, retries=int(getattr(request, "retries", 0) or 0))
+    log.info("job %s chunk %d: the worker is stopping; put back on %s", args[0], args[1], queue)
+    return True
+
+
+def _republish(task: Task, args: ChunkArgs, request: Any, queue: str, retries: int = 0) -> None:
+    """A copy of the message ``request`` on ``queue``, with its priority and the time
+    it was first queued (its age counts from then: the starvation guard)."""
+    delivery = request.delivery_info or {}
     # The message's headers: a batched request's request_dict, a task Context's fields.
     headers = getattr(request, "request_dict", None) or vars(request)
     task.apply_async(
         args=args,
-        queue=exc.queue,
-        routing_key=exc.queue,
+        queue=queue,
+        routing_key=queue,
         priority=delivery.get("priority"),
+        retries=retries,
         headers={QUEUED_AT_HEADER: headers.get(QUEUED_AT_HEADER) or time.time()},
     )
-    log.info("job %s chunk %d: its model is not here; handed on to %s", job_id, index, exc.queue)
-    return True
 
 
 def _acknowledge_now(request: Any) -> None:
@@ -189,7 +214,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         try:
             executor.run_chunk(job_id, index, payload)
         except Exception as exc:
-            if hand_on(self, args, exc, self.request):
+            if hand_on(self, args, exc, self.request) or put_back(self, args, exc, self.request):
                 return
             delay = settle(executor, settings, args, exc, self.request.retries)
             if delay is not None:
@@ -207,10 +232,13 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         # a batch of one.
         args: ChunkArgs = (job_id, index, payload)
         exc = _executor(self.app).run_chunks([args])[0]
-        if exc is not None and not hand_on(self, args, exc, self.request):
-            delay = settle(_executor(self.app), settings, args, exc, self.request.retries)
-            if delay is not None:
-                raise self.retry(exc=exc, countdown=delay) from exc
+        if exc is None or hand_on(self, args, exc, self.request):
+            return
+        if put_back(self, args, exc, self.request):
+            return
+        delay = settle(_executor(self.app), settings, args, exc, self.request.retries)
+        if delay is not None:
+            raise self.retry(exc=exc, countdown=delay) from exc
 
 
 def _internal(exc: BaseException) -> InternalError:

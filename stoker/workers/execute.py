@@ -30,6 +30,7 @@ from stoker.errors import (
     ModelLoadError,
     StokerError,
     UnknownModel,
+    WorkerStopping,
 )
 from stoker.jobs import get_capability
 from stoker.jobs.base import Capability, ChunkContext
@@ -55,20 +56,33 @@ CANCEL_POLL_S = 0.5
 class _CancelCheck:
     """``should_stop`` for a running chunk: True once its job is cancelled (the store
     is asked at most every CANCEL_POLL_S); raises ChunkTimedOut once the chunk has run
-    for ``limit_s`` (None: no limit). Made when the chunk starts, before its model is
-    loaded, so the load counts too."""
+    for ``limit_s`` (None: no limit), and WorkerStopping once its worker was told to
+    stop ``stop_grace_s`` ago (``stopping``: when, on the monotonic clock, or None).
+    Made when the chunk starts, before its model is loaded, so the load counts too."""
 
-    def __init__(self, store: JobStore, job_id: str, index: int, limit_s: float | None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        index: int,
+        limit_s: float | None,
+        stopping: Callable[[], float | None] = lambda: None,
+        stop_grace_s: float = 0.0,
+    ) -> None:
         self._store, self._job_id, self._index = store, job_id, index
         self._next = 0.0
         self._cancelled = False
         self._limit_s = limit_s or 0.0
         self._deadline = math.inf if limit_s is None else time.monotonic() + limit_s
+        self._stopping, self._stop_grace_s = stopping, stop_grace_s
 
     def __call__(self) -> bool:
         now = time.monotonic()
         if now >= self._deadline:
             raise ChunkTimedOut(self._job_id, self._index, self._limit_s)
+        told = self._stopping()
+        if told is not None and now >= told + self._stop_grace_s:
+            raise WorkerStopping(self._job_id, self._index, self._stop_grace_s)
         if not self._cancelled and now >= self._next:
             self._next = now + CANCEL_POLL_S
             self._cancelled = self._store.state(self._job_id) is JobState.CANCELLED
@@ -101,6 +115,14 @@ class ChunkExecutor:
         # (kind, model) → the queue of a live worker that has the model, for a model
         # not here (workers/steering.py); None: no fleet to hand chunks on to.
         self.elsewhere: Callable[[str, str | None], str | None] | None = None
+        # When (monotonic) this worker was told to stop (stop_requested); None: it was not.
+        self.stopping_since: float | None = None
+
+    def stop_requested(self) -> None:
+        """The worker is stopping (SIGTERM): a running chunk may go on for
+        ``stop_grace_s`` more, then stops at its next check and is put back."""
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
 
     def run_chunk(self, job_id: str, index: int, payload: dict[str, Any]) -> None:
         """Run chunk ``index`` of ``job_id`` unless its output exists; assemble if last."""
@@ -162,7 +184,8 @@ class ChunkExecutor:
     def cancel_check(self, job_id: str, index: int) -> _CancelCheck:
         """``should_stop`` for chunk ``index`` of ``job_id``, about to run here."""
         limit = self.settings.chunk_time_limit_s or None
-        return _CancelCheck(self.store, job_id, index, limit)
+        grace = self.settings.stop_grace_s
+        return _CancelCheck(self.store, job_id, index, limit, lambda: self.stopping_since, grace)
 
     def _start(self, job_id: str, index: int) -> tuple[Capability, JobRecord] | None:
         """Mark the job running; None when it already ended (cancelled, failed)."""

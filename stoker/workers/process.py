@@ -9,8 +9,11 @@ Which queues it consumes changes at run time (workers/steering.py): with
 then switches deliberately (workers/scheduler.py); otherwise it consumes every queue.
 
 Shutdown: SIGTERM (or Ctrl-C) is Celery's warm shutdown: the running chunk finishes
-and is acknowledged. SIGKILL loses the process, not the chunk: its message was never
-acknowledged, so the broker redelivers it to another worker.
+and is acknowledged, unless it is still running ``stop_grace_s`` later: then it stops
+at its next check and its message goes back to its queue for another worker, before
+the service manager's SIGKILL. SIGKILL loses the process, not the chunk: its message
+was never acknowledged, so the broker redelivers it to another worker (on Redis, after
+``visibility_timeout_s``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_shutting_down
 
 from stoker.config import Settings
 from stoker.errors import ConfigError, InvalidInput, TransientError
@@ -212,6 +216,8 @@ def run_worker(
     preload(executor, preload_models)
     hostname = node_name(device)
     steering = steer(app, settings, executor, queues, hostname, fleet)
+    # Sent from the signal handler (Celery's warm shutdown), on the main thread.
+    worker_shutting_down.connect(lambda **_: executor.stop_requested(), weak=False)
     worker = app.Worker(
         queues=steering.initial_queues(),
         pool="solo",

@@ -107,3 +107,32 @@ def test_a_chunk_whose_workers_die_twice_fails_its_job_instead_of_a_third_worker
         done = client.wait(client.submit("speak", {"text": "Hello there."}).id, timeout_s=60)
     assert done.state is JobState.SUCCEEDED, done.error
     assert f"job {poison.id} chunk 1/1 done" not in third.text()
+
+
+def test_a_stopping_worker_puts_a_long_chunk_back_for_the_next_worker(
+    deployment: Deployment,
+) -> None:
+    # Given a worker that lets a running chunk go on 1 s after it is told to stop,
+    # running a job of one long chunk (30 sentences: seconds of work)
+    deployment.env.update(STOKER_STOP_GRACE_S="1", STOKER_SPEAK_CHUNK_CHARS="4000")
+    first = deployment.start_worker("speak", "--preload", VOICE)
+    with Stoker(deployment.settings()) as client:
+        job = client.submit("speak", {"text": sentences(30)})
+        first.wait_for_log("Task stoker.run_chunk[", timeout_s=60)
+        time.sleep(0.5)  # inside the chunk
+
+        # When it is told to stop (SIGTERM, as systemd and compose send)
+        assert first.terminate(timeout_s=60) == 0
+
+        # Then it put the chunk back at its next check instead of finishing it, and
+        # no crash is counted against the chunk
+        assert "the worker is stopping; put back on" in first.text()
+        assert f"job {job.id} chunk 1/1 done" not in first.text()
+        assert client.store.chunk_runs(job.id, 0, 0) == 0
+        assert client.status(job.id).state is JobState.RUNNING
+
+        # And the next worker takes it from the queue and the job succeeds
+        second = deployment.start_worker("speak", "--preload", VOICE)
+        done = client.wait(job.id, timeout_s=120)
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert f"job {job.id} chunk 1/1 done" in second.text()

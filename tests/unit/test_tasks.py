@@ -20,9 +20,10 @@ from stoker.errors import (
     StokerError,
     StorageUnavailable,
     UnknownModel,
+    WorkerStopping,
 )
 from stoker.queues.app import QUEUED_AT_HEADER, RUN_CHUNK_TASK, make_celery
-from stoker.queues.tasks import attach_executor, backoff_s, hand_on, settle
+from stoker.queues.tasks import attach_executor, backoff_s, hand_on, put_back, settle
 
 
 class FakeExecutor:
@@ -113,7 +114,7 @@ def test_a_chunk_whose_model_a_live_worker_has_is_handed_on_once(tmp_path: Path)
     assert hand_on(task, args, elsewhere, Delivered("generate", {QUEUED_AT_HEADER: 12.5}))  # type: ignore[arg-type]
     assert task.sent == [
         {"args": args, "queue": "generate.m.tiny", "routing_key": "generate.m.tiny",
-         "priority": 3, "headers": {QUEUED_AT_HEADER: 12.5}}
+         "priority": 3, "retries": 0, "headers": {QUEUED_AT_HEADER: 12.5}}
     ]  # fmt: skip
     # From the model's own queue (this worker lost the files): not sent again
     assert not hand_on(task, args, elsewhere, Delivered("generate.m.tiny", {}))  # type: ignore[arg-type]
@@ -126,3 +127,29 @@ def test_a_chunk_whose_model_a_live_worker_has_is_handed_on_once(tmp_path: Path)
     settings = load_settings(data_dir=tmp_path)
     assert settle(executor, settings, args, elsewhere, retries=0) is None
     assert executor.failed == [missing]
+
+
+class Running:
+    """A running task's request (Celery's Context): where it came from, its retries."""
+
+    def __init__(self, queue: str | None, retries: int, queued_at: float) -> None:
+        self.delivery_info = {"routing_key": queue, "priority": 5}
+        self.retries = retries
+        setattr(self, QUEUED_AT_HEADER, queued_at)
+
+
+def test_a_chunk_of_a_stopping_worker_is_put_back_on_its_queue_as_it_was() -> None:
+    args = ("job_x", 4, {"text": "hi"})
+    stopping = WorkerStopping("job_x", 4, 240)
+    task = RecordingTask()
+
+    # Sent back to the queue it came from, with its retries and first-queued time
+    assert put_back(task, args, stopping, Running("speak", 2, 99.5))  # type: ignore[arg-type]
+    assert task.sent == [
+        {"args": args, "queue": "speak", "routing_key": "speak", "priority": 5,
+         "retries": 2, "headers": {QUEUED_AT_HEADER: 99.5}}
+    ]  # fmt: skip
+    # Nothing for any other error, or when the queue is unknown (then it is retried)
+    assert not put_back(task, args, UnknownModel("tiny", []), Running("speak", 0, 1.0))  # type: ignore[arg-type]
+    assert not put_back(task, args, stopping, Running(None, 0, 1.0))  # type: ignore[arg-type]
+    assert len(task.sent) == 1

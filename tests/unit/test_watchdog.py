@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stoker.errors import ChunkTimedOut, StokerError
+from stoker.errors import ChunkTimedOut, StokerError, TransientError, WorkerStopping
 from stoker.queues.records import JobState
 from stoker.workers import execute, watchdog
 
@@ -45,6 +45,38 @@ def test_a_chunk_past_its_limit_is_stopped_at_its_next_check(
     endless = execute._CancelCheck(RunningStore(), "job_x", 2, limit_s=None)  # type: ignore[arg-type]
     clock.now += 10**6
     assert endless() is False
+
+
+def test_a_chunk_of_a_stopping_worker_stops_once_the_grace_has_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(execute.time, "monotonic", clock)
+    told: list[float] = []
+    check = execute._CancelCheck(
+        RunningStore(),  # type: ignore[arg-type]
+        "job_x",
+        0,
+        limit_s=None,
+        stopping=lambda: told[0] if told else None,
+        stop_grace_s=30,
+    )
+    # Not told to stop: it runs on
+    clock.now += 10**4
+    assert check() is False
+    # Told to stop (SIGTERM): it may finish within the grace
+    told.append(clock.now)
+    clock.now += 29.9
+    assert check() is False
+    # Past it, its next check puts it back (a transient error: not its job's failure)
+    clock.now += 0.1
+    with pytest.raises(WorkerStopping) as stopped:
+        check()
+    assert str(stopped.value) == (
+        "chunk 1 of job job_x was still running 30 s after its worker was told to stop "
+        "(stop_grace_s); it goes back to its queue."
+    )
+    assert isinstance(stopped.value, TransientError)
 
 
 def test_the_watchdog_fails_a_stuck_chunks_job_then_ends_the_process(
