@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,10 +21,13 @@ from stoker.client import Stoker
 from stoker.errors import InvalidInput, JobNotFound
 from stoker.queues.batches import BATCH_KIND, children
 from stoker.queues.records import JobState
+from tests.books import a_story, write_epub
 from tests.deployment import Deployment
+from tests.integration.test_audiobook_e2e import m4b_chapters
+from tests.integration.test_speak_e2e import wait_until
 from tests.texts import sentences, story
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 VOICE = "en_US-joe-medium"
 
@@ -76,6 +80,36 @@ def test_a_cancelled_job_resumes_under_its_id_without_redoing_its_chunks(
 
     # And no chunk was spoken twice: each finished once, across both runs
     assert sorted(chunks_done(worker.text(), job.id)) == list(range(1, total + 1))
+
+
+def test_a_cancelled_audiobook_resumes_into_one_m4b_with_every_chapter(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Given a three-chapter book cancelled once two of its chunks were spoken
+    chapters = a_story(3, 10)
+    book = write_epub(tmp_path / "long.epub", "Long", "A. Writer", chapters)
+    worker = deployment.start_worker("audiobook")
+    with Stoker(deployment.settings()) as client:
+        job = client.submit("audiobook", {"path": str(book), "formats": ["m4b"]})
+        wait_until(lambda: client.status(job.id).progress.done >= 2, 180, "two chunks done")
+        client.cancel(job.id)
+        worker.wait_for_log(f"job {job.id} is cancelled", timeout_s=120)
+
+        # When it is retried
+        retried = client.retry(job.id)
+        assert 0 < retried.chunks < len(job.chunks)
+        done = client.wait(job.id, timeout_s=240)
+
+        # Then one M4B holds every chapter once, in order
+        assert done.state is JobState.SUCCEEDED, done.error
+        m4b = client.storage.download(done.outputs[0].key, tmp_path / "out.m4b")
+    marks, _ = m4b_chapters(m4b)
+    assert [title for _, title in marks] == [title for title, _ in chapters]
+    # And each chunk was spoken once across both runs, or found made already (the
+    # book repeats some paragraphs: their chunks share a content-addressed output)
+    spoken = chunks_done(worker.text(), job.id)
+    found = len(re.findall(rf"job {job.id} chunk \d+: output exists", worker.text()))
+    assert len(spoken) == len(set(spoken)) and len(spoken) + found == len(job.chunks)
 
 
 def test_a_timed_out_job_succeeds_when_retried_from_the_cli_after_the_fix(
