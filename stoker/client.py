@@ -343,6 +343,32 @@ class Stoker:
         retried.record = self.store.get(job_id)
         return retried
 
+    def retry_failed(self, *, kind: str | None = None) -> list[Retried]:
+        """:meth:`retry` every failed job (of ``kind``, if given): each job on its
+        own, and the failed files of each batch together (one reopening per batch).
+        Returns one entry per job or batch retried; a job that cannot be retried
+        (refused at submission, of an OpenAI batch) is in ``not_retried`` of an entry
+        whose ``jobs`` may be empty, and the others go on.
+        """
+        done: list[Retried] = []
+        by_batch: dict[str, list[JobRecord]] = {}
+        for record in list_all(self.store, JobFilter(state=JobState.FAILED, kind=kind)):
+            if record.parent is not None:
+                by_batch.setdefault(record.parent, []).append(record)
+                continue
+            try:
+                done.append(self.retry(record.id))
+            except InvalidInput as exc:  # the sentence names the job
+                done.append(Retried(record, not_retried=[(record, _after_id(exc, record))]))
+        for batch_id, kids in by_batch.items():
+            batch = self.store.get(batch_id)
+            if batch.params.get("retriable") is False:
+                why = "is a line of an OpenAI batch, whose files are final once written"
+                done.append(Retried(batch, not_retried=[(k, why) for k in kids]))
+                continue
+            done.append(self._retry_children(batch, kids))
+        return done
+
     def _retry_batch(self, batch: JobRecord) -> Retried:
         kids = [k for k in children(self.store, batch.id) if not _not_retriable(k)]
         if not kids:
@@ -350,15 +376,20 @@ class Stoker:
                 f"batch {batch.id} has no failed or cancelled file to retry "
                 f"(`stoker status {batch.id} --files` lists its files)."
             )
+        retried = self._retry_children(batch, kids)
+        if not retried.jobs:
+            why = retried.not_retried[0][1]
+            raise InvalidInput(f"batch {batch.id}: no file could be retried; the first {why}")
+        return retried
+
+    def _retry_children(self, batch: JobRecord, kids: list[JobRecord]) -> Retried:
+        """:meth:`_retry_files` of ``kids`` of ``batch``, a group at a time."""
         retried = Retried(batch)
         for at in range(0, len(kids), GROUP):
             group = self._retry_files(batch.id, kids[at : at + GROUP])
             retried.jobs += group.jobs
             retried.chunks += group.chunks
             retried.not_retried += group.not_retried
-        if not retried.jobs:
-            why = retried.not_retried[0][1]
-            raise InvalidInput(f"batch {batch.id}: no file could be retried; the first {why}")
         retried.record = self.store.get(batch.id)
         return retried
 
@@ -654,6 +685,11 @@ def _not_retriable(record: JobRecord) -> str | None:
             "(lines in errors.jsonl) can be submitted again as a new job."
         )
     return f"is {record.state.value}; only a failed or cancelled job can be retried."
+
+
+def _after_id(exc: InvalidInput, record: JobRecord) -> str:
+    """The reason in ``exc`` ("job ID <reason>") without its subject."""
+    return str(exc).removeprefix(f"job {record.id} ")
 
 
 def _nothing_kept(record: JobRecord) -> str:

@@ -34,7 +34,7 @@ from stoker.queues.batches import BATCH_KIND
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 
 if TYPE_CHECKING:  # the client is imported when a command runs (startup time)
-    from stoker.client import Swept
+    from stoker.client import Retried, Swept
     from stoker.workers.coverage import QueueCover
 
 # --- following jobs -----------------------------------------------------------------------
@@ -328,25 +328,47 @@ def cancel(ctx: typer.Context, job_id: JobArg) -> None:
 @app.command()
 def retry(
     ctx: typer.Context,
-    job_id: JobArg,
+    job_id: Annotated[str | None, typer.Argument(help="Job or batch id.")] = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Every failed job (and batch file) instead.")
+    ] = False,
+    kind: Annotated[str | None, typer.Option(help="With --failed: of this kind only.")] = None,
     and_wait: Annotated[bool, typer.Option("--wait", help="Then wait for it.")] = False,
 ) -> None:
     """Queue a failed or cancelled job again under its id (a batch: its failed and
     cancelled files), once the cause is fixed; finished chunks are not run again."""
+    if (job_id is None) == (not failed) or (failed and and_wait):
+        raise InvalidInput(
+            "give a job id (`stoker retry JOB_ID [--wait]`) or --failed "
+            "(`stoker retry --failed [--kind KIND]`), not both."
+        )
     with client_of(ctx) as client:
+        if job_id is None:
+            every = client.retry_failed(kind=kind)
+            for retried in every:
+                _print_retried(retried)
+            jobs = sum(len(r.jobs) for r in every)
+            console.print(f"{jobs} failed job{'s' if jobs != 1 else ''} queued again")
+            return
         retried = client.retry(job_id)
-        record = retried.record
-        chunks = f"{retried.chunks} chunk{'s' if retried.chunks != 1 else ''}"
-        if record.kind == BATCH_KIND:
-            files = f"{len(retried.jobs)} file{'s' if len(retried.jobs) != 1 else ''}"
-            console.print(f"{record.id} {record.state.value}: {files} queued again ({chunks})")
-        else:
-            total = record.progress.total
-            console.print(f"{record.id} {record.state.value}: {chunks} of {total} queued again")
-        for kid, why in retried.not_retried:
-            err.print(f"[yellow]not retried:[/] {kid.params.get('name') or kid.id} {why}")
+        _print_retried(retried)
         if and_wait:
-            exit_unless_succeeded(client, follow(client, record.id))
+            exit_unless_succeeded(client, follow(client, retried.record.id))
+
+
+def _print_retried(retried: Retried) -> None:
+    record = retried.record
+    chunks = f"{retried.chunks} chunk{'s' if retried.chunks != 1 else ''}"
+    if not retried.jobs:  # only files that could not be retried: said below
+        pass
+    elif record.kind == BATCH_KIND:
+        files = f"{len(retried.jobs)} file{'s' if len(retried.jobs) != 1 else ''}"
+        console.print(f"{record.id} {record.state.value}: {files} queued again ({chunks})")
+    else:
+        total = record.progress.total
+        console.print(f"{record.id} {record.state.value}: {chunks} of {total} queued again")
+    for kid, why in retried.not_retried:
+        err.print(f"[yellow]not retried:[/] {kid.params.get('name') or kid.id} {why}")
 
 
 @app.command()

@@ -112,17 +112,24 @@ def test_a_cancelled_audiobook_resumes_into_one_m4b_with_every_chapter(
     assert len(spoken) == len(set(spoken)) and len(spoken) + found == len(job.chunks)
 
 
-def test_a_timed_out_job_succeeds_when_retried_from_the_cli_after_the_fix(
+def test_timed_out_jobs_succeed_when_retried_from_the_cli_after_the_fix(
     deployment: Deployment,
 ) -> None:
-    # Given a job that failed on a worker whose time limit was too short for it
+    # Given a job, and a file of a batch, that failed on a worker whose time limit was
+    # too short for them (and a file refused at submission: an empty text)
     deployment.env.update(STOKER_CHUNK_TIME_LIMIT_S="2", STOKER_SPEAK_CHUNK_CHARS="4000")
     strict = deployment.start_worker("speak", "--preload", VOICE)
     with Stoker(deployment.settings()) as client:
         job = client.submit("speak", {"text": sentences(30)})
+        batch = client.submit_batch(
+            "speak", [{"text": sentences(31)}, {"text": " "}], source="texts"
+        )
         failed = client.wait(job.id, timeout_s=120)
         assert failed.state is JobState.FAILED and failed.error is not None
         assert failed.error.kind == "timed_out"
+        assert client.wait(batch.id, timeout_s=120).state is JobState.SUCCEEDED
+        long, empty = children(client.store, batch.id)
+        assert long.state is JobState.FAILED
 
         # When the limit is raised on a new worker and the job is retried from the CLI
         strict.terminate()
@@ -134,9 +141,24 @@ def test_a_timed_out_job_succeeds_when_retried_from_the_cli_after_the_fix(
         assert result.returncode == 0, result.stderr
         assert f"{job.id} queued: 1 chunk of 1 queued again" in result.stdout
         final = client.status(job.id)
-    assert final.state is JobState.SUCCEEDED and final.error is None
-    assert final.progress.stage == "done"
-    assert final.attempts == 2  # one run each time
+        assert final.state is JobState.SUCCEEDED and final.error is None
+        assert final.progress.stage == "done"
+        assert final.attempts == 2  # one run each time
+
+        # When every failed job is retried: the batch's timed-out file is, and the
+        # refused one is named with why it is not
+        every = cli(deployment, "retry", "--failed", "--kind", "speak")
+        assert every.returncode == 0, every.stderr
+        assert f"{batch.id} queued: 1 file queued again (1 chunk)" in every.stdout
+        assert "1 failed job queued again" in every.stdout
+        assert "not retried: input 1 has no chunks kept to run again" in every.stderr
+        again = client.wait(batch.id, timeout_s=120)
+        assert again.state is JobState.SUCCEEDED
+        assert client.status(long.id).state is JobState.SUCCEEDED
+        assert [e["job_id"] for e in client.item_errors(batch.id)] == [empty.id]
+    # And the CLI refuses a job id with --failed, saying how to call it
+    both = cli(deployment, "retry", job.id, "--failed")
+    assert both.returncode == 2 and "give a job id" in both.stderr
 
 
 def test_a_batch_retries_its_failed_files_and_assembles_again(deployment: Deployment) -> None:
