@@ -109,7 +109,8 @@ class ChunkTimedOut(PermanentError):
         super().__init__(
             f"chunk {index + 1} of job {job_id} ran for more than {limit_s:g} s and {how}; "
             f"submit smaller pieces of work (a shorter text, fewer prompts per job), or "
-            f"raise chunk_time_limit_s (STOKER_CHUNK_TIME_LIMIT_S) on the workers."
+            f"raise chunk_time_limit_s (STOKER_CHUNK_TIME_LIMIT_S) on the workers and "
+            f"`stoker retry {job_id}`."
         )
 
 
@@ -138,8 +139,8 @@ class ChunkCrashedWorkers(PermanentError):
             f"finishing it {deaths} times (killed, out of memory, or crashed in its model "
             f"library, as a corrupt input can make it), so the job is failed rather than "
             f"stop another worker; the worker logs (and the kernel's, for an out-of-memory "
-            f"kill) say more. Fix the input or give the workers more memory, then submit "
-            f"it again."
+            f"kill) say more. Fix the input and submit it again, or give the workers more "
+            f"memory and `stoker retry {job_id}`."
         )
 
 

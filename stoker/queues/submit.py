@@ -195,7 +195,8 @@ def _enqueue(app: Celery, store: JobStore, jobs: Sequence[Messages]) -> None:
         ids = ", ".join(job.record.id for job in jobs[:3]) + (", ..." if len(jobs) > 3 else "")
         error = BrokerUnavailable(
             f"could not queue job {ids}: the broker is unreachable ({exc}); check "
-            f"STOKER_BROKER_URL and that the broker is running, then resubmit."
+            f"STOKER_BROKER_URL and that the broker is running, then queue them again "
+            f"with `stoker retry --failed`."
         )
         for job in jobs:
             store.fail(job.record.id, JobError(kind=error.kind, message=str(error)))

@@ -16,7 +16,7 @@ from stoker.config import Settings
 from stoker.errors import BrokerUnavailable
 from stoker.queues.batches import GROUP, children
 from stoker.queues.records import JobFilter, JobState
-from tests.servers import free_port
+from tests.servers import free_port, redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,8 @@ def test_a_batch_over_a_group_records_and_queues_every_child_once(
 
 def test_a_broker_down_fails_a_batchs_group_clearly(tmp_path: Path) -> None:
     # Given a broker nobody listens on (the job store is local and up)
-    dead = f"redis://127.0.0.1:{free_port()}/0"
+    port = free_port()
+    dead = f"redis://127.0.0.1:{port}/0"
     settings = Settings(
         data_dir=tmp_path, broker_url=dead, state_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}"
     )
@@ -81,3 +82,12 @@ def test_a_broker_down_fails_a_batchs_group_clearly(tmp_path: Path) -> None:
         kids = children(stoker.store, batch.id)
     assert [k.state for k in kids] == [JobState.FAILED] * 3
     assert all(k.error and "broker is unreachable" in k.error.message for k in kids)
+    assert "`stoker retry --failed`" in str(caught.value)
+
+    # When the broker is up again and the failed jobs are retried, as the error says
+    with redis_server(tmp_path / "redis", port=port) as url, Stoker(settings) as stoker:
+        (retried,) = stoker.retry_failed()
+        # Then the batch's three files are queued, one chunk message each
+        assert (retried.record.id, sorted(retried.jobs)) == (batch.id, sorted(k.id for k in kids))
+        assert sorted(queued_job_ids(url)) == sorted(k.id for k in kids)
+        assert stoker.child_counts(batch.id) == {JobState.QUEUED: 3}
