@@ -354,6 +354,15 @@ def retry(
         _print_retried(retried)
         if and_wait:
             exit_unless_succeeded(client, follow(client, retried.record.id))
+            return
+        # As `stoker submit` does: say so if no live worker takes it.
+        waits = waiting_hint(client, client.status(retried.jobs[0]))
+        if waits is not None and not waits.served:
+            err.print(
+                f"[yellow]warning:[/] {retried.jobs[0]} is queued, but "
+                f"{waits.describe(client.settings)}",
+                highlight=False,
+            )
 
 
 def _print_retried(retried: Retried) -> None:

@@ -212,12 +212,20 @@ def test_retry_refuses_what_it_cannot_run_again(deployment: Deployment) -> None:
         with pytest.raises(InvalidInput, match="succeeded; its outputs are ready"):
             client.retry(queued.id)
         worker.terminate()
-        # A batch with nothing that failed
+        # A cancelled batch: its cancelled file is retried, from the CLI, which warns
+        # that no live worker takes it
         batch = client.submit_batch("echo", [{"text": "a"}], source="x")
         client.cancel(batch.id)
-        for kid in children(client.store, batch.id):
-            assert kid.state is JobState.CANCELLED
-        assert client.retry(batch.id).jobs  # cancelled files are retried
+        (kid,) = children(client.store, batch.id)
+        assert kid.state is JobState.CANCELLED
+        retried = cli(deployment, "retry", batch.id)
+        assert retried.returncode == 0, retried.stderr
+        assert f"{batch.id} queued: 1 file queued again (1 chunk)" in retried.stdout
+        assert f"warning: {kid.id} is queued, but" in retried.stderr
+        assert "nobody takes it: no live worker runs echo" in retried.stderr
+        # And a batch with nothing failed or cancelled left is refused, saying so
+        with pytest.raises(InvalidInput, match="has no failed or cancelled file to retry"):
+            client.retry(batch.id)
         # An unknown id
         with pytest.raises(JobNotFound):
             client.retry("job_doesnotexist")
