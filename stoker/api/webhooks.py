@@ -103,7 +103,7 @@ def register(meta: MetaStore, job_id: str, owner: str, spec: WebhookSpec, key_se
 
 def rearm(meta: MetaStore, job_id: str) -> None:
     """Tell a retried job's end again: its webhook, if it has one that was delivered
-    or gave up, is pending once more (its past attempts are kept)."""
+    or gave up, is pending once more, its attempts counted afresh (a round more)."""
     doc = meta.get(HOOK_NS, job_id)
     if doc is None:
         return

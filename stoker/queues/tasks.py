@@ -170,7 +170,8 @@ def put_back(task: Task, args: ChunkArgs, exc: BaseException, request: Any) -> b
     queue = (request.delivery_info or {}).get("routing_key")
     if not isinstance(exc, WorkerStopping) or not queue:
         return False  # (no queue known: retried as any TransientError)
-    _republish(task, args, request, queue, retries=int(getattr(request, "retries", 0) or 0))
+    retries = int(_headers(request).get("retries") or 0)
+    _republish(task, args, request, queue, retries=retries)
     log.info("job %s chunk %d: the worker is stopping; put back on %s", args[0], args[1], queue)
     return True
 
@@ -179,8 +180,7 @@ def _republish(task: Task, args: ChunkArgs, request: Any, queue: str, retries: i
     """A copy of the message ``request`` on ``queue``, with its priority and the time
     it was first queued (its age counts from then: the starvation guard)."""
     delivery = request.delivery_info or {}
-    # The message's headers: a batched request's request_dict, a task Context's fields.
-    headers = getattr(request, "request_dict", None) or vars(request)
+    headers = _headers(request)
     task.apply_async(
         args=args,
         queue=queue,
@@ -189,6 +189,11 @@ def _republish(task: Task, args: ChunkArgs, request: Any, queue: str, retries: i
         retries=retries,
         headers={QUEUED_AT_HEADER: headers.get(QUEUED_AT_HEADER) or time.time()},
     )
+
+
+def _headers(request: Any) -> dict[str, Any]:
+    """The message's headers: a batched request's request_dict, a task Context's fields."""
+    return dict(getattr(request, "request_dict", None) or vars(request))
 
 
 def _acknowledge_now(request: Any) -> None:

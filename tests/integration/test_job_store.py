@@ -813,6 +813,10 @@ def test_payloads_are_kept_until_the_job_succeeds_or_is_deleted(store: JobStore)
     # Then each reads back in chunk order, and the job without reads None
     assert store.chunk_payloads(failed.id) == [{"text": "c"}, {"n": 2}]
     assert store.chunk_payloads(bare.id) is None
+    # And a creation refused for a taken id leaves that job's payloads as they were
+    with pytest.raises(ValueError, match=failed.id):
+        store.create_many([failed.model_copy()], [[{"text": "other"}]])
+    assert store.chunk_payloads(failed.id) == [{"text": "c"}, {"n": 2}]
 
     # When they end: a succeeded job's go (it is never retried), the others' stay
     store.succeed(ok.id, [output("a.wav")])

@@ -149,7 +149,11 @@ def test_a_chunk_of_a_stopping_worker_is_put_back_on_its_queue_as_it_was() -> No
         {"args": args, "queue": "speak", "routing_key": "speak", "priority": 5,
          "retries": 2, "headers": {QUEUED_AT_HEADER: 99.5}}
     ]  # fmt: skip
+    # A batched chunk's request carries them in its request_dict
+    batched = Delivered("embed", {"retries": 3, QUEUED_AT_HEADER: 7.0})
+    assert put_back(task, args, stopping, batched)  # type: ignore[arg-type]
+    assert (task.sent[-1]["retries"], task.sent[-1]["headers"]) == (3, {QUEUED_AT_HEADER: 7.0})
     # Nothing for any other error, or when the queue is unknown (then it is retried)
     assert not put_back(task, args, UnknownModel("tiny", []), Running("speak", 0, 1.0))  # type: ignore[arg-type]
     assert not put_back(task, args, stopping, Running(None, 0, 1.0))  # type: ignore[arg-type]
-    assert len(task.sent) == 1
+    assert len(task.sent) == 2

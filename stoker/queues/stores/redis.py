@@ -365,7 +365,8 @@ class RedisJobStore:
         for record in records:
             self._create(*self._create_call(record), client=pipe)
         for record, kept in zip(records, payloads, strict=True) if payloads is not None else ():
-            pipe.set(self._payloads(record.id), json.dumps(kept, separators=(",", ":")))
+            # NX: an id already taken keeps its own (the create above refuses it).
+            pipe.set(self._payloads(record.id), json.dumps(kept, separators=(",", ":")), nx=True)
         with self._guard():
             created = pipe.execute()[: len(records)] if records else []
         taken = [r.id for r, ok in zip(records, created, strict=True) if not ok]
