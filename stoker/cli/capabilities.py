@@ -170,14 +170,33 @@ def run_with(
         record = submit(client)
         if not record.state.terminal:
             with inprocess_worker(settings, [kind], device):
-                # The in-process worker sends no heartbeats: no hint of who takes it.
-                record = follow(client, record.id, hint_queued=False)
+                try:
+                    # The in-process worker sends no heartbeats: no hint of who takes it.
+                    record = follow(client, record.id, hint_queued=False)
+                except KeyboardInterrupt:
+                    _interrupted(client, record.id)
         # A job that succeeded is downloaded even when every item failed: its
         # manifest and errors.jsonl say why.
         if record.state is JobState.SUCCEEDED:
             for path in client.download(record.id, out):
                 console.print(str(path))
         exit_unless_succeeded(client, record)
+
+
+def _interrupted(client: Any, job_id: str) -> None:
+    """Ctrl-C in `stoker run`: cancel the job, while the in-process worker still runs,
+    so its running chunk stops at its next check (not at its end) and the job does not
+    stay `running` with nobody left to run it. Its finished chunks are kept: the same
+    command run again finds them and goes on from there. Exits 130, as shells expect."""
+    record = client.cancel(job_id)
+    p = record.progress
+    err.print(
+        f"interrupted: {job_id} cancelled with {p.done} of {p.total} chunks finished; "
+        f"run the same command again to go on from them (or `stoker retry {job_id}` "
+        f"with a worker running).",
+        highlight=False,
+    )
+    raise typer.Exit(130)
 
 
 # --- transcribe ---------------------------------------------------------------------------

@@ -359,3 +359,55 @@ def test_jobs_of_an_unknown_batch_is_a_clear_error(data_dir: Path) -> None:
     assert result.returncode == 2 and "job_nope" in result.stderr
     both = stoker("jobs", "--batch", "job_nope", "--all", data_dir=data_dir)
     assert both.returncode == 2 and "give --batch or --all, not both" in both.stderr
+
+
+def test_ctrl_c_in_run_cancels_the_job_and_the_same_command_goes_on_from_it(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    from stoker.client import Stoker
+    from stoker.config import load_settings
+    from stoker.queues.records import JobState
+    from tests.texts import story
+
+    # Given `stoker run speak` of a text in several chunks, one of them spoken
+    text = tmp_path / "long.txt"
+    text.write_text(story(700), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_")}
+    env.update(STOKER_DATA_DIR=str(data_dir), STOKER_SPEAK_CHUNK_CHARS="1000")
+    args = [sys.executable, "-m", "stoker.cli", "run", "speak", "--file", str(text)]
+    args += ["--out", str(tmp_path / "out")]
+    run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    settings = load_settings(data_dir=data_dir)
+    with Stoker(settings) as client:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            jobs = client.jobs()
+            if jobs and client.status(jobs[0].id).progress.done >= 1:
+                break
+            time.sleep(0.1)
+        (job,) = client.jobs()
+        assert job.progress.total >= 4
+
+        # When the user presses Ctrl-C
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+
+        # Then the command says so and exits 130, and the job is cancelled (not left
+        # running with nobody to run it), its finished chunks kept
+        assert run.returncode == 130, stderr
+        assert f"interrupted: {job.id} cancelled with" in stderr
+        cancelled = client.status(job.id)
+        assert cancelled.state is JobState.CANCELLED
+        kept = [o.key for o in cancelled.outputs if o.partial]
+        assert kept
+        outputs = data_dir / "outputs"
+        written = {key: (outputs / key).stat().st_mtime_ns for key in kept}
+
+    # When the same command is run again, it finishes, reusing those chunks
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=150)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "out" / "speech.wav").stat().st_size > 100_000
+    assert {key: (outputs / key).stat().st_mtime_ns for key in kept} == written
