@@ -684,7 +684,10 @@ def _not_retriable(record: JobRecord) -> str | None:
             "succeeded; its outputs are ready (`stoker get`). Items that failed inside it "
             "(lines in errors.jsonl) can be submitted again as a new job."
         )
-    return f"is {record.state.value}; only a failed or cancelled job can be retried."
+    return (
+        f"is {record.state.value}; only a failed or cancelled job can be retried (if no "
+        f"worker will run it any more, `stoker cancel {record.id}` first)."
+    )
 
 
 def _after_id(exc: InvalidInput, record: JobRecord) -> str:
