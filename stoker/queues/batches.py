@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stoker.errors import PermanentError
+from stoker.errors import BrokerUnavailable, PermanentError, StokerError
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef, Progress
 from stoker.queues.records import new_record as _new_record
 from stoker.queues.stores.base import JobStore, list_all
@@ -66,6 +66,7 @@ def submit_batch(
     )
     store.create(parent)
     staged: list[StagedJob] = []
+    refused: list[BrokerUnavailable] = []
     for index, request in enumerate(requests):
         try:
             staged.append(stage_child(request, parent.id, index))
@@ -73,13 +74,39 @@ def submit_batch(
             _record_refused(store, kind, owner, request, parent.id, index, exc)
             child_ended(store, storage, parent.id, index)
         if len(staged) == GROUP:
-            commit(staged)
+            _commit_group(store, storage, parent.id, commit, staged, refused)
             staged = []
     if staged:
-        commit(staged)
+        _commit_group(store, storage, parent.id, commit, staged, refused)
     if not requests:
         assemble_batch(store, storage, parent.id)
+    if refused:
+        raise refused[0]
     return store.get(parent.id)
+
+
+def _commit_group(
+    store: JobStore,
+    storage: Storage,
+    parent_id: str,
+    commit: Commit,
+    group: list[StagedJob],
+    refused: list[BrokerUnavailable],
+) -> None:
+    """Commit ``group``; if the broker refuses it, its jobs (recorded, and failed by
+    the commit with the reason) are counted as ended, and the error is kept in
+    ``refused`` for the caller to raise once every line is recorded: the batch then
+    ends, with every line in it, and `stoker retry` queues the failed ones again.
+    Raises at once if they cannot even be counted (the job store is down too)."""
+    try:
+        commit(group)
+    except BrokerUnavailable as exc:
+        try:
+            for job in group:
+                child_ended(store, storage, parent_id, job.record.parent_index or 0)
+        except StokerError:
+            raise exc from None
+        refused.append(exc)
 
 
 def _record_refused(

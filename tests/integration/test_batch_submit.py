@@ -64,30 +64,39 @@ def test_a_batch_over_a_group_records_and_queues_every_child_once(
     assert sorted(queued_job_ids(clean_redis)) == sorted(queued)
 
 
-def test_a_broker_down_fails_a_batchs_group_clearly(tmp_path: Path) -> None:
+def test_a_broker_down_fails_a_batchs_lines_clearly_and_a_retry_queues_them(
+    tmp_path: Path,
+) -> None:
     # Given a broker nobody listens on (the job store is local and up)
     port = free_port()
     dead = f"redis://127.0.0.1:{port}/0"
     settings = Settings(
         data_dir=tmp_path, broker_url=dead, state_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}"
     )
+    n = GROUP + 2  # two groups, each refused by the broker
     with Stoker(settings) as stoker:
-        # When a batch of three lines is submitted
-        requests = [{"text": f"sentence {i}"} for i in range(3)]
+        # When a batch of that many lines is submitted
+        requests = [{"text": f"sentence {i}"} for i in range(n)]
         with pytest.raises(BrokerUnavailable, match="broker is unreachable") as caught:
             stoker.submit_batch("embed", requests, source="lines.txt")
-        # Then the error names what to check, and every child is recorded as failed
+        # Then the error names what to check and what to do after
         assert "STOKER_BROKER_URL" in str(caught.value)
+        assert "`stoker retry --failed`" in str(caught.value)
+        # And every line is recorded as failed with it, in both groups, and the batch
+        # ended (it does not wait for lines nobody will run)
         (batch,) = stoker.jobs(JobFilter(top_level=True))
         kids = children(stoker.store, batch.id)
-    assert [k.state for k in kids] == [JobState.FAILED] * 3
-    assert all(k.error and "broker is unreachable" in k.error.message for k in kids)
-    assert "`stoker retry --failed`" in str(caught.value)
+        assert [k.parent_index for k in kids] == list(range(n))
+        assert all(k.state is JobState.FAILED for k in kids)
+        assert all(k.error and "broker is unreachable" in k.error.message for k in kids)
+        assert stoker.status(batch.id).state is JobState.SUCCEEDED
+        assert len(stoker.item_errors(batch.id)) == n
 
     # When the broker is up again and the failed jobs are retried, as the error says
     with redis_server(tmp_path / "redis", port=port) as url, Stoker(settings) as stoker:
         (retried,) = stoker.retry_failed()
-        # Then the batch's three files are queued, one chunk message each
+        # Then the batch is running again with every line queued, one message each
         assert (retried.record.id, sorted(retried.jobs)) == (batch.id, sorted(k.id for k in kids))
+        assert not retried.record.state.terminal
         assert sorted(queued_job_ids(url)) == sorted(k.id for k in kids)
-        assert stoker.child_counts(batch.id) == {JobState.QUEUED: 3}
+        assert stoker.child_counts(batch.id) == {JobState.QUEUED: n}
