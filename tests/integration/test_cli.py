@@ -379,7 +379,16 @@ def test_ctrl_c_in_run_cancels_the_job_and_the_same_command_goes_on_from_it(
     env.update(STOKER_DATA_DIR=str(data_dir), STOKER_SPEAK_CHUNK_CHARS="1000")
     args = [sys.executable, "-m", "stoker.cli", "run", "speak", "--file", str(text)]
     args += ["--out", str(tmp_path / "out")]
-    run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal's Ctrl-C delivers it: a test run in the background (`make
+    # test &`) has it ignored, and a child inherits that unless it is put back.
+    run = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     settings = load_settings(data_dir=data_dir)
     with Stoker(settings) as client:
         deadline = time.monotonic() + 120
