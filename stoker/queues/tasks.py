@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.worker.state import task_ready
 
 from stoker.errors import (
@@ -223,7 +224,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
                 return
             delay = settle(executor, settings, args, exc, self.request.retries)
             if delay is not None:
-                raise self.retry(exc=exc, countdown=delay) from exc
+                retry_later(self, args, exc, delay)
 
     @app.task(
         name=BATCHED_CHUNK_TASK,
@@ -243,7 +244,32 @@ def register_tasks(app: Celery, settings: Settings) -> None:
             return
         delay = settle(_executor(self.app), settings, args, exc, self.request.retries)
         if delay is not None:
-            raise self.retry(exc=exc, countdown=delay) from exc
+            retry_later(self, args, exc, delay)
+
+
+def retry_later(task: Task, args: ChunkArgs, exc: BaseException, delay: float) -> NoReturn:
+    """``task.retry`` of the chunk ``args`` in ``delay`` seconds (raises Retry).
+
+    If the retry cannot be published (the broker is down: the usual reason a store
+    call failed), Celery rejects the message *without* requeueing it, which drops the
+    chunk and leaves its job running forever. Requeue it instead: it goes back on its
+    queue once the broker answers, or, if the reject cannot reach the broker either,
+    it stays unacknowledged and the broker hands it out again after the visibility
+    timeout.
+    """
+    try:
+        raise task.retry(exc=exc, countdown=delay) from exc
+    except Reject as rejected:
+        if rejected.requeue:
+            raise
+        log.warning(
+            "job %s chunk %d: its retry could not be queued (%s); the chunk goes back "
+            "to the broker",
+            args[0],
+            args[1],
+            rejected.reason,
+        )
+        raise Reject(rejected.reason, requeue=True) from exc
 
 
 def _internal(exc: BaseException) -> InternalError:

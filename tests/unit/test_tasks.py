@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.exceptions import Reject, Retry
 
 from stoker.config import load_settings
 from stoker.errors import (
@@ -23,7 +24,14 @@ from stoker.errors import (
     WorkerStopping,
 )
 from stoker.queues.app import QUEUED_AT_HEADER, RUN_CHUNK_TASK, make_celery
-from stoker.queues.tasks import attach_executor, backoff_s, hand_on, put_back, settle
+from stoker.queues.tasks import (
+    attach_executor,
+    backoff_s,
+    hand_on,
+    put_back,
+    retry_later,
+    settle,
+)
 
 
 class FakeExecutor:
@@ -157,3 +165,27 @@ def test_a_chunk_of_a_stopping_worker_is_put_back_on_its_queue_as_it_was() -> No
     assert not put_back(task, args, UnknownModel("tiny", []), Running("speak", 0, 1.0))  # type: ignore[arg-type]
     assert not put_back(task, args, stopping, Running(None, 0, 1.0))  # type: ignore[arg-type]
     assert len(task.sent) == 2
+
+
+class RetryingTask:
+    """A task whose retry raises as Celery's does: Retry when the copy is published,
+    Reject(requeue=False) when the broker refuses it."""
+
+    def __init__(self, published: bool) -> None:
+        self.published = published
+
+    def retry(self, exc: BaseException, countdown: float) -> Retry:
+        if not self.published:
+            raise Reject(ConnectionError("Connection refused"), requeue=False)
+        raise Retry(exc=exc, when=countdown)
+
+
+def test_a_retry_the_broker_refuses_requeues_the_chunk_instead_of_dropping_it() -> None:
+    args, down = ("job_x", 1, {}), StorageUnavailable("the store is down")
+    # Published: Celery's Retry, as before
+    with pytest.raises(Retry):
+        retry_later(RetryingTask(published=True), args, down, 2.0)  # type: ignore[arg-type]
+    # Refused (the broker is down too): the message is requeued, never dropped
+    with pytest.raises(Reject) as rejected:
+        retry_later(RetryingTask(published=False), args, down, 2.0)  # type: ignore[arg-type]
+    assert rejected.value.requeue is True
