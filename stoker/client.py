@@ -325,9 +325,13 @@ class Stoker:
         has nothing kept to run again (the reason is given), JobNotFound for an
         unknown id, BrokerUnavailable as :meth:`submit` (the jobs fail again).
         """
-        record = self.store.get(job_id)
+        return self._retry_record(self.store.get(job_id))
+
+    def _retry_record(self, record: JobRecord) -> Retried:
+        """:meth:`retry` of a record already read (retry_failed has them listed)."""
+        job_id = record.id
         batch = self.store.get(record.parent) if record.parent else record
-        if batch.kind == BATCH_KIND and batch.params.get("retriable") is False:
+        if _final(batch):
             raise InvalidInput(
                 f"batch {batch.id} is an OpenAI batch, whose output and error files are "
                 f"final once written; submit the lines that failed (its error file) as "
@@ -357,12 +361,12 @@ class Stoker:
                 by_batch.setdefault(record.parent, []).append(record)
                 continue
             try:
-                done.append(self.retry(record.id))
+                done.append(self._retry_record(record))
             except InvalidInput as exc:  # the sentence names the job
                 done.append(Retried(record, not_retried=[(record, _after_id(exc, record))]))
         for batch_id, kids in by_batch.items():
             batch = self.store.get(batch_id)
-            if batch.params.get("retriable") is False:
+            if _final(batch):
                 why = "is a line of an OpenAI batch, whose files are final once written"
                 done.append(Retried(batch, not_retried=[(k, why) for k in kids]))
                 continue
@@ -673,6 +677,12 @@ class Stoker:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _final(batch: JobRecord) -> bool:
+    """Whether ``batch`` is an OpenAI batch (submit_batch(retriable=False)), whose
+    output and error files are final once written: it and its jobs are never retried."""
+    return batch.kind == BATCH_KIND and batch.params.get("retriable") is False
 
 
 def _not_retriable(record: JobRecord) -> str | None:

@@ -54,6 +54,17 @@ class Deployment:
         self.workers.append(worker)
         return worker
 
+    def cli(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """`stoker ARGS` as a user runs it (in ``cwd``) against this deployment."""
+        return subprocess.run(
+            [sys.executable, "-m", "stoker.cli", *args],
+            env={**os.environ, **self.env},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+
     def stop_all(self) -> None:
         for w in self.workers:
             w.terminate()

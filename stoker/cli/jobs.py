@@ -366,16 +366,14 @@ def retry(
 
 
 def _print_retried(retried: Retried) -> None:
-    record = retried.record
+    record, n = retried.record, len(retried.jobs)
     chunks = f"{retried.chunks} chunk{'s' if retried.chunks != 1 else ''}"
-    if not retried.jobs:  # only files that could not be retried: said below
-        pass
-    elif record.kind == BATCH_KIND:
-        files = f"{len(retried.jobs)} file{'s' if len(retried.jobs) != 1 else ''}"
-        console.print(f"{record.id} {record.state.value}: {files} queued again ({chunks})")
+    if record.kind == BATCH_KIND:
+        what = f"{n} file{'s' if n != 1 else ''} queued again ({chunks})"
     else:
-        total = record.progress.total
-        console.print(f"{record.id} {record.state.value}: {chunks} of {total} queued again")
+        what = f"{chunks} of {record.progress.total} queued again"
+    if n:  # none: only files that could not be retried, named below
+        console.print(f"{record.id} {record.state.value}: {what}")
     for kid, why in retried.not_retried:
         err.print(f"[yellow]not retried:[/] {kid.params.get('name') or kid.id} {why}")
 

@@ -10,11 +10,9 @@ submission, or, on the workers, that job only, once no worker has had it for
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,14 +31,7 @@ SAMPLING = {"max_tokens": 6, "seed": 1}
 
 def cli(deployment: Deployment, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """`stoker ARGS` as a user runs it in ``cwd``, against the deployment."""
-    return subprocess.run(
-        [sys.executable, "-m", "stoker.cli", *args],
-        env={**os.environ, **deployment.env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return deployment.cli(*args, cwd=cwd)
 
 
 def test_submit_generate_with_a_relative_model_path_runs_on_a_worker(

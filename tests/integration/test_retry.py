@@ -8,10 +8,7 @@ retries its failed and cancelled files and assembles its manifest again.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,17 +27,6 @@ from tests.texts import sentences, story
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 VOICE = "en_US-joe-medium"
-
-
-def cli(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **deployment.env}
-    return subprocess.run(
-        [sys.executable, "-m", "stoker.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
 
 
 def chunks_done(log: str, job_id: str) -> list[int]:
@@ -135,7 +121,7 @@ def test_timed_out_jobs_succeed_when_retried_from_the_cli_after_the_fix(
         strict.terminate()
         deployment.env["STOKER_CHUNK_TIME_LIMIT_S"] = "3000"
         deployment.start_worker("speak", "--preload", VOICE)
-        result = cli(deployment, "retry", job.id, "--wait")
+        result = deployment.cli("retry", job.id, "--wait")
 
         # Then the CLI says what it queued and exits 0 once the job succeeded
         assert result.returncode == 0, result.stderr
@@ -147,7 +133,7 @@ def test_timed_out_jobs_succeed_when_retried_from_the_cli_after_the_fix(
 
         # When every failed job is retried: the batch's timed-out file is, and the
         # refused one is named with why it is not
-        every = cli(deployment, "retry", "--failed", "--kind", "speak")
+        every = deployment.cli("retry", "--failed", "--kind", "speak")
         assert every.returncode == 0, every.stderr
         assert f"{batch.id} queued: 1 file queued again (1 chunk)" in every.stdout
         assert "1 failed job queued again" in every.stdout
@@ -157,7 +143,7 @@ def test_timed_out_jobs_succeed_when_retried_from_the_cli_after_the_fix(
         assert client.status(long.id).state is JobState.SUCCEEDED
         assert [e["job_id"] for e in client.item_errors(batch.id)] == [empty.id]
     # And the CLI refuses a job id with --failed, saying how to call it
-    both = cli(deployment, "retry", job.id, "--failed")
+    both = deployment.cli("retry", job.id, "--failed")
     assert both.returncode == 2 and "give a job id" in both.stderr
 
 
@@ -218,7 +204,7 @@ def test_retry_refuses_what_it_cannot_run_again(deployment: Deployment) -> None:
         client.cancel(batch.id)
         (kid,) = children(client.store, batch.id)
         assert kid.state is JobState.CANCELLED
-        retried = cli(deployment, "retry", batch.id)
+        retried = deployment.cli("retry", batch.id)
         assert retried.returncode == 0, retried.stderr
         assert f"{batch.id} queued: 1 file queued again (1 chunk)" in retried.stdout
         assert f"warning: {kid.id} is queued, but" in retried.stderr
@@ -230,6 +216,6 @@ def test_retry_refuses_what_it_cannot_run_again(deployment: Deployment) -> None:
         with pytest.raises(JobNotFound):
             client.retry("job_doesnotexist")
     # From the CLI: one line saying what to do, exit 2
-    result = cli(deployment, "retry", queued.id)
+    result = deployment.cli("retry", queued.id)
     assert result.returncode == 2
     assert "succeeded; its outputs are ready" in result.stderr

@@ -205,6 +205,19 @@ DOC_FIELDS = frozenset(
 )
 
 
+def payload_rows(
+    records: Sequence[JobRecord], payloads: Sequence[Sequence[dict[str, Any]]] | None
+) -> builtins.list[tuple[str, str]]:
+    """(job id, its chunk payloads as compact JSON) per record, as create_many keeps
+    them; none when ``payloads`` is None."""
+    if payloads is None:
+        return []
+    return [
+        (record.id, json.dumps(kept, separators=(",", ":")))
+        for record, kept in zip(records, payloads, strict=True)
+    ]
+
+
 def record_doc(record: JobRecord) -> str:
     """The immutable part of ``record`` as JSON."""
     return record.model_dump_json(include=set(DOC_FIELDS))

@@ -45,6 +45,7 @@ from stoker.queues.stores.base import (
     Tally,
     assemble_record,
     initial_total,
+    payload_rows,
     record_doc,
     safe_url,
 )
@@ -364,9 +365,9 @@ class RedisJobStore:
         pipe = self._client.pipeline(transaction=False)
         for record in records:
             self._create(*self._create_call(record), client=pipe)
-        for record, kept in zip(records, payloads, strict=True) if payloads is not None else ():
+        for job_id, kept in payload_rows(records, payloads):
             # NX: an id already taken keeps its own (the create above refuses it).
-            pipe.set(self._payloads(record.id), json.dumps(kept, separators=(",", ":")), nx=True)
+            pipe.set(self._payloads(job_id), kept, nx=True)
         with self._guard():
             created = pipe.execute()[: len(records)] if records else []
         taken = [r.id for r, ok in zip(records, created, strict=True) if not ok]

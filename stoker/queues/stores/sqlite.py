@@ -24,6 +24,7 @@ from stoker.queues.stores.base import (
     Tally,
     assemble_record,
     initial_total,
+    payload_rows,
     record_doc,
 )
 
@@ -190,14 +191,7 @@ class SqliteJobStore:
         rows = [_insert_row(record) for record in records]
         if not rows:
             return
-        kept = (
-            [
-                (record.id, json.dumps(p, separators=(",", ":")))
-                for record, p in zip(records, payloads, strict=True)
-            ]
-            if payloads is not None
-            else []
-        )
+        kept = payload_rows(records, payloads)
         sql = f"INSERT INTO jobs ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})"
         taken = None
         with self._transaction() as conn:
