@@ -372,8 +372,9 @@ def _print_retried(retried: Retried) -> None:
         what = f"{n} file{'s' if n != 1 else ''} queued again ({chunks})"
     else:
         what = f"{chunks} of {record.progress.total} queued again"
+    # Not its state: a worker may already have started it by the time it is read.
     if n:  # none: only files that could not be retried, named below
-        console.print(f"{record.id} {record.state.value}: {what}")
+        console.print(f"{record.id}: {what}")
     for kid, why in retried.not_retried:
         err.print(f"[yellow]not retried:[/] {kid.params.get('name') or kid.id} {why}")
 
