@@ -26,6 +26,7 @@ from typing import Any
 
 from celery import Celery
 
+from stoker.api.meta import MetaStore
 from stoker.config import Priority, Settings
 from stoker.errors import BrokerUnavailable, InternalError, InvalidInput, JobNotFound
 from stoker.jobs import get_capability
@@ -103,6 +104,12 @@ class Stoker:
     @cached_property
     def store(self) -> JobStore:
         return open_job_store(self.settings)
+
+    @cached_property
+    def api_records(self) -> MetaStore:
+        from stoker.api.meta import open_meta_store
+
+        return open_meta_store(self.settings)
 
     @cached_property
     def storage(self) -> Storage:
@@ -325,7 +332,9 @@ class Stoker:
         has nothing kept to run again (the reason is given), JobNotFound for an
         unknown id, BrokerUnavailable as :meth:`submit` (the jobs fail again).
         """
-        return self._retry_record(self.store.get(job_id))
+        retried = self._retry_record(self.store.get(job_id))
+        self._rearm_webhooks(retried)
+        return retried
 
     def _retry_record(self, record: JobRecord) -> Retried:
         """:meth:`retry` of a record already read (retry_failed has them listed)."""
@@ -371,7 +380,21 @@ class Stoker:
                 done.append(Retried(batch, not_retried=[(k, why) for k in kids]))
                 continue
             done.append(self._retry_children(batch, kids))
+        for retried in done:
+            self._rearm_webhooks(retried)
         return done
+
+    def _rearm_webhooks(self, retried: Retried) -> None:
+        """A job submitted over HTTP with a webhook tells its new end too, whoever
+        retried it: the webhook of the job (and of a batch a file reopened) is
+        pending once more. The records are the API's, on the job store's backend."""
+        if not retried.jobs:
+            return
+        from stoker.api.webhook_records import rearm
+
+        rearm(self.api_records, retried.record.id)
+        if retried.record.parent is not None:
+            rearm(self.api_records, retried.record.parent)
 
     def _retry_batch(self, batch: JobRecord) -> Retried:
         kids = [k for k in children(self.store, batch.id) if not _not_retriable(k)]
@@ -664,6 +687,8 @@ class Stoker:
     def close(self) -> None:
         if "store" in self.__dict__:
             self.store.close()
+        if "api_records" in self.__dict__:
+            self.api_records.close()
         if "io" in self.__dict__:
             self.__dict__.pop("io").close()
 

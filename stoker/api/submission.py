@@ -6,7 +6,7 @@ import hashlib
 import time
 from typing import Any
 
-from stoker.api import inputs, webhooks
+from stoker.api import inputs, webhook_records, webhooks
 from stoker.api.errors import ApiError
 from stoker.api.keys import ApiKey
 from stoker.api.meta import Doc
@@ -59,7 +59,7 @@ def submit_job(
     kind: str,
     params: dict[str, Any],
     priority: Priority | None,
-    webhook: webhooks.WebhookSpec | None,
+    webhook: webhook_records.WebhookSpec | None,
     idempotency_key: str | None,
 ) -> tuple[JobRecord, bool]:
     """Submit (or find the earlier job of the same idempotency key); (record, is new)."""
@@ -88,5 +88,5 @@ def submit_job(
             if twin is not None:
                 return twin, False
     if webhook is not None:
-        webhooks.register(state.meta, record.id, key.owner, webhook, key.webhook_secret)
+        webhook_records.register(state.meta, record.id, key.owner, webhook, key.webhook_secret)
     return record, True

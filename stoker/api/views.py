@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from stoker.api import webhooks
+from stoker.api import webhook_records
 from stoker.api.state import ApiState
 from stoker.config import Priority
 from stoker.queues.records import JobError, JobRecord, JobState, Progress
@@ -85,7 +85,7 @@ def job_view(state: ApiState, record: JobRecord, *, with_webhook: bool = True) -
         created_at=record.created_at,
         started_at=record.started_at,
         finished_at=record.finished_at,
-        webhook=webhooks.status_of(state.meta, record.id) if with_webhook else None,
+        webhook=webhook_records.status_of(state.meta, record.id) if with_webhook else None,
     )
 
 

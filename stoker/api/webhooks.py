@@ -26,47 +26,19 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
-
 from stoker.api.errors import ApiError
 from stoker.api.meta import Doc, MetaStore
+from stoker.api.webhook_records import HOOK_NS, PENDING_NS, Attempt, Webhook
 from stoker.config import ApiSettings
 from stoker.errors import JobNotFound, StokerError
 from stoker.queues.records import JobRecord
 
 log = logging.getLogger(__name__)
 
-HOOK_NS = "webhook"  # one per job: target, secret, attempts
-PENDING_NS = "webhook_pending"  # the jobs whose webhook is still to be delivered
 SIGNATURE_HEADER = "X-Stoker-Signature"
 #: How long (s) a delivery claim outlives the delivery's timeout: time to record the
 #: attempt after the POST returns.
 CLAIM_MARGIN_S = 30.0
-
-
-class WebhookSpec(BaseModel):
-    model_config = {"extra": "forbid"}
-
-    url: str = Field(max_length=2048, description="http(s) URL to POST to when the job ends")
-    secret: str | None = Field(default=None, max_length=256, description="HMAC key")
-
-
-class Attempt(BaseModel):
-    at: float
-    status_code: int | None = None
-    error: str | None = None
-    ok: bool
-
-
-class Webhook(BaseModel):
-    job_id: str
-    url: str
-    secret: str
-    attempts: list[Attempt] = Field(default_factory=list)
-    state: str = "pending"  # pending, delivered, failed
-    next_at: float = 0.0
-    # Times the job was retried after its webhook was settled: each end is told anew.
-    round: int = 0
 
 
 def validate_target(url: str, settings: ApiSettings) -> None:
@@ -92,37 +64,6 @@ def validate_target(url: str, settings: ApiSettings) -> None:
 
 def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def register(meta: MetaStore, job_id: str, owner: str, spec: WebhookSpec, key_secret: str) -> None:
-    hook = Webhook(job_id=job_id, url=spec.url, secret=spec.secret or key_secret)
-    now = time.time()
-    meta.put(Doc(HOOK_NS, job_id, owner, now, hook.model_dump()))
-    meta.put(Doc(PENDING_NS, job_id, owner, now, {}))
-
-
-def rearm(meta: MetaStore, job_id: str) -> None:
-    """Tell a retried job's end again: its webhook, if it has one that was delivered
-    or gave up, is pending once more, its attempts counted afresh (a round more)."""
-    doc = meta.get(HOOK_NS, job_id)
-    if doc is None:
-        return
-    hook = Webhook.model_validate(doc.data)
-    if hook.state == "pending":  # not told yet: the retried run's end is told
-        return
-    hook.state, hook.next_at, hook.round = "pending", 0.0, hook.round + 1
-    hook.attempts = []
-    meta.put(Doc(HOOK_NS, job_id, doc.owner, doc.created_at, hook.model_dump()))
-    meta.put(Doc(PENDING_NS, job_id, doc.owner, time.time(), {}))
-
-
-def status_of(meta: MetaStore, job_id: str) -> dict[str, Any] | None:
-    """What a job shows of its webhook: target, state and attempts (never the secret)."""
-    doc = meta.get(HOOK_NS, job_id)
-    if doc is None:
-        return None
-    hook = Webhook.model_validate(doc.data)
-    return hook.model_dump(include={"url", "state", "attempts"})
 
 
 def event_body(record: JobRecord, extra: dict[str, Any]) -> bytes:

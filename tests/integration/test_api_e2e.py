@@ -348,6 +348,17 @@ def test_a_cancelled_job_is_retried_over_http_and_its_webhook_tells_the_new_end(
             # When it ends again (cancelled), that end is told too
             http.post(f"/v1/jobs/{job['id']}/cancel")
             wait_for(lambda: _Recorder.received, lambda r: len(r) == 2)
+            wait_for(
+                lambda: http.get(f"/v1/jobs/{job['id']}").json(),
+                lambda j: j["webhook"]["state"] == "delivered",
+            )
+
+            # When it is retried from Python instead (as `stoker retry` does), not over
+            # HTTP, and ends again, that end is told as well
+            with Stoker(deployment.settings()) as stoker:
+                stoker.retry(job["id"])
+                stoker.cancel(job["id"])
+            wait_for(lambda: _Recorder.received, lambda r: len(r) == 3)
             final = wait_for(
                 lambda: http.get(f"/v1/jobs/{job['id']}").json(),
                 lambda j: j["webhook"]["state"] == "delivered",
@@ -356,5 +367,5 @@ def test_a_cancelled_job_is_retried_over_http_and_its_webhook_tells_the_new_end(
         server.shutdown()
         server.server_close()
     events = [json.loads(body) for _, body in _Recorder.received]
-    assert [(e["type"], e["job_id"]) for e in events] == [("job.cancelled", job["id"])] * 2
+    assert [(e["type"], e["job_id"]) for e in events] == [("job.cancelled", job["id"])] * 3
     assert [a["status_code"] for a in final["webhook"]["attempts"]] == [200]

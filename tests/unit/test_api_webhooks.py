@@ -11,14 +11,8 @@ import pytest
 
 from stoker.api.errors import ApiError
 from stoker.api.meta_sqlite import SqliteMetaStore
-from stoker.api.webhooks import (
-    PENDING_NS,
-    Deliverer,
-    WebhookSpec,
-    register,
-    status_of,
-    validate_target,
-)
+from stoker.api.webhook_records import PENDING_NS, WebhookSpec, rearm, register, status_of
+from stoker.api.webhooks import Deliverer, validate_target
 from stoker.config import ApiSettings
 from stoker.errors import JobNotFound
 from stoker.queues.records import JobRecord, JobState
@@ -94,6 +88,38 @@ def test_the_webhook_of_a_deleted_job_is_dropped_not_retried(tmp_path: Path) -> 
     # When a pass runs, the webhook is dropped, and the next pass has nothing to try
     assert deliverer.run_once() == 0
     assert status_of(meta, "job_1") is None
+    assert meta.list(PENDING_NS, None, 10) == []
+    meta.close()
+
+
+def test_a_retried_job_tells_its_new_end_once_its_webhook_is_rearmed(tmp_path: Path) -> None:
+    # Given a job whose end was told
+    meta = SqliteMetaStore(tmp_path / "api.sqlite")
+    register(meta, "job_1", "a", WebhookSpec(url="http://x.test", secret="s"), "k")
+    current = {"record": job(JobState.CANCELLED)}
+    sent: list[bytes] = []
+
+    def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        sent.append(body)
+        return 200
+
+    deliverer = Deliverer(meta, lambda _id: current["record"], ApiSettings(), post)
+    assert deliverer.run_once() == 1
+    # When it is retried (rearmed) and runs, nothing is sent until it ends again
+    rearm(meta, "job_1")
+    shown = status_of(meta, "job_1")
+    assert shown is not None and (shown["state"], shown["attempts"]) == ("pending", [])
+    current["record"] = job(JobState.RUNNING)
+    assert deliverer.run_once() == 0
+    # Then its new end is told, once
+    current["record"] = job(JobState.SUCCEEDED)
+    assert deliverer.run_once() == 1 and deliverer.run_once() == 0
+    assert [json.loads(b)["type"] for b in sent] == ["job.cancelled", "job.succeeded"]
+    # And a second rearm before that end is told sends it once; no webhook, nothing
+    rearm(meta, "job_1")
+    rearm(meta, "job_1")
+    assert deliverer.run_once() == 1 and deliverer.run_once() == 0
+    rearm(meta, "job_2")
     assert meta.list(PENDING_NS, None, 10) == []
     meta.close()
 

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from stoker.api import batches, webhooks
+from stoker.api import batches, webhook_records, webhooks
 from stoker.api.deps import KeyDep, StateDep
+from stoker.api.webhook_records import WebhookSpec
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -18,7 +19,7 @@ class BatchRequest(BaseModel):
     endpoint: str = Field(max_length=128, description="e.g. /v1/audio/speech")
     completion_window: str = Field(default="24h", max_length=16)
     metadata: dict[str, str] | None = None
-    webhook: webhooks.WebhookSpec | None = Field(default=None, description="stoker extension")
+    webhook: WebhookSpec | None = Field(default=None, description="stoker extension")
 
 
 @router.post("")
@@ -34,7 +35,7 @@ def create_batch(body: BatchRequest, state: StateDep, key: KeyDep) -> dict[str, 
         metadata=body.metadata,
     )
     if body.webhook is not None:
-        webhooks.register(state.meta, obj["id"], key.owner, body.webhook, key.webhook_secret)
+        webhook_records.register(state.meta, obj["id"], key.owner, body.webhook, key.webhook_secret)
     return obj
 
 

@@ -17,7 +17,7 @@ from stoker.api.errors import ApiError
 from stoker.api.inputs import merge_input
 from stoker.api.submission import submit_job
 from stoker.api.views import JobList, JobView, job_view, waiting_view
-from stoker.api.webhooks import WebhookSpec, rearm
+from stoker.api.webhook_records import WebhookSpec
 from stoker.config import Priority
 from stoker.queues.records import JobFilter, JobRecord, JobState
 
@@ -118,8 +118,7 @@ def retry_job(job_id: str, state: StateDep, key: KeyDep) -> JobView:
     cancelled files); its webhook, if any, tells the new end. 400 for a job that is
     queued, running or succeeded, or has nothing kept to run again."""
     owned_job(state, key, job_id)
-    retried = state.stoker.retry(job_id)
-    rearm(state.meta, job_id)
+    retried = state.stoker.retry(job_id)  # re-arms the webhook too
     return job_view(state, retried.record)
 
 
