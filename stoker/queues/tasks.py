@@ -112,31 +112,49 @@ class BatchedChunkTask(Task):
         return _executor(self.app).start_chunks(items).finish
 
     def settle_batch(self, requests: list[Any], outcomes: list[BaseException | None]) -> None:
-        """Acknowledge each request, or retry it, or fail its job, from its outcome."""
+        """Acknowledge each request, or retry it, or fail its job, from its outcome.
+
+        A request that cannot be settled (its retry cannot be published, or its job's
+        failure recorded: the broker or the store is down) goes back to its queue, as
+        ``retry_later`` sends a single chunk, and the rest of the batch is settled.
+        """
         from stoker.queues.redis_transport import acks_together  # (redis-py: worker only)
 
-        executor, settings = _executor(self.app), self.app.stoker_settings
         # One round trip for the batch's acks on Redis (see queues/redis_transport.py).
         with acks_together([request.message for request in requests]):
             for request, exc in zip(requests, outcomes, strict=True):
-                args: ChunkArgs = tuple(request.args)
-                retries = int(request.request_dict.get("retries") or 0)
-                if exc is not None and (
-                    hand_on(self, args, exc, request) or put_back(self, args, exc, request)
-                ):
-                    exc = None  # settled: the chunk is another worker's now
-                delay = None if exc is None else settle(executor, settings, args, exc, retries)
-                if delay is not None:
-                    # What Task.retry does: publish a copy with a countdown, ack this one.
-                    self.apply_async(
-                        args=args,
-                        countdown=delay,
-                        retries=retries + 1,
-                        queue=request.delivery_info.get("routing_key"),
-                        priority=request.delivery_info.get("priority"),
+                try:
+                    successful = self._settle_one(request, exc)
+                except Exception as error:
+                    log.warning(
+                        "job %s chunk %d could not be settled (%s); it goes back to the broker",
+                        *request.args[:2],
+                        error,
                     )
+                    request.reject(requeue=True)  # (a broker still down: redelivered later)
+                    task_ready(request, successful=False)
+                    continue
                 _acknowledge_now(request)
-                task_ready(request, successful=exc is None)
+                task_ready(request, successful=successful)
+
+    def _settle_one(self, request: Any, exc: BaseException | None) -> bool:
+        """Retry the chunk of ``request``, or fail its job, or hand it on, from
+        ``exc`` (None: it succeeded); True if it succeeded. The caller acks it."""
+        args: ChunkArgs = tuple(request.args)
+        retries = int(request.request_dict.get("retries") or 0)
+        if exc is None or hand_on(self, args, exc, request) or put_back(self, args, exc, request):
+            return True  # done, or another worker's now
+        delay = settle(_executor(self.app), self.app.stoker_settings, args, exc, retries)
+        if delay is not None:
+            # What Task.retry does: publish a copy with a countdown, ack this one.
+            self.apply_async(
+                args=args,
+                countdown=delay,
+                retries=retries + 1,
+                queue=request.delivery_info.get("routing_key"),
+                priority=request.delivery_info.get("priority"),
+            )
+        return False
 
 
 def hand_on(task: Task, args: ChunkArgs, exc: BaseException, request: Any) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from celery.exceptions import Reject, Retry
+from kombu.exceptions import OperationalError
 
 from stoker.config import load_settings
 from stoker.errors import (
@@ -23,7 +24,7 @@ from stoker.errors import (
     UnknownModel,
     WorkerStopping,
 )
-from stoker.queues.app import QUEUED_AT_HEADER, RUN_CHUNK_TASK, make_celery
+from stoker.queues.app import BATCHED_CHUNK_TASK, QUEUED_AT_HEADER, RUN_CHUNK_TASK, make_celery
 from stoker.queues.tasks import (
     attach_executor,
     backoff_s,
@@ -189,3 +190,49 @@ def test_a_retry_the_broker_refuses_requeues_the_chunk_instead_of_dropping_it() 
     with pytest.raises(Reject) as rejected:
         retry_later(RetryingTask(published=False), args, down, 2.0)  # type: ignore[arg-type]
     assert rejected.value.requeue is True
+
+
+class BatchedRequest:
+    """A batched chunk's request as settle_batch sees it: acked or rejected once."""
+
+    def __init__(self, index: int) -> None:
+        self.id, self.args = f"task-{index}", ["job_x", index, {}]
+        self.request_dict: dict[str, Any] = {"retries": 0}
+        self.delivery_info = {"routing_key": "embed", "priority": 0}
+        self.message, self.acknowledged, self.connection_errors = self, False, ()
+        self.settled: str | None = None
+
+    def ack_log_error(self, logger: Any, errors: Any) -> None:
+        self.settled = "acked"
+
+    def reject(self, requeue: bool) -> None:
+        self.settled, self.acknowledged = f"rejected requeue={requeue}", True
+
+
+class StoreDown(FakeExecutor):
+    def fail(self, job_id: str, error: StokerError) -> None:
+        raise StorageUnavailable("the job store is down")
+
+
+def test_a_batch_requeues_a_chunk_it_cannot_settle_and_settles_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a batch of four chunks on a worker whose broker and store just went down:
+    # two succeeded, one must be retried, one failed for good
+    app = make_celery(load_settings(data_dir=tmp_path))
+    attach_executor(app, StoreDown([]))
+    task = app.tasks[BATCHED_CHUNK_TASK]
+
+    def refused(**_: Any) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(task, "apply_async", refused)
+    requests = [BatchedRequest(i) for i in range(4)]
+    outcomes = [None, StorageUnavailable("down"), InvalidInput("bad line"), None]
+    # When the batch is settled
+    task.settle_batch(requests, outcomes)  # type: ignore[attr-defined]
+    # Then the retry that cannot be published and the failure that cannot be recorded
+    # go back to the broker, and the chunks that succeeded are acknowledged
+    assert [r.settled for r in requests] == [
+        "acked", "rejected requeue=True", "rejected requeue=True", "acked"
+    ]  # fmt: skip
