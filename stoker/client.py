@@ -31,7 +31,14 @@ from stoker.config import Priority, Settings
 from stoker.errors import BrokerUnavailable, InternalError, InvalidInput, JobNotFound
 from stoker.jobs import get_capability
 from stoker.jobs.base import ERRORS_NAME, PrepareContext
-from stoker.queues.batches import BATCH_KIND, GROUP, child_ended, children, submit_batch
+from stoker.queues.batches import (
+    BATCH_KIND,
+    GROUP,
+    Refused,
+    child_ended,
+    children,
+    submit_batch,
+)
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 from stoker.queues.stores import JobStore, open_job_store
 from stoker.queues.stores.base import list_all
@@ -151,14 +158,17 @@ class Stoker:
     def submit_batch(
         self,
         kind: str,
-        requests: list[dict[str, Any]],
+        requests: Sequence[dict[str, Any] | Refused],
         *,
         source: str,
         owner: str = "local",
         priority: Priority | None = None,
+        unit: str = "files",
     ) -> JobRecord:
-        """One batch job with a child per request; inputs refused at submission are
-        recorded as failed children (with their reason) and the rest go on."""
+        """One batch job with a child per request; inputs refused at submission (and
+        the :class:`~stoker.queues.batches.Refused` given for inputs that are not
+        requests) are recorded as failed children, with their reason, and the rest go
+        on. ``unit`` names the inputs where the CLI shows them ("lines")."""
 
         def stage_child(request: dict[str, Any], parent: str, index: int) -> StagedJob:
             return self.stage_child(
@@ -174,6 +184,7 @@ class Stoker:
             commit=self.commit,
             owner=owner,
             source=source,
+            unit=unit,
         )
 
     def stage_child(
@@ -649,13 +660,14 @@ class Stoker:
 
     def _children_outputs(self, batch_id: str, out_dir: Path) -> list[tuple[str, Path]]:
         """(key, file) of each input's outputs beside its relative path: ``talks/a.mp3``
-        → ``talks/a.srt``.
+        → ``talks/a.srt``; outputs not named after their input in a folder of its name:
+        line ``00007`` of a prompt file → ``00007/image-00.png``.
 
         Inputs that share a folder and a stem (``a.mp3`` and ``a.wav``) would write the
         same files, so theirs keep the input's whole name: ``a.mp3.srt``, ``a.wav.srt``.
         """
         kids = children(self.store, batch_id)
-        names = [Path(str(kid.params.get("name", kid.id))) for kid in kids]
+        names = [Path(str(kid.params.get("name") or kid.id)) for kid in kids]
         shared = Counter(name.with_suffix("") for name in names)
         wanted = []
         for kid, name in zip(kids, names, strict=True):
@@ -665,7 +677,12 @@ class Stoker:
                 if ref.partial or ref.name == "manifest.json":
                     continue
                 file = ref.name
-                if whole_name and file.startswith(f"{name.stem}."):
+                if not file.startswith(f"{name.stem}."):
+                    # Not named after its input (image-00.png of each prompt of a prompt
+                    # file): in a folder of the input's name, so inputs never collide.
+                    wanted.append((ref.key, folder / name.name / file))
+                    continue
+                if whole_name:
                     file = name.name + file.removeprefix(name.stem)
                 wanted.append((ref.key, folder / file))
         return wanted

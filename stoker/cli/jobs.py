@@ -30,7 +30,7 @@ from stoker.cli.app import (
 )
 from stoker.errors import InvalidInput
 from stoker.jobs.base import ERRORS_NAME
-from stoker.queues.batches import BATCH_KIND
+from stoker.queues.batches import BATCH_KIND, batch_unit
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 
 if TYPE_CHECKING:  # the client is imported when a command runs (startup time)
@@ -134,7 +134,7 @@ def _book_progress(record: JobRecord, done: set[int]) -> str:
 
 
 def _units(record: JobRecord) -> str:
-    return "files" if record.kind == BATCH_KIND else "chunks"
+    return batch_unit(record) if record.kind == BATCH_KIND else "chunks"
 
 
 def exit_unless_succeeded(client: Any, record: JobRecord) -> None:
@@ -192,7 +192,7 @@ def failed_items(client: Any, record: JobRecord) -> FailedItems | None:
         return None
     first = errors[0].get("error", {}).get("message", "")
     if record.kind == BATCH_KIND:
-        return FailedItems(len(errors), record.progress.total or None, first, "files")
+        return FailedItems(len(errors), record.progress.total or None, first, batch_unit(record))
     return FailedItems(len(errors), record.params.get("lines"), first, "lines")
 
 
@@ -226,7 +226,7 @@ def _print_children(client: Any, record: JobRecord, every_file: bool) -> None:
     by_state = client.child_counts(record.id)
     total = sum(by_state.values())
     states = ", ".join(f"{by_state[s]} {s.value}" for s in JobState if by_state.get(s))
-    console.print(f"  {total} files: {states or 'none yet'}")
+    console.print(f"  {total} {batch_unit(record)}: {states or 'none yet'}")
     if every_file or total <= LISTED_FILES:
         shown = client.children(record.id)
     else:
@@ -237,7 +237,7 @@ def _print_children(client: Any, record: JobRecord, every_file: bool) -> None:
                 found = client.jobs(JobFilter(parent=record.id, state=state, limit=room))
                 shown += sorted(found, key=lambda k: k.parent_index or 0)
     if shown:
-        table = table_of("file", "job", "state", "progress", "error")
+        table = table_of(batch_unit(record).removesuffix("s"), "job", "state", "progress", "error")
         for kid in shown:
             table.add_row(
                 str(kid.params.get("name", "")),
@@ -249,8 +249,8 @@ def _print_children(client: Any, record: JobRecord, every_file: bool) -> None:
         console.print(table)
     if len(shown) < total:
         console.print(
-            f"  {total - len(shown)} more files not listed; "
-            f"`stoker status {record.id} --files` lists every file.",
+            f"  {total - len(shown)} more {batch_unit(record)} not listed; "
+            f"`stoker status {record.id} --files` lists every one.",
             highlight=False,
         )
 
@@ -335,8 +335,10 @@ def retry(
     kind: Annotated[str | None, typer.Option(help="With --failed: of this kind only.")] = None,
     and_wait: Annotated[bool, typer.Option("--wait", help="Then wait for it.")] = False,
 ) -> None:
-    """Queue a failed or cancelled job again under its id (a batch: its failed and
-    cancelled files), once the cause is fixed; finished chunks are not run again."""
+    """Queue a failed or cancelled job again, under its id, once the cause is fixed.
+
+    Its finished chunks are not run again; a batch retries its failed and cancelled
+    files."""
     if (job_id is None) == (not failed) or (failed and and_wait):
         raise InvalidInput(
             "give a job id (`stoker retry JOB_ID [--wait]`) or --failed "
@@ -445,8 +447,9 @@ def delete(
     ctx: typer.Context,
     job_ids: Annotated[list[str], typer.Argument(help="Ended jobs (or batches) to delete.")],
 ) -> None:
-    """Delete ended jobs: their records and the outputs stored for them. A batch goes
-    with its jobs; a queued or running job must be cancelled first."""
+    """Delete ended jobs: their records and the outputs stored for them.
+
+    A batch goes with its jobs; a queued or running job must be cancelled first."""
     with client_of(ctx) as client:
         for job_id in job_ids:
             deleted = client.delete(job_id)

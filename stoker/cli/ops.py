@@ -65,8 +65,9 @@ def models(
         ),
     ] = None,
 ) -> None:
-    """The models and voices this machine can load, and where they come from; with a
-    Redis job store also those only live workers have (source fleet)."""
+    """The models and voices this machine can load, and where they come from.
+
+    With a Redis job store, also those only live workers have (source fleet)."""
     from stoker.jobs import capabilities_for
     from stoker.workers.cards import fleet_cards
     from stoker.workers.catalog import ModelCatalog

@@ -9,16 +9,36 @@ so it must exist there too (the same machine or a shared filesystem).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from stoker.cli.app import DeviceOpt, OutOpt, PriorityOpt, run_app, settings_of, submit_app
-from stoker.cli.capabilities import run_job, submit_job
-from stoker.config import ModelEntry
+from stoker.cli.app import (
+    DeviceOpt,
+    OutOpt,
+    PriorityOpt,
+    client_of,
+    parse_priority,
+    run_app,
+    settings_of,
+    submit_app,
+)
+from stoker.cli.capabilities import run_with, submitted
+from stoker.config import ModelEntry, Priority
+from stoker.errors import InvalidInput
+from stoker.queues.records import JobRecord
 
-PromptOpt = Annotated[str, typer.Option("--prompt", help="What to make.")]
+PromptOpt = Annotated[str | None, typer.Option("--prompt", help="What to make.")]
+PromptsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--prompts",
+        help="A file of prompts, a job each, as one batch: one per line, or JSONL lines "
+        '{"prompt", "name"?, "seed"?, ...}. The other options are every line\'s defaults.',
+    ),
+]
 ModelOpt = Annotated[
     str, typer.Option("--model", help="diffusers model name (`stoker models`) or pipeline folder.")
 ]
@@ -62,15 +82,41 @@ def model_name(ctx: typer.Context, model: str, in_process: bool) -> str:
     return name
 
 
-def _image_request(prompt: str, model: str, **options: Any) -> dict[str, Any]:
-    return _drop_unset({"prompt": prompt, "model": model, **options})
+Submit = Callable[[Any], JobRecord]
+
+
+def _submitter(
+    kind: str, prompt: str | None, prompts: Path | None, request: dict[str, Any], priority: Priority
+) -> Submit:
+    """How to submit ``request`` (the options, unset ones dropped): one job for
+    ``--prompt``; for ``--prompts``, one batch of a job per line of the file, read now,
+    each line on top of ``request`` (jobs/prompt_lists.py)."""
+    from stoker.jobs.prompt_lists import read_prompt_file
+
+    if (prompt is None) == (prompts is None):
+        raise InvalidInput(f"give --prompt, or --prompts with a file of prompts, for `{kind}`.")
+    options = _drop_unset(request)
+    if prompts is None:
+        job = {**options, "prompt": prompt}
+        return lambda client: client.submit(kind, job, priority=priority)
+    items = read_prompt_file(prompts, options)
+    source = str(prompts)
+    return lambda client: client.submit_batch(
+        kind, items, source=source, priority=priority, unit="lines"
+    )
+
+
+def _submit(ctx: typer.Context, submit: Submit) -> None:
+    with client_of(ctx) as client:
+        submitted(client, submit(client))
 
 
 @submit_app.command("image")
 def submit_image(
     ctx: typer.Context,
-    prompt: PromptOpt,
     model: ModelOpt,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
     negative_prompt: NegativeOpt = None,
     steps: StepsOpt = None,
     guidance_scale: GuidanceOpt = None,
@@ -81,10 +127,11 @@ def submit_image(
     fmt: ImageFormatOpt = "png",
     priority: PriorityOpt = "normal",
 ) -> None:
-    """Queue images from a prompt: one task per image, seeds seed, seed+1, ..."""
-    request = _image_request(
-        prompt,
-        model_name(ctx, model, in_process=False),
+    """Queue images from a prompt, or from each line of a file of them (--prompts).
+
+    One task per image, seeds seed, seed+1, ...; a file is one batch, a job per line."""
+    request = dict(
+        model=model_name(ctx, model, in_process=False),
         negative_prompt=negative_prompt,
         steps=steps,
         guidance_scale=guidance_scale,
@@ -94,14 +141,15 @@ def submit_image(
         count=count,
         format=fmt,
     )
-    submit_job(ctx, "image", request, priority)
+    _submit(ctx, _submitter("image", prompt, prompts, request, parse_priority(priority)))
 
 
 @run_app.command("image")
 def run_image(
     ctx: typer.Context,
-    prompt: PromptOpt,
     model: ModelOpt,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
     negative_prompt: NegativeOpt = None,
     steps: StepsOpt = None,
     guidance_scale: GuidanceOpt = None,
@@ -113,10 +161,9 @@ def run_image(
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Make images on this machine; they go to --out."""
-    request = _image_request(
-        prompt,
-        model_name(ctx, model, in_process=True),
+    """Make images on this machine (--prompts: a file of them); they go to --out."""
+    request = dict(
+        model=model_name(ctx, model, in_process=True),
         negative_prompt=negative_prompt,
         steps=steps,
         guidance_scale=guidance_scale,
@@ -126,14 +173,17 @@ def run_image(
         count=count,
         format=fmt,
     )
-    run_job(ctx, "image", request, out, device)
+    run_with(
+        ctx, "image", _submitter("image", prompt, prompts, request, "interactive"), out, device
+    )
 
 
 @submit_app.command("mesh")
 def submit_mesh(
     ctx: typer.Context,
-    prompt: PromptOpt,
     model: ModelOpt,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
     steps: StepsOpt = None,
     guidance_scale: GuidanceOpt = None,
     seed: SeedOpt = None,
@@ -142,10 +192,11 @@ def submit_mesh(
     fmt: MeshFormatOpt = "glb",
     priority: PriorityOpt = "normal",
 ) -> None:
-    """Queue a 3D mesh from a prompt (a Shap-E pipeline)."""
-    request = _image_request(
-        prompt,
-        model_name(ctx, model, in_process=False),
+    """Queue a 3D mesh from a prompt, or one per line of a file of them (--prompts).
+
+    The model is a Shap-E pipeline; a file is one batch, a job per line."""
+    request = dict(
+        model=model_name(ctx, model, in_process=False),
         steps=steps,
         guidance_scale=guidance_scale,
         seed=seed,
@@ -153,14 +204,15 @@ def submit_mesh(
         max_faces=max_faces,
         format=fmt,
     )
-    submit_job(ctx, "mesh", request, priority)
+    _submit(ctx, _submitter("mesh", prompt, prompts, request, parse_priority(priority)))
 
 
 @run_app.command("mesh")
 def run_mesh(
     ctx: typer.Context,
-    prompt: PromptOpt,
     model: ModelOpt,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
     steps: StepsOpt = None,
     guidance_scale: GuidanceOpt = None,
     seed: SeedOpt = None,
@@ -170,10 +222,9 @@ def run_mesh(
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Make a 3D mesh on this machine; it goes to --out."""
-    request = _image_request(
-        prompt,
-        model_name(ctx, model, in_process=True),
+    """Make a 3D mesh on this machine (--prompts: one per line of a file); to --out."""
+    request = dict(
+        model=model_name(ctx, model, in_process=True),
         steps=steps,
         guidance_scale=guidance_scale,
         seed=seed,
@@ -181,4 +232,4 @@ def run_mesh(
         max_faces=max_faces,
         format=fmt,
     )
-    run_job(ctx, "mesh", request, out, device)
+    run_with(ctx, "mesh", _submitter("mesh", prompt, prompts, request, "interactive"), out, device)

@@ -282,6 +282,11 @@ def parse_request(request: dict[str, Any], model: type[BaseModel]) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "request"
+        if first["type"] == "extra_forbidden" and len(first["loc"]) == 1:
+            raise InvalidInput(
+                f"{where!r} is not an option here; remove it (the options: "
+                f"{', '.join(model.model_fields)})."
+            ) from exc
         value = first.get("input")
         given = ""
         if isinstance(value, int | float | str) and len(repr(value)) <= 40:

@@ -65,6 +65,8 @@ class ImageRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 16, description="None: random")
     count: int = Field(default=1, ge=1, le=16, description="images, seeds seed..seed+count-1")
     format: Literal["png", "webp"] = "png"
+    # Set by a prompt file's line (jobs/prompt_lists.py): the job's name in its batch.
+    name: str | None = Field(default=None, max_length=100, description="its name in a batch")
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class ImageCapability:
             "seed": seed,
             "count": req.count,
             "format": req.format,
+            **({"name": req.name} if req.name else {}),
         }
         look = {k: params[k] for k in IDENTITY_PARAMS}
         chunks = [

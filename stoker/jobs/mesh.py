@@ -56,6 +56,8 @@ class MeshRequest(BaseModel):
     )
     max_faces: int = Field(default=200_000, ge=1_000, le=2_000_000, description="decimate above")
     format: Literal["glb", "ply", "obj"] = "glb"
+    # Set by a prompt file's line (jobs/prompt_lists.py): the job's name in its batch.
+    name: str | None = Field(default=None, max_length=100, description="its name in a batch")
 
 
 def import_trimesh() -> Any:
@@ -95,6 +97,8 @@ class MeshCapability:
             "format": req.format,
         }
         shape = {k: v for k, v in params.items() if k not in ("model", "format")}
+        if req.name:
+            params["name"] = req.name
         chunk = ChunkPlan(payload={}, identity={"model": spec.fingerprint, **shape})
         return Prepared(params=params, model=req.model, chunks=[chunk])
 

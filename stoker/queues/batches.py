@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from stoker.errors import BrokerUnavailable, PermanentError, StokerError
+from stoker.errors import BrokerUnavailable, InvalidInput, PermanentError, StokerError
 from stoker.queues.records import JobError, JobFilter, JobRecord, JobState, OutputRef, Progress
 from stoker.queues.records import new_record as _new_record
 from stoker.queues.stores.base import JobStore, list_all
@@ -42,26 +43,43 @@ Commit = Callable[[list[StagedJob]], None]
 GROUP = 256
 
 
+@dataclass(frozen=True)
+class Refused:
+    """An input of a batch that is not a request at all (a malformed line of a prompt
+    file): recorded as a failed child named ``name``, with ``reason``, as an input
+    the capability refuses is."""
+
+    name: str
+    reason: str
+
+
 def submit_batch(
     *,
     store: JobStore,
     storage: Storage,
     kind: str,
-    requests: list[dict[str, Any]],
+    requests: Sequence[dict[str, Any] | Refused],
     stage_child: StageChild,
     commit: Commit,
     owner: str,
     source: str,
     retriable: bool = True,
+    unit: str = "files",
 ) -> JobRecord:
     """Record a batch of ``requests`` for ``kind`` and submit each as a child job.
 
     ``retriable=False`` (an OpenAI batch, whose output files are final once written)
-    makes Stoker.retry refuse the batch and its files."""
+    makes Stoker.retry refuse the batch and its files. ``unit`` is what the CLI calls
+    its inputs (:func:`batch_unit`): files of a folder, lines of a prompt file."""
     parent = _new_record(
         kind=BATCH_KIND,
         owner=owner,
-        params={"kind": kind, "source": source, **({} if retriable else {"retriable": False})},
+        params={
+            "kind": kind,
+            "source": source,
+            **({} if retriable else {"retriable": False}),
+            **({} if unit == "files" else {"unit": unit}),
+        },
         progress=Progress(total=len(requests), stage="running"),
     )
     store.create(parent)
@@ -69,9 +87,11 @@ def submit_batch(
     refused: list[BrokerUnavailable] = []
     for index, request in enumerate(requests):
         try:
+            if isinstance(request, Refused):
+                raise InvalidInput(request.reason)
             staged.append(stage_child(request, parent.id, index))
         except PermanentError as exc:
-            _record_refused(store, kind, owner, request, parent.id, index, exc)
+            _record_refused(store, kind, owner, _name(request, index), parent.id, index, exc)
             child_ended(store, storage, parent.id, index)
         if len(staged) == GROUP:
             _commit_group(store, storage, parent.id, commit, staged, refused)
@@ -109,22 +129,32 @@ def _commit_group(
         refused.append(exc)
 
 
+def _name(request: dict[str, Any] | Refused, index: int) -> str:
+    if isinstance(request, Refused):
+        return request.name
+    return str(request.get("name") or request.get("path") or f"input {index}")
+
+
 def _record_refused(
     store: JobStore,
     kind: str,
     owner: str,
-    request: dict[str, Any],
+    name: str,
     parent_id: str,
     index: int,
     exc: PermanentError,
 ) -> None:
-    name = request.get("name") or request.get("path") or f"input {index}"
     child = _new_record(
-        kind=kind, owner=owner, params={"name": str(name)}, parent=parent_id, parent_index=index
+        kind=kind, owner=owner, params={"name": name}, parent=parent_id, parent_index=index
     )
     store.create(child)
     store.fail(child.id, JobError(kind=exc.kind, message=str(exc)))
     log.info("batch %s: %s refused: %s", parent_id, name, exc)
+
+
+def batch_unit(batch: JobRecord) -> str:
+    """What a batch's inputs are, for people: "files", or "lines" of a prompt file."""
+    return str(batch.params.get("unit") or "files")
 
 
 def child_ended(store: JobStore, storage: Storage, parent_id: str, index: int) -> None:

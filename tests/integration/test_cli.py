@@ -349,7 +349,7 @@ def test_a_big_batch_lists_as_one_job_and_shows_the_files_to_look_at(data_dir: P
     assert "30 files: 1 running, 27 succeeded, 2 failed" in out
     assert "rec000 is corrupt" in out and "rec001 is corrupt" in out and "rec002.wav" in out
     assert "rec029.wav" not in out
-    assert f"27 more files not listed; `stoker status {batch} --files` lists every file." in out
+    assert f"27 more files not listed; `stoker status {batch} --files` lists every one." in out
     # And --files lists every one
     assert "rec029.wav" in stoker("status", batch, "--files", data_dir=data_dir).stdout
 

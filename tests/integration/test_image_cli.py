@@ -61,3 +61,55 @@ def test_submit_records_a_pipeline_folder_by_its_absolute_path(
     with Stoker(load_settings(data_dir=data_dir)) as client:
         record = client.status(result.stdout.strip())
     assert record.model == str(tiny.image.resolve())
+
+
+def test_run_image_makes_each_line_of_a_prompt_file_and_refuses_bad_lines_alone(
+    tiny: TinyPipelines, data_dir: Path, tmp_path: Path
+) -> None:
+    # Given a prompt file: two good lines (one named, two images), one not JSON and
+    # one asking for a size the pipeline cannot make
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"prompt": "a lighthouse at dusk", "seed": 7}\n'
+        '{"prompt": "a red barn", "count": 2, "seed": 3, "name": "barn"}\n'
+        "a cat, not JSON\n"
+        '{"prompt": "too wide", "width": 100}\n'
+    )
+    out = tmp_path / "out"
+    # When `stoker run image --prompts` runs it, every line with --steps 2
+    result = stoker(
+        "run", "image", "--prompts", str(prompts), "--model", str(tiny.image), "--steps", "2",
+        "--out", str(out), data_dir=data_dir,
+    )  # fmt: skip
+    # Then it exits 0 (some lines succeeded) and says how many failed, and why the first
+    assert result.returncode == 0, result.stderr
+    assert "warning: 2 of 4 lines failed (the first: prompts.jsonl line 3: not valid JSON" in (
+        result.stderr
+    )
+    # And each good line's images are in a folder of its name, with their seeds
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == [
+        "00001/image-00.png", "barn/image-00.png", "barn/image-01.png",
+        "errors.jsonl", "manifest.json",
+    ]  # fmt: skip
+    from PIL import Image
+
+    seeds = [Image.open(out / f).text["seed"] for f in files[:3]]  # type: ignore[attr-defined]
+    assert seeds == ["7", "3", "4"]
+    # And the errors name each bad line, with the reason
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["name"] for e in errors] == ["00003", "00004"]
+    assert "nearest valid width is 104" in errors[1]["error"]["message"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request_counts"] == {"total": 4, "completed": 2, "failed": 2}
+
+
+def test_image_needs_one_prompt_or_one_prompt_file(tiny: TinyPipelines, data_dir: Path) -> None:
+    neither = stoker("submit", "image", "--model", str(tiny.image), data_dir=data_dir)
+    both = stoker(
+        "submit", "image", "--model", str(tiny.image), "--prompt", "x", "--prompts", "p.txt",
+        data_dir=data_dir,
+    )  # fmt: skip
+    for result in (neither, both):
+        assert result.returncode != 0
+        assert "give --prompt, or --prompts with a file of prompts" in result.stderr

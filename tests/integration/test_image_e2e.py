@@ -33,6 +33,10 @@ def visual(deployment: Deployment, tiny: TinyPipelines) -> Deployment:
     return deployment
 
 
+def found(folder: Path, pattern: str) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob(pattern))
+
+
 def png_text(data: bytes) -> dict[str, str]:
     from PIL import Image
 
@@ -110,3 +114,45 @@ def test_a_half_copied_model_fails_its_job_and_the_worker_serves_the_next(
     assert "lists unet in model_index.json" in bad_done.error.message
     assert good_done.state is JobState.SUCCEEDED, good_done.error
     assert worker.alive
+
+
+def test_prompt_files_become_batches_whose_outputs_download_by_line(
+    visual: Deployment, tmp_path: Path
+) -> None:
+    # Given a worker, a file of three image prompts and a file of two mesh prompts
+    visual.start_worker("image,mesh")
+    images = tmp_path / "images.txt"
+    images.write_text("a lighthouse at dusk\na red barn\n\na green field\n")
+    meshes = tmp_path / "meshes.jsonl"
+    meshes.write_text('{"prompt": "a chair", "name": "chair"}\n{"prompt": "a table"}\n')
+    # When both are submitted from the CLI, as a user would, and waited for
+    submit_images = visual.cli(
+        "submit", "image", "--prompts", str(images), "--model", "tiny_sd", "--steps", "2",
+        "--seed", "5", "--format", "webp",
+    )  # fmt: skip
+    submit_meshes = visual.cli(
+        "submit", "mesh", "--prompts", str(meshes), "--model", "tiny_shap_e", "--steps", "2",
+        "--resolution", "32", "--format", "ply",
+    )  # fmt: skip
+    assert submit_images.returncode == 0, submit_images.stderr
+    assert submit_meshes.returncode == 0, submit_meshes.stderr
+    image_batch, mesh_batch = submit_images.stdout.strip(), submit_meshes.stdout.strip()
+    with Stoker(visual.settings()) as client:
+        for batch in (image_batch, mesh_batch):
+            done = client.wait(batch, timeout_s=180)
+            assert done.state is JobState.SUCCEEDED, done.error
+            assert done.progress.done == done.progress.total
+    # Then `stoker get` puts each line's outputs in a folder of its name (or line)
+    out = tmp_path / "out"
+    for batch in (image_batch, mesh_batch):
+        got = visual.cli("get", batch, "--out", str(out / batch))
+        assert got.returncode == 0, got.stderr
+    assert found(out / image_batch, "*.webp") == [
+        "00001/image-00.webp", "00002/image-00.webp", "00004/image-00.webp"
+    ]  # fmt: skip
+    assert found(out / mesh_batch, "*.ply") == ["00002/mesh.ply", "chair/mesh.ply"]
+    # And the batch's manifest and status name the lines
+    manifest = json.loads((out / image_batch / "manifest.json").read_text())
+    assert [f["name"] for f in manifest["files"]] == ["00001", "00002", "00004"]
+    status = visual.cli("status", image_batch)
+    assert "3 lines: 3 succeeded" in status.stdout

@@ -1,0 +1,79 @@
+"""Prompt files for image and mesh: each line a request on top of the file's defaults,
+or a refusal that names the line (jobs/prompt_lists.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stoker.errors import InvalidInput
+from stoker.jobs.base import parse_request
+from stoker.jobs.image import ImageRequest
+from stoker.jobs.prompt_lists import MAX_LINES, prompt_requests, read_prompt_file
+from stoker.queues.batches import Refused
+
+DEFAULTS = {"model": "tiny", "steps": 4}
+
+
+def test_each_text_line_is_a_prompt_named_by_its_line() -> None:
+    items = prompt_requests("a lighthouse\n\n  a barn  \n", DEFAULTS, jsonl=False, source="p.txt")
+    assert items == [
+        {"model": "tiny", "steps": 4, "prompt": "a lighthouse", "name": "00001"},
+        {"model": "tiny", "steps": 4, "prompt": "a barn", "name": "00003"},
+    ]
+
+
+def test_a_jsonl_line_overrides_the_defaults_and_may_name_itself() -> None:
+    text = '{"prompt": "a barn", "steps": 2, "count": 3, "name": "barn.v2"}\n'
+    [item] = prompt_requests(text, DEFAULTS, jsonl=True, source="p.jsonl")
+    assert item == {"model": "tiny", "steps": 2, "count": 3, "prompt": "a barn", "name": "barn.v2"}
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("a barn", "line 2: not valid JSON"),
+        ('["a barn"]', "line 2: a JSON object is needed"),
+        ('{"prompt": "  "}', 'line 2: "prompt" must be a non-empty string'),
+        ('{"prompt": 7}', 'line 2: "prompt" must be a non-empty string'),
+        ('{"prompt": "x", "model": "other"}', 'remove "model" from the line'),
+        ('{"prompt": "x", "name": "../up"}', "the name '../up' must be 1 to 100 letters"),
+        ('{"prompt": "x", "name": "first"}', "the name 'first' is line 1's too"),
+    ],
+)
+def test_a_line_that_is_not_a_request_is_refused_alone_naming_it(line: str, says: str) -> None:
+    # Given a good first line and a bad second one
+    text = '{"prompt": "a lighthouse", "name": "first"}\n' + line + "\n"
+    items = prompt_requests(text, DEFAULTS, jsonl=True, source="p.jsonl")
+    # Then the first is a request and the second a refusal naming file, line and fix
+    assert items[0] == {**DEFAULTS, "prompt": "a lighthouse", "name": "first"}
+    assert isinstance(items[1], Refused) and items[1].name == "00002"
+    assert items[1].reason.startswith("p.jsonl line 2: ") and says in items[1].reason
+
+
+def test_an_empty_or_huge_file_is_refused_whole() -> None:
+    with pytest.raises(InvalidInput, match=r'p.jsonl has no prompts; .* as \{"prompt"'):
+        prompt_requests("\n  \n", DEFAULTS, jsonl=True, source="p.jsonl")
+    with pytest.raises(InvalidInput, match=r"10,001 prompts, over the 10,000 .* split it"):
+        prompt_requests("x\n" * (MAX_LINES + 1), DEFAULTS, jsonl=False, source="p.txt")
+
+
+def test_a_file_is_read_as_jsonl_by_its_suffix_and_must_be_utf8(tmp_path: Path) -> None:
+    jsonl = tmp_path / "p.JSONL"
+    jsonl.write_text('{"prompt": "a"}\n')
+    assert read_prompt_file(jsonl, {}) == [{"prompt": "a", "name": "00001"}]
+    text = tmp_path / "p.txt"
+    text.write_text('{"prompt": "a"}\n')  # in a text file, the line is the prompt
+    assert read_prompt_file(text, {}) == [{"prompt": '{"prompt": "a"}', "name": "00001"}]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InvalidInput, match=r"latin.txt is not UTF-8 text \(byte 3\)"):
+        read_prompt_file(latin, {})
+    with pytest.raises(InvalidInput, match=r"cannot read the prompt file .*missing.txt"):
+        read_prompt_file(tmp_path / "missing.txt", {})
+
+
+def test_an_unknown_option_of_a_line_is_named_with_the_options_there_are() -> None:
+    with pytest.raises(InvalidInput, match=r"'stepz' is not an option here; .*steps, "):
+        parse_request({"prompt": "x", "stepz": 3}, ImageRequest)
