@@ -12,14 +12,18 @@ image (tiny text-to-image pipeline, 64×64, 4 steps):
   2. stoker: `image` jobs of ``count`` ≤ 16 (the most one job makes) queued on Redis,
      own redis-server, one `stoker worker --queues image` with the folder preloaded;
      submit to done.
+image from a prompt file (``--prompts``: as many distinct prompts, one image each):
+  1. plain: one call per prompt, as above;
+  2. stoker: the file as one batch, a job per line (jobs/prompt_lists.py), same
+     worker set-up; submit to the batch done (its manifest written).
 mesh (tiny Shap-E, marching-cubes grid ``--resolution``):
   1. plain: the prior, ``decode_to_mesh``, a coloured trimesh exported to GLB, per prompt;
   2. stoker: one `mesh` job per prompt (GLB, no decimation, as plain), same worker
      set-up; submit to all done.
 Both stoker sides first run one warm-up job (see stoker_side).
 
-Usage: python bench/visual.py [--images 32] [--meshes 6] [--resolution 64]
-                              [--repeats 5] [--no-write]
+Usage: python bench/visual.py [--images 32] [--prompts 32] [--meshes 6]
+                              [--resolution 64] [--repeats 5] [--no-write]
 """
 
 from __future__ import annotations
@@ -59,15 +63,17 @@ def load_pipeline(folder: Path) -> Any:
     return pipe
 
 
-def plain_images(pipe: Any, n: int, out: Path) -> None:
+def plain_images(pipe: Any, n: int, out: Path, prompts: list[str] | None = None) -> None:
+    """``n`` images of PROMPT, seeds SEED, SEED + 1, ...; or one of each of ``prompts``
+    with seed SEED (a prompt file's default seed)."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        generator = torch.Generator("cpu").manual_seed(SEED + i)
+        generator = torch.Generator("cpu").manual_seed(SEED if prompts else SEED + i)
         image = pipe(
-            prompt=PROMPT, num_inference_steps=STEPS, width=SIDE, height=SIDE,
-            generator=generator, output_type="pil",
+            prompt=prompts[i] if prompts else PROMPT, num_inference_steps=STEPS,
+            width=SIDE, height=SIDE, generator=generator, output_type="pil",
         ).images[0]  # fmt: skip
         image.save(out / f"image-{i:02d}.png", format="PNG")
 
@@ -98,10 +104,16 @@ def plain_meshes(pipe: Any, n: int, resolution: int, out: Path) -> None:
 
 
 def stoker_side(
-    kind: str, folder: Path, requests: list[dict[str, Any]], redis_url: str, data_dir: Path
+    kind: str,
+    folder: Path,
+    requests: list[dict[str, Any]],
+    redis_url: str,
+    data_dir: Path,
+    prompt_file: Path | None = None,
 ) -> float:
     """Seconds from submitting ``requests`` to the last one succeeded, on one worker
-    started (``folder`` preloaded) before the first submit.
+    started (``folder`` preloaded) before the first submit; with ``prompt_file``, from
+    reading it (the first of ``requests`` its defaults) to its batch succeeded.
 
     A warm-up job runs first: a worker finds a new model path's queue at its next
     scheduler tick (``scheduler_interval_s``, 0.5 s), once per path, which would
@@ -110,6 +122,7 @@ def stoker_side(
 
     from stoker.client import Stoker
     from stoker.config import load_settings
+    from stoker.jobs.prompt_lists import read_prompt_file
     from tests.deployment import Deployment
 
     redis.Redis.from_url(redis_url).flushall()
@@ -123,9 +136,17 @@ def stoker_side(
             warm_up = {k: v for k, v in requests[0].items() if k != "count"}
             wait_all(client, [client.submit(kind, warm_up | {"seed": 1}).id], timeout_s=600)
             start = time.perf_counter()
-            ids = [client.submit(kind, r).id for r in requests]
+            if prompt_file is None:
+                ids = [client.submit(kind, r).id for r in requests]
+            else:
+                lines = read_prompt_file(prompt_file, requests[0])
+                batch = client.submit_batch(kind, lines, source=prompt_file.name, unit="lines")
+                ids = [batch.id]
             wait_all(client, ids, timeout_s=3600)
-            return time.perf_counter() - start
+            took = time.perf_counter() - start
+            if prompt_file is not None and (failed := client.item_errors(ids[0])):
+                raise RuntimeError(f"{len(failed)} lines failed, the first: {failed[0]}")
+            return took
     finally:
         dep.stop_all()
 
@@ -178,6 +199,36 @@ def image_section(folder: Path, n: int, redis_url: str, work: Path, repeats: int
     return table(what, n, "image", plain_s, stoker_s, pairs)
 
 
+def prompts_section(folder: Path, n: int, redis_url: str, work: Path, repeats: int) -> str:
+    pipe = load_pipeline(folder)
+    plain_images(pipe, 2, work / "warm")
+    prompts = [f"{PROMPT}, view {i}" for i in range(n)]
+    prompt_file = work / "prompts.txt"
+    prompt_file.write_text("\n".join(prompts) + "\n")
+    # (the prompt: for the warm-up job; each line replaces it)
+    defaults = {
+        "prompt": PROMPT,
+        "model": str(folder),
+        "steps": STEPS,
+        "width": SIDE,
+        "height": SIDE,
+    }
+    plain_s, stoker_s, pairs = interleaved(
+        lambda r: plain_images(pipe, n, work / f"plain-prompts-{r}", prompts),
+        lambda r: stoker_side(
+            "image",
+            folder,
+            [defaults | {"seed": SEED}],
+            redis_url,
+            work / f"prompts-{r}",
+            prompt_file,
+        ),
+        repeats,
+    )
+    what = f"image --prompts: {n} lines, 1 image each"
+    return table(what, n, "image", plain_s, stoker_s, pairs)
+
+
 def mesh_section(
     folder: Path, n: int, resolution: int, redis_url: str, work: Path, repeats: int
 ) -> str:
@@ -200,6 +251,7 @@ def mesh_section(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=32, help="lines of the prompt file")
     parser.add_argument("--meshes", type=int, default=6)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
@@ -210,6 +262,7 @@ def main() -> None:
         tiny = tiny_pipelines(work / "models")
         parts = [
             image_section(tiny.image, args.images, redis_url, work, args.repeats),
+            prompts_section(tiny.image, args.prompts, redis_url, work, args.repeats),
             mesh_section(tiny.mesh, args.meshes, args.resolution, redis_url, work, args.repeats),
         ]
     for part in parts:
