@@ -133,6 +133,12 @@ def _book_progress(record: JobRecord, done: set[int]) -> str:
     return text + (f" · ≈ {words_done * scale:.0f}/{words * scale:.0f} min audio" if words else "")
 
 
+def _kind(record: JobRecord) -> str:
+    """The job's kind, and for a batch its inputs' too: "batch (image)"."""
+    inner = record.params.get("kind") if record.kind == BATCH_KIND else None
+    return f"{record.kind} ({inner})" if inner else record.kind
+
+
 def _units(record: JobRecord) -> str:
     return batch_unit(record) if record.kind == BATCH_KIND else "chunks"
 
@@ -272,7 +278,7 @@ def _print_record(record: JobRecord, client: Any, *, every_file: bool = False) -
     # some were run again (a retry, a worker lost mid-chunk). A batch runs none itself.
     runs = f" · chunk runs {record.attempts}" if record.attempts else ""
     console.print(
-        f"[bold]{record.id}[/] {record.kind} · [bold]{record.state.value}[/] · "
+        f"[bold]{record.id}[/] {_kind(record)} · [bold]{record.state.value}[/] · "
         f"{p.done}/{p.total} {_units(record)} · stage {p.stage}{runs}"
     )
     if (waits := waiting_hint(client, record)) is not None:
@@ -416,7 +422,7 @@ def jobs(
         for r in client.jobs(flt):
             table.add_row(
                 r.id,
-                r.kind,
+                _kind(r),
                 r.state.value,
                 f"{r.progress.done}/{r.progress.total} {_units(r)}",
                 r.progress.stage,

@@ -299,7 +299,7 @@ def _stored_batch(data_dir: Path, files: int) -> tuple[str, list[str], str]:
         store.create(alone)
         batch = new_record(
             kind="batch",
-            params={"name": "archive"},
+            params={"kind": "transcribe", "source": "archive"},
             progress=Progress(total=files),
             created_at=20.0,
         )
@@ -335,7 +335,7 @@ def test_a_big_batch_lists_as_one_job_and_shows_the_files_to_look_at(data_dir: P
     listed = stoker("jobs", data_dir=data_dir)
     assert listed.returncode == 0, listed.stderr
     assert batch in listed.stdout and alone in listed.stdout
-    assert "0/30 files" in listed.stdout
+    assert "0/30 files" in listed.stdout and "batch (transcribe)" in listed.stdout
     assert not any(kid in listed.stdout for kid in kids)
     # And --batch lists its files, --all everything, newest first
     files = stoker("jobs", "--batch", batch, "--limit", "100", data_dir=data_dir).stdout
