@@ -122,7 +122,6 @@ def stoker_side(
 
     from stoker.client import Stoker
     from stoker.config import load_settings
-    from stoker.jobs.prompt_lists import read_prompt_file
     from tests.deployment import Deployment
 
     redis.Redis.from_url(redis_url).flushall()
@@ -139,9 +138,7 @@ def stoker_side(
             if prompt_file is None:
                 ids = [client.submit(kind, r).id for r in requests]
             else:
-                lines = read_prompt_file(prompt_file, requests[0])
-                batch = client.submit_batch(kind, lines, source=prompt_file.name, unit="lines")
-                ids = [batch.id]
+                ids = [client.submit_prompt_file(kind, prompt_file, requests[0]).id]
             wait_all(client, ids, timeout_s=3600)
             took = time.perf_counter() - start
             if prompt_file is not None and (failed := client.item_errors(ids[0])):

@@ -187,6 +187,27 @@ class Stoker:
             unit=unit,
         )
 
+    def submit_prompt_file(
+        self,
+        kind: str,
+        path: Path,
+        defaults: dict[str, Any] | None = None,
+        *,
+        owner: str = "local",
+        priority: Priority | None = None,
+    ) -> JobRecord:
+        """A file of prompts for ``image`` or ``mesh`` as one batch, a job per line,
+        each line on top of ``defaults`` (the model and options of every line; see
+        jobs/prompt_lists.py for the file). A line that is not a request fails alone,
+        named in the batch's errors.jsonl; InvalidInput when the file cannot be read
+        or holds no prompt."""
+        from stoker.jobs.prompt_lists import read_prompt_file
+
+        items = read_prompt_file(path, defaults or {})
+        return self.submit_batch(
+            kind, items, source=str(path), owner=owner, priority=priority, unit="lines"
+        )
+
     def stage_child(
         self,
         kind: str,

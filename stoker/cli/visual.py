@@ -91,19 +91,14 @@ def _submitter(
     """How to submit ``request`` (the options, unset ones dropped): one job for
     ``--prompt``; for ``--prompts``, one batch of a job per line of the file, read now,
     each line on top of ``request`` (jobs/prompt_lists.py)."""
-    from stoker.jobs.prompt_lists import read_prompt_file
-
     if (prompt is None) == (prompts is None):
         raise InvalidInput(f"give --prompt, or --prompts with a file of prompts, for `{kind}`.")
     options = _drop_unset(request)
     if prompts is None:
         job = {**options, "prompt": prompt}
         return lambda client: client.submit(kind, job, priority=priority)
-    items = read_prompt_file(prompts, options)
-    source = str(prompts)
-    return lambda client: client.submit_batch(
-        kind, items, source=source, priority=priority, unit="lines"
-    )
+    file = prompts
+    return lambda client: client.submit_prompt_file(kind, file, options, priority=priority)
 
 
 def _submit(ctx: typer.Context, submit: Submit) -> None:
