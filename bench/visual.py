@@ -14,7 +14,7 @@ image (tiny text-to-image pipeline, 64×64, 4 steps):
      submit to done.
 image from a prompt file (``--prompts``: as many distinct prompts, one image each):
   1. plain: one call per prompt, as above;
-  2. stoker: the file as one batch, a job per line (jobs/prompt_lists.py), same
+  2. stoker: the file as one batch, a job per line (jobs/line_files.py), same
      worker set-up; submit to the batch done (its manifest written).
 mesh (tiny Shap-E, marching-cubes grid ``--resolution``):
   1. plain: the prior, ``decode_to_mesh``, a coloured trimesh exported to GLB, per prompt;
@@ -138,7 +138,7 @@ def stoker_side(
             if prompt_file is None:
                 ids = [client.submit(kind, r).id for r in requests]
             else:
-                ids = [client.submit_prompt_file(kind, prompt_file, requests[0]).id]
+                ids = [client.submit_lines(kind, prompt_file, requests[0]).id]
             wait_all(client, ids, timeout_s=3600)
             took = time.perf_counter() - start
             if prompt_file is not None and (failed := client.item_errors(ids[0])):

@@ -187,7 +187,7 @@ class Stoker:
             unit=unit,
         )
 
-    def submit_prompt_file(
+    def submit_lines(
         self,
         kind: str,
         path: Path,
@@ -196,14 +196,14 @@ class Stoker:
         owner: str = "local",
         priority: Priority | None = None,
     ) -> JobRecord:
-        """A file of prompts for ``image`` or ``mesh`` as one batch, a job per line,
-        each line on top of ``defaults`` (the model and options of every line; see
-        jobs/prompt_lists.py for the file). A line that is not a request fails alone,
-        named in the batch's errors.jsonl; InvalidInput when the file cannot be read
-        or holds no prompt."""
-        from stoker.jobs.prompt_lists import read_prompt_file
+        """A file of lines as one batch, a job per line: prompts for ``image`` or
+        ``mesh``, texts for ``speak`` (one audio file each), each line on top of
+        ``defaults`` (every line's model and options; jobs/line_files.py says how a
+        file is read). A line that is not a request fails alone, named in the batch's
+        errors.jsonl; InvalidInput when the file cannot be read or has no line."""
+        from stoker.jobs.line_files import read_line_file
 
-        items = read_prompt_file(path, defaults or {})
+        items = read_line_file(path, kind, defaults or {})
         return self.submit_batch(
             kind, items, source=str(path), owner=owner, priority=priority, unit="lines"
         )
@@ -688,7 +688,7 @@ class Stoker:
         same files, so theirs keep the input's whole name: ``a.mp3.srt``, ``a.wav.srt``.
         """
         kids = children(self.store, batch_id)
-        names = [Path(str(kid.params.get("name") or kid.id)) for kid in kids]
+        names = [_relative_name(kid) for kid in kids]
         shared = Counter(name.with_suffix("") for name in names)
         wanted = []
         for kid, name in zip(kids, names, strict=True):
@@ -761,6 +761,16 @@ def _not_retriable(record: JobRecord) -> str | None:
         f"is {record.state.value}; only a failed or cancelled job can be retried (if no "
         f"worker will run it any more, `stoker cancel {record.id}` first)."
     )
+
+
+def _relative_name(kid: JobRecord) -> Path:
+    """Where a batch's input ``kid`` goes under a download folder: its name, a relative
+    path (a recording's under the folder submitted), or its id if the name would lead
+    out of the folder."""
+    name = Path(str(kid.params.get("name") or kid.id))
+    if name.is_absolute() or ".." in name.parts or not name.name:
+        return Path(kid.id)
+    return name
 
 
 def _after_id(exc: InvalidInput, record: JobRecord) -> str:

@@ -49,6 +49,14 @@ def read_text_option(text: str | None, file: Path | None, limit_bytes: int) -> s
 
 TextOpt = Annotated[str | None, typer.Option("--text", help="The text itself.")]
 FileOpt = Annotated[Path | None, typer.Option("--file", help="A UTF-8 text file.")]
+LinesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--lines",
+        help="Each line of a file as its own audio file, as one batch: plain text, or JSONL "
+        '{"text", "name"?, "voice"?, ...}. The other options are every line\'s defaults.',
+    ),
+]
 VoiceOpt = Annotated[str | None, typer.Option(help="Voice name (`stoker models`).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="wav, flac, mp3 or ogg.")]
 SpeakerOpt = Annotated[str | None, typer.Option(help="Speaker id or name.")]
@@ -67,14 +75,41 @@ def _speak_request(
     silence: float,
 ) -> dict[str, Any]:
     body = read_text_option(text, file, settings_of(ctx).max_text_bytes)
-    return {
-        "text": body,
+    return {"text": body, **_speak_options(voice, fmt, speaker, length_scale, silence)}
+
+
+def _speak_options(
+    voice: str | None, fmt: str, speaker: str | None, length_scale: float, silence: float
+) -> dict[str, Any]:
+    options = {
         "voice": voice,
         "format": fmt,
         "speaker": speaker,
         "length_scale": length_scale,
         "sentence_silence_s": silence,
     }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _speak_submitter(
+    ctx: typer.Context,
+    text: str | None,
+    file: Path | None,
+    lines: Path | None,
+    options: tuple[str | None, str, str | None, float, float],
+    priority: Priority,
+) -> Callable[[Any], JobRecord]:
+    """One job for --text or --file; for --lines, a batch of one job per line, each
+    named after its line (its audio: ``00001.wav``, or the line's name)."""
+    if lines is None:
+        if text is None and file is None:
+            raise InvalidInput("give exactly one of --text, --file or --lines.")
+        request = _speak_request(ctx, text, file, *options)
+        return lambda client: client.submit("speak", request, priority=priority)
+    if text is not None or file is not None:
+        raise InvalidInput("give exactly one of --text, --file or --lines.")
+    defaults = _speak_options(*options)
+    return lambda client: client.submit_lines("speak", lines, defaults, priority=priority)
 
 
 @submit_app.command("speak")
@@ -82,6 +117,7 @@ def submit_speak(
     ctx: typer.Context,
     text: TextOpt = None,
     file: FileOpt = None,
+    lines: LinesOpt = None,
     voice: VoiceOpt = None,
     fmt: FormatOpt = "wav",
     speaker: SpeakerOpt = None,
@@ -89,9 +125,11 @@ def submit_speak(
     sentence_silence: SilenceOpt = 0.2,
     priority: PriorityOpt = "normal",
 ) -> None:
-    """Queue text to be spoken by a Piper voice."""
-    request = _speak_request(ctx, text, file, voice, fmt, speaker, length_scale, sentence_silence)
-    submit_job(ctx, "speak", request, priority)
+    """Queue text to be spoken by a Piper voice (--lines: each line of a file apart)."""
+    options = (voice, fmt, speaker, length_scale, sentence_silence)
+    submit = _speak_submitter(ctx, text, file, lines, options, parse_priority(priority))
+    with client_of(ctx) as client:
+        submitted(client, submit(client))
 
 
 @submit_app.command("echo")
@@ -127,6 +165,7 @@ def run_speak(
     ctx: typer.Context,
     text: TextOpt = None,
     file: FileOpt = None,
+    lines: LinesOpt = None,
     voice: VoiceOpt = None,
     fmt: FormatOpt = "wav",
     speaker: SpeakerOpt = None,
@@ -135,9 +174,10 @@ def run_speak(
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Speak text on this machine and write the audio to --out."""
-    request = _speak_request(ctx, text, file, voice, fmt, speaker, length_scale, sentence_silence)
-    run_job(ctx, "speak", request, out, device)
+    """Speak text on this machine (--lines: each line of a file apart) into --out."""
+    options = (voice, fmt, speaker, length_scale, sentence_silence)
+    submit = _speak_submitter(ctx, text, file, lines, options, "interactive")
+    run_with(ctx, "speak", submit, out, device)
 
 
 @run_app.command("echo")

@@ -90,7 +90,7 @@ def _submitter(
 ) -> Submit:
     """How to submit ``request`` (the options, unset ones dropped): one job for
     ``--prompt``; for ``--prompts``, one batch of a job per line of the file, read now,
-    each line on top of ``request`` (jobs/prompt_lists.py)."""
+    each line on top of ``request`` (jobs/line_files.py)."""
     if (prompt is None) == (prompts is None):
         raise InvalidInput(f"give --prompt, or --prompts with a file of prompts, for `{kind}`.")
     options = _drop_unset(request)
@@ -98,7 +98,7 @@ def _submitter(
         job = {**options, "prompt": prompt}
         return lambda client: client.submit(kind, job, priority=priority)
     file = prompts
-    return lambda client: client.submit_prompt_file(kind, file, options, priority=priority)
+    return lambda client: client.submit_lines(kind, file, options, priority=priority)
 
 
 def _submit(ctx: typer.Context, submit: Submit) -> None:

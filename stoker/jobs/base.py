@@ -52,6 +52,9 @@ class Prepared:
 #: prompt lines): one JSON object per failed item, with ``error.code`` and
 #: ``error.message``. Clients report it (Stoker.item_errors, the CLI's warning).
 ERRORS_NAME = "errors.jsonl"
+#: A job's name in a batch, given by a line of a line file (jobs/line_files.py): it
+#: names the job's outputs, or their folder, so it has no separators and no leading dot.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 @dataclass(frozen=True)

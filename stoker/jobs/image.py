@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from stoker.errors import InvalidInput, JobCancelled, ModelLoadError
 from stoker.jobs.base import (
+    NAME_PATTERN,
     Artifact,
     AssembleContext,
     ChunkContext,
@@ -65,8 +66,8 @@ class ImageRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 16, description="None: random")
     count: int = Field(default=1, ge=1, le=16, description="images, seeds seed..seed+count-1")
     format: Literal["png", "webp"] = "png"
-    # Set by a prompt file's line (jobs/prompt_lists.py): the job's name in its batch.
-    name: str | None = Field(default=None, max_length=100, description="its name in a batch")
+    # Set by a line of a line file (jobs/line_files.py): the job's name in its batch.
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="its name in a batch")
 
 
 @dataclass(frozen=True)

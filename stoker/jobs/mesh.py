@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from stoker.errors import InvalidInput, JobCancelled, MissingDependency
 from stoker.jobs.base import (
+    NAME_PATTERN,
     Artifact,
     AssembleContext,
     ChunkContext,
@@ -56,8 +57,8 @@ class MeshRequest(BaseModel):
     )
     max_faces: int = Field(default=200_000, ge=1_000, le=2_000_000, description="decimate above")
     format: Literal["glb", "ply", "obj"] = "glb"
-    # Set by a prompt file's line (jobs/prompt_lists.py): the job's name in its batch.
-    name: str | None = Field(default=None, max_length=100, description="its name in a batch")
+    # Set by a line of a line file (jobs/line_files.py): the job's name in its batch.
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="its name in a batch")
 
 
 def import_trimesh() -> Any:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from stoker.errors import InvalidInput, JobCancelled, MissingDependency
 from stoker.jobs import audio, text
 from stoker.jobs.base import (
+    NAME_PATTERN,
     Artifact,
     AssembleContext,
     ChunkContext,
@@ -40,6 +41,8 @@ class SpeakRequest(BaseModel):
     speaker: int | str | None = Field(default=None, description="id or name, multi-speaker voices")
     length_scale: float = Field(default=1.0, gt=0.1, le=5.0, description=">1 is slower speech")
     sentence_silence_s: float = Field(default=0.2, ge=0.0, le=5.0)
+    # Set by a line of a line file (jobs/line_files.py): the job's name in its batch.
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="its audio's name")
 
 
 def speaker_id(speaker: int | str | None, voice: str, info: VoiceInfo) -> int | None:
@@ -124,6 +127,7 @@ class SpeakCapability:
             "sentence_silence_s": req.sentence_silence_s,
             "sample_rate": info.sample_rate,
             "text_chars": len(clean),
+            **({"name": req.name} if req.name else {}),
         }
         sound = {k: params[k] for k in ("speaker_id", "length_scale", "sentence_silence_s")}
         pieces = text.pack_chunks(text.split_sentences(clean), ctx.settings.speak_chunk_chars)
@@ -140,7 +144,7 @@ class SpeakCapability:
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
         chunk_files, workdir = ctx.chunk_files, ctx.workdir
         fmt = audio.FORMATS[params["format"]]
-        out = workdir / f"speech.{fmt.ext}"
+        out = workdir / f"{params.get('name') or 'speech'}.{fmt.ext}"
         seconds = audio.concatenate(
             chunk_files, out, fmt.ext, params["sample_rate"], params["sentence_silence_s"]
         )

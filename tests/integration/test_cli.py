@@ -420,3 +420,25 @@ def test_ctrl_c_in_run_cancels_the_job_and_the_same_command_goes_on_from_it(
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "out" / "speech.wav").stat().st_size > 100_000
     assert {key: (outputs / key).stat().st_mtime_ns for key in kept} == written
+
+
+def test_run_speak_lines_speaks_each_line_apart_and_needs_one_source(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # When `stoker run speak --lines` is given a plain text file of two lines
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Welcome to the museum.\n\nPlease stay behind the line.\n")
+    out = tmp_path / "out"
+    result = stoker("run", "speak", "--lines", str(lines), "--out", str(out), data_dir=data_dir)
+    # Then each line is a WAV named by its line number, and nothing failed
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "00001.wav", "00003.wav", "errors.jsonl", "manifest.json"
+    ]  # fmt: skip
+    assert (out / "errors.jsonl").read_text() == ""
+    # And --lines with --text, or no text at all, is refused saying what to give
+    both = stoker("submit", "speak", "--text", "x", "--lines", str(lines), data_dir=data_dir)
+    neither = stoker("submit", "speak", data_dir=data_dir)
+    for refused in (both, neither):
+        assert refused.returncode != 0
+        assert "give exactly one of --text, --file or --lines" in refused.stderr

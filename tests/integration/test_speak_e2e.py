@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,36 @@ def test_interactive_jobs_jump_ahead_of_bulk_ones(deployment: Deployment) -> Non
     # Then the interactive job ran first
     started = {r.id: r.started_at for r in done}
     assert all(started[urgent.id] < started[b.id] for b in bulk)  # type: ignore[operator]
+
+
+def test_each_line_of_a_file_is_spoken_to_its_own_named_audio_file(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Given a worker and a JSONL file of voice lines: two named, one unnamed, one with
+    # a voice nobody has
+    deployment.start_worker("speak")
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text(
+        '{"text": "Doors open at nine.", "name": "doors-open"}\n'
+        '{"text": "Please stay behind the line.", "name": "stay_back"}\n'
+        '{"text": "Mind the step.", "voice": "nobody-has-it"}\n'
+        '{"text": "Thank you for visiting."}\n'
+    )
+    # When `stoker submit speak --lines` queues it as MP3s and `stoker get` fetches it
+    queued = deployment.cli("submit", "speak", "--lines", str(lines), "--format", "mp3")
+    assert queued.returncode == 0, queued.stderr
+    batch = queued.stdout.strip()
+    with Stoker(deployment.settings()) as client:
+        done = client.wait(batch, timeout_s=120)
+        assert done.state is JobState.SUCCEEDED, done.error
+        failed = client.item_errors(done)
+    out = tmp_path / "out"
+    got = deployment.cli("get", batch, "--out", str(out))
+    assert got.returncode == 0, got.stderr
+    # Then each line that could be spoken is an MP3 named after the line, flat in --out
+    spoken = sorted(p.name for p in out.glob("*.mp3"))
+    assert spoken == ["00004.mp3", "doors-open.mp3", "stay_back.mp3"]
+    assert all((out / name).stat().st_size > 1000 for name in spoken)
+    # And the line with the unknown voice failed alone, named, with the reason
+    assert [(e["name"], e["error"]["kind"]) for e in failed] == [("00003", "unknown_model")]
+    assert "unknown voice 'nobody-has-it'" in failed[0]["error"]["message"]
