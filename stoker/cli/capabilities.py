@@ -127,9 +127,7 @@ def submit_speak(
 ) -> None:
     """Queue text to be spoken by a Piper voice (--lines: each line of a file apart)."""
     options = (voice, fmt, speaker, length_scale, sentence_silence)
-    submit = _speak_submitter(ctx, text, file, lines, options, parse_priority(priority))
-    with client_of(ctx) as client:
-        submitted(client, submit(client))
+    submit_with(ctx, _speak_submitter(ctx, text, file, lines, options, parse_priority(priority)))
 
 
 @submit_app.command("echo")
@@ -143,9 +141,14 @@ def submit_echo(
 
 
 def submit_job(ctx: typer.Context, kind: str, request: dict[str, Any], priority: str) -> None:
+    value = parse_priority(priority)
+    submit_with(ctx, lambda client: client.submit(kind, request, priority=value))
+
+
+def submit_with(ctx: typer.Context, submit: Callable[[Any], JobRecord]) -> None:
+    """Submit with ``submit(client)`` and say so (:func:`submitted`)."""
     with client_of(ctx) as client:
-        record = client.submit(kind, request, priority=parse_priority(priority))
-        submitted(client, record)
+        submitted(client, submit(client))
 
 
 def submitted(client: Any, record: JobRecord) -> None:

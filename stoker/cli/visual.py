@@ -19,13 +19,12 @@ from stoker.cli.app import (
     DeviceOpt,
     OutOpt,
     PriorityOpt,
-    client_of,
     parse_priority,
     run_app,
     settings_of,
     submit_app,
 )
-from stoker.cli.capabilities import run_with, submitted
+from stoker.cli.capabilities import run_with, submit_with
 from stoker.config import ModelEntry, Priority
 from stoker.errors import InvalidInput
 from stoker.queues.records import JobRecord
@@ -89,8 +88,8 @@ def _submitter(
     kind: str, prompt: str | None, prompts: Path | None, request: dict[str, Any], priority: Priority
 ) -> Submit:
     """How to submit ``request`` (the options, unset ones dropped): one job for
-    ``--prompt``; for ``--prompts``, one batch of a job per line of the file, read now,
-    each line on top of ``request`` (jobs/line_files.py)."""
+    ``--prompt``; for ``--prompts``, one batch of a job per line of the file (read when
+    submitted), each line on top of ``request`` (jobs/line_files.py)."""
     if (prompt is None) == (prompts is None):
         raise InvalidInput(f"give --prompt, or --prompts with a file of prompts, for `{kind}`.")
     options = _drop_unset(request)
@@ -99,11 +98,6 @@ def _submitter(
         return lambda client: client.submit(kind, job, priority=priority)
     file = prompts
     return lambda client: client.submit_lines(kind, file, options, priority=priority)
-
-
-def _submit(ctx: typer.Context, submit: Submit) -> None:
-    with client_of(ctx) as client:
-        submitted(client, submit(client))
 
 
 @submit_app.command("image")
@@ -136,7 +130,7 @@ def submit_image(
         count=count,
         format=fmt,
     )
-    _submit(ctx, _submitter("image", prompt, prompts, request, parse_priority(priority)))
+    submit_with(ctx, _submitter("image", prompt, prompts, request, parse_priority(priority)))
 
 
 @run_app.command("image")
@@ -199,7 +193,7 @@ def submit_mesh(
         max_faces=max_faces,
         format=fmt,
     )
-    _submit(ctx, _submitter("mesh", prompt, prompts, request, parse_priority(priority)))
+    submit_with(ctx, _submitter("mesh", prompt, prompts, request, parse_priority(priority)))
 
 
 @run_app.command("mesh")
