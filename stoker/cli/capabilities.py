@@ -20,7 +20,7 @@ from stoker.cli.app import (
     settings_of,
     submit_app,
 )
-from stoker.cli.jobs import exit_unless_succeeded, follow, waiting_hint
+from stoker.cli.jobs import exit_unless_succeeded, follow, units_of, waiting_hint
 from stoker.config import Priority
 from stoker.errors import InvalidInput
 from stoker.queues.records import JobRecord, JobState
@@ -234,9 +234,9 @@ def _interrupted(client: Any, job_id: str) -> None:
     record = client.cancel(job_id)
     p = record.progress
     err.print(
-        f"interrupted: {job_id} cancelled with {p.done} of {p.total} chunks finished; "
-        f"run the same command again to go on from them (or `stoker retry {job_id}` "
-        f"with a worker running).",
+        f"interrupted: {job_id} cancelled with {p.done} of {p.total} {units_of(record)} "
+        f"finished; run the same command again to go on from them (or `stoker retry "
+        f"{job_id}` with a worker running).",
         highlight=False,
     )
     raise typer.Exit(130)

@@ -81,7 +81,7 @@ def follow(
                 description=f"{rec.kind} {rec.id} [{p.stage}]",
                 completed=p.done,
                 total=p.total or None,
-                counts=f"{p.done}/{p.total} {_units(rec)}{audio}{book}",
+                counts=f"{p.done}/{p.total} {units_of(rec)}{audio}{book}",
             )
 
         return client.wait(job_id, timeout_s=timeout_s, on_update=update)
@@ -139,7 +139,8 @@ def _kind(record: JobRecord) -> str:
     return f"{record.kind} ({inner})" if inner else record.kind
 
 
-def _units(record: JobRecord) -> str:
+def units_of(record: JobRecord) -> str:
+    """What a job's progress counts: chunks, or a batch's files or lines."""
     return batch_unit(record) if record.kind == BATCH_KIND else "chunks"
 
 
@@ -279,7 +280,7 @@ def _print_record(record: JobRecord, client: Any, *, every_file: bool = False) -
     runs = f" · chunk runs {record.attempts}" if record.attempts else ""
     console.print(
         f"[bold]{record.id}[/] {_kind(record)} · [bold]{record.state.value}[/] · "
-        f"{p.done}/{p.total} {_units(record)} · stage {p.stage}{runs}"
+        f"{p.done}/{p.total} {units_of(record)} · stage {p.stage}{runs}"
     )
     if (waits := waiting_hint(client, record)) is not None:
         style = "" if waits.served else "[yellow]"
@@ -424,7 +425,7 @@ def jobs(
                 r.id,
                 _kind(r),
                 r.state.value,
-                f"{r.progress.done}/{r.progress.total} {_units(r)}",
+                f"{r.progress.done}/{r.progress.total} {units_of(r)}",
                 r.progress.stage,
                 _when(r.created_at),
             )
