@@ -19,21 +19,21 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-from stoker.api import inputs
+from stoker.api import batch_lines, inputs
+from stoker.api.batch_lines import BatchFileError, BatchRequests, result_line
 from stoker.api.errors import ApiError, not_found
 from stoker.api.files import FileObject, get_file, store_file
 from stoker.api.keys import ApiKey
 from stoker.api.meta import Doc
-from stoker.api.openai_shapes import Adapter, Options, adapter_for
+from stoker.api.openai_shapes import Adapter, adapter_for
 from stoker.api.state import ApiState
 from stoker.api.submission import check_capacity
-from stoker.errors import InvalidInput, JobNotFound, StokerError
+from stoker.errors import InvalidInput, JobNotFound
 from stoker.queues.batches import children, counts_by_state, request_counts, submit_batch
 from stoker.queues.records import JobRecord, JobState
 from stoker.queues.submit import StagedJob
 
 BATCH_NS = "batch"
-_REFUSED = "__refused__"
 
 
 def _lines(state: ApiState, obj: FileObject) -> Iterator[tuple[int, str]]:
@@ -57,69 +57,13 @@ def _lines(state: ApiState, obj: FileObject) -> Iterator[tuple[int, str]]:
             yield number, text
 
 
-Parsed = tuple[str | None, dict[str, Any], Options]
-
-
-def _parse_line(number: int, text: str, adapter: Adapter) -> Parsed:
-    """(custom_id, stoker request, response options), or a refusal request naming what
-    is wrong."""
+def read_requests(state: ApiState, obj: FileObject, adapter: Adapter) -> BatchRequests:
+    """The requests of the uploaded file ``obj`` (batch_lines.read_requests); 400 for a
+    file that cannot be a batch."""
     try:
-        line = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, {_REFUSED: f"line {number} is not JSON ({exc.msg})."}, {}
-    if not isinstance(line, dict):
-        return None, {_REFUSED: f"line {number} must be a JSON object."}, {}
-    custom_id = line.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id:
-        return None, {_REFUSED: f"line {number} has no custom_id string."}, {}
-    problem = None
-    if line.get("method") != "POST":
-        problem = f"line {number}: method must be POST."
-    elif line.get("url") != adapter.endpoint:
-        problem = (
-            f"line {number}: url {line.get('url')!r} must equal the batch's endpoint "
-            f"{adapter.endpoint!r}."
-        )
-    elif not isinstance(line.get("body"), dict):
-        problem = f"line {number}: body must be a JSON object."
-    if problem:
-        return custom_id, {_REFUSED: problem}, {}
-    try:
-        return custom_id, adapter.to_request(line["body"]), adapter.options(line["body"])
-    except InvalidInput as exc:
-        return custom_id, {_REFUSED: f"line {number}: {exc}"}, {}
-
-
-def read_requests(
-    state: ApiState, obj: FileObject, adapter: Adapter
-) -> tuple[list[str | None], list[dict[str, Any]], dict[str, Options]]:
-    """custom_ids and requests in line order, and the response options of the lines
-    that have any (keyed by the line's index, as a string: it is stored as JSON)."""
-    custom_ids: list[str | None] = []
-    requests: list[dict[str, Any]] = []
-    options: dict[str, Options] = {}
-    seen: set[str] = set()
-    for number, text in _lines(state, obj):
-        custom_id, request, line_options = _parse_line(number, text, adapter)
-        if line_options:
-            options[str(len(requests))] = line_options
-        if custom_id is not None:
-            if custom_id in seen:
-                raise ApiError(
-                    400,
-                    f"line {number}: custom_id {custom_id!r} is used twice; "
-                    f"each line needs its own.",
-                    param="input_file_id",
-                    code="duplicate_custom_id",
-                )
-            seen.add(custom_id)
-        custom_ids.append(custom_id)
-        requests.append(request)
-    if not requests:
-        raise ApiError(
-            400, "the input file has no requests.", param="input_file_id", code="empty_file"
-        )
-    return custom_ids, requests, options
+        return batch_lines.read_requests(_lines(state, obj), adapter)
+    except BatchFileError as exc:
+        raise ApiError(400, str(exc), param="input_file_id", code=exc.code) from None
 
 
 def create_batch(
@@ -142,8 +86,6 @@ def create_batch(
     check_capacity(state, adapter.kind)
 
     def stage_child(request: dict[str, Any], parent: str, index: int) -> StagedJob:
-        if _REFUSED in request:
-            raise InvalidInput(request[_REFUSED])
         with inputs.resolved(state, key, request) as local:
             return state.stoker.stage_child(
                 adapter.kind,
@@ -164,6 +106,7 @@ def create_batch(
         owner=key.owner,
         source=input_file_id,
         retriable=False,  # OpenAI's batches never restart; their files are final
+        unit="requests",
     )
     state.metrics.submitted.labels("batch").inc()
     state.queued(adapter.kind, len(requests))
@@ -279,59 +222,6 @@ def batch_object(
     }
 
 
-def _result_line(
-    state: ApiState,
-    adapter: Adapter,
-    kid: JobRecord,
-    custom_id: str | None,
-    options: Options,
-    expired: bool = False,
-) -> tuple[bool, dict[str, Any]]:
-    """(succeeded, the output or error line) of one child."""
-    line_id = f"batch_req_{kid.id}"
-    if kid.state is JobState.SUCCEEDED:
-        try:
-            body = adapter.response_body(
-                kid, state.stoker.output_url, state.stoker.storage.get_bytes, options
-            )
-        except StokerError as exc:
-            body, kid_error = None, str(exc)
-        else:
-            response = {"status_code": 200, "request_id": kid.id, "body": body}
-            return True, {
-                "id": line_id,
-                "custom_id": custom_id,
-                "response": response,
-                "error": None,
-            }
-        return False, {
-            "id": line_id,
-            "custom_id": custom_id,
-            "response": None,
-            "error": {"code": "result_unreadable", "message": kid_error},
-        }
-    if kid.state is JobState.CANCELLED and expired:
-        error = {"code": "batch_expired", "message": "the batch expired before this ran."}
-        return False, {"id": line_id, "custom_id": custom_id, "response": None, "error": error}
-    if kid.state is JobState.CANCELLED:
-        error = {"code": "batch_cancelled", "message": "the batch was cancelled first."}
-        return False, {"id": line_id, "custom_id": custom_id, "response": None, "error": error}
-    err = kid.error
-    code = err.kind if err else "failed"
-    status = 400 if code in ("invalid_input", "unknown_model") else 500
-    message = err.message if err else "the request failed."
-    body = {
-        "error": {
-            "message": message,
-            "type": "invalid_request_error" if status == 400 else "server_error",
-            "code": code,
-            "param": None,
-        }
-    }
-    response = {"status_code": status, "request_id": kid.id, "body": body}
-    return False, {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
-
-
 def _finalized(
     state: ApiState, parent: JobRecord, data: dict[str, Any], wait_s: float
 ) -> dict[str, Any]:
@@ -371,7 +261,8 @@ def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[s
         index = kid.parent_index or 0
         custom_id = custom_ids[index] if index < len(custom_ids) else None
         options = data.get("options", {}).get(str(index), {})
-        return _result_line(state, adapter, kid, custom_id, options, bool(data.get("expired_at")))
+        expired = bool(data.get("expired_at"))
+        return result_line(state.stoker, adapter, kid, custom_id, options, expired)
 
     data = dict(data)
     with tempfile.TemporaryDirectory(prefix="stoker-batch-") as tmp:

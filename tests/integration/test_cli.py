@@ -442,3 +442,50 @@ def test_run_speak_lines_speaks_each_line_apart_and_needs_one_source(
     for refused in (both, neither):
         assert refused.returncode != 0
         assert "give exactly one of --text, --file or --lines" in refused.stderr
+
+
+def test_run_batch_writes_openai_output_and_error_files(data_dir: Path, tmp_path: Path) -> None:
+    # Given an OpenAI Batch file of speech requests: one good, one with an empty input,
+    # one not JSON
+    requests = tmp_path / "requests.jsonl"
+    line = {"method": "POST", "url": "/v1/audio/speech"}
+    body = {"model": "tts-1", "voice": "alloy", "response_format": "mp3"}
+    requests.write_text(
+        json.dumps({"custom_id": "hello", **line, "body": {**body, "input": "Hello there."}})
+        + "\n"
+        + json.dumps({"custom_id": "empty", **line, "body": {**body, "input": ""}})
+        + "\nnot json\n"
+    )
+    out = tmp_path / "out"
+    # When `stoker run batch` runs it
+    result = stoker("run", "batch", str(requests), "--out", str(out), data_dir=data_dir)
+    # Then it exits 0 and writes OpenAI's two files: the good request in the output
+    # file, with its audio's URL; the others in the error file, each with its reason
+    assert result.returncode == 0, result.stderr
+    assert "warning: 2 of 3 requests failed" in result.stderr
+    [good] = [json.loads(x) for x in (out / "output.jsonl").read_text().splitlines()]
+    assert good["custom_id"] == "hello" and good["response"]["status_code"] == 200
+    [audio] = good["response"]["body"]["outputs"]
+    assert audio["name"] == "speech.mp3"
+    assert Path(audio["url"].removeprefix("file://")).stat().st_size == audio["bytes"]
+    bad = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(b["custom_id"], b["response"]["status_code"]) for b in bad] == [
+        ("empty", 400), (None, 400)
+    ]  # fmt: skip
+    assert "body.input must be a non-empty string" in str(bad[0]["response"]["body"])
+    assert "line 3 is not JSON" in str(bad[1]["response"]["body"])
+
+    # When a file uses a custom_id twice, or names no endpoint stoker serves, nothing
+    # runs and the error names the file
+    twice = tmp_path / "twice.jsonl"
+    one = json.dumps({"custom_id": "a", **line, "body": {**body, "input": "x"}})
+    twice.write_text(one + "\n" + one + "\n")
+    refused = stoker("run", "batch", str(twice), "--out", str(out), data_dir=data_dir)
+    assert refused.returncode == 2
+    assert "twice.jsonl: line 2: custom_id 'a' is used twice" in refused.stderr
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/x"}) + "\n")
+    refused = stoker("run", "batch", str(elsewhere), data_dir=data_dir)
+    assert refused.returncode == 2 and "url '/v1/x' is not an endpoint stoker serves" in (
+        refused.stderr
+    )
