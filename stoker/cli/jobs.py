@@ -378,11 +378,12 @@ def _print_retried(retried: Retried) -> None:
     record, n = retried.record, len(retried.jobs)
     chunks = f"{retried.chunks} chunk{'s' if retried.chunks != 1 else ''}"
     if record.kind == BATCH_KIND:
-        what = f"{n} file{'s' if n != 1 else ''} queued again ({chunks})"
+        unit = batch_unit(record)
+        what = f"{n} {unit if n != 1 else unit.removesuffix('s')} queued again ({chunks})"
     else:
         what = f"{chunks} of {record.progress.total} queued again"
     # Not its state: a worker may already have started it by the time it is read.
-    if n:  # none: only files that could not be retried, named below
+    if n:  # none: only inputs that could not be retried, named below
         console.print(f"{record.id}: {what}")
     for kid, why in retried.not_retried:
         err.print(f"[yellow]not retried:[/] {kid.params.get('name') or kid.id} {why}")
