@@ -28,7 +28,13 @@ from celery import Celery
 
 from stoker.api.meta import MetaStore
 from stoker.config import Priority, Settings
-from stoker.errors import BrokerUnavailable, InternalError, InvalidInput, JobNotFound
+from stoker.errors import (
+    BrokerUnavailable,
+    InternalError,
+    InvalidInput,
+    JobNotFound,
+    ObjectNotFound,
+)
 from stoker.jobs import get_capability
 from stoker.jobs.base import ERRORS_NAME, PrepareContext
 from stoker.queues.batches import (
@@ -44,7 +50,7 @@ from stoker.queues.stores import JobStore, open_job_store
 from stoker.queues.stores.base import list_all
 from stoker.queues.submit import Messages, StagedJob, commit, job_queue, requeue, stage
 from stoker.storage import Storage, open_storage
-from stoker.storage.keys import job_prefix
+from stoker.storage.keys import job_key, job_prefix
 from stoker.storage.sources import is_s3_url, list_s3, staged
 from stoker.workers.cards import fleet_cards
 from stoker.workers.catalog import ModelCatalog
@@ -207,6 +213,28 @@ class Stoker:
         return self.submit_batch(
             kind, items, source=str(path), owner=owner, priority=priority, unit="lines"
         )
+
+    def submit_openai_batch(
+        self, path: Path, *, owner: str = "local", priority: Priority | None = None
+    ) -> JobRecord:
+        """An OpenAI Batch input file (JSONL lines ``{"custom_id", "method", "url",
+        "body"}``) as one batch, a job per line, read as the HTTP API reads an uploaded
+        one (api/batch_lines.py); a line that cannot run fails alone. Once it ends,
+        :meth:`download` writes OpenAI's output and error files for it. InvalidInput,
+        naming the file, when it cannot be a batch."""
+        from stoker.api import batch_lines
+
+        batch_file = batch_lines.read_file(path, self.settings.api.max_batch_lines)
+        batch = self.submit_batch(
+            batch_file.adapter.kind,
+            batch_file.requests,
+            source=path.name,
+            owner=owner,
+            priority=priority,
+            unit="requests",
+        )
+        self.storage.put_json(job_key(batch.id, batch_lines.REQUESTS_NAME), batch_file.kept())
+        return batch
 
     def stage_child(
         self,
@@ -674,10 +702,26 @@ class Stoker:
                 f"job {job_id} is {record.state} and has no outputs to download"
                 + ("; add --partial for the chunks it finished." if record.outputs else ".")
             )
+        if record.kind == BATCH_KIND and (written := self._openai_results(record, out_dir)):
+            return written
         wanted = [(ref.key, out_dir / ref.name) for ref in refs]
         if record.kind == BATCH_KIND:
             wanted += self._children_outputs(job_id, out_dir)
         return self.io.all(lambda pair: self.storage.download(*pair), wanted)
+
+    def _openai_results(self, batch: JobRecord, out_dir: Path) -> list[Path]:
+        """For a batch submitted as an OpenAI Batch file (:meth:`submit_openai_batch`),
+        its output and error files, written to ``out_dir``; [] for any other batch."""
+        from stoker.api import batch_lines
+
+        if batch.params.get("unit") != "requests":
+            return []
+        try:
+            kept = self.storage.get_bytes(job_key(batch.id, batch_lines.REQUESTS_NAME))
+        except ObjectNotFound:  # one of the HTTP API's (its files are in GET /v1/batches)
+            return []
+        kids = children(self.store, batch.id)
+        return batch_lines.write_results(self, kids, json.loads(kept), out_dir)
 
     def _children_outputs(self, batch_id: str, out_dir: Path) -> list[tuple[str, Path]]:
         """(key, file) of each input's outputs beside its relative path: ``talks/a.mp3``

@@ -2,17 +2,22 @@
 (or the reason it is none), and a job that ended → its line of the output file (or of
 the error file), as OpenAI writes them.
 
-Shared by the HTTP API's Batches (api/batches.py) and `stoker run batch` (one
-machine, no API), and free of FastAPI: the CLI may run without the API's extra.
+Shared by the HTTP API's Batches (api/batches.py) and the CLI's (`stoker submit|run
+batch`, :meth:`stoker.client.Stoker.submit_openai_batch`), and free of FastAPI: the
+CLI may run without the API's extra. The API keeps a batch's custom_ids and response
+options in its own records; the CLI keeps them beside the batch's outputs, in
+:data:`REQUESTS_NAME`, and writes the output and error files when they are fetched.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stoker.api.openai_shapes import Adapter, Options
+from stoker.api.openai_shapes import ADAPTERS, Adapter, Options, adapter_for
 from stoker.errors import InvalidInput, StokerError
 from stoker.queues.batches import Refused
 from stoker.queues.records import JobRecord, JobState
@@ -25,6 +30,89 @@ Parsed = tuple[str | None, dict[str, Any] | Refused, Options]
 #: custom_ids and requests in line order, and the response options of the lines that
 #: have any (keyed by the line's index, as a string: it is stored as JSON)
 BatchRequests = tuple[list[str | None], list[dict[str, Any] | Refused], dict[str, Options]]
+
+
+#: Where a batch submitted from the CLI keeps what its result lines need, under
+#: ``jobs/<batch id>/`` (so it goes when the batch is deleted).
+REQUESTS_NAME = "openai_batch.json"
+#: The files OpenAI writes for a batch, as `stoker get` names them.
+OUTPUT_NAME, ERRORS_NAME = "output.jsonl", "errors.jsonl"
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    """An OpenAI Batch input file, read: the endpoint of its lines and their requests."""
+
+    adapter: Adapter
+    custom_ids: list[str | None]
+    requests: list[dict[str, Any] | Refused]
+    options: dict[str, Options]
+
+    def kept(self) -> dict[str, Any]:
+        """What the result lines need later (:data:`REQUESTS_NAME`)."""
+        return {
+            "endpoint": self.adapter.endpoint,
+            "custom_ids": self.custom_ids,
+            "options": self.options,
+        }
+
+
+def read_file(path: Path, max_lines: int) -> BatchFile:
+    """The OpenAI Batch input file at ``path``: every line for the endpoint of the
+    first line's ``url``, a line that cannot run refused alone. InvalidInput naming
+    the file when it cannot be read or cannot be a batch (no request, more than
+    ``max_lines``, an endpoint stoker does not serve, a custom_id used twice)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not UTF-8 text (byte {exc.start}).") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}.") from None
+    lines = [(n, t.strip()) for n, t in enumerate(text.splitlines(), start=1) if t.strip()]
+    if len(lines) > max_lines:
+        raise InvalidInput(
+            f"{path} has {len(lines):,} requests, over the {max_lines:,} a batch may hold "
+            f"(api.max_batch_lines); split it."
+        )
+    adapter = adapter_for(_endpoint_of(path, lines))
+    try:
+        return BatchFile(adapter, *read_requests(lines, adapter))
+    except BatchFileError as exc:
+        raise InvalidInput(f"{path}: {exc}") from None
+
+
+def _endpoint_of(path: Path, lines: list[tuple[int, str]]) -> str:
+    """The first readable line's ``url``, as OpenAI's batch names one endpoint."""
+    for number, text in lines:
+        try:
+            url = json.loads(text).get("url")
+        except (json.JSONDecodeError, AttributeError):
+            continue  # refused as its line; the endpoint comes from a readable one
+        if url in ADAPTERS:
+            return str(url)
+        raise InvalidInput(
+            f"{path} line {number}: url {url!r} is not an endpoint stoker serves; "
+            f"use one of {', '.join(sorted(ADAPTERS))}."
+        )
+    raise InvalidInput(f"{path} has no request line (a JSON object with a url).")
+
+
+def write_results(
+    stoker: Stoker, kids: list[JobRecord], kept: dict[str, Any], out_dir: Path
+) -> list[Path]:
+    """The output and error files of a batch whose jobs are ``kids`` (in line order),
+    from what :meth:`BatchFile.kept` kept, written to ``out_dir``; returns them."""
+    adapter = adapter_for(kept["endpoint"])
+    custom_ids, options = kept["custom_ids"], kept["options"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {True: out_dir / OUTPUT_NAME, False: out_dir / ERRORS_NAME}
+    with paths[True].open("w") as good, paths[False].open("w") as bad:
+        for kid in kids:
+            index = kid.parent_index or 0
+            custom_id = custom_ids[index] if index < len(custom_ids) else None
+            ok, line = result_line(stoker, adapter, kid, custom_id, options.get(str(index), {}))
+            (good if ok else bad).write(json.dumps(line) + "\n")
+    return [paths[True], paths[False]]
 
 
 class BatchFileError(InvalidInput):

@@ -200,20 +200,10 @@ def run_job(ctx: typer.Context, kind: str, request: dict[str, Any], out: Path, d
     )
 
 
-#: What `stoker run` writes to --out for a job that succeeded: the files written.
-Deliver = Callable[[Any, JobRecord, Path], list[Path]]
-
-
 def run_with(
-    ctx: typer.Context,
-    kind: str,
-    submit: Callable[[Any], JobRecord],
-    out: Path,
-    device: str,
-    deliver: Deliver | None = None,
+    ctx: typer.Context, kind: str, submit: Callable[[Any], JobRecord], out: Path, device: str
 ) -> None:
-    """Submit with ``submit(client)``, serve ``kind`` in-process until done, download
-    (or ``deliver(client, record, out)``)."""
+    """Submit with ``submit(client)``, serve ``kind`` in-process until done, download."""
     from stoker.workers.inprocess import inprocess_worker
     from stoker.workers.process import check_worker
 
@@ -231,8 +221,7 @@ def run_with(
         # A job that succeeded is downloaded even when every item failed: its
         # manifest and errors.jsonl say why.
         if record.state is JobState.SUCCEEDED:
-            written = deliver(client, record, out) if deliver else client.download(record.id, out)
-            for path in written:
+            for path in client.download(record.id, out):
                 console.print(str(path))
         exit_unless_succeeded(client, record)
 

@@ -214,3 +214,39 @@ def test_each_line_of_a_file_is_spoken_to_its_own_named_audio_file(
     # And the line with the unknown voice failed alone, named, with the reason
     assert [(e["name"], e["error"]["kind"]) for e in failed] == [("00003", "unknown_model")]
     assert "unknown voice 'nobody-has-it'" in failed[0]["error"]["message"]
+
+
+def test_an_openai_batch_file_submitted_from_the_cli_is_fetched_as_openai_files(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Given a worker and an OpenAI Batch file of three speech requests, one empty
+    deployment.start_worker("speak")
+    requests = tmp_path / "requests.jsonl"
+    line = {"method": "POST", "url": "/v1/audio/speech"}
+    texts = {"one": "The first request.", "two": "", "three": "The third request."}
+    requests.write_text(
+        "".join(
+            json.dumps({"custom_id": cid, **line, "body": {"input": text, "voice": "alloy"}}) + "\n"
+            for cid, text in texts.items()
+        )
+    )
+    # When `stoker submit batch` queues it on Redis, and `stoker get` fetches it once done
+    queued = deployment.cli("submit", "batch", str(requests))
+    assert queued.returncode == 0, queued.stderr
+    batch = queued.stdout.strip()
+    with Stoker(deployment.settings()) as client:
+        assert client.wait(batch, timeout_s=120).state is JobState.SUCCEEDED
+    out = tmp_path / "out"
+    got = deployment.cli("get", batch, "--out", str(out))
+    assert got.returncode == 0, got.stderr
+    # Then it wrote OpenAI's two files, each request in its own, in input order, and
+    # the outputs they point at are in S3
+    assert sorted(p.name for p in out.iterdir()) == ["errors.jsonl", "output.jsonl"]
+    good = [json.loads(x) for x in (out / "output.jsonl").read_text().splitlines()]
+    bad = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert [g["custom_id"] for g in good] == ["one", "three"]
+    assert [(b["custom_id"], b["response"]["status_code"]) for b in bad] == [("two", 400)]
+    with Stoker(deployment.settings()) as client:
+        for g in good:
+            [audio] = g["response"]["body"]["outputs"]
+            assert client.storage.stat(audio["key"]).size_bytes == audio["bytes"] > 1000
