@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from stoker.api.openai_shapes import ADAPTERS, Adapter, Options, adapter_for
 from stoker.errors import InvalidInput, StokerError
+from stoker.jobs.text import read_text_file
 from stoker.queues.batches import Refused
 from stoker.queues.records import JobRecord, JobState
 
@@ -62,12 +63,7 @@ def read_file(path: Path, max_lines: int) -> BatchFile:
     first line's ``url``, a line that cannot run refused alone. InvalidInput naming
     the file when it cannot be read or cannot be a batch (no request, more than
     ``max_lines``, an endpoint stoker does not serve, a custom_id used twice)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path} is not UTF-8 text (byte {exc.start}).") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}.") from None
+    text = read_text_file(path)
     lines = [(n, t.strip()) for n, t in enumerate(text.splitlines(), start=1) if t.strip()]
     if len(lines) > max_lines:
         raise InvalidInput(

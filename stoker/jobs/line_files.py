@@ -24,6 +24,7 @@ from typing import Any
 
 from stoker.errors import InvalidInput
 from stoker.jobs.base import NAME_PATTERN
+from stoker.jobs.text import read_text_file
 from stoker.queues.batches import Refused
 
 #: The field each line fills, by capability.
@@ -41,14 +42,7 @@ def read_line_file(path: Path, kind: str, defaults: dict[str, Any]) -> list[Item
     nothing, or when ``kind`` takes no line files."""
     if kind not in FIELDS:
         raise InvalidInput(f"`{kind}` takes no file of lines; {', '.join(FIELDS)} do.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(
-            f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8."
-        ) from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}.") from None
+    text = read_text_file(path)
     jsonl = path.suffix.lower() in JSONL_SUFFIXES
     return line_requests(text, defaults, field=FIELDS[kind], jsonl=jsonl, source=path.name)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from pathlib import Path
 
 # A sentence ends at . ! ? … (with any closing quotes or brackets that follow) before
 # whitespace; CJK full stops end a sentence without needing whitespace after them.
@@ -30,6 +31,18 @@ def decode_text(data: bytes, source: str) -> str:
     if "\x00" in text:
         raise InvalidInput(f"{source} contains NUL bytes, so it looks binary, not text.")
     return text
+
+
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of the file at ``path`` (see :func:`decode_text`);
+    errors.InvalidInput naming the file when it cannot be read or is not text."""
+    from stoker.errors import InvalidInput
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}.") from None
+    return decode_text(data, str(path))
 
 
 def normalise(text: str) -> str:

@@ -65,12 +65,14 @@ def test_a_file_is_read_as_jsonl_by_its_suffix_and_must_be_utf8(tmp_path: Path) 
     jsonl = tmp_path / "p.JSONL"
     jsonl.write_text('{"prompt": "a"}\n')
     assert read_line_file(jsonl, "image", {}) == [{"prompt": "a", "name": "00001"}]
+    jsonl.write_text('\ufeff{"prompt": "a"}\n')  # a byte-order mark, as some editors write
+    assert read_line_file(jsonl, "image", {}) == [{"prompt": "a", "name": "00001"}]
     text = tmp_path / "p.txt"
     text.write_text('{"prompt": "a"}\n')  # in a text file, the line is the prompt
     assert read_line_file(text, "mesh", {}) == [{"prompt": '{"prompt": "a"}', "name": "00001"}]
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(InvalidInput, match=r"latin.txt is not UTF-8 text \(byte 3\)"):
+    with pytest.raises(InvalidInput, match=r"latin.txt is not valid UTF-8 \(bad byte at offset 3"):
         read_line_file(latin, "image", {})
     with pytest.raises(InvalidInput, match=r"cannot read .*missing.txt"):
         read_line_file(tmp_path / "missing.txt", "image", {})
