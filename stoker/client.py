@@ -41,6 +41,7 @@ from stoker.queues.batches import (
     BATCH_KIND,
     GROUP,
     Refused,
+    batch_unit,
     child_ended,
     children,
     submit_batch,
@@ -706,7 +707,7 @@ class Stoker:
             return written
         wanted = [(ref.key, out_dir / ref.name) for ref in refs]
         if record.kind == BATCH_KIND:
-            wanted += self._children_outputs(job_id, out_dir)
+            wanted += self._children_outputs(record, out_dir)
         return self.io.all(lambda pair: self.storage.download(*pair), wanted)
 
     def _openai_results(self, batch: JobRecord, out_dir: Path) -> list[Path]:
@@ -723,16 +724,24 @@ class Stoker:
         kids = children(self.store, batch.id)
         return batch_lines.write_results(self, kids, json.loads(kept), out_dir)
 
-    def _children_outputs(self, batch_id: str, out_dir: Path) -> list[tuple[str, Path]]:
+    def _children_outputs(self, batch: JobRecord, out_dir: Path) -> list[tuple[str, Path]]:
         """(key, file) of each input's outputs beside its relative path: ``talks/a.mp3``
         → ``talks/a.srt``; outputs not named after their input in a folder of its name:
         line ``00007`` of a prompt file → ``00007/image-00.png``.
 
         Inputs that share a folder and a stem (``a.mp3`` and ``a.wav``) would write the
         same files, so theirs keep the input's whole name: ``a.mp3.srt``, ``a.wav.srt``.
+        A line's name is whole already (``v1.2`` has no suffix; names are unique).
         """
-        kids = children(self.store, batch_id)
+        kids = children(self.store, batch.id)
         names = [_relative_name(kid) for kid in kids]
+        if batch_unit(batch) != "files":
+            return [
+                (ref.key, out_dir / _beside(name.name, ref.name))
+                for kid, name in zip(kids, names, strict=True)
+                for ref in kid.outputs
+                if not ref.partial and ref.name != "manifest.json"
+            ]
         shared = Counter(name.with_suffix("") for name in names)
         wanted = []
         for kid, name in zip(kids, names, strict=True):
@@ -805,6 +814,12 @@ def _not_retriable(record: JobRecord) -> str | None:
         f"is {record.state.value}; only a failed or cancelled job can be retried (if no "
         f"worker will run it any more, `stoker cancel {record.id}` first)."
     )
+
+
+def _beside(name: str, file: str) -> str:
+    """Where output ``file`` of the line named ``name`` goes: as it is when named after
+    the line (``doors-open.mp3``), else in a folder of its name (``00007/image-00.png``)."""
+    return file if file.startswith(f"{name}.") else f"{name}/{file}"
 
 
 def _relative_name(kid: JobRecord) -> Path:
