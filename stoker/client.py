@@ -171,11 +171,13 @@ class Stoker:
         owner: str = "local",
         priority: Priority | None = None,
         unit: str = "files",
+        created: Callable[[JobRecord], None] = lambda parent: None,
     ) -> JobRecord:
         """One batch job with a child per request; inputs refused at submission (and
         the :class:`~stoker.queues.batches.Refused` given for inputs that are not
         requests) are recorded as failed children, with their reason, and the rest go
-        on. ``unit`` names the inputs where the CLI shows them ("lines")."""
+        on. ``unit`` names the inputs where the CLI shows them ("lines");
+        ``created(batch)`` runs once it is recorded, before any input is queued."""
 
         def stage_child(request: dict[str, Any], parent: str, index: int) -> StagedJob:
             return self.stage_child(
@@ -192,6 +194,7 @@ class Stoker:
             owner=owner,
             source=source,
             unit=unit,
+            created=created,
         )
 
     def submit_lines(
@@ -226,16 +229,19 @@ class Stoker:
         from stoker.api import batch_lines
 
         batch_file = batch_lines.read_file(path, self.settings.api.max_batch_lines)
-        batch = self.submit_batch(
+
+        def keep(batch: JobRecord) -> None:  # before any line runs: `get` always finds it
+            self.storage.put_json(job_key(batch.id, batch_lines.REQUESTS_NAME), batch_file.kept())
+
+        return self.submit_batch(
             batch_file.adapter.kind,
             batch_file.requests,
             source=path.name,
             owner=owner,
             priority=priority,
             unit="requests",
+            created=keep,
         )
-        self.storage.put_json(job_key(batch.id, batch_lines.REQUESTS_NAME), batch_file.kept())
-        return batch
 
     def stage_child(
         self,

@@ -65,12 +65,15 @@ def submit_batch(
     source: str,
     retriable: bool = True,
     unit: str = "files",
+    created: Callable[[JobRecord], None] = lambda parent: None,
 ) -> JobRecord:
     """Record a batch of ``requests`` for ``kind`` and submit each as a child job.
 
     ``retriable=False`` (an OpenAI batch, whose output files are final once written)
     makes Stoker.retry refuse the batch and its files. ``unit`` is what the CLI calls
-    its inputs (:func:`batch_unit`): files of a folder, lines of a prompt file."""
+    its inputs (:func:`batch_unit`): files of a folder, lines of a prompt file.
+    ``created(parent)`` runs once the batch is recorded, before any child is queued:
+    what it stores is there before the batch can end."""
     parent = _new_record(
         kind=BATCH_KIND,
         owner=owner,
@@ -83,6 +86,11 @@ def submit_batch(
         progress=Progress(total=len(requests), stage="running"),
     )
     store.create(parent)
+    try:
+        created(parent)
+    except StokerError as exc:  # nothing queued yet: the batch ends here, saying why
+        store.fail(parent.id, JobError(kind=exc.kind, message=f"not submitted: {exc}"))
+        raise
     staged: list[StagedJob] = []
     refused: list[BrokerUnavailable] = []
     for index, request in enumerate(requests):

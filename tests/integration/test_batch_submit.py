@@ -13,7 +13,7 @@ import redis
 
 from stoker.client import Stoker
 from stoker.config import Settings
-from stoker.errors import BrokerUnavailable
+from stoker.errors import BrokerUnavailable, StorageUnavailable
 from stoker.queues.batches import GROUP, children
 from stoker.queues.records import JobFilter, JobState
 from tests.servers import free_port, redis_server
@@ -100,3 +100,24 @@ def test_a_broker_down_fails_a_batchs_lines_clearly_and_a_retry_queues_them(
         assert not retried.record.state.terminal
         assert sorted(queued_job_ids(url)) == sorted(k.id for k in kids)
         assert stoker.child_counts(batch.id) == {JobState.QUEUED: n}
+
+
+def test_a_batch_whose_setup_fails_ends_failed_with_nothing_queued(
+    clean_redis: str, tmp_path: Path
+) -> None:
+    # Given a batch whose first step after its record fails (storage went away)
+    settings = Settings(data_dir=tmp_path, broker_url=clean_redis)
+
+    def storage_gone(batch: object) -> None:
+        raise StorageUnavailable("storage is unreachable (connection refused)")
+
+    with Stoker(settings) as stoker:
+        # When it is submitted, the caller gets the error
+        with pytest.raises(StorageUnavailable):
+            stoker.submit_batch("embed", [{"text": "a"}], source="lines.txt", created=storage_gone)
+        # Then the batch ended failed, saying why, with no job queued that it would wait for
+        [batch] = stoker.jobs(JobFilter(kind="batch"))
+        assert batch.state is JobState.FAILED and batch.error is not None
+        assert batch.error.message.startswith("not submitted: storage is unreachable")
+        assert children(stoker.store, batch.id) == []
+    assert queued_job_ids(clean_redis) == []
