@@ -758,8 +758,9 @@ class Stoker:
                     continue
                 file = ref.name
                 if not file.startswith(f"{name.stem}."):
-                    # Not named after its input (image-00.png of each prompt of a prompt
-                    # file): in a folder of the input's name, so inputs never collide.
+                    # Not named after its input (speech.mp3 of each request of an
+                    # HTTP API batch made before batches had a unit): in a folder of
+                    # the input's name, so inputs never collide.
                     wanted.append((ref.key, folder / name.name / file))
                     continue
                 if whole_name:
