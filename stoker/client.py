@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -58,6 +58,9 @@ from stoker.workers.catalog import ModelCatalog
 from stoker.workers.coverage import QueueCover, cover
 from stoker.workers.execute import partial_output
 from stoker.workers.io_threads import StorageIO
+
+if TYPE_CHECKING:  # (api.batch_lines is imported when a batch file is submitted)
+    from stoker.api.batch_lines import BatchFile
 
 
 @dataclass
@@ -219,16 +222,24 @@ class Stoker:
         )
 
     def submit_openai_batch(
-        self, path: Path, *, owner: str = "local", priority: Priority | None = None
+        self,
+        path: Path | BatchFile,
+        *,
+        owner: str = "local",
+        priority: Priority | None = None,
     ) -> JobRecord:
         """An OpenAI Batch input file (JSONL lines ``{"custom_id", "method", "url",
-        "body"}``) as one batch, a job per line, read as the HTTP API reads an uploaded
-        one (api/batch_lines.py); a line that cannot run fails alone. Once it ends,
-        :meth:`download` writes OpenAI's output and error files for it. InvalidInput,
-        naming the file, when it cannot be a batch."""
+        "body"}``), or one already read, as one batch, a job per line, read as the HTTP
+        API reads an uploaded one (api/batch_lines.py); a line that cannot run fails
+        alone. Once it ends, :meth:`download` writes OpenAI's output and error files for
+        it. InvalidInput, naming the file, when it cannot be a batch."""
         from stoker.api import batch_lines
 
-        batch_file = batch_lines.read_file(path, self.settings.api.max_batch_lines)
+        batch_file = (
+            batch_lines.read_file(path, self.settings.api.max_batch_lines)
+            if isinstance(path, Path)
+            else path
+        )
 
         def keep(batch: JobRecord) -> None:  # before any line runs: `get` always finds it
             self.storage.put_json(job_key(batch.id, batch_lines.REQUESTS_NAME), batch_file.kept())
@@ -236,7 +247,7 @@ class Stoker:
         return self.submit_batch(
             batch_file.adapter.kind,
             batch_file.requests,
-            source=path.name,
+            source=batch_file.source,
             owner=owner,
             priority=priority,
             unit="requests",

@@ -12,7 +12,7 @@ options in its own records; the CLI keeps them beside the batch's outputs, in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,12 +38,16 @@ BatchRequests = tuple[list[str | None], list[dict[str, Any] | Refused], dict[str
 REQUESTS_NAME = "openai_batch.json"
 #: The files OpenAI writes for a batch, as `stoker get` names them.
 OUTPUT_NAME, ERRORS_NAME = "output.jsonl", "errors.jsonl"
+#: Lines whose results are read side by side before they are written out: the output
+#: file is written as it is made, not held whole (50,000 embeddings are ~400 MB of JSON).
+RESULT_STEP = 512
 
 
 @dataclass(frozen=True)
 class BatchFile:
     """An OpenAI Batch input file, read: the endpoint of its lines and their requests."""
 
+    source: str  # the file's name
     adapter: Adapter
     custom_ids: list[str | None]
     requests: list[dict[str, Any] | Refused]
@@ -72,7 +76,7 @@ def read_file(path: Path, max_lines: int) -> BatchFile:
         )
     adapter = adapter_for(_endpoint_of(path, lines))
     try:
-        return BatchFile(adapter, *read_requests(lines, adapter))
+        return BatchFile(path.name, adapter, *read_requests(lines, adapter))
     except BatchFileError as exc:
         raise InvalidInput(f"{path}: {exc}") from None
 
@@ -93,20 +97,37 @@ def _endpoint_of(path: Path, lines: list[tuple[int, str]]) -> str:
     raise InvalidInput(f"{path} has no request line (a JSON object with a url).")
 
 
+def result_lines(
+    stoker: Stoker, kids: list[JobRecord], kept: Mapping[str, Any], expired: bool = False
+) -> Iterator[tuple[JobRecord, bool, dict[str, Any]]]:
+    """(job, succeeded, its output or error line) of each of a batch's ``kids``, in line
+    order; ``kept`` holds the batch's endpoint, custom_ids and options (the API's batch
+    record, or :meth:`BatchFile.kept`). Most lines read their job's output (a GET each
+    on S3): side by side on the I/O threads, a step at a time, so the caller writes
+    them out as they come instead of holding them all."""
+    adapter = adapter_for(kept["endpoint"])
+    custom_ids, options = kept.get("custom_ids", []), kept.get("options", {})
+
+    def line_of(kid: JobRecord) -> tuple[bool, dict[str, Any]]:
+        index = kid.parent_index or 0
+        custom_id = custom_ids[index] if index < len(custom_ids) else None
+        return result_line(stoker, adapter, kid, custom_id, options.get(str(index), {}), expired)
+
+    for at in range(0, len(kids), RESULT_STEP):
+        step = kids[at : at + RESULT_STEP]
+        for kid, (ok, line) in zip(step, stoker.io.all(line_of, step), strict=True):
+            yield kid, ok, line
+
+
 def write_results(
-    stoker: Stoker, kids: list[JobRecord], kept: dict[str, Any], out_dir: Path
+    stoker: Stoker, kids: list[JobRecord], kept: Mapping[str, Any], out_dir: Path
 ) -> list[Path]:
     """The output and error files of a batch whose jobs are ``kids`` (in line order),
     from what :meth:`BatchFile.kept` kept, written to ``out_dir``; returns them."""
-    adapter = adapter_for(kept["endpoint"])
-    custom_ids, options = kept["custom_ids"], kept["options"]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {True: out_dir / OUTPUT_NAME, False: out_dir / ERRORS_NAME}
     with paths[True].open("w") as good, paths[False].open("w") as bad:
-        for kid in kids:
-            index = kid.parent_index or 0
-            custom_id = custom_ids[index] if index < len(custom_ids) else None
-            ok, line = result_line(stoker, adapter, kid, custom_id, options.get(str(index), {}))
+        for _, ok, line in result_lines(stoker, kids, kept):
             (good if ok else bad).write(json.dumps(line) + "\n")
     return [paths[True], paths[False]]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from stoker.api import batch_lines, inputs
-from stoker.api.batch_lines import BatchFileError, BatchRequests, result_line
+from stoker.api.batch_lines import BatchFileError, BatchRequests
 from stoker.api.errors import ApiError, not_found
 from stoker.api.files import FileObject, get_file, store_file
 from stoker.api.keys import ApiKey
@@ -176,9 +176,6 @@ FINALIZE_WAIT_S = 2.0
 #: How long one API process holds the right to write a batch's output files; after
 #: that (it died, or storage failed) the next read starts again.
 FINALIZE_CLAIM_S = 120.0
-#: Lines whose results are read side by side before they are written out: the output
-#: file is written as it is made, not held whole (50,000 embeddings are ~400 MB of JSON).
-FINALIZE_STEP = 512
 
 
 def batch_object(
@@ -253,17 +250,8 @@ def _children_active(state: ApiState, parent: JobRecord) -> bool:
 def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[str, Any]:
     """Write the output and error files of an ended batch whose jobs have all ended
     (:func:`_finalized` checks, before it claims the batch); returns the updated record."""
-    adapter = adapter_for(data["endpoint"])
-    custom_ids = data.get("custom_ids", [])
     kids = children(state.stoker.store, parent.id)
-
-    def result(kid: JobRecord) -> tuple[bool, dict[str, Any]]:
-        index = kid.parent_index or 0
-        custom_id = custom_ids[index] if index < len(custom_ids) else None
-        options = data.get("options", {}).get(str(index), {})
-        expired = bool(data.get("expired_at"))
-        return result_line(state.stoker, adapter, kid, custom_id, options, expired)
-
+    lines = batch_lines.result_lines(state.stoker, kids, data, bool(data.get("expired_at")))
     data = dict(data)
     with tempfile.TemporaryDirectory(prefix="stoker-batch-") as tmp:
         paths = {name: Path(tmp) / f"{name}.jsonl" for name in ("output", "errors")}
@@ -271,13 +259,9 @@ def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[s
             paths["output"].open("w", encoding="utf-8") as good,
             paths["errors"].open("w", encoding="utf-8") as bad,
         ):
-            # Most lines read their job's output (a GET each on S3): side by side on
-            # the I/O threads, a step at a time, written in line order as they come.
-            for at in range(0, len(kids), FINALIZE_STEP):
-                step = kids[at : at + FINALIZE_STEP]
-                for kid, (ok, line) in zip(step, state.stoker.io.all(result, step), strict=True):
-                    state.metrics.job_seen(kid)
-                    (good if ok else bad).write(json.dumps(line) + "\n")
+            for kid, ok, line in lines:  # in line order, read a step at a time
+                state.metrics.job_seen(kid)
+                (good if ok else bad).write(json.dumps(line) + "\n")
         for name, field in (("output", "output_file_id"), ("errors", "error_file_id")):
             if paths[name].stat().st_size:
                 obj = store_file(

@@ -46,10 +46,10 @@ def run_batch(
     """Run an OpenAI Batch file here; its output.jsonl and errors.jsonl go to --out."""
     from stoker.api.batch_lines import read_file
 
-    # Read once first for its capability: the in-process worker serves only that one.
-    kind = read_file(file, settings_of(ctx).api.max_batch_lines).adapter.kind
+    # Read before the in-process worker starts: it serves only the file's capability.
+    batch_file = read_file(file, settings_of(ctx).api.max_batch_lines)
 
     def submit(client: Any) -> JobRecord:
-        return client.submit_openai_batch(file, priority="interactive")
+        return client.submit_openai_batch(batch_file, priority="interactive")
 
-    run_with(ctx, kind, submit, out, device)
+    run_with(ctx, batch_file.adapter.kind, submit, out, device)

@@ -101,13 +101,11 @@ def _speak_submitter(
 ) -> Callable[[Any], JobRecord]:
     """One job for --text or --file; for --lines, a batch of one job per line, each
     named after its line (its audio: ``00001.wav``, or the line's name)."""
+    if [text, file, lines].count(None) != 2:
+        raise InvalidInput("give exactly one of --text, --file or --lines.")
     if lines is None:
-        if text is None and file is None:
-            raise InvalidInput("give exactly one of --text, --file or --lines.")
         request = _speak_request(ctx, text, file, *options)
         return lambda client: client.submit("speak", request, priority=priority)
-    if text is not None or file is not None:
-        raise InvalidInput("give exactly one of --text, --file or --lines.")
     defaults = _speak_options(*options)
     return lambda client: client.submit_lines("speak", lines, defaults, priority=priority)
 
