@@ -161,7 +161,7 @@ def test_an_openai_batch_reads_its_lines_results_side_by_side_from_s3(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from stoker.api import batches
+    from stoker.api import batch_lines
     from stoker.api.app import create_app
     from stoker.queues.batches import child_ended, children
     from tests.api_server import auth, make_key
@@ -190,7 +190,7 @@ def test_an_openai_batch_reads_its_lines_results_side_by_side_from_s3(
             child_ended(stoker.store, stoker.storage, kid.parent or "", kid.parent_index or 0)
         watched = WatchedStorage(stoker.storage)
         stoker.storage = watched
-        monkeypatch.setattr(batches, "FINALIZE_STEP", 2)  # written out two lines at a time
+        monkeypatch.setattr(batch_lines, "RESULT_STEP", 2)  # written out two lines at a time
 
         # When it is read for the first time since, which writes its output file
         done = http.get(f"/v1/batches/{batch.json()['id']}", headers=headers).json()
