@@ -12,6 +12,7 @@ options in its own records; the CLI keeps them beside the batch's outputs, in
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from stoker.api.openai_shapes import ADAPTERS, Adapter, Options, adapter_for
 from stoker.errors import InvalidInput, StokerError
+from stoker.jobs.base import NAME_PATTERN
 from stoker.jobs.text import read_text_file
 from stoker.queues.batches import Refused
 from stoker.queues.records import JobRecord, JobState
@@ -123,13 +125,43 @@ def write_results(
     stoker: Stoker, kids: list[JobRecord], kept: Mapping[str, Any], out_dir: Path
 ) -> list[Path]:
     """The output and error files of a batch whose jobs are ``kids`` (in line order),
-    from what :meth:`BatchFile.kept` kept, written to ``out_dir``; returns them."""
+    from what :meth:`BatchFile.kept` kept, written to ``out_dir``; returns them, and
+    the files of the lines that point at theirs by URL (:func:`line_files`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {True: out_dir / OUTPUT_NAME, False: out_dir / ERRORS_NAME}
+    adapter = adapter_for(kept["endpoint"])
+    options = kept.get("options", {})
+    files: list[tuple[str, Path]] = []
     with paths[True].open("w") as good, paths[False].open("w") as bad:
-        for _, ok, line in result_lines(stoker, kids, kept):
+        for kid, ok, line in result_lines(stoker, kids, kept):
             (good if ok else bad).write(json.dumps(line) + "\n")
-    return [paths[True], paths[False]]
+            if ok and _points_at_files(adapter, options.get(str(kid.parent_index or 0), {})):
+                files += line_files(kid, line["custom_id"], out_dir)
+    # The URLs in the output file expire (presigned on S3) or point into the data
+    # directory; the user asked for the batch's results here, so its files come too.
+    return [paths[True], paths[False], *stoker.io.all(lambda f: stoker.storage.download(*f), files)]
+
+
+def _points_at_files(adapter: Adapter, options: Options) -> bool:
+    """Whether a line's response points at its job's files by URL: not an image line
+    that asked for b64_json, whose images are in the line."""
+    return adapter.files and options.get("response_format") != "b64_json"
+
+
+def line_files(kid: JobRecord, custom_id: str | None, out_dir: Path) -> list[tuple[str, Path]]:
+    """(key, file) of a line's outputs in a folder named after its custom_id: an
+    OpenAI batch names its requests by custom_id only. A custom_id that cannot be a
+    folder's name (a slash, a space, over 100 characters) gives ``_00007``, the
+    request's position, which no custom_id that can be one matches."""
+    if custom_id is not None and re.fullmatch(NAME_PATTERN, custom_id):
+        folder = custom_id
+    else:
+        folder = f"_{(kid.parent_index or 0) + 1:05d}"
+    return [
+        (ref.key, out_dir / folder / ref.name)
+        for ref in kid.outputs
+        if not ref.partial and ref.name != "manifest.json"
+    ]
 
 
 class BatchFileError(InvalidInput):

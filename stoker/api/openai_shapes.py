@@ -98,6 +98,9 @@ class Adapter:
     response_body: Callable[[JobRecord, UrlFor, ReadBytes, Options], dict[str, Any]]
     #: the body's response options (validated by to_request), JSON-serialisable
     options: Callable[[dict[str, Any]], Options] = no_options
+    #: whether its response points at the job's files by URL (audio, images,
+    #: transcripts) rather than holding its whole result: `stoker get` copies them
+    files: bool = False
 
 
 def local_model(body: dict[str, Any]) -> dict[str, Any]:
@@ -455,14 +458,25 @@ def image_body(
 ADAPTERS: dict[str, Adapter] = {
     a.endpoint: a
     for a in (
-        Adapter("/v1/audio/speech", "speak", speech_request, speech_body),
+        Adapter("/v1/audio/speech", "speak", speech_request, speech_body, files=True),
         Adapter(
-            "/v1/audio/transcriptions", "transcribe", transcription_request, transcription_body
+            "/v1/audio/transcriptions",
+            "transcribe",
+            transcription_request,
+            transcription_body,
+            files=True,
         ),
         Adapter("/v1/embeddings", "embed", embeddings_request, embeddings_body, embeddings_options),
         Adapter("/v1/chat/completions", "generate", chat_request, generate_body),
         Adapter("/v1/completions", "generate", completion_request, generate_body),
-        Adapter("/v1/images/generations", "image", image_request, image_body, image_options),
+        Adapter(
+            "/v1/images/generations",
+            "image",
+            image_request,
+            image_body,
+            image_options,
+            files=True,
+        ),
     )
 }
 

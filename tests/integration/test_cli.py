@@ -468,6 +468,11 @@ def test_run_batch_writes_openai_output_and_error_files(data_dir: Path, tmp_path
     [audio] = good["response"]["body"]["outputs"]
     assert audio["name"] == "speech.mp3"
     assert Path(audio["url"].removeprefix("file://")).stat().st_size == audio["bytes"]
+    # And its audio is copied beside them, in a folder named after its custom_id
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "errors.jsonl", "hello/speech.mp3", "output.jsonl"
+    ]  # fmt: skip
+    assert (out / "hello" / "speech.mp3").stat().st_size == audio["bytes"]
     bad = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     assert [(b["custom_id"], b["response"]["status_code"]) for b in bad] == [
         ("empty", 400), (None, 400)

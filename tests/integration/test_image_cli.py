@@ -113,3 +113,50 @@ def test_image_needs_one_prompt_or_one_prompt_file(tiny: TinyPipelines, data_dir
     for result in (neither, both):
         assert result.returncode != 0
         assert "give --prompt, or --prompts with a file of prompts" in result.stderr
+
+
+def test_run_batch_of_image_requests_copies_each_lines_images_beside_its_output_file(
+    tiny: TinyPipelines, data_dir: Path, tmp_path: Path
+) -> None:
+    # Given an OpenAI Batch file of image requests: one by URL, one by URL whose
+    # custom_id cannot be a folder's name, one asking for base64
+    requests = tmp_path / "requests.jsonl"
+    body = {"model": str(tiny.image), "steps": 2, "seed": 7}
+    lines = [
+        ("lighthouse", {"prompt": "a lighthouse", "n": 2}),
+        ("in/out", {"prompt": "a barn"}),
+        ("inline", {"prompt": "a cat", "response_format": "b64_json"}),
+    ]
+    requests.write_text(
+        "".join(
+            json.dumps(
+                {"custom_id": cid, "method": "POST", "url": "/v1/images/generations",
+                 "body": {**body, **extra}}
+            ) + "\n"
+            for cid, extra in lines
+        )
+    )  # fmt: skip
+    out = tmp_path / "out"
+    # When `stoker run batch` runs it
+    result = stoker("run", "batch", str(requests), "--out", str(out), data_dir=data_dir)
+    # Then every request succeeded, and the images of the lines that point at theirs by
+    # URL are in --out, in a folder named after the custom_id (or the request's
+    # position, `_00002`, where it cannot be a name); the base64 line's are in its line
+    assert result.returncode == 0, result.stderr
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == [
+        "_00002/image-00.png", "errors.jsonl",
+        "lighthouse/image-00.png", "lighthouse/image-01.png", "output.jsonl",
+    ]  # fmt: skip
+    lines_out = (out / "output.jsonl").read_text().splitlines()
+    got = {g["custom_id"]: g for g in map(json.loads, lines_out)}
+    assert list(got) == ["lighthouse", "in/out", "inline"]
+    [inline] = got["inline"]["response"]["body"]["data"]
+    assert len(inline["b64_json"]) > 100
+    # And each copy is the image its line's URL points at
+    for cid, folder in (("lighthouse", "lighthouse"), ("in/out", "_00002")):
+        urls = [d["url"] for d in got[cid]["response"]["body"]["data"]]
+        copies = sorted((out / folder).iterdir())
+        assert [Path(u.removeprefix("file://")).read_bytes() for u in urls] == [
+            c.read_bytes() for c in copies
+        ]

@@ -240,8 +240,10 @@ def test_an_openai_batch_file_submitted_from_the_cli_is_fetched_as_openai_files(
     got = deployment.cli("get", batch, "--out", str(out))
     assert got.returncode == 0, got.stderr
     # Then it wrote OpenAI's two files, each request in its own, in input order, and
-    # the outputs they point at are in S3
-    assert sorted(p.name for p in out.iterdir()) == ["errors.jsonl", "output.jsonl"]
+    # the audio of each good one from S3 in a folder of its custom_id
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "errors.jsonl", "one/speech.mp3", "output.jsonl", "three/speech.mp3"
+    ]  # fmt: skip
     good = [json.loads(x) for x in (out / "output.jsonl").read_text().splitlines()]
     bad = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     assert [g["custom_id"] for g in good] == ["one", "three"]
@@ -250,3 +252,4 @@ def test_an_openai_batch_file_submitted_from_the_cli_is_fetched_as_openai_files(
         for g in good:
             [audio] = g["response"]["body"]["outputs"]
             assert client.storage.stat(audio["key"]).size_bytes == audio["bytes"] > 1000
+            assert (out / g["custom_id"] / "speech.mp3").stat().st_size == audio["bytes"]
