@@ -1,24 +1,15 @@
-"""The Python API: submit jobs, follow them, cancel them, fetch their outputs.
-
-    from stoker.client import Stoker
-    from stoker.config import load_settings
-
-    with Stoker(load_settings()) as stoker:
-        job = stoker.submit("speak", {"text": "Hello there."})
-        job = stoker.wait(job.id)
-        stoker.download(job.id, Path("out"))
-
-The CLI and the HTTP API are thin layers over this class.
+"""The :class:`Stoker` client: every call of the Python API, one deployment's
+broker, job store and storage opened on first use. Submitting, following and
+cancelling are here; retries, clean-up and download folders each have a module
+beside it (retries.py, cleanup.py, downloads.py), which this class calls.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
@@ -27,31 +18,25 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 from stoker.api.meta import MetaStore
+from stoker.client import cleanup, downloads, retries
+from stoker.client.cleanup import Pruned, Swept
+from stoker.client.retries import Retried
 from stoker.config import Priority, Settings
-from stoker.errors import (
-    BrokerUnavailable,
-    InternalError,
-    InvalidInput,
-    JobNotFound,
-    ObjectNotFound,
-)
+from stoker.errors import InvalidInput
 from stoker.jobs import get_capability
 from stoker.jobs.base import ERRORS_NAME, PrepareContext
 from stoker.queues.batches import (
     BATCH_KIND,
-    GROUP,
     Refused,
-    batch_unit,
     child_ended,
     children,
     submit_batch,
 )
 from stoker.queues.records import TERMINAL_STATES, JobFilter, JobRecord, JobState
 from stoker.queues.stores import JobStore, open_job_store
-from stoker.queues.stores.base import list_all
-from stoker.queues.submit import Messages, StagedJob, commit, job_queue, requeue, stage
+from stoker.queues.submit import StagedJob, commit, job_queue, stage
 from stoker.storage import Storage, open_storage
-from stoker.storage.keys import job_key, job_prefix
+from stoker.storage.keys import job_key
 from stoker.storage.sources import is_s3_url, list_s3, staged
 from stoker.workers.cards import fleet_cards
 from stoker.workers.catalog import ModelCatalog
@@ -61,43 +46,6 @@ from stoker.workers.io_threads import StorageIO
 
 if TYPE_CHECKING:  # (api.batch_lines is imported when a batch file is submitted)
     from stoker.api.batch_lines import BatchFile
-
-
-@dataclass
-class Pruned:
-    """What :meth:`Stoker.prune` deleted (or, on a dry run, would delete)."""
-
-    jobs: list[JobRecord] = field(default_factory=list)  # jobs and batches, not children
-    deleted: int = 0  # records deleted, a batch's children included (0 on a dry run)
-    skipped: list[tuple[JobRecord, str]] = field(default_factory=list)  # and why
-
-
-@dataclass
-class Swept:
-    """What :meth:`Stoker.sweep_chunks` or :meth:`Stoker.sweep_inputs` deleted (or,
-    on a dry run, would delete)."""
-
-    objects: int = 0
-    bytes: int = 0
-    kept: int = 0  # old enough, but a job lists them (its inputs, a cancelled job's chunks)
-    stopped: str | None = None  # why it stopped before the end (a job was queued)
-
-
-@dataclass
-class Retried:
-    """What :meth:`Stoker.retry` queued again."""
-
-    record: JobRecord  # the job, or the batch, as it is now
-    jobs: list[str] = field(default_factory=list)  # ids queued again (a batch: its files)
-    chunks: int = 0  # chunk tasks sent (finished chunks are not run again)
-    # A batch's failed or cancelled files that were not queued again, and why.
-    not_retried: list[tuple[JobRecord, str]] = field(default_factory=list)
-
-
-#: Where content-addressed chunk outputs, their notes and chunk-group outputs live.
-CHUNKS_PREFIX = "chunks/"
-#: Where uploaded inputs live, by content (recordings, prompt files, covers).
-INPUTS_PREFIX = "inputs/"
 
 
 class Stoker:
@@ -410,29 +358,7 @@ class Stoker:
         has nothing kept to run again (the reason is given), JobNotFound for an
         unknown id, BrokerUnavailable as :meth:`submit` (the jobs fail again).
         """
-        retried = self._retry_record(self.store.get(job_id))
-        self._rearm_webhooks(retried)
-        return retried
-
-    def _retry_record(self, record: JobRecord) -> Retried:
-        """:meth:`retry` of a record already read (retry_failed has them listed)."""
-        job_id = record.id
-        batch = self.store.get(record.parent) if record.parent else record
-        if _final(batch):
-            raise InvalidInput(
-                f"batch {batch.id} is an OpenAI batch, whose output and error files are "
-                f"final once written; submit the lines that failed (its error file) as "
-                f"a new batch."
-            )
-        if record.kind == BATCH_KIND:
-            return self._retry_batch(record)
-        if why := _not_retriable(record):
-            raise InvalidInput(f"job {job_id} {why}")
-        retried = self._retry_files(record.parent, [record])
-        if retried.not_retried:
-            raise InvalidInput(f"job {job_id} {retried.not_retried[0][1]}")
-        retried.record = self.store.get(job_id)
-        return retried
+        return retries.retry(self, job_id)
 
     def retry_failed(self, *, kind: str | None = None) -> list[Retried]:
         """:meth:`retry` every failed job (of ``kind``, if given): each job on its
@@ -441,101 +367,7 @@ class Stoker:
         (refused at submission, of an OpenAI batch) is in ``not_retried`` of an entry
         whose ``jobs`` may be empty, and the others go on.
         """
-        done: list[Retried] = []
-        by_batch: dict[str, list[JobRecord]] = {}
-        for record in list_all(self.store, JobFilter(state=JobState.FAILED, kind=kind)):
-            if record.parent is not None:
-                by_batch.setdefault(record.parent, []).append(record)
-                continue
-            try:
-                done.append(self._retry_record(record))
-            except InvalidInput as exc:  # the sentence names the job
-                done.append(Retried(record, not_retried=[(record, _after_id(exc, record))]))
-        for batch_id, kids in by_batch.items():
-            batch = self.store.get(batch_id)
-            if _final(batch):
-                why = "is a line of an OpenAI batch, whose files are final once written"
-                done.append(Retried(batch, not_retried=[(k, why) for k in kids]))
-                continue
-            done.append(self._retry_children(batch, kids))
-        for retried in done:
-            self._rearm_webhooks(retried)
-        return done
-
-    def _rearm_webhooks(self, retried: Retried) -> None:
-        """A job submitted over HTTP with a webhook tells its new end too, whoever
-        retried it: the webhook of the job (and of a batch a file reopened) is
-        pending once more. The records are the API's, on the job store's backend."""
-        if not retried.jobs:
-            return
-        from stoker.api.webhook_records import rearm
-
-        rearm(self.api_records, retried.record.id)
-        if retried.record.parent is not None:
-            rearm(self.api_records, retried.record.parent)
-
-    def _retry_batch(self, batch: JobRecord) -> Retried:
-        kids = [k for k in children(self.store, batch.id) if not _not_retriable(k)]
-        if not kids:
-            raise InvalidInput(
-                f"batch {batch.id} has no failed or cancelled file to retry "
-                f"(`stoker status {batch.id} --files` lists its files)."
-            )
-        retried = self._retry_children(batch, kids)
-        if not retried.jobs:
-            why = retried.not_retried[0][1]
-            raise InvalidInput(f"batch {batch.id}: no file could be retried; the first {why}")
-        return retried
-
-    def _retry_children(self, batch: JobRecord, kids: list[JobRecord]) -> Retried:
-        """:meth:`_retry_files` of ``kids`` of ``batch``, a group at a time."""
-        retried = Retried(batch)
-        for at in range(0, len(kids), GROUP):
-            group = self._retry_files(batch.id, kids[at : at + GROUP])
-            retried.jobs += group.jobs
-            retried.chunks += group.chunks
-            retried.not_retried += group.not_retried
-        retried.record = self.store.get(batch.id)
-        return retried
-
-    def _retry_files(self, parent: str | None, records: list[JobRecord]) -> Retried:
-        """Queue ``records`` (failed or cancelled, all of batch ``parent`` if any)
-        again. Their batch, if any, first counts them as not ended, so that it
-        assembles again once they end (an order that leaves no moment where one
-        could end uncounted)."""
-        retried = Retried(records[0])
-        plans: list[tuple[JobRecord, list[dict[str, Any]]]] = []
-        for record in records:
-            payloads = self.store.chunk_payloads(record.id)
-            if payloads:
-                plans.append((record, payloads))
-            else:
-                retried.not_retried.append((record, _nothing_kept(record)))
-        if parent is not None and plans:
-            places = [r.parent_index for r, _ in plans if r.parent_index is not None]
-            self.store.requeue(parent, stage="running", undone=places)
-        messages = []
-        for record, payloads in plans:
-            done = self.store.done_chunks(record.id)
-            if not self.store.requeue(record.id):
-                # Queued or running again already (another retry): that run ends it.
-                retried.not_retried.append((record, "was queued again meanwhile"))
-                continue
-            # A job whose chunks all finished (it failed in assembly) gets its first
-            # chunk again: its worker finds the output there and assembles.
-            chunks = [(i, p) for i, p in enumerate(payloads) if i not in done] or [(0, payloads[0])]
-            messages.append(Messages(record, chunks))
-            retried.jobs.append(record.id)
-            retried.chunks += len(chunks)
-        try:
-            requeue(app=self.app, store=self.store, jobs=messages)
-        except BrokerUnavailable:
-            # Failed again by the enqueue; their batch must count them as ended.
-            for job in messages:
-                if parent is not None and job.record.parent_index is not None:
-                    child_ended(self.store, self.storage, parent, job.record.parent_index)
-            raise
-        return retried
+        return retries.retry_failed(self, kind=kind)
 
     def delete(self, job_id: str) -> list[str]:
         """Delete an ended job: everything stored under ``jobs/<id>/`` (outputs, the
@@ -548,39 +380,7 @@ class Stoker:
         the same content share them, and a re-submitted job resumes from them;
         :meth:`sweep_chunks` and :meth:`sweep_inputs` free them.
         """
-        return self._delete_ended(self.store.get(job_id))
-
-    def _delete_ended(self, record: JobRecord) -> list[str]:
-        """:meth:`delete` of a record already read (prune has them from its listing)."""
-        job_id = record.id
-        if record.parent is not None:
-            raise InvalidInput(
-                f"job {job_id} is one file of batch {record.parent}; delete the batch "
-                f"(`stoker delete {record.parent}`), which deletes its jobs with it."
-            )
-        kids = children(self.store, job_id) if record.kind == BATCH_KIND else []
-        active = [r for r in (record, *kids) if not r.state.terminal]
-        if active:
-            if active[0] is record:
-                what = f"job {job_id} is {record.state}"
-            else:
-                still = f"{len(active)} of {len(kids)} jobs still queued or running"
-                what = f"batch {job_id} has {still}"
-            raise InvalidInput(
-                f"{what}; only an ended job can be deleted: cancel it first "
-                f"(`stoker cancel {job_id}`), then delete it."
-            )
-        # Files before records and children before their batch: a delete that stops
-        # half-way (storage down) leaves records to find and finish it with.
-        deleted = [self._delete_one(kid.id) for kid in kids]
-        return [*deleted, self._delete_one(job_id)]
-
-    def _delete_one(self, job_id: str) -> str:
-        for obj in list(self.storage.list(job_prefix(job_id))):
-            self.storage.delete(obj.key)
-        if not self.store.delete(job_id):  # an ended job never runs again
-            raise InternalError(f"job {job_id} ran again while it was being deleted.")
-        return job_id
+        return cleanup.delete_ended(self, self.store.get(job_id))
 
     def prune(
         self,
@@ -595,30 +395,7 @@ class Stoker:
         A job that cannot be deleted (a batch with a child still running) is skipped
         and reported, and the others are deleted. ``dry_run`` deletes nothing.
         """
-        if older_than_s < 0:
-            raise InvalidInput(f"older_than_s is {older_than_s}; give 0 or more seconds.")
-        if active := [s.value for s in states if not s.terminal]:
-            raise InvalidInput(
-                f"prune deletes ended jobs only, not {', '.join(active)} ones; cancel "
-                f"those first or leave them out of the states."
-            )
-        cutoff = time.time() - older_than_s
-        pruned = Pruned()
-        for state in states:
-            listed = list_all(self.store, JobFilter(state=state, before=cutoff))
-            pruned.jobs += [r for r in listed if r.parent is None]  # children go with batches
-        if dry_run:
-            return pruned
-        for record in pruned.jobs:
-            try:
-                pruned.deleted += len(self._delete_ended(record))
-            except InvalidInput as exc:
-                pruned.skipped.append((record, str(exc)))
-            except JobNotFound:  # another prune (another machine's timer) took it
-                continue
-        skipped = {r.id for r, _ in pruned.skipped}
-        pruned.jobs = [r for r in pruned.jobs if r.id not in skipped]
-        return pruned
+        return cleanup.prune(self, older_than_s, states=states, dry_run=dry_run)
 
     def sweep_chunks(
         self, older_than_s: float, *, dry_run: bool = False, without: Collection[str] = ()
@@ -629,17 +406,11 @@ class Stoker:
         They are a cache: a job reads its chunks only while it runs, and a job that
         needs one that is gone makes it again. Objects a job lists as outputs (a
         cancelled job's finished chunks) are kept. Runs only while no job is queued
-        or running (see :meth:`_sweep`): a running job reads its chunks, and a job
+        or running (see cleanup.py): a running job reads its chunks, and a job
         queued now may find an old one and skip making it. ``without``: ids of jobs
         (or batches) to count as deleted already (a dry run after a dry-run prune).
         """
-
-        def listed() -> set[str]:
-            # Only a cancelled job lists chunks as its outputs (its finished ones, partial).
-            cancelled = list_all(self.store, JobFilter(state=JobState.CANCELLED))
-            return {o.key for r in _remaining(cancelled, without) for o in r.outputs if o.partial}
-
-        return self._sweep(CHUNKS_PREFIX, older_than_s, listed, dry_run)
+        return cleanup.sweep_chunks(self, older_than_s, dry_run=dry_run, without=without)
 
     def sweep_inputs(
         self, older_than_s: float, *, dry_run: bool = False, without: Collection[str] = ()
@@ -650,66 +421,11 @@ class Stoker:
 
         A job keeps its inputs until it is deleted (``prune`` first, then this frees
         what the deleted jobs alone used). Runs only while no job is queued or running
-        (see :meth:`_sweep`): a job submitted now may find an old input and not upload
+        (see cleanup.py): a job submitted now may find an old input and not upload
         it again (submit puts it back if it went in that instant). ``without`` as
         for :meth:`sweep_chunks`.
         """
-
-        def listed() -> set[str]:
-            records = list_all(self.store, JobFilter())
-            return {key for r in _remaining(records, without) for key in r.inputs}
-
-        return self._sweep(INPUTS_PREFIX, older_than_s, listed, dry_run)
-
-    def _sweep(
-        self,
-        prefix: str,
-        older_than_s: float,
-        listed: Callable[[], set[str]],
-        dry_run: bool,
-    ) -> Swept:
-        """Delete the objects under ``prefix`` written before the cutoff, except the
-        keys ``listed()`` returns (read after the objects are listed).
-
-        Only while no job is queued or running, checked before every delete: otherwise
-        it stops and says why (``Swept.stopped``). A job submitted in the instant
-        between a check and a delete could still lose an object it found.
-        """
-        if older_than_s < 0:
-            raise InvalidInput(f"older_than_s is {older_than_s}; give 0 or more seconds.")
-        swept = Swept(stopped=self._busy(prefix))
-        if swept.stopped:
-            return swept
-        cutoff = time.time() - older_than_s
-        old = [
-            o
-            for o in self.storage.list(prefix)
-            if o.modified_at is not None and o.modified_at < cutoff
-        ]
-        keep = listed()
-        doomed = [o for o in old if o.key not in keep]
-        swept.kept = len(old) - len(doomed)
-        for obj in doomed:
-            if not dry_run:
-                if busy := self._busy(prefix):
-                    swept.stopped = busy
-                    return swept
-                self.storage.delete(obj.key)
-            swept.objects += 1
-            swept.bytes += obj.size_bytes
-        return swept
-
-    def _busy(self, prefix: str) -> str | None:
-        """Why the objects under ``prefix`` must not be swept now, or None."""
-        active = {JobState.QUEUED.value, JobState.RUNNING.value}
-        n = sum(count for (_, state), count in self.store.counts().items() if state in active)
-        if not n:
-            return None
-        jobs = "1 job is" if n == 1 else f"{n} jobs are"
-        return (
-            f"{jobs} queued or running, and a job may reuse objects under {prefix} while "
-            f"it is submitted or runs; sweep again when the queues are idle."
-        )
+        return cleanup.sweep_inputs(self, older_than_s, dry_run=dry_run, without=without)
 
     def download(self, job_id: str, out_dir: Path, *, include_partial: bool = False) -> list[Path]:
         """Copy the job's outputs into ``out_dir``; returns the files written."""
@@ -720,64 +436,14 @@ class Stoker:
                 f"job {job_id} is {record.state} and has no outputs to download"
                 + ("; add --partial for the chunks it finished." if record.outputs else ".")
             )
-        if record.kind == BATCH_KIND and (written := self._openai_results(record, out_dir)):
+        if record.kind == BATCH_KIND and (
+            written := downloads.openai_results(self, record, out_dir)
+        ):
             return written
         wanted = [(ref.key, out_dir / ref.name) for ref in refs]
         if record.kind == BATCH_KIND:
-            wanted += self._children_outputs(record, out_dir)
+            wanted += downloads.children_outputs(self, record, out_dir)
         return self.io.all(lambda pair: self.storage.download(*pair), wanted)
-
-    def _openai_results(self, batch: JobRecord, out_dir: Path) -> list[Path]:
-        """For a batch submitted as an OpenAI Batch file (:meth:`submit_openai_batch`),
-        its output and error files, written to ``out_dir``; [] for any other batch."""
-        from stoker.api import batch_lines
-
-        if batch.params.get("unit") != "requests":
-            return []
-        try:
-            kept = self.storage.get_bytes(job_key(batch.id, batch_lines.REQUESTS_NAME))
-        except ObjectNotFound:  # one of the HTTP API's (its files are in GET /v1/batches)
-            return []
-        kids = children(self.store, batch.id)
-        return batch_lines.write_results(self, kids, json.loads(kept), out_dir)
-
-    def _children_outputs(self, batch: JobRecord, out_dir: Path) -> list[tuple[str, Path]]:
-        """(key, file) of each input's outputs beside its relative path: ``talks/a.mp3``
-        → ``talks/a.srt``; outputs not named after their input in a folder of its name:
-        line ``00007`` of a prompt file → ``00007/image-00.png``.
-
-        Inputs that share a folder and a stem (``a.mp3`` and ``a.wav``) would write the
-        same files, so theirs keep the input's whole name: ``a.mp3.srt``, ``a.wav.srt``.
-        A line's name is whole already (``v1.2`` has no suffix; names are unique).
-        """
-        kids = children(self.store, batch.id)
-        names = [_relative_name(kid) for kid in kids]
-        if batch_unit(batch) != "files":
-            return [
-                (ref.key, out_dir / _beside(name.name, ref.name))
-                for kid, name in zip(kids, names, strict=True)
-                for ref in kid.outputs
-                if not ref.partial and ref.name != "manifest.json"
-            ]
-        shared = Counter(name.with_suffix("") for name in names)
-        wanted = []
-        for kid, name in zip(kids, names, strict=True):
-            folder = out_dir / name.parent
-            whole_name = shared[name.with_suffix("")] > 1
-            for ref in kid.outputs:
-                if ref.partial or ref.name == "manifest.json":
-                    continue
-                file = ref.name
-                if not file.startswith(f"{name.stem}."):
-                    # Not named after its input (speech.mp3 of each request of an
-                    # HTTP API batch made before batches had a unit): in a folder of
-                    # the input's name, so inputs never collide.
-                    wanted.append((ref.key, folder / name.name / file))
-                    continue
-                if whole_name:
-                    file = name.name + file.removeprefix(name.stem)
-                wanted.append((ref.key, folder / file))
-        return wanted
 
     def item_errors(self, job: str | JobRecord) -> list[dict[str, Any]]:
         """The failed items of a job that succeeded in part (generate's prompt lines),
@@ -811,60 +477,3 @@ class Stoker:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _final(batch: JobRecord) -> bool:
-    """Whether ``batch`` is an OpenAI batch (submit_batch(retriable=False)), whose
-    output and error files are final once written: it and its jobs are never retried."""
-    return batch.kind == BATCH_KIND and batch.params.get("retriable") is False
-
-
-def _not_retriable(record: JobRecord) -> str | None:
-    """Why ``record`` cannot be retried by state, as the end of a sentence; None if it can."""
-    if record.state in (JobState.FAILED, JobState.CANCELLED):
-        return None
-    if record.state is JobState.SUCCEEDED:
-        return (
-            "succeeded; its outputs are ready (`stoker get`). Items that failed inside it "
-            "(lines in errors.jsonl) can be submitted again as a new job."
-        )
-    return (
-        f"is {record.state.value}; only a failed or cancelled job can be retried (if no "
-        f"worker will run it any more, `stoker cancel {record.id}` first)."
-    )
-
-
-def _beside(name: str, file: str) -> str:
-    """Where output ``file`` of the line named ``name`` goes: as it is when named after
-    the line (``doors-open.mp3``), else in a folder of its name (``00007/image-00.png``)."""
-    return file if file.startswith(f"{name}.") else f"{name}/{file}"
-
-
-def _relative_name(kid: JobRecord) -> Path:
-    """Where a batch's input ``kid`` goes under a download folder: its name, a relative
-    path (a recording's under the folder submitted), or its id if the name would lead
-    out of the folder."""
-    name = Path(str(kid.params.get("name") or kid.id))
-    if name.is_absolute() or ".." in name.parts or not name.name:
-        return Path(kid.id)
-    return name
-
-
-def _after_id(exc: InvalidInput, record: JobRecord) -> str:
-    """The reason in ``exc`` ("job ID <reason>") without its subject."""
-    return str(exc).removeprefix(f"job {record.id} ")
-
-
-def _nothing_kept(record: JobRecord) -> str:
-    """Why a failed job has no chunk payloads kept, as the end of a sentence."""
-    why = f" ({record.error.message})" if record.error else ""
-    return (
-        f"has no chunks kept to run again: it was refused at submission{why}, or "
-        f"submitted by a stoker older than retries; submit it again."
-    )
-
-
-def _remaining(records: list[JobRecord], without: Collection[str]) -> list[JobRecord]:
-    """``records`` less the jobs in ``without`` and the children of batches in it."""
-    gone = set(without)
-    return [r for r in records if r.id not in gone and r.parent not in gone]
