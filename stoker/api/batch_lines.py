@@ -151,12 +151,12 @@ def _points_at_files(adapter: Adapter, options: Options) -> bool:
 def line_files(kid: JobRecord, custom_id: str | None, out_dir: Path) -> list[tuple[str, Path]]:
     """(key, file) of a line's outputs in a folder named after its custom_id: an
     OpenAI batch names its requests by custom_id only. A custom_id that cannot be a
-    folder's name (a slash, a space, over 100 characters) gives ``_00007``, the
-    request's position, which no custom_id that can be one matches."""
-    if custom_id is not None and re.fullmatch(NAME_PATTERN, custom_id):
-        folder = custom_id
-    else:
-        folder = f"_{(kid.parent_index or 0) + 1:05d}"
+    folder's name (a slash, a space, over 100 characters, the name of the output or
+    error file beside it) gives ``_00007``, the request's position, which no
+    custom_id that can be one matches."""
+    folder = f"_{(kid.parent_index or 0) + 1:05d}"
+    if custom_id and re.fullmatch(NAME_PATTERN, custom_id):
+        folder = folder if custom_id in (OUTPUT_NAME, ERRORS_NAME) else custom_id
     return [
         (ref.key, out_dir / folder / ref.name)
         for ref in kid.outputs

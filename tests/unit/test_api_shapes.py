@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from stoker.api.batch_lines import line_files
 from stoker.api.openai_shapes import ADAPTERS, adapter_for
 from stoker.errors import InvalidInput
 from stoker.queues.records import JobRecord, JobState, OutputRef
@@ -231,3 +233,22 @@ def test_verbose_json_is_openais_shape_with_words_when_asked() -> None:
         {**asked, "timestamp_granularities": ["word"]}
     )
     assert request["word_timestamps"] is True and request["formats"] == ["txt", "json"]
+
+
+def test_a_batch_lines_files_go_in_a_folder_of_its_custom_id_when_that_can_be_a_name() -> None:
+    refs = [
+        OutputRef(name=name, key=f"jobs/j/{name}", size_bytes=1, content_type="x", partial=part)
+        for name, part in (("speech.mp3", False), ("manifest.json", False), ("c0", True))
+    ]
+    kid = JobRecord(id="j", kind="speak", state=JobState.SUCCEEDED, outputs=refs, parent_index=6)
+    out = Path("out")
+    # A custom_id that can be a folder's name names it; only the finished outputs go
+    assert line_files(kid, "intro-1.v2", out) == [
+        ("jobs/j/speech.mp3", out / "intro-1.v2" / "speech.mp3")
+    ]
+    # One that cannot (a path, a space, none, the output or error file's own name)
+    # gives the request's position, which starts with a character no name starts with
+    for custom_id in ("a/b", "..", "two words", None, "x" * 101, "output.jsonl", "errors.jsonl"):
+        assert line_files(kid, custom_id, out) == [
+            ("jobs/j/speech.mp3", out / "_00007" / "speech.mp3")
+        ]
