@@ -25,11 +25,17 @@ PromptsOpt = Annotated[
 MessagesOpt = Annotated[
     Path | None, typer.Option("--messages", help="JSON file: a chat messages list.")
 ]
+SystemOpt = Annotated[
+    str | None,
+    typer.Option(help="A system message for every prompt; each is then answered as a chat."),
+]
 ModelOpt = Annotated[str, typer.Option(help="GGUF model name (`stoker models`) or .gguf path.")]
 MaxTokensOpt = Annotated[int, typer.Option(help="Tokens to generate, at most, per prompt.")]
 TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")]
 TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
 TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest tokens; 0 = all.")]
+MinPOpt = Annotated[float, typer.Option(help="Drop tokens less likely than this × the likeliest.")]
+RepeatOpt = Annotated[float, typer.Option(help="Penalty on repeated tokens; 1 = none.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed, for repeatable output.")]
 StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop text (repeatable).")]
 SchemaOpt = Annotated[Path | None, typer.Option(help="JSON Schema file the output must match.")]
@@ -53,16 +59,19 @@ def _read_json(path: Path, what: str) -> Any:
         raise InvalidInput(f"{what} {path} is not valid JSON: {exc}.") from exc
 
 
-def _source(prompt: str | None, prompts: Path | None, messages: Path | None) -> dict[str, Any]:
+def _source(
+    prompt: str | None, prompts: Path | None, messages: Path | None, system: str | None
+) -> dict[str, Any]:
     given = [x for x in (prompt, prompts, messages) if x is not None]
     if len(given) != 1:
         raise InvalidInput("give exactly one of --prompt, --prompts FILE or --messages FILE.")
+    with_system = {} if system is None else {"system": system}
     if prompt is not None:
-        return {"prompt": prompt}
+        return {"prompt": prompt, **with_system}
     if prompts is not None:
-        return {"prompts": _read(prompts, "--prompts")}
+        return {"prompts": _read(prompts, "--prompts"), **with_system}
     assert messages is not None
-    return {"messages": _read_json(messages, "--messages")}
+    return {"messages": _read_json(messages, "--messages"), **with_system}
 
 
 def _request(
@@ -84,13 +93,23 @@ def _request(
 
 
 def _sampling(
-    max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: Any
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    repeat_penalty: float,
+    seed: int | None,
+    stop: Any,
 ) -> dict[str, Any]:
+    """The job's sampling options (jobs/prompts.Sampling)."""
     return {
         "max_tokens": max_tokens,
         "temperature": temperature,
         "top_p": top_p,
         "top_k": top_k,
+        "min_p": min_p,
+        "repeat_penalty": repeat_penalty,
         "seed": seed,
         "stop": list(stop or []),
     }
@@ -102,11 +121,14 @@ def submit_generate(
     prompt: PromptOpt = None,
     prompts: PromptsOpt = None,
     messages: MessagesOpt = None,
+    system: SystemOpt = None,
     model: ModelOpt = "gemma-3-270m",
     max_tokens: MaxTokensOpt = 256,
     temperature: TemperatureOpt = 0.8,
     top_p: TopPOpt = 0.95,
     top_k: TopKOpt = 40,
+    min_p: MinPOpt = 0.05,
+    repeat_penalty: RepeatOpt = 1.0,
     seed: SeedOpt = None,
     stop: StopOpt = None,
     json_schema: SchemaOpt = None,
@@ -115,8 +137,8 @@ def submit_generate(
     priority: PriorityOpt = "normal",
 ) -> None:
     """Queue prompts for a GGUF model; results.jsonl (and result.json for one prompt)."""
-    sampling = _sampling(max_tokens, temperature, top_p, top_k, seed, stop)
-    source = _source(prompt, prompts, messages)
+    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
+    source = _source(prompt, prompts, messages, system)
     submit_job(
         ctx, "generate", _request(source, model, sampling, json_schema, grammar, n_ctx), priority
     )
@@ -128,11 +150,14 @@ def run_generate(
     prompt: PromptOpt = None,
     prompts: PromptsOpt = None,
     messages: MessagesOpt = None,
+    system: SystemOpt = None,
     model: ModelOpt = "gemma-3-270m",
     max_tokens: MaxTokensOpt = 256,
     temperature: TemperatureOpt = 0.8,
     top_p: TopPOpt = 0.95,
     top_k: TopKOpt = 40,
+    min_p: MinPOpt = 0.05,
+    repeat_penalty: RepeatOpt = 1.0,
     seed: SeedOpt = None,
     stop: StopOpt = None,
     json_schema: SchemaOpt = None,
@@ -142,7 +167,7 @@ def run_generate(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Generate here with an in-process worker; results go to --out."""
-    sampling = _sampling(max_tokens, temperature, top_p, top_k, seed, stop)
-    source = _source(prompt, prompts, messages)
+    sampling = _sampling(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
+    source = _source(prompt, prompts, messages, system)
     request = _request(source, model, sampling, json_schema, grammar, n_ctx)
     run_job(ctx, "generate", request, out, device)

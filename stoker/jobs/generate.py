@@ -55,6 +55,11 @@ class GenerateRequest(prompts.Sampling):
     prompts: str | None = Field(default=None, description="a JSONL prompt file's text")
     model: str = Field(default=DEFAULT_MODEL, description="catalog name of a GGUF model")
     n_ctx: int | None = Field(default=None, ge=64, le=262_144, description="context tokens")
+    system: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a system message for every prompt, each then answered as a chat",
+    )
 
 
 def _request_lines(req: GenerateRequest) -> str:
@@ -95,17 +100,19 @@ class GenerateCapability:
     def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
         req: GenerateRequest = parse_request(request, GenerateRequest)
         mode = _mode(req)
+        if mode == "prompt" and req.system is not None:
+            mode = "messages"  # answered as chat.completion, a message per prompt
         max_bytes = ctx.settings.max_text_bytes
         text = req.prompts if req.prompts is not None else _request_lines(req)
         sampling = _sampling(req)
         if mode == "prompts":
-            count = len(prompts.parse_file(text, sampling, max_bytes))
+            count = len(prompts.parse_file(text, sampling, max_bytes, req.system))
         else:
             # A request's prompts fail it as a whole: the caller (an API client) asked
             # for one answer, not a results file with error lines.
             lines = prompts.split_lines(text)
             for i, (line_no, raw) in enumerate(lines):
-                item = prompts.parse_line(i, line_no, raw, sampling, max_bytes)
+                item = prompts.parse_line(i, line_no, raw, sampling, max_bytes, req.system)
                 if isinstance(item, prompts.LineError):
                     raise InvalidInput(request_error(item.message, len(lines)))
             count = len(lines)
@@ -127,6 +134,9 @@ class GenerateCapability:
             "max_prompt_bytes": max_bytes,
             "request_id": uuid.uuid4().hex,
         }
+        # Only when given: the chunks of a job without one keep the identity they had.
+        system = {"system": req.system} if req.system is not None else {}
+        params |= system
         lines = prompts.split_lines(text)
         chunks = []
         for first in range(0, len(lines), CHUNK_LINES):
@@ -140,6 +150,7 @@ class GenerateCapability:
                         "max_prompt_bytes": max_bytes,
                         "first": first,
                         "lines": hashlib.sha256(part.encode("utf-8")).hexdigest(),
+                        **system,
                     },
                 )
             )
@@ -157,7 +168,12 @@ class GenerateCapability:
             if ctx.should_stop():
                 raise JobCancelled("the job was cancelled between two prompts")
             item = prompts.parse_line(
-                first + offset, line_no, raw, defaults, params["max_prompt_bytes"]
+                first + offset,
+                line_no,
+                raw,
+                defaults,
+                params["max_prompt_bytes"],
+                params.get("system"),
             )
             if isinstance(item, prompts.LineError):
                 result = item.to_json()

@@ -221,12 +221,18 @@ def _endpoint(line: dict[str, Any]) -> str:
 
 
 def parse_line(
-    index: int, line_no: int, raw: str, defaults: Sampling, max_bytes: int
+    index: int,
+    line_no: int,
+    raw: str,
+    defaults: Sampling,
+    max_bytes: int,
+    system: str | None = None,
 ) -> PromptItem | LineError:
     """The item on one line of a prompt file, or why it cannot run.
 
     ``defaults`` are the job's sampling options; ``max_bytes`` caps a prompt's (or the
-    messages' total) UTF-8 size.
+    messages' total) UTF-8 size. With the job's ``system`` message every line is a
+    chat (:func:`with_system`).
     """
     custom_id: str | None = None
     try:
@@ -244,6 +250,9 @@ def parse_line(
         overrides = line.model_dump(exclude_none=True, exclude={"custom_id", "prompt", "messages"})
         sampling = Sampling.model_validate({**defaults.model_dump(), **overrides})
         messages = [{"role": m.role, "content": m.text()} for m in line.messages or []]
+        prompt = line.prompt
+        if system is not None:
+            prompt, messages = None, with_system(system, line.prompt, messages)
     except ValidationError as exc:
         return LineError(
             index, line_no, custom_id, "invalid_line", f"line {line_no}: {_first_error(exc)}"
@@ -258,7 +267,7 @@ def parse_line(
         )
     except (ValueError, InvalidInput) as exc:
         return LineError(index, line_no, custom_id, "invalid_line", f"line {line_no}: {exc}")
-    size = len((line.prompt or "").encode()) + sum(len(m["content"].encode()) for m in messages)
+    size = len((prompt or "").encode()) + sum(len(m["content"].encode()) for m in messages)
     if size > max_bytes:
         return LineError(
             index,
@@ -268,16 +277,32 @@ def parse_line(
             f"line {line_no}: the prompt is {size} bytes, over the {max_bytes}-byte limit "
             f"(max_text_bytes); shorten it or split it into several lines",
         )
-    return PromptItem(index, line_no, custom_id, line.prompt, messages or None, sampling)
+    return PromptItem(index, line_no, custom_id, prompt, messages or None, sampling)
 
 
-def parse_file(text: str, defaults: Sampling, max_bytes: int) -> list[PromptItem | LineError]:
-    """Every non-blank line of a prompt file, parsed. Raises InvalidInput when the file
-    has no lines, or when every line is malformed (naming the first few)."""
+def with_system(
+    system: str, prompt: str | None, messages: list[dict[str, str]]
+) -> list[dict[str, str]]:
+    """A line as a chat under the job's system message: its prompt as the user's
+    message, or its messages after the system message unless they open with their
+    own (a line is more particular than its job, as its sampling overrides are)."""
+    if prompt is not None:
+        return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    if messages and messages[0]["role"] in ("system", "developer"):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
+def parse_file(
+    text: str, defaults: Sampling, max_bytes: int, system: str | None = None
+) -> list[PromptItem | LineError]:
+    """Every non-blank line of a prompt file, parsed (:func:`parse_line`). Raises
+    InvalidInput when the file has no lines, or when every line is malformed (naming
+    the first few)."""
     lines = split_lines(text)
     if not lines:
         raise InvalidInput("the prompt file is empty; give one JSON object per line.")
-    items = [parse_line(i, n, raw, defaults, max_bytes) for i, (n, raw) in enumerate(lines)]
+    items = [parse_line(i, n, raw, defaults, max_bytes, system) for i, (n, raw) in enumerate(lines)]
     errors = [item for item in items if isinstance(item, LineError)]
     if len(errors) == len(items):
         shown = "; ".join(e.message for e in errors[:3])

@@ -146,3 +146,30 @@ def test_run_generate_prints_a_failed_prompt_once(data_dir: Path, tmp_path: Path
     assert result.returncode == 1
     assert result.stderr.count("over the context of") == 1, result.stderr
     assert "error: job job_" in result.stderr and "line 1" not in result.stderr
+
+
+def test_run_generate_with_a_system_message_answers_each_prompt_as_a_chat(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Given one prompt and a system message, on the packaged Gemma 270M (a base model:
+    no chat template of its own)
+    When `stoker run generate --prompt ... --system ...` runs
+    Then result.json is a chat.completion, answered through the fallback transcript
+    (tests/unit/test_generate_prompts.py shows what it holds), and the job keeps the
+    system message and the sampling options given."""
+    out = tmp_path / "out"
+    result = stoker(
+        "run", "generate", "--prompt", "Name a colour.", "--system", "Answer in one word.",
+        "--max-tokens", "4", "--seed", "1", "--repeat-penalty", "1.1", "--out", str(out),
+        data_dir=data_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = json.loads((out / "result.json").read_text())
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    (line,) = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert line["chat_template"] == "fallback"
+    with Stoker(load_settings(data_dir=data_dir)) as client:
+        [job] = client.jobs()
+    assert job.params["system"] == "Answer in one word."
+    assert job.params["sampling"]["repeat_penalty"] == 1.1

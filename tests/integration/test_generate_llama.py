@@ -10,7 +10,9 @@ import pytest
 
 from stoker.config import ModelEntry, Settings
 from stoker.errors import ModelLoadError
+from stoker.jobs.base import PrepareContext
 from stoker.jobs.completions import run_item
+from stoker.jobs.generate import GenerateCapability
 from stoker.jobs.prompts import PromptItem, Sampling
 from stoker.workers.catalog import ModelCatalog, ModelSpec
 from stoker.workers.loaders.llama import LlamaLoader
@@ -252,3 +254,26 @@ def test_messages_the_chat_template_refuses_fail_that_line_only(
     assert "Conversation roles must alternate" in failed["error"]["message"]
     fine = run_item(model, item(sampling, messages=twice[:1]))
     assert fine["message"]["role"] == "assistant"
+
+
+def test_a_system_message_is_part_of_each_chunks_identity(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """Given the same prompt with no system message, with one, and with another
+    When each is prepared
+    Then their chunks differ, so a chunk answered under one is never reused for
+    another, and a job without one keeps the identity it had before there were any."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        models={"tiny": ModelEntry(backend="llama", path=models["tiny"])},
+    )
+    ctx = PrepareContext(settings, ModelCatalog(settings))
+    request = {"model": "tiny", "prompt": "Hi"}
+    plain, terse, french = (
+        GenerateCapability().prepare(request | system, ctx)
+        for system in ({}, {"system": "Be terse."}, {"system": "Answer in French."})
+    )
+    assert "system" not in plain.chunks[0].identity and "system" not in plain.params
+    assert (terse.params["system"], terse.params["mode"]) == ("Be terse.", "messages")
+    identities = [json.dumps(p.chunks[0].identity, sort_keys=True) for p in (plain, terse, french)]
+    assert len(set(identities)) == 3

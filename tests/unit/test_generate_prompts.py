@@ -175,3 +175,30 @@ def test_a_list_of_prompts_answers_one_choice_each_with_usage_summed() -> None:
     body = openai_response({"mode": "prompt", "model": "m", "request_id": "r"}, lines, 10)
     assert [(c["index"], c["text"]) for c in body["choices"]] == [(0, "a"), (1, "b")]
     assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}
+
+
+def test_a_jobs_system_message_makes_every_line_a_chat_unless_it_has_its_own() -> None:
+    """Given a prompt line, a chat line, and a chat line that opens with its own system
+    When the file is parsed with the job's system message
+    Then the prompt is the user's turn after it, the chat gets it first, and the line's
+    own system message is kept: a line is more particular than its job."""
+    own = {"role": "system", "content": "Answer in French."}
+    text = "\n".join(
+        json.dumps(line)
+        for line in (
+            {"prompt": "Hi"},
+            {"messages": [{"role": "user", "content": "Yo"}]},
+            {"messages": [own, {"role": "user", "content": "Yo"}]},
+        )
+    )
+    items = parse_file(text, DEFAULTS, 1000, system="Be terse.")
+    assert all(isinstance(i, PromptItem) and i.prompt is None for i in items)
+    system = {"role": "system", "content": "Be terse."}
+    assert [i.messages for i in items if isinstance(i, PromptItem)] == [
+        [system, {"role": "user", "content": "Hi"}],
+        [system, {"role": "user", "content": "Yo"}],
+        [own, {"role": "user", "content": "Yo"}],
+    ]
+    # And the system message counts towards a line's size
+    too_big = parse_line(0, 1, '{"prompt": "Hi"}', DEFAULTS, 100, system="x" * 100)
+    assert isinstance(too_big, LineError) and too_big.code == "too_large"
