@@ -25,6 +25,10 @@ ModelOpt = Annotated[
 ]
 FormatOpt = Annotated[str, typer.Option("--format", help="jsonl, parquet or npy.")]
 NormalizeOpt = Annotated[bool, typer.Option("--normalize", help="Unit-length vectors.")]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option(help="Text before every text, as retrieval models ask (E5: 'query: ')."),
+]
 
 
 def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
@@ -90,10 +94,13 @@ def _request(
     model: str | None,
     fmt: str,
     normalize: bool,
+    prompt: str | None,
 ) -> dict[str, Any]:
     if (text is None) == (file is None):
         raise InvalidInput("give exactly one of --text or --file.")
     request: dict[str, Any] = {"model": model, "format": fmt, "normalize": normalize}
+    if prompt is not None:
+        request["prompt"] = prompt
     if text is not None:
         return request | {"text": text}
     assert file is not None
@@ -109,10 +116,11 @@ def submit_embed(
     model: ModelOpt = None,
     fmt: FormatOpt = "jsonl",
     normalize: NormalizeOpt = False,
+    prompt: PromptOpt = None,
     priority: PriorityOpt = "normal",
 ) -> None:
     """Queue texts to be embedded as vectors."""
-    submit_job(ctx, "embed", _request(ctx, text, file, model, fmt, normalize), priority)
+    submit_job(ctx, "embed", _request(ctx, text, file, model, fmt, normalize, prompt), priority)
 
 
 @run_app.command("embed")
@@ -123,8 +131,9 @@ def run_embed(
     model: ModelOpt = None,
     fmt: FormatOpt = "jsonl",
     normalize: NormalizeOpt = False,
+    prompt: PromptOpt = None,
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
     """Embed texts on this machine and write the vectors to --out."""
-    run_job(ctx, "embed", _request(ctx, text, file, model, fmt, normalize), out, device)
+    run_job(ctx, "embed", _request(ctx, text, file, model, fmt, normalize, prompt), out, device)

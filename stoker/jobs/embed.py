@@ -80,6 +80,9 @@ class EmbedRequest(BaseModel):
     format: Format = "jsonl"
     # How many texts the model encodes at once; bigger uses more memory.
     batch_size: int = Field(default=ENCODE_BATCH, ge=1, le=1024)
+    # Retrieval models are trained with one before each text ("query: " for E5's
+    # queries); sentence-transformers' encode(prompt=) puts it there.
+    prompt: str | None = Field(default=None, min_length=1, max_length=1000)
 
     @model_validator(mode="after")
     def _one_input(self) -> EmbedRequest:
@@ -138,6 +141,10 @@ def pack(texts: list[str]) -> list[tuple[int, int]]:
     return ranges
 
 
+#: One chunk of a batched call: its job's params, its payload and its context.
+EmbedItem = tuple[dict[str, Any], dict[str, Any], ChunkContext]
+
+
 class EmbedCapability:
     kind: str = "embed"
     backend: str | None = "sentence-transformers"
@@ -154,6 +161,8 @@ class EmbedCapability:
         ids = check_texts(texts, req.ids, ctx.settings.max_text_bytes)
         name = req.model or ctx.settings.default_embed_model
         spec = ctx.catalog.get(name, backend=self.backend)
+        # Only when given: the chunks of a job without one keep the identity they had.
+        prompt = {} if req.prompt is None else {"prompt": req.prompt}
         chunks = [
             ChunkPlan(
                 payload={"texts": texts[a:b]},
@@ -161,6 +170,7 @@ class EmbedCapability:
                     "model": spec.fingerprint,
                     "normalize": req.normalize,
                     "texts": texts[a:b],
+                    **prompt,
                 },
             )
             for a, b in pack(texts)
@@ -171,6 +181,7 @@ class EmbedCapability:
             "format": req.format,
             "batch_size": req.batch_size,
             "count": len(texts),
+            **prompt,
         }
         # Ids stay out of the messages; they are only needed by assembly.
         uploads = _place_ids(params, None if req.ids is None else ids)
@@ -181,27 +192,29 @@ class EmbedCapability:
     ) -> None:
         self.run_chunks(model, [(params, payload, ctx)])
 
-    def run_chunks(
-        self, model: Any, items: list[tuple[dict[str, Any], dict[str, Any], ChunkContext]]
-    ) -> None:
-        """Encode the texts of every item in one call per ``normalize`` setting.
+    def run_chunks(self, model: Any, items: list[EmbedItem]) -> None:
+        """Encode the texts of every item in one call per ``normalize`` and ``prompt``
+        setting (most jobs share one).
 
         All ``items`` share ``model``. Each item's vectors go to its ``ctx.out``.
         """
         numpy = _import_numpy()
-        for normalize in (False, True):
-            group = [it for it in items if bool(it[0]["normalize"]) is normalize]
-            if not group:
-                continue
+        groups: dict[tuple[bool, str | None], list[EmbedItem]] = {}
+        for item in items:
+            params = item[0]
+            groups.setdefault((bool(params["normalize"]), params.get("prompt")), []).append(item)
+        for (normalize, prompt), group in groups.items():
             texts = [t for _, payload, _ in group for t in payload["texts"]]
             vectors = model.encode(
                 texts,
+                prompt=prompt,
                 batch_size=max(int(p.get("batch_size", ENCODE_BATCH)) for p, _, _ in group),
                 normalize_embeddings=normalize,
                 convert_to_numpy=True,
                 show_progress_bar=False,
             ).astype(numpy.float32, copy=False)
-            tokens = token_counts(model, texts)
+            # What the model read: encode puts the prompt before each text.
+            tokens = token_counts(model, [(prompt or "") + t for t in texts])
             start = 0
             for _, payload, ctx in group:
                 end = start + len(payload["texts"])
@@ -217,6 +230,7 @@ class EmbedCapability:
         fmt = params["format"]
         meta = {"count": len(vectors), "dimensions": int(vectors.shape[1])}
         meta |= {"model": params["model"], "normalized": params["normalize"]}
+        meta |= {"prompt": params["prompt"]} if params.get("prompt") else {}
         meta["tokens"] = sum(tokens)
         # One chunk's worth is a few hundred KB at most: built in memory.
         name = f"embeddings.{fmt}"

