@@ -300,7 +300,7 @@ EMBEDDING_ENCODINGS = ("float", "base64")
 
 EMBEDDING_FIELDS = EndpointFields(
     "/v1/embeddings",
-    used=frozenset({"input", "model", "encoding_format", "normalize"}),
+    used=frozenset({"input", "model", "encoding_format", "normalize", "prompt"}),
     ignored=frozenset({"user"}),
     refused={
         "dimensions": (
@@ -321,8 +321,8 @@ def embeddings_request(body: dict[str, Any]) -> dict[str, Any]:
         )
     embeddings_options(body)
     request: dict[str, Any] = {"texts": texts, "format": "jsonl", **local_model(body)}
-    if body.get("normalize") is not None:  # stoker's own: unit-length vectors
-        request["normalize"] = body["normalize"]
+    # stoker's own (the embed request's): unit-length vectors, a retrieval prefix
+    request |= {k: body[k] for k in ("normalize", "prompt") if body.get(k) is not None}
     return request
 
 

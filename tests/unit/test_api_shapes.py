@@ -181,11 +181,12 @@ def test_fields_that_ask_for_nothing_or_change_nothing_here_are_accepted() -> No
     assert ADAPTERS["/v1/audio/speech"].to_request(speech) == {"text": "Hi.", "format": "mp3"}
     heard = {"file": "f", "temperature": 0, "timestamp_granularities": ["segment"]}
     assert ADAPTERS["/v1/audio/transcriptions"].to_request(heard)["path"] == "f"
-    embed = {"input": ["a"], "user": "u", "normalize": True}
+    embed = {"input": ["a"], "user": "u", "normalize": True, "prompt": "query: "}
     assert ADAPTERS["/v1/embeddings"].to_request(embed) == {
         "texts": ["a"],
         "format": "jsonl",
         "normalize": True,
+        "prompt": "query: ",
     }
 
 
