@@ -20,7 +20,11 @@ from stoker.errors import InvalidInput
 
 PromptOpt = Annotated[str | None, typer.Option("--prompt", help="One prompt (completion).")]
 PromptsOpt = Annotated[
-    Path | None, typer.Option("--prompts", help='JSONL: one {"prompt"} or {"messages"} a line.')
+    Path | None,
+    typer.Option(
+        "--prompts",
+        help='JSONL: one {"prompt"} or {"messages"} a line; or a .txt file, a prompt a line.',
+    ),
 ]
 MessagesOpt = Annotated[
     Path | None, typer.Option("--messages", help="JSON file: a chat messages list.")
@@ -59,6 +63,18 @@ def _read_json(path: Path, what: str) -> Any:
         raise InvalidInput(f"{what} {path} is not valid JSON: {exc}.") from exc
 
 
+def _prompt_lines(path: Path) -> str:
+    """A prompt file as the job takes it, JSONL: a ``.txt`` file holds a prompt per
+    non-blank line (as image's --prompts reads one), made a ``{"prompt"}`` line each;
+    any other file is JSONL already. Blank lines stay, so each keeps its number."""
+    text = _read(path, "--prompts")
+    if path.suffix.lower() != ".txt":
+        return text
+    return "\n".join(
+        json.dumps({"prompt": line.strip()}) if line.strip() else "" for line in text.splitlines()
+    )
+
+
 def _source(
     prompt: str | None, prompts: Path | None, messages: Path | None, system: str | None
 ) -> dict[str, Any]:
@@ -69,7 +85,7 @@ def _source(
     if prompt is not None:
         return {"prompt": prompt, **with_system}
     if prompts is not None:
-        return {"prompts": _read(prompts, "--prompts"), **with_system}
+        return {"prompts": _prompt_lines(prompts), **with_system}
     assert messages is not None
     return {"messages": _read_json(messages, "--messages"), **with_system}
 

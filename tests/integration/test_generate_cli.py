@@ -173,3 +173,33 @@ def test_run_generate_with_a_system_message_answers_each_prompt_as_a_chat(
         [job] = client.jobs()
     assert job.params["system"] == "Answer in one word."
     assert job.params["sampling"]["repeat_penalty"] == 1.1
+
+
+def test_run_generate_reads_a_txt_file_as_a_prompt_per_line(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Given a .txt prompt file: two prompts, a blank line, and a line that looks like
+    JSON (in a .txt file it is a prompt like any other)
+    When `stoker run generate --prompts prompts.txt` runs it
+    Then each non-blank line is a prompt, answered in order, and none failed."""
+    model = write_tiny_llama(tmp_path / "tiny.gguf")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('Once upon a time\n\n{"prompt": oops}\n  The sea  \n')
+    out = tmp_path / "out"
+    result = stoker(
+        "run", "generate", "--model", str(model), "--prompts", str(prompts),
+        "--max-tokens", "4", "--out", str(out), data_dir=data_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [x["index"] for x in lines] == [0, 1, 2]
+    assert all("text" in x and "error" not in x for x in lines)
+    assert not (out / "errors.jsonl").exists()
+    # And the job's input is the JSONL the .txt stands for, each line its own prompt
+    with Stoker(load_settings(data_dir=data_dir)) as client:
+        [job] = client.jobs()
+        [key] = job.inputs
+        stored = client.storage.get_bytes(key).decode().splitlines()
+    assert [json.loads(x)["prompt"] for x in stored if x] == [
+        "Once upon a time", '{"prompt": oops}', "The sea"
+    ]  # fmt: skip
