@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -74,14 +75,8 @@ def test_run_generate_says_which_lines_failed(data_dir: Path, tmp_path: Path) ->
     When `stoker run generate` runs it, then `stoker status` shows the job
     Then the run exits 0 with the two results, and both commands warn that 1 of 3
     lines failed, quoting that line's error and naming errors.jsonl."""
-    model = write_tiny_llama(tmp_path / "tiny.gguf")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"prompt": "One"}\n{"prompt": oops}\n{"prompt": "Three"}\n')
-    out = tmp_path / "out"
-    result = stoker(
-        "run", "generate", "--model", str(model), "--prompts", str(prompts),
-        "--max-tokens", "4", "--out", str(out), data_dir=data_dir,
-    )  # fmt: skip
+    prompts = '{"prompt": "One"}\n{"prompt": oops}\n{"prompt": "Three"}\n'
+    result, out = run_tiny(tmp_path / "prompts.jsonl", prompts, data_dir)
     assert result.returncode == 0, result.stderr
     warning = "1 of 3 lines failed (the first: line 2 is not valid JSON"
     assert warning in " ".join(result.stderr.split())
@@ -175,21 +170,13 @@ def test_run_generate_with_a_system_message_answers_each_prompt_as_a_chat(
     assert job.params["sampling"]["repeat_penalty"] == 1.1
 
 
-def test_run_generate_reads_a_txt_file_as_a_prompt_per_line(
-    data_dir: Path, tmp_path: Path
-) -> None:
+def test_run_generate_reads_a_txt_file_as_a_prompt_per_line(data_dir: Path, tmp_path: Path) -> None:
     """Given a .txt prompt file: two prompts, a blank line, and a line that looks like
     JSON (in a .txt file it is a prompt like any other)
     When `stoker run generate --prompts prompts.txt` runs it
     Then each non-blank line is a prompt, answered in order, and none failed."""
-    model = write_tiny_llama(tmp_path / "tiny.gguf")
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text('Once upon a time\n\n{"prompt": oops}\n  The sea  \n')
-    out = tmp_path / "out"
-    result = stoker(
-        "run", "generate", "--model", str(model), "--prompts", str(prompts),
-        "--max-tokens", "4", "--out", str(out), data_dir=data_dir,
-    )  # fmt: skip
+    prompts = 'Once upon a time\n\n{"prompt": oops}\n  The sea  \n'
+    result, out = run_tiny(tmp_path / "prompts.txt", prompts, data_dir)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [x["index"] for x in lines] == [0, 1, 2]
@@ -203,3 +190,18 @@ def test_run_generate_reads_a_txt_file_as_a_prompt_per_line(
     assert [json.loads(x)["prompt"] for x in stored if x] == [
         "Once upon a time", '{"prompt": oops}', "The sea"
     ]  # fmt: skip
+
+
+def run_tiny(
+    prompts: Path, text: str, data_dir: Path
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`stoker run generate --prompts` of ``text`` written to ``prompts``, on a tiny
+    random model, 4 tokens a prompt; the run and its --out folder."""
+    prompts.write_text(text)
+    model = write_tiny_llama(prompts.parent / "tiny.gguf")
+    out = prompts.parent / "out"
+    result = stoker(
+        "run", "generate", "--model", str(model), "--prompts", str(prompts),
+        "--max-tokens", "4", "--out", str(out), data_dir=data_dir,
+    )  # fmt: skip
+    return result, out
