@@ -291,6 +291,8 @@ def parse_request(request: dict[str, Any], model: type[BaseModel]) -> Any:
                 f"{', '.join(model.model_fields)})."
             ) from exc
         value = first.get("input")
+        if first["type"] == "string_too_short" and value == "":
+            raise InvalidInput(f"{where} is empty; give it a value or leave it out.") from exc
         given = ""
         if isinstance(value, int | float | str) and len(repr(value)) <= 40:
             given = f" {value!r}"

@@ -100,3 +100,10 @@ def test_a_request_name_that_could_not_name_a_file_is_refused(name: str) -> None
     with pytest.raises(InvalidInput, match=r"invalid name"):
         parse_request({"prompt": "x", "name": name}, ImageRequest)
     assert parse_request({"prompt": "x", "name": "barn.v2_1-a"}, ImageRequest).name
+
+
+def test_an_empty_string_option_is_named_as_empty() -> None:
+    from stoker.jobs.generate import GenerateRequest
+
+    with pytest.raises(InvalidInput, match=r"^system is empty; give it a value or leave it out"):
+        parse_request({"prompt": "x", "system": ""}, GenerateRequest)
