@@ -157,11 +157,7 @@ def line_files(kid: JobRecord, custom_id: str | None, out_dir: Path) -> list[tup
     folder = f"_{(kid.parent_index or 0) + 1:05d}"
     if custom_id and re.fullmatch(NAME_PATTERN, custom_id):
         folder = folder if custom_id in (OUTPUT_NAME, ERRORS_NAME) else custom_id
-    return [
-        (ref.key, out_dir / folder / ref.name)
-        for ref in kid.outputs
-        if not ref.partial and ref.name != "manifest.json"
-    ]
+    return [(ref.key, out_dir / folder / ref.name) for ref in kid.outputs if ref.is_result]
 
 
 class BatchFileError(InvalidInput):

@@ -128,7 +128,7 @@ def _outputs(record: JobRecord, url_for: UrlFor) -> list[dict[str, Any]]:
             "url": url_for(o.key),
         }
         for o in record.outputs
-        if not o.partial and o.name != "manifest.json"
+        if o.is_result
     ]
 
 

@@ -81,13 +81,13 @@ def _source(
     given = [x for x in (prompt, prompts, messages) if x is not None]
     if len(given) != 1:
         raise InvalidInput("give exactly one of --prompt, --prompts FILE or --messages FILE.")
-    with_system = {} if system is None else {"system": system}
+    system_field = {} if system is None else {"system": system}
     if prompt is not None:
-        return {"prompt": prompt, **with_system}
+        return {"prompt": prompt, **system_field}
     if prompts is not None:
-        return {"prompts": _prompt_lines(prompts), **with_system}
+        return {"prompts": _prompt_lines(prompts), **system_field}
     assert messages is not None
-    return {"messages": _read_json(messages, "--messages"), **with_system}
+    return {"messages": _read_json(messages, "--messages"), **system_field}
 
 
 def _request(

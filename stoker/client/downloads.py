@@ -50,7 +50,7 @@ def children_outputs(client: Stoker, batch: JobRecord, out_dir: Path) -> list[tu
             (ref.key, out_dir / _beside(name.name, ref.name))
             for kid, name in zip(kids, names, strict=True)
             for ref in kid.outputs
-            if not ref.partial and ref.name != "manifest.json"
+            if ref.is_result
         ]
     shared = Counter(name.with_suffix("") for name in names)
     wanted = []
@@ -58,7 +58,7 @@ def children_outputs(client: Stoker, batch: JobRecord, out_dir: Path) -> list[tu
         folder = out_dir / name.parent
         whole_name = shared[name.with_suffix("")] > 1
         for ref in kid.outputs:
-            if ref.partial or ref.name == "manifest.json":
+            if not ref.is_result:
                 continue
             file = ref.name
             if not file.startswith(f"{name.stem}."):

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from stoker.config import Priority
+from stoker.storage.manifest import MANIFEST_NAME
 
 
 class JobState(StrEnum):
@@ -49,6 +50,12 @@ class OutputRef(BaseModel):
     size_bytes: int
     content_type: str
     partial: bool = False  # True for chunk outputs kept from a cancelled job
+
+    @property
+    def is_result(self) -> bool:
+        """One of the job's own results: not a chunk kept from a cancelled run, not
+        the manifest that lists them (what a batch line or a download hands on)."""
+        return not self.partial and self.name != MANIFEST_NAME
 
 
 class JobError(BaseModel):
