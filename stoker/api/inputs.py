@@ -69,4 +69,6 @@ def resolved(state: ApiState, key: ApiKey, params: dict[str, Any]) -> Iterator[d
     name = Path(obj.filename).name or "input"
     with tempfile.TemporaryDirectory(prefix="stoker-api-") as tmp:
         path = state.stoker.storage.download(obj.key, Path(tmp) / name)
-        yield {**params, "path": str(path), "name": params.get("name") or obj.filename}
+        # Saved under its uploaded name (a base name since upload), which a capability
+        # that names its input by the file (transcribe) takes from the path.
+        yield {**params, "path": str(path)}

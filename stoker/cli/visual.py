@@ -51,6 +51,18 @@ HeightOpt = Annotated[int | None, typer.Option("--height", help="Pixels; model d
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random if unset (and recorded).")]
 CountOpt = Annotated[int, typer.Option("--count", help="Images, seeds seed..seed+count-1.")]
 ImageFormatOpt = Annotated[str, typer.Option("--format", help="png or webp.")]
+StartImageOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--image",
+        help="Start from this image (image-to-image): PNG, JPEG or WebP. Its proportions "
+        "at the model's size unless --width/--height say otherwise.",
+    ),
+]
+StrengthOpt = Annotated[
+    float | None,
+    typer.Option("--strength", help="With --image: how far to move from it, 0-1 (default 0.8)."),
+]
 ResolutionOpt = Annotated[
     int | None, typer.Option("--resolution", help="Marching-cubes grid per side (16-192).")
 ]
@@ -114,6 +126,8 @@ def submit_image(
     seed: SeedOpt = None,
     count: CountOpt = 1,
     fmt: ImageFormatOpt = "png",
+    image: StartImageOpt = None,
+    strength: StrengthOpt = None,
     priority: PriorityOpt = "normal",
 ) -> None:
     """Queue images from a prompt, or from each line of a file of them (--prompts).
@@ -129,6 +143,8 @@ def submit_image(
         seed=seed,
         count=count,
         format=fmt,
+        path=None if image is None else str(image),
+        strength=strength,
     )
     submit_with(ctx, _submitter("image", prompt, prompts, request, parse_priority(priority)))
 
@@ -147,6 +163,8 @@ def run_image(
     seed: SeedOpt = None,
     count: CountOpt = 1,
     fmt: ImageFormatOpt = "png",
+    image: StartImageOpt = None,
+    strength: StrengthOpt = None,
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -161,6 +179,8 @@ def run_image(
         seed=seed,
         count=count,
         format=fmt,
+        path=None if image is None else str(image),
+        strength=strength,
     )
     run_with(
         ctx, "image", _submitter("image", prompt, prompts, request, "interactive"), out, device

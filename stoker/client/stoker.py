@@ -261,7 +261,7 @@ class Stoker:
             yield request
             return
         with staged(location, self.settings) as path:
-            yield {**request, "path": str(path), "name": request.get("name") or path.name}
+            yield {**request, "path": str(path)}  # named as the object: ``staged`` keeps its name
 
     def media_under(self, target: str) -> list[tuple[str, str]]:
         """``(name, location)`` of every recording under a folder or an ``s3://`` prefix."""

@@ -9,6 +9,10 @@ or re-encodes them as WebP with the parameters in its EXIF ImageDescription.
 The default size and the size rule come from the pipeline folder's JSON configs, read
 at submission without loading any weights: the UNet's (or transformer's)
 ``sample_size`` × the VAE's scale factor, and multiples of what the pipeline needs.
+
+With ``path``, a job starts from an image instead of noise (image-to-image,
+jobs/start_image.py); its default size is then the starting image's proportions at
+about the model's default area.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from stoker.errors import InvalidInput, JobCancelled, ModelLoadError
+from stoker.jobs import start_image
 from stoker.jobs.base import (
     NAME_PATTERN,
     Artifact,
@@ -34,6 +39,7 @@ from stoker.jobs.base import (
     PrepareContext,
     Prepared,
     StopCheck,
+    SubmitNeed,
     parse_request,
 )
 
@@ -66,6 +72,19 @@ class ImageRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 16, description="None: random")
     count: int = Field(default=1, ge=1, le=16, description="images, seeds seed..seed+count-1")
     format: Literal["png", "webp"] = "png"
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a starting image on the submitting machine (image-to-image): the "
+        "images are made from it, in its proportions unless width and height are given",
+    )
+    strength: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="with path: how far to move from the starting image, 0 to 1 "
+        f"(None: {start_image.DEFAULT_STRENGTH})",
+    )
     # Set by a line of a line file (jobs/line_files.py): the job's name in its batch.
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="its name in a batch")
 
@@ -132,10 +151,14 @@ def pipeline_geometry(spec: ModelSpec, index: dict[str, Any]) -> Geometry:
     return Geometry(width * scale, height * scale, math.lcm(8, scale * patch))
 
 
+def side_bounds(multiple: int) -> tuple[int, int]:
+    """The smallest and largest valid image side, for sides that are multiples of ``multiple``."""
+    return math.ceil(MIN_SIDE / multiple) * multiple, MAX_SIDE // multiple * multiple
+
+
 def check_side(name: str, value: int, multiple: int) -> int:
     """``value`` if it is a valid image side; InvalidInput naming the nearest valid one."""
-    low = math.ceil(MIN_SIDE / multiple) * multiple
-    high = MAX_SIDE // multiple * multiple
+    low, high = side_bounds(multiple)
     nearest = min(max((value + multiple // 2) // multiple * multiple, low), high)
     if value % multiple or not low <= value <= high:
         raise InvalidInput(
@@ -143,6 +166,19 @@ def check_side(name: str, value: int, multiple: int) -> int:
             f"{multiple} from {low} to {high}; the nearest valid {name} is {nearest}."
         )
     return value
+
+
+def start_size(width: int, height: int, geo: Geometry) -> tuple[int, int]:
+    """The size to make images at from a ``width``×``height`` starting image when none is
+    given: about the model's default area (what it was trained at), in the starting
+    image's proportions, each side valid. A 4032×3024 photo on a 512×512 model: 592×440."""
+    scale = math.sqrt(geo.default_width * geo.default_height / (width * height))
+    low, high = side_bounds(geo.multiple)
+
+    def snap(side: float) -> int:
+        return min(max(round(side / geo.multiple) * geo.multiple, low), high)
+
+    return snap(width * scale), snap(height * scale)
 
 
 def check_prompt(prompt: str, limit_bytes: int, field: str = "prompt") -> str:
@@ -178,6 +214,7 @@ class ImageCapability:
     chunk_content_type: str = "image/png"
     work_stage: str = "generate"
     engines: tuple[tuple[str, str], ...] = (("diffusers", "image"), ("torch", "image"))
+    submit_needs = (SubmitNeed("PIL", "pillow", "reading a starting image", always=False),)
 
     def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
         req: ImageRequest = parse_request(request, ImageRequest)
@@ -192,6 +229,22 @@ class ImageCapability:
                 f"model {req.model!r} is a {cls}, which makes 3D meshes; use `stoker submit mesh`."
             )
         geo = pipeline_geometry(spec, index)
+        width, height = geo.default_width, geo.default_height
+        start, strength = None, None
+        uploads: dict[str, Path | bytes] = {}
+        if req.path is not None:
+            path = Path(req.path)
+            start = start_image.read_start_image(path, path.name)
+            width, height = start_size(start.width, start.height, geo)
+            strength = start_image.DEFAULT_STRENGTH if req.strength is None else req.strength
+            start_image.check_steps(req.steps, strength)
+            uploads = {start.key: path}
+        elif req.strength is not None:
+            raise InvalidInput(
+                "strength says how far to move from a starting image; give one with "
+                "--image (path), or leave strength out.",
+                "strength",
+            )
         seed = secrets.randbelow(2**32) if req.seed is None else req.seed
         params: dict[str, Any] = {
             "model": req.model,
@@ -199,27 +252,39 @@ class ImageCapability:
             "negative_prompt": negative,
             "steps": req.steps,
             "guidance_scale": req.guidance_scale,
-            "width": check_side("width", req.width or geo.default_width, geo.multiple),
-            "height": check_side("height", req.height or geo.default_height, geo.multiple),
+            "width": check_side("width", req.width or width, geo.multiple),
+            "height": check_side("height", req.height or height, geo.multiple),
             "seed": seed,
             "count": req.count,
             "format": req.format,
             **({"name": req.name} if req.name else {}),
         }
         look = {k: params[k] for k in IDENTITY_PARAMS}
+        inputs: dict[str, Any] = {}
+        if start is not None:
+            # Only image-to-image jobs carry these, so text-to-image identities (and the
+            # chunks kept under them) stay as they were.
+            params["start"] = {"name": start.name, "sha256": start.sha256, "key": start.key}
+            params["strength"] = strength
+            look.update(start=start.sha256, strength=strength)
+            inputs = {"inputs": [start.key]}
         chunks = [
             ChunkPlan(
-                payload={"seed": seed + i},
+                payload={"seed": seed + i, **inputs},
                 identity={"model": spec.fingerprint, **look, "seed": seed + i},
             )
             for i in range(req.count)
         ]
-        return Prepared(params=params, model=req.model, chunks=chunks)
+        return Prepared(params=params, model=req.model, chunks=chunks, uploads=uploads)
 
     def run_chunk(
         self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
     ) -> None:
-        image = generate_image(model, params, payload["seed"], ctx.should_stop)
+        start = None
+        if "start" in params:
+            path = ctx.inputs[params["start"]["key"]]
+            start = start_image.load_start_image(path, params["width"], params["height"])
+        image = generate_image(model, params, payload["seed"], ctx.should_stop, start)
         image.save(ctx.out, format="PNG", pnginfo=png_info(image_meta(params, payload["seed"])))
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
@@ -242,7 +307,7 @@ IDENTITY_PARAMS = ("prompt", "negative_prompt", "steps", "guidance_scale", "widt
 
 def image_meta(params: dict[str, Any], seed: int) -> dict[str, Any]:
     """The parameters one image was made with: written into the file and the manifest."""
-    return {
+    meta = {
         "prompt": params["prompt"],
         "negative_prompt": params["negative_prompt"],
         "seed": seed,
@@ -251,6 +316,11 @@ def image_meta(params: dict[str, Any], seed: int) -> dict[str, Any]:
         "model": params["model"],
         "size": f"{params['width']}x{params['height']}",
     }
+    if "start" in params:
+        meta["start_image"] = params["start"]["name"]
+        meta["start_image_sha256"] = params["start"]["sha256"]
+        meta["strength"] = params["strength"]
+    return meta
 
 
 def png_info(meta: dict[str, Any]) -> Any:
@@ -275,8 +345,11 @@ def save_webp(png: Path, out: Path, meta: dict[str, Any]) -> None:
         image.save(out, format="WEBP", lossless=True, exif=exif.tobytes())
 
 
-def generate_image(pipe: Any, params: dict[str, Any], seed: int, should_stop: StopCheck) -> Any:
-    """One PIL image from a loaded text-to-image pipeline, seeded with ``seed``.
+def generate_image(
+    pipe: Any, params: dict[str, Any], seed: int, should_stop: StopCheck, start: Any = None
+) -> Any:
+    """One PIL image from a loaded text-to-image pipeline, seeded with ``seed``; from
+    the PIL image ``start`` (already at the job's size) when given.
 
     The torch generator lives on the pipeline's device, so a seed gives the same image
     again on the same device and dtype. Raises JobCancelled when ``should_stop()``
@@ -291,11 +364,15 @@ def generate_image(pipe: Any, params: dict[str, Any], seed: int, should_stop: St
         "prompt": params["prompt"],
         "negative_prompt": params["negative_prompt"],
         "num_inference_steps": params["steps"],
-        "width": params["width"],
-        "height": params["height"],
         "generator": generator,
         "output_type": "pil",
     }
+    if start is None:
+        kwargs.update(width=params["width"], height=params["height"])
+    else:
+        # Image-to-image pipelines take their size from the image itself.
+        pipe = start_image.image_to_image(pipe, params["model"])
+        kwargs.update(image=start, strength=params["strength"])
     if params["guidance_scale"] is not None:
         kwargs["guidance_scale"] = params["guidance_scale"]
     if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:

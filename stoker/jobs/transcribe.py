@@ -10,7 +10,6 @@ absolute times. Assembly concatenates the chunks' segments and renders each form
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,7 @@ from stoker.jobs.base import (
     SubmitNeed,
     parse_request,
 )
-from stoker.storage.keys import content_input_key
+from stoker.storage.keys import content_input_key, file_sha256
 
 Format = Literal["txt", "srt", "vtt", "json"]
 ALL_FORMATS: tuple[Format, ...] = ("txt", "srt", "vtt", "json")
@@ -86,14 +85,6 @@ def _decoder(model: Any, batch_size: int) -> Any:
     from faster_whisper import BatchedInferencePipeline
 
     return BatchedInferencePipeline(model)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class TranscribeCapability:

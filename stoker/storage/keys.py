@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from stoker.errors import InvalidInput
@@ -121,3 +122,12 @@ def content_input_key(digest: str, ext: str) -> str:
     The same recording submitted twice (or by two batches) is stored once.
     """
     return validate_key(f"inputs/{digest[:2]}/{digest}.{ext}")
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of the file at ``path``, read a MiB at a time: its input key's digest."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from stoker.config import load_settings
-from stoker.errors import JobCancelled, ModelLoadError
+from stoker.errors import InvalidInput, JobCancelled, ModelLoadError
 from stoker.jobs.base import AssembleContext, ChunkContext, PrepareContext
 from stoker.jobs.image import EXIF_DESCRIPTION, ImageCapability
 from stoker.jobs.mesh import MeshCapability
+from stoker.jobs.start_image import image_to_image
+from stoker.storage.keys import file_sha256
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.loaders.diffusers import DiffusersLoader
 from tests.diffusers_models import IGNORE_HEUN_WARNING, TinyPipelines, tiny_pipelines
@@ -50,8 +52,9 @@ def run(
     settings = load_settings(data_dir=tmp)
     prepared = cap.prepare(request, PrepareContext(settings, catalog))
     files, notes = [], []
+    inputs = dict(prepared.uploads)  # as the worker's input cache would give them
     for i, plan in enumerate(prepared.chunks):
-        ctx = ChunkContext(tmp / f"chunk{i}.{cap.chunk_ext}", lambda: False)
+        ctx = ChunkContext(tmp / f"chunk{i}.{cap.chunk_ext}", lambda: False, inputs=inputs)
         cap.run_chunk(model, prepared.params, plan.payload, ctx)
         files.append(ctx.out)
         notes.append(ctx.notes)
@@ -124,6 +127,45 @@ def test_a_cancelled_job_stops_between_denoising_steps(
     with pytest.raises(JobCancelled, match="denoising step 2"):
         cap.run_chunk(sd, prepared.params, prepared.chunks[0].payload, ctx)
     assert not ctx.out.exists()
+
+
+def test_images_made_from_a_starting_image_follow_it_and_its_seed(
+    sd: Any, catalog: ModelCatalog, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    # Given two starting images, 128×64, one teal and one a red and white split
+    teal = tmp_path / "teal.png"
+    Image.new("RGB", (128, 64), "teal").save(teal)
+    split = tmp_path / "split.jpg"
+    two = Image.new("RGB", (128, 64), "red")
+    two.paste((255, 255, 255), (64, 0, 128, 64))
+    two.save(split, format="JPEG")
+    request = {**IMAGE, "seed": 7, "strength": 0.5, "steps": 4}
+    [before] = run(ImageCapability(), sd, catalog, tmp_path / "before", {**IMAGE, "seed": 7})
+    # When images are made from them, the first twice
+    a = run(ImageCapability(), sd, catalog, tmp_path / "a", {**request, "path": str(teal)})
+    b = run(ImageCapability(), sd, catalog, tmp_path / "b", {**request, "path": str(teal)})
+    c = run(ImageCapability(), sd, catalog, tmp_path / "c", {**request, "path": str(split)})
+    # Then the same start and seed give the same bytes, another start another image
+    assert a[0].path.read_bytes() == b[0].path.read_bytes() != c[0].path.read_bytes()
+    # And the image has the starting image's proportions, and says what it came from
+    with Image.open(a[0].path) as image:
+        assert image.size == (88, 64)
+        text = dict(image.text)
+    assert text["start_image"] == "teal.png" and text["strength"] == "0.5"
+    assert json.loads(text["parameters"]) == a[0].meta
+    assert a[0].meta["start_image_sha256"] == file_sha256(teal)
+    assert c[0].meta["start_image_sha256"] == file_sha256(split)
+    # And the loaded pipeline they shared makes the same text-to-image image as before
+    [after] = run(ImageCapability(), sd, catalog, tmp_path / "after", {**IMAGE, "seed": 7})
+    assert after.path.read_bytes() == before.path.read_bytes()
+    assert "start_image" not in after.meta
+
+
+def test_a_pipeline_family_without_image_to_image_is_named(shap_e: Any) -> None:
+    with pytest.raises(InvalidInput, match=r"'tiny_shap_e' \(ShapEPipeline\) has no image-to"):
+        image_to_image(shap_e, "tiny_shap_e")
 
 
 @pytest.mark.parametrize("name", ["half_copied_sd", "no_unet_sd"])

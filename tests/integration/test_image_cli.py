@@ -104,6 +104,41 @@ def test_run_image_makes_each_line_of_a_prompt_file_and_refuses_bad_lines_alone(
     assert manifest["request_counts"] == {"total": 4, "completed": 2, "failed": 2}
 
 
+def test_run_image_starts_every_line_from_the_image_given_and_refuses_a_bad_one(
+    tiny: TinyPipelines, data_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    # Given a 128×64 starting image and a file of two prompts
+    start = tmp_path / "sketch.webp"
+    Image.new("RGB", (128, 64), "teal").save(start, format="WEBP")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a lighthouse at dusk\na red barn\n")
+    out = tmp_path / "out"
+    # When `stoker run image --image --strength` makes both from it
+    result = stoker(
+        "run", "image", "--prompts", str(prompts), "--image", str(start), "--strength", "0.5",
+        "--model", str(tiny.image), "--steps", "4", "--seed", "2", "--out", str(out),
+        data_dir=data_dir,
+    )  # fmt: skip
+    # Then both lines' images are at its proportions and name it and the strength
+    assert result.returncode == 0, result.stderr
+    for line in ("00001", "00002"):
+        with Image.open(out / line / "image-00.png") as image:
+            assert image.size == (88, 64)
+            assert image.text["start_image"] == "sketch.webp"  # type: ignore[attr-defined]
+            assert image.text["strength"] == "0.5"  # type: ignore[attr-defined]
+    # And a starting image that is not an image is refused, naming it, before any work
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a picture")
+    refused = stoker(
+        "run", "image", "--prompt", "x", "--image", str(bad), "--model", str(tiny.image),
+        "--out", str(tmp_path / "bad"), data_dir=data_dir,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "error: the starting image notes.png could not be read as an image" in refused.stderr
+
+
 def test_image_needs_one_prompt_or_one_prompt_file(tiny: TinyPipelines, data_dir: Path) -> None:
     neither = stoker("submit", "image", "--model", str(tiny.image), data_dir=data_dir)
     both = stoker(

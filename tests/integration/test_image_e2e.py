@@ -12,7 +12,7 @@ import pytest
 from stoker.client import Stoker
 from stoker.errors import InvalidInput
 from stoker.queues.records import JobState
-from tests.deployment import Deployment
+from tests.deployment import Deployment, can_hide
 from tests.diffusers_models import TinyPipelines, tiny_pipelines
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -156,3 +156,37 @@ def test_prompt_files_become_batches_whose_outputs_download_by_line(
     assert [f["name"] for f in manifest["files"]] == ["00001", "00002", "00004"]
     status = visual.cli("status", image_batch)
     assert "3 lines: 3 succeeded" in status.stdout
+
+
+def test_images_start_from_a_local_file_or_an_s3_object_the_worker_reads_from_storage(
+    visual: Deployment, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    import boto3
+    from PIL import Image
+
+    # Given a starting image on this machine, and the same picture in a bucket
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    start = mine / "sketch.png"
+    Image.new("RGB", (128, 64), "teal").save(start)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3.upload_file(str(start), s3_bucket, "sketches/sketch.png")
+    visual.start_worker("image", hide=mine if can_hide() else None)
+    request = {**IMAGE, "seed": 4, "steps": 4, "strength": 0.5}
+    with Stoker(visual.settings()) as client:
+        # When an image is made from each (the worker, where it can be kept from seeing
+        # this machine's folder, sees neither: it reads the picture from storage)
+        local = client.submit("image", {**request, "path": str(start)})
+        remote = client.submit(
+            "image", {**request, "path": f"s3://{s3_bucket}/sketches/sketch.png"}
+        )
+        done = [client.wait(job.id, timeout_s=120) for job in (local, remote)]
+        # Then both succeed, at the starting image's proportions, naming it
+        for job in done:
+            assert job.state is JobState.SUCCEEDED, job.error
+            text = png_text(client.storage.get_bytes(job.outputs[0].key))
+            assert text["start_image"] == "sketch.png" and text["size"] == "88x64"
+        # And the picture was stored once, by content, and both made the same image
+        assert [k.key for k in client.storage.list("inputs/")] == [local.params["start"]["key"]]
+        images = [client.storage.get_bytes(job.outputs[0].key) for job in done]
+        assert images[0] == images[1]

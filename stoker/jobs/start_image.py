@@ -1,0 +1,107 @@
+"""image's starting image (image-to-image): read and checked at submission, used on the worker.
+
+With ``path`` set, an image job makes its images from that picture instead of from
+noise: the pipeline noises it by ``strength`` (0 keeps it, 1 keeps nothing but its
+colours' layout) and denoises it towards the prompt. The same loaded text-to-image
+pipeline does it: diffusers' ``AutoPipelineForImage2Image.from_pipe`` builds the
+image-to-image pipeline of the same family around the same components, so no second
+copy of the weights is loaded and the model manager's footprint stays true.
+
+The starting image is read whole at submission, so a file that is not an image, or is
+truncated, is refused then and there, naming the file. It is stored once by content,
+as a recording to transcribe is, and its digest is part of each image's identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stoker.errors import InvalidInput, MissingDependency
+from stoker.storage.keys import content_input_key, file_sha256
+
+#: diffusers' own default: how far an image moves from its starting image.
+DEFAULT_STRENGTH = 0.8
+
+
+@dataclass(frozen=True)
+class StartImage:
+    """A starting image as submitted: where it is stored, and its size in pixels."""
+
+    name: str  # the file's name, for metadata and errors
+    sha256: str
+    key: str  # its content-addressed input key (storage/keys.py)
+    width: int
+    height: int
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise MissingDependency("pillow", "image", "Reading a starting image") from exc
+    return Image
+
+
+def read_start_image(path: Path, name: str) -> StartImage:
+    """``path`` checked as an image (decoded whole); InvalidInput naming ``name`` otherwise."""
+    if not path.is_file():
+        raise InvalidInput(f"the starting image {name} does not exist or is not a file.", "path")
+    image_module = _pil()
+    try:
+        with image_module.open(path) as image:
+            image.load()  # decodes every pixel: a truncated file fails here, not on a worker
+            width, height = image.size
+            fmt = (image.format or "bin").lower()
+    except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, ...)
+        raise InvalidInput(
+            f"the starting image {name} could not be read as an image ({exc}); "
+            f"give a PNG, JPEG or WebP file.",
+            "path",
+        ) from exc
+    digest = file_sha256(path)
+    return StartImage(name, digest, content_input_key(digest, fmt), width, height)
+
+
+def check_steps(steps: int, strength: float) -> None:
+    """InvalidInput when ``strength`` leaves no denoising step of ``steps``: diffusers
+    runs ``int(steps × strength)`` of them from a starting image."""
+    if int(steps * strength) >= 1:
+        return
+    needed = math.ceil(1 / strength)
+    while int(needed * strength) < 1:  # float rounding: 1/0.3 → 4 is enough, 3 is not
+        needed += 1
+    raise InvalidInput(
+        f"with strength {strength} and {steps} steps no denoising step runs "
+        f"(a starting image runs steps × strength of them); give --steps {needed} or more, "
+        f"or a higher --strength.",
+        "steps",
+    )
+
+
+def load_start_image(path: Path, width: int, height: int) -> Any:
+    """The starting image as the RGB PIL image of ``width``×``height`` a pipeline takes."""
+    image_module = _pil()
+    with image_module.open(path) as image:
+        rgb = image.convert("RGB")
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), image_module.Resampling.LANCZOS)
+    return rgb
+
+
+def image_to_image(pipe: Any, model: str) -> Any:
+    """The image-to-image pipeline of loaded text-to-image ``pipe``, sharing its
+    components (no weights are copied); InvalidInput when its family has none."""
+    from diffusers import AutoPipelineForImage2Image
+
+    try:
+        return AutoPipelineForImage2Image.from_pipe(pipe)
+    except ValueError as exc:  # "AutoPipeline can't find a pipeline linked to X"
+        raise InvalidInput(
+            f"model {model!r} ({type(pipe).__name__}) has no image-to-image pipeline in "
+            f"diffusers, so it cannot start from an image; leave out --image, or use a "
+            f"Stable Diffusion, SDXL or Flux model.",
+            "path",
+        ) from exc

@@ -1,0 +1,198 @@
+"""image from a starting image: what submission reads, checks and plans, without weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from stoker.config import load_settings
+from stoker.errors import InvalidInput
+from stoker.jobs.base import PrepareContext
+from stoker.jobs.image import Geometry, ImageCapability, start_size
+from stoker.jobs.start_image import check_steps, load_start_image
+from stoker.storage.keys import file_sha256
+from stoker.workers.catalog import ModelCatalog
+from tests.diffusers_models import TinyPipelines, tiny_pipelines
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyPipelines:
+    return tiny_pipelines(tmp_path_factory.getbasetemp() / "diffusers-models")
+
+
+@pytest.fixture()
+def ctx(tiny: TinyPipelines, tmp_path: Path) -> PrepareContext:
+    settings = load_settings(data_dir=tmp_path / "data", models=tiny.models())
+    return PrepareContext(settings, ModelCatalog(settings))
+
+
+def picture(path: Path, size: tuple[int, int], colour: str = "teal", fmt: str = "PNG") -> Path:
+    Image.new("RGB", size, colour).save(path, format=fmt)
+    return path
+
+
+def prepare(ctx: PrepareContext, **request: Any) -> Any:
+    return ImageCapability().prepare({"model": "tiny_sd", "prompt": "a lighthouse", **request}, ctx)
+
+
+@pytest.mark.parametrize(
+    ("start", "geo", "expected"),
+    [
+        ((512, 512), (512, 512, 8), (512, 512)),
+        ((4032, 3024), (512, 512, 8), (592, 440)),  # a phone photo on SD 1.5's size
+        ((3024, 4032), (1024, 1024, 16), (880, 1184)),  # portrait on SDXL's
+        ((128, 64), (64, 64, 8), (88, 64)),  # 45 is under the smallest side, 64
+        ((10_000, 50), (512, 512, 8), (2048, 64)),  # sides stay within what can be made
+    ],
+)
+def test_a_starting_image_keeps_its_proportions_at_about_the_models_area(
+    start: tuple[int, int], geo: tuple[int, int, int], expected: tuple[int, int]
+) -> None:
+    assert start_size(*start, Geometry(*geo)) == expected
+
+
+def test_a_starting_image_is_uploaded_by_content_and_is_part_of_each_images_identity(
+    ctx: PrepareContext, tmp_path: Path
+) -> None:
+    # Given a 128×64 JPEG starting image
+    start = picture(tmp_path / "sketch.jpg", (128, 64), fmt="JPEG")
+    digest = file_sha256(start)
+    # When two images are planned from it
+    prepared = prepare(ctx, path=str(start), count=2, seed=3, strength=0.5)
+    # Then it is uploaded once under its content key, and each chunk reads it
+    key = f"inputs/{digest[:2]}/{digest}.jpeg"
+    assert prepared.uploads == {key: start}
+    assert [c.payload for c in prepared.chunks] == [
+        {"seed": 3, "inputs": [key]},
+        {"seed": 4, "inputs": [key]},
+    ]
+    # And the images are made in its proportions, and the record says from what
+    assert (prepared.params["width"], prepared.params["height"]) == (88, 64)
+    assert prepared.params["start"] == {"name": "sketch.jpg", "sha256": digest, "key": key}
+    assert prepared.params["strength"] == 0.5
+    # And the image and the strength are part of each image's identity
+    identity = prepared.chunks[0].identity
+    assert identity["start"] == digest and identity["strength"] == 0.5
+    other = prepare(ctx, path=str(picture(tmp_path / "b.png", (128, 64), "red")), seed=3)
+    weaker = prepare(ctx, path=str(start), seed=3, strength=0.4)
+    assert len({str(p.chunks[0].identity) for p in (prepared, other, weaker)}) == 3
+
+
+def test_width_and_height_given_win_and_strength_defaults_to_diffusers_own(
+    ctx: PrepareContext, tmp_path: Path
+) -> None:
+    start = picture(tmp_path / "a.png", (128, 64))
+    prepared = prepare(ctx, path=str(start), width=64, height=64)
+    assert (prepared.params["width"], prepared.params["height"]) == (64, 64)
+    assert prepared.params["strength"] == 0.8
+
+
+def test_a_text_to_image_job_keeps_the_identity_it_always_had(ctx: PrepareContext) -> None:
+    prepared = prepare(ctx, seed=1)
+    assert "start" not in prepared.params and "strength" not in prepared.params
+    assert set(prepared.chunks[0].identity) == {
+        "model", "prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed"
+    }  # fmt: skip
+    assert prepared.uploads == {} and prepared.chunks[0].payload == {"seed": 1}
+
+
+def write_truncated_png(path: Path) -> Path:
+    data = picture(path, (64, 64), "navy").read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "request_", "message"),
+    [
+        (None, {"path": "nowhere.png"}, r"starting image nowhere\.png does not exist"),
+        (
+            lambda p: p.write_text("not a picture") and p,
+            {},
+            r"starting image start\.png could not be read as an image .*PNG, JPEG or WebP",
+        ),
+        (write_truncated_png, {}, r"starting image start\.png could not be read as an image"),
+        (None, {"strength": 0.5}, r"strength says how far.*--image"),
+        (picture, {"strength": 0.2, "steps": 4}, r"give --steps 5 or more, or a higher"),
+        (picture, {"strength": 0.3, "steps": 3}, r"give --steps 4 or more"),
+        (picture, {"strength": 0.0}, r"invalid strength 0\.0"),
+        (picture, {"strength": 1.5}, r"invalid strength 1\.5"),
+        (picture, {"path": ""}, r"path is empty"),
+    ],
+)
+def test_a_bad_starting_image_or_strength_is_refused_naming_it(
+    ctx: PrepareContext, tmp_path: Path, make: Any, request_: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "start.png"
+    if make is picture:
+        picture(path, (64, 64))
+    elif make is not None:
+        make(path)
+    if make is not None and "path" not in request_:
+        request_ = {"path": str(path), **request_}
+    elif request_.get("path"):
+        request_ = {**request_, "path": str(tmp_path / request_["path"])}
+    with pytest.raises(InvalidInput, match=message):
+        prepare(ctx, **request_)
+
+
+def test_enough_steps_pass_the_check() -> None:
+    check_steps(1, 1.0)
+    check_steps(4, 0.25)
+    check_steps(4, 0.3)
+    check_steps(10, 0.1)
+
+
+def test_the_starting_image_is_given_to_the_pipeline_as_rgb_at_the_jobs_size(
+    tmp_path: Path,
+) -> None:
+    start = tmp_path / "grey.png"
+    Image.new("LA", (128, 64), (90, 255)).save(start)
+    image = load_start_image(start, 88, 48)
+    assert image.mode == "RGB" and image.size == (88, 48)
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+def test_over_http_a_starting_image_is_an_uploaded_file_or_a_path_under_the_roots(
+    tiny: TinyPipelines, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from stoker.api.app import create_app
+    from tests.api_server import auth, make_key
+
+    # Given the API on the embedded default with the tiny pipeline, and one path root
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings = load_settings(
+        data_dir=tmp_path / "data", models=tiny.models(), api={"path_roots": [str(inbox)]}
+    )
+    alice = auth(make_key(settings, "alice"))
+    start = picture(tmp_path / "sketch.png", (128, 64))
+    with TestClient(create_app(settings, deliver_webhooks=False)) as client:
+        # When the picture is uploaded and an image job names its file id
+        upload = client.post(
+            "/v1/files",
+            files={"file": ("sketch.png", start.read_bytes())},
+            data={"purpose": "user_data"},
+            headers=alice,
+        ).json()
+        body = {"model": "tiny_sd", "prompt": "a lighthouse", "path": upload["id"]}
+        job = client.post("/v1/jobs", json={"kind": "image", "params": body}, headers=alice)
+        # Then it is queued from that picture, named as uploaded, in its proportions
+        assert job.status_code == 202, job.text
+        params = job.json()["params"]
+        assert params["start"]["name"] == "sketch.png" and params["strength"] == 0.8
+        assert (params["width"], params["height"]) == (88, 64)
+        assert "name" not in params  # an image's name is its line's in a batch, not the file's
+        # And a path outside the roots is refused, one inside them is read
+        outside = {**body, "path": str(start)}
+        refused = client.post("/v1/jobs", json={"kind": "image", "params": outside}, headers=alice)
+        assert refused.status_code == 400 and "not readable through the API" in refused.text
+        inside = {**body, "path": str(picture(inbox / "in.png", (64, 64)))}
+        taken = client.post("/v1/jobs", json={"kind": "image", "params": inside}, headers=alice)
+        assert taken.status_code == 202, taken.text
+        assert taken.json()["params"]["start"]["name"] == "in.png"
