@@ -22,6 +22,9 @@ endpoint. Batches and the synchronous routes both use these.
   ``output_format`` png/webp; stoker's own ``steps``, ``seed``, ``negative_prompt`` and
   ``guidance_scale`` pass through. The body lists the images as URLs, or as base64
   (``response_format="b64_json"``).
+- ``/v1/images/edits`` → ``image`` from a starting image: ``image`` (an uploaded file
+  id) → ``path``, stoker's ``strength`` as it is; a ``mask`` is refused. Answered as a
+  generation is.
 
 A request's *response options* (``encoding_format``, an image ``response_format``) do
 not change the job, only how its result is answered: :attr:`Adapter.options` picks them
@@ -410,8 +413,47 @@ IMAGE_FIELDS = EndpointFields(
 )
 
 
+#: /v1/images/edits: the fields of a generation, a starting image, and how far to move
+#: from it (stoker's ``strength``); OpenAI's models edit, a diffusion pipeline redraws.
+EDIT_FIELDS = EndpointFields(
+    "/v1/images/edits",
+    used=IMAGE_FIELDS.used | {"image", "strength"},
+    ignored=IMAGE_FIELDS.ignored | {"input_fidelity", "safety_identifier"},
+    refused={
+        **IMAGE_FIELDS.refused,
+        "mask": (
+            (None,),
+            "masks (inpainting) are not supported: the whole image is redrawn from the "
+            "starting image; leave out mask, and set strength for how far it may move",
+        ),
+    },
+)
+
+
 def image_request(body: dict[str, Any]) -> dict[str, Any]:
-    IMAGE_FIELDS.check(body)
+    return _image_request(body, IMAGE_FIELDS)
+
+
+def edit_request(body: dict[str, Any]) -> dict[str, Any]:
+    """An edit as an image job from a starting image: ``image`` (a file id; one, or a
+    list of one) → ``path``, ``strength`` as it is."""
+    request = _image_request(body, EDIT_FIELDS)
+    image = body.get("image")
+    if isinstance(image, list) and len(image) == 1:
+        image = image[0]
+    if not isinstance(image, str) or not image:
+        raise InvalidInput(
+            "body.image must be one starting image (a file id): stoker redraws one image.",
+            param="image",
+        )
+    request["path"] = image
+    if body.get("strength") is not None:
+        request["strength"] = body["strength"]
+    return request
+
+
+def _image_request(body: dict[str, Any], fields: EndpointFields) -> dict[str, Any]:
+    fields.check(body)
     request: dict[str, Any] = {"prompt": _text(body, "prompt")}
     image_options(body)
     n = body.get("n", 1)
@@ -477,6 +519,7 @@ ADAPTERS: dict[str, Adapter] = {
             image_options,
             files=True,
         ),
+        Adapter("/v1/images/edits", "image", edit_request, image_body, image_options, files=True),
     )
 }
 

@@ -259,6 +259,46 @@ def test_images_as_urls_and_as_base64(api: Api) -> None:
             assert (image.format, image.size) == ("PNG", (64, 64))
 
 
+def test_an_image_edit_redraws_the_uploaded_picture_and_leaves_no_upload(
+    api: Api, tmp_path: Path
+) -> None:
+    import openai
+    from PIL import Image
+
+    start = tmp_path / "sketch.png"
+    Image.new("RGB", (128, 64), "teal").save(start)
+    client = api.client()
+    # When the official client asks for an edit of the picture, stoker's fields as extra_body
+    with start.open("rb") as picture:
+        edited = client.images.edit(
+            model="tinysd",
+            image=picture,
+            prompt="a lighthouse at dusk",
+            n=2,
+            response_format="b64_json",
+            extra_body={"steps": 4, "seed": 5, "strength": 0.5},
+        )
+    # Then two images in the picture's proportions come back, each naming it
+    decoded = [base64.b64decode(str(d.b64_json)) for d in edited.data or []]
+    assert len(decoded) == 2 and decoded[0] != decoded[1]
+    for data in decoded:
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.size == (88, 64)
+            assert image.text["start_image"] == "sketch.png"  # type: ignore[attr-defined]
+            assert image.text["strength"] == "0.5"  # type: ignore[attr-defined]
+    # And the upload is gone (the job keeps its own copy, by content)
+    assert list(client.files.list()) == []
+    # And a mask, or a file that is not a picture, is refused as a bad request, naming it
+    with (
+        start.open("rb") as picture,
+        start.open("rb") as mask,
+        pytest.raises(openai.BadRequestError, match=r"masks .* are not supported"),
+    ):
+        client.images.edit(model="tinysd", image=picture, mask=mask, prompt="x")
+    with pytest.raises(openai.BadRequestError, match="could not be read as an image"):
+        client.images.edit(model="tinysd", image=("notes.png", b"not a picture"), prompt="x")
+
+
 def test_a_batch_of_embeddings_lines_with_one_malformed_line(api: Api, tmp_path: Path) -> None:
     client = api.client()
     texts = ["first line of the batch", "second line of the batch"]

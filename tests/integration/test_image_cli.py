@@ -195,3 +195,36 @@ def test_run_batch_of_image_requests_copies_each_lines_images_beside_its_output_
         assert [Path(u.removeprefix("file://")).read_bytes() for u in urls] == [
             c.read_bytes() for c in copies
         ]
+
+
+def test_run_batch_of_image_edits_reads_each_lines_starting_image_and_fails_a_bad_one_alone(
+    tiny: TinyPipelines, data_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    # Given an OpenAI Batch file of edits: one of a picture, one of a file that is not one
+    start = tmp_path / "sketch.png"
+    Image.new("RGB", (128, 64), "teal").save(start)
+    (tmp_path / "notes.png").write_text("not a picture")
+    requests = tmp_path / "edits.jsonl"
+    body = {"model": str(tiny.image), "steps": 4, "seed": 7, "strength": 0.5, "prompt": "x"}
+    requests.write_text(
+        "".join(
+            json.dumps(
+                {"custom_id": cid, "method": "POST", "url": "/v1/images/edits",
+                 "body": {**body, "image": str(tmp_path / image)}}
+            ) + "\n"
+            for cid, image in (("good", "sketch.png"), ("bad", "notes.png"))
+        )
+    )  # fmt: skip
+    out = tmp_path / "out"
+    # When `stoker run batch` runs it
+    result = stoker("run", "batch", str(requests), "--out", str(out), data_dir=data_dir)
+    # Then the picture's line made an image from it, and the other failed naming its file
+    assert result.returncode == 0, result.stderr
+    with Image.open(out / "good" / "image-00.png") as image:
+        assert image.size == (88, 64)
+        assert image.text["start_image"] == "sketch.png"  # type: ignore[attr-defined]
+    [error] = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert error["custom_id"] == "bad"
+    assert "notes.png could not be read as an image" in json.dumps(error)

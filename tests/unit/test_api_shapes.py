@@ -60,6 +60,33 @@ def test_embeddings_chat_completions_and_images_requests() -> None:
         adapter_for("/v1/moderations")
 
 
+def test_an_image_edit_is_an_image_job_from_its_one_starting_image() -> None:
+    to = ADAPTERS["/v1/images/edits"].to_request
+    asked = {"prompt": "a cat", "model": "sd", "size": "512x512", "strength": 0.4}
+    expected = {
+        "prompt": "a cat",
+        "model": "sd",
+        "count": 1,
+        "width": 512,
+        "height": 512,
+        "path": "file-abc",
+        "strength": 0.4,
+    }
+    assert to({**asked, "image": "file-abc"}) == expected
+    assert to({**asked, "image": ["file-abc"], "input_fidelity": "high"}) == expected
+    for bad, message in (
+        ({"image": ["file-a", "file-b"]}, "one starting image"),
+        ({}, "one starting image"),
+        ({"image": "file-a", "mask": "file-m"}, "masks .* are not supported"),
+        ({"image": "file-a", "background": "transparent"}, "transparent backgrounds"),
+    ):
+        with pytest.raises(InvalidInput, match=message):
+            to({"prompt": "a cat", **bad})
+    # strength is an edit's field only
+    with pytest.raises(InvalidInput, match=r"body\.strength is not a field"):
+        ADAPTERS["/v1/images/generations"].to_request({"prompt": "a cat", "strength": 0.4})
+
+
 def test_an_embed_result_becomes_an_openai_embedding_list() -> None:
     ref = OutputRef(
         name="embeddings.jsonl",

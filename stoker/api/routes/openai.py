@@ -10,6 +10,8 @@ OpenAI client expects the result body or an error, never an accepted-for-later a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Form, UploadFile
@@ -17,10 +19,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from stoker.api.deps import KeyDep, StateDep
 from stoker.api.errors import ApiError
+from stoker.api.files import FileObject
 from stoker.api.keys import ApiKey
 from stoker.api.openai_shapes import (
     ADAPTERS,
     TRANSCRIPT_FORMATS,
+    edit_request,
     output_named,
     transcription_request,
     verbose_transcription,
@@ -164,13 +168,8 @@ def transcriptions(
     # Checked before the upload is stored, so a refused request leaves nothing behind.
     transcription_request({**body, "file": "-"})
     require_deployed("transcribe", state.settings)
-    upload = save_upload(state, key, file, "user_data")
-    body["file"] = upload.id
-    try:
-        done = run_sync(state, key, "/v1/audio/transcriptions", body)
-    finally:
-        state.stoker.storage.delete(upload.key)
-        state.meta.delete("file", upload.id)
+    with _uploaded(state, key, file) as upload:
+        done = run_sync(state, key, "/v1/audio/transcriptions", {**body, "file": upload.id})
     out = output_named(done, f".{fmt}")
     text = state.stoker.storage.get_bytes(out.key).decode("utf-8") if out else ""
     if response_format == "json":
@@ -178,6 +177,18 @@ def transcriptions(
     if response_format == "verbose_json":
         return JSONResponse(verbose_transcription(json.loads(text), body))
     return PlainTextResponse(text)
+
+
+@contextmanager
+def _uploaded(state: ApiState, key: ApiKey, file: UploadFile) -> Iterator[FileObject]:
+    """A form's file stored as an upload of ``key`` for the block, then deleted: the job
+    keeps its own copy of what it read (by content, under ``inputs/``)."""
+    upload = save_upload(state, key, file, "user_data")
+    try:
+        yield upload
+    finally:
+        state.stoker.storage.delete(upload.key)
+        state.meta.delete("file", upload.id)
 
 
 @router.post("/embeddings")
@@ -198,3 +209,71 @@ def completions(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any
 @router.post("/images/generations")
 def images(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
     return _answer(state, key, "/v1/images/generations", body)
+
+
+@router.post("/images/edits")
+def image_edits(
+    state: StateDep,
+    key: KeyDep,
+    prompt: Annotated[str, Form()],
+    image: Annotated[UploadFile | None, File()] = None,
+    # OpenAI's client sends a list of images as image[]; stoker takes a list of one.
+    image_list: Annotated[list[UploadFile] | None, File(alias="image[]")] = None,
+    mask: Annotated[UploadFile | None, File()] = None,
+    model: Annotated[str | None, Form(max_length=256)] = None,
+    n: Annotated[int | None, Form()] = None,
+    size: Annotated[str | None, Form(max_length=32)] = None,
+    response_format: Annotated[str | None, Form(max_length=16)] = None,
+    output_format: Annotated[str | None, Form(max_length=16)] = None,
+    # OpenAI's other form fields: named so each is used, ignored or refused by
+    # edit_request (which says why) rather than dropped by the form parser.
+    background: Annotated[str | None, Form(max_length=16)] = None,
+    quality: Annotated[str | None, Form(max_length=16)] = None,
+    input_fidelity: Annotated[str | None, Form(max_length=16)] = None,
+    output_compression: Annotated[int | None, Form()] = None,
+    partial_images: Annotated[int | None, Form()] = None,
+    stream: Annotated[bool | None, Form()] = None,
+    user: Annotated[str | None, Form(max_length=256)] = None,
+    # stoker's own (OpenAI's client sends them from extra_body)
+    strength: Annotated[float | None, Form()] = None,
+    steps: Annotated[int | None, Form()] = None,
+    seed: Annotated[int | None, Form()] = None,
+    negative_prompt: Annotated[str | None, Form()] = None,
+    guidance_scale: Annotated[float | None, Form()] = None,
+) -> dict[str, Any]:
+    """An image redrawn from the uploaded one (image-to-image), answered as a generation."""
+    images = [f for f in (image, *(image_list or [])) if f is not None]
+    if len(images) != 1:
+        raise ApiError(
+            400,
+            f"give one starting image as the form field image ({len(images)} given): "
+            f"stoker redraws one image.",
+            param="image",
+        )
+    fields = {
+        "prompt": prompt,
+        "model": model,
+        "n": n,
+        "size": size,
+        "response_format": response_format,
+        "output_format": output_format,
+        "background": background,
+        "quality": quality,
+        "input_fidelity": input_fidelity,
+        "output_compression": output_compression,
+        "partial_images": partial_images,
+        "stream": stream,
+        "user": user,
+        "strength": strength,
+        "steps": steps,
+        "seed": seed,
+        "negative_prompt": negative_prompt,
+        "guidance_scale": guidance_scale,
+        "mask": None if mask is None else "-",
+    }
+    body = {k: v for k, v in fields.items() if v is not None}
+    # Checked before the upload is stored, so a refused request leaves nothing behind.
+    edit_request({**body, "image": "-"})
+    require_deployed("image", state.settings)
+    with _uploaded(state, key, images[0]) as upload:
+        return _answer(state, key, "/v1/images/edits", {**body, "image": upload.id})
