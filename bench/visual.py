@@ -16,13 +16,19 @@ image from a prompt file (``--prompts``: as many distinct prompts, one image eac
   1. plain: one call per prompt, as above;
   2. stoker: the file as one batch, a job per line (jobs/line_files.py), same
      worker set-up; submit to the batch done (its manifest written).
+image from a starting image (``--edits``: image-to-image, a 64×64 picture, strength
+0.5 of 8 steps, so 4 denoising steps as above):
+  1. plain: diffusers' ``AutoPipelineForImage2Image.from_pipe`` of the loaded
+     pipeline, one call per seed, each image saved as PNG;
+  2. stoker: `image` jobs with ``path`` and ``strength``, as in 2. above (the picture
+     is read, hashed and stored once per job at submission, inside the timing).
 mesh (tiny Shap-E, marching-cubes grid ``--resolution``):
   1. plain: the prior, ``decode_to_mesh``, a coloured trimesh exported to GLB, per prompt;
   2. stoker: one `mesh` job per prompt (GLB, no decimation, as plain), same worker
      set-up; submit to all done.
 Both stoker sides first run one warm-up job (see stoker_side).
 
-Usage: python bench/visual.py [--images 32] [--prompts 32] [--meshes 6]
+Usage: python bench/visual.py [--images 32] [--prompts 32] [--edits 32] [--meshes 6]
                               [--resolution 64] [--repeats 5] [--no-write]
 """
 
@@ -47,6 +53,8 @@ from tests.diffusers_models import tiny_pipelines  # noqa: E402
 from tests.servers import redis_server  # noqa: E402
 
 SIDE, STEPS, SEED = 64, 4, 7
+#: image-to-image runs int(steps × strength) steps: these make STEPS, as text-to-image.
+EDIT_STEPS, STRENGTH = 8, 0.5
 #: stoker decimates a mesh over ``max_faces`` (200,000 by default), which plain Shap-E
 #: does not: the highest cap keeps both sides doing the same work.
 NO_DECIMATION = 2_000_000
@@ -61,6 +69,25 @@ def load_pipeline(folder: Path) -> Any:
     pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def plain_edits(pipe: Any, n: int, start: Path, out: Path) -> None:
+    """``n`` images of PROMPT from the picture at ``start``, seeds SEED, SEED + 1, ..."""
+    import torch
+    from diffusers import AutoPipelineForImage2Image
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    edit = AutoPipelineForImage2Image.from_pipe(pipe)
+    with Image.open(start) as picture:
+        rgb = picture.convert("RGB")
+    for i in range(n):
+        generator = torch.Generator("cpu").manual_seed(SEED + i)
+        image = edit(
+            prompt=PROMPT, image=rgb, strength=STRENGTH, num_inference_steps=EDIT_STEPS,
+            generator=generator, output_type="pil",
+        ).images[0]  # fmt: skip
+        image.save(out / f"image-{i:02d}.png", format="PNG")
 
 
 def plain_images(pipe: Any, n: int, out: Path, prompts: list[str] | None = None) -> None:
@@ -226,6 +253,30 @@ def prompts_section(folder: Path, n: int, redis_url: str, work: Path, repeats: i
     return table(what, n, "image", plain_s, stoker_s, pairs)
 
 
+def edit_section(folder: Path, n: int, redis_url: str, work: Path, repeats: int) -> str:
+    from PIL import Image
+
+    pipe = load_pipeline(folder)
+    start = work / "start.png"
+    picture = Image.new("RGB", (SIDE, SIDE), "teal")
+    picture.paste((255, 255, 255), (SIDE // 2, 0, SIDE, SIDE))
+    picture.save(start)
+    plain_edits(pipe, 2, start, work / "warm")
+    request = {"prompt": PROMPT, "model": str(folder), "steps": EDIT_STEPS, "path": str(start)}
+    request |= {"strength": STRENGTH, "width": SIDE, "height": SIDE}
+    requests = [
+        request | {"seed": SEED + first, "count": min(MAX_COUNT, n - first)}
+        for first in range(0, n, MAX_COUNT)
+    ]
+    plain_s, stoker_s, pairs = interleaved(
+        lambda r: plain_edits(pipe, n, start, work / f"plain-edit-{r}"),
+        lambda r: stoker_side("image", folder, requests, redis_url, work / f"edit-{r}"),
+        repeats,
+    )
+    what = f"image --image: {n} × {SIDE}×{SIDE}, strength {STRENGTH} of {EDIT_STEPS} steps"
+    return table(what, n, "image", plain_s, stoker_s, pairs)
+
+
 def mesh_section(
     folder: Path, n: int, resolution: int, redis_url: str, work: Path, repeats: int
 ) -> str:
@@ -249,6 +300,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--prompts", type=int, default=32, help="lines of the prompt file")
+    parser.add_argument("--edits", type=int, default=32, help="images from a starting image")
     parser.add_argument("--meshes", type=int, default=6)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
@@ -260,6 +312,7 @@ def main() -> None:
         parts = [
             image_section(tiny.image, args.images, redis_url, work, args.repeats),
             prompts_section(tiny.image, args.prompts, redis_url, work, args.repeats),
+            edit_section(tiny.image, args.edits, redis_url, work, args.repeats),
             mesh_section(tiny.mesh, args.meshes, args.resolution, redis_url, work, args.repeats),
         ]
     for part in parts:

@@ -79,10 +79,11 @@ def output(client: Stoker, record: JobRecord, name: str) -> bytes:
     return client.storage.get_bytes(ref.key)
 
 
-def embed_directly(api: Api, texts: list[str]) -> list[list[float]]:
+def embed_directly(api: Api, texts: list[str], **options: Any) -> list[list[float]]:
     """The vectors of an embed job submitted with the Python client, not over HTTP."""
     with api.stoker() as client:
-        done = client.wait(client.submit("embed", {"texts": texts}).id, timeout_s=120)
+        job = client.submit("embed", {"texts": texts, **options})
+        done = client.wait(job.id, timeout_s=120)
         lines = output(client, done, "embeddings.jsonl").decode().splitlines()
     return [json.loads(line)["embedding"] for line in lines]
 
@@ -114,6 +115,15 @@ def test_embeddings_of_a_string_and_a_list_equal_the_embed_jobs_vectors(api: Api
     assert float32s([d.embedding for d in many.data]) == float32s(expected)
     assert float32s([d.embedding for d in floats.data]) == float32s(expected)
     assert len(expected[0]) == 384 and many.model == "all-MiniLM-L6-v2"
+    # And stoker's prompt (a retrieval model's "query: ") goes through as extra_body: the
+    # vectors are the embed job's with that prompt, not the plain ones, and it is read
+    queried = client.embeddings.create(
+        model="all-MiniLM-L6-v2", input=texts, extra_body={"prompt": "query: "}
+    )
+    with_prompt = embed_directly(api, texts, prompt="query: ")
+    assert float32s([d.embedding for d in queried.data]) == float32s(with_prompt)
+    assert float32s(with_prompt) != float32s(expected)
+    assert queried.usage.prompt_tokens > many.usage.prompt_tokens
     # And usage counts the tokens the model read: [CLS] the cat sat on the mat . [SEP]
     assert (one.usage.prompt_tokens, one.usage.total_tokens) == (9, 9)
     assert many.usage.prompt_tokens == floats.usage.prompt_tokens > 9
