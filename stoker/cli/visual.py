@@ -52,11 +52,12 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random if unset (an
 CountOpt = Annotated[int, typer.Option("--count", help="Images, seeds seed..seed+count-1.")]
 ImageFormatOpt = Annotated[str, typer.Option("--format", help="png or webp.")]
 StartImageOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--image",
-        help="Start from this image (image-to-image): PNG, JPEG or WebP. Its proportions "
-        "at the model's size unless --width/--height say otherwise.",
+        help="Start from this picture (image-to-image): PNG, JPEG, WebP...; or from each "
+        "picture of a folder or s3:// prefix (one batch, a job per picture). Its "
+        "proportions at the model's size unless --width/--height say otherwise.",
     ),
 ]
 StrengthOpt = Annotated[
@@ -112,6 +113,55 @@ def _submitter(
     return lambda client: client.submit_lines(kind, file, options, priority=priority)
 
 
+def _image_submitter(
+    prompt: str | None,
+    prompts: Path | None,
+    image: str | None,
+    request: dict[str, Any],
+    priority: Priority,
+) -> Submit:
+    """As :func:`_submitter`, each image from the picture ``image`` when given; for a
+    folder or s3:// prefix of pictures, one batch of a job per picture (each named
+    after its path, start_image.picture_names), all from ``prompt``."""
+    if image is None or not _is_picture_folder(image):
+        return _submitter("image", prompt, prompts, {**request, "path": image}, priority)
+    if prompt is None or prompts is not None:
+        raise InvalidInput(
+            "--image FOLDER makes each picture from one --prompt; for a prompt per "
+            'picture, give --prompts a JSONL file whose lines each name a "path".'
+        )
+    options, target, text = _drop_unset(request), image, prompt
+
+    def submit(client: Any) -> JobRecord:
+        from stoker.jobs.start_image import IMAGE_EXTENSIONS, picture_names
+
+        found = client.files_under(target, IMAGE_EXTENSIONS)
+        if not found:
+            raise InvalidInput(
+                f"{target} holds no pictures ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                f"--image FILE takes a single one."
+            )
+        names = picture_names([name for name, _ in found])
+        requests = [
+            {**options, "prompt": text, "path": location, "name": name}
+            for name, (_, location) in zip(names, found, strict=True)
+        ]
+        return client.submit_batch(
+            "image", requests, source=target, priority=priority, unit="pictures"
+        )
+
+    return submit
+
+
+def _is_picture_folder(target: str) -> bool:
+    """Whether ``--image`` names a folder or s3:// prefix of pictures, not one picture."""
+    from stoker.jobs.start_image import IMAGE_EXTENSIONS
+
+    if target.startswith("s3://"):
+        return Path(target).suffix.lower() not in IMAGE_EXTENSIONS
+    return Path(target).is_dir()
+
+
 @submit_app.command("image")
 def submit_image(
     ctx: typer.Context,
@@ -130,9 +180,11 @@ def submit_image(
     strength: StrengthOpt = None,
     priority: PriorityOpt = "normal",
 ) -> None:
-    """Queue images from a prompt, or from each line of a file of them (--prompts).
+    """Queue images from a prompt, or from each line of a file of them (--prompts);
+    from a picture, or from each picture of a folder (--image).
 
-    One task per image, seeds seed, seed+1, ...; a file is one batch, a job per line."""
+    One task per image, seeds seed, seed+1, ...; a file or a folder is one batch, a job
+    per line or picture."""
     request = dict(
         model=model_name(ctx, model, in_process=False),
         negative_prompt=negative_prompt,
@@ -143,10 +195,9 @@ def submit_image(
         seed=seed,
         count=count,
         format=fmt,
-        path=None if image is None else str(image),
         strength=strength,
     )
-    submit_with(ctx, _submitter("image", prompt, prompts, request, parse_priority(priority)))
+    submit_with(ctx, _image_submitter(prompt, prompts, image, request, parse_priority(priority)))
 
 
 @run_app.command("image")
@@ -168,7 +219,8 @@ def run_image(
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Make images on this machine (--prompts: a file of them); they go to --out."""
+    """Make images on this machine (--prompts: a file of them; --image: from a picture
+    or a folder of them); they go to --out."""
     request = dict(
         model=model_name(ctx, model, in_process=True),
         negative_prompt=negative_prompt,
@@ -179,11 +231,10 @@ def run_image(
         seed=seed,
         count=count,
         format=fmt,
-        path=None if image is None else str(image),
         strength=strength,
     )
     run_with(
-        ctx, "image", _submitter("image", prompt, prompts, request, "interactive"), out, device
+        ctx, "image", _image_submitter(prompt, prompts, image, request, "interactive"), out, device
     )
 
 

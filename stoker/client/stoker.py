@@ -37,7 +37,7 @@ from stoker.queues.stores import JobStore, open_job_store
 from stoker.queues.submit import StagedJob, commit, job_queue, stage
 from stoker.storage import Storage, open_storage
 from stoker.storage.keys import job_key
-from stoker.storage.sources import is_s3_url, list_s3, staged
+from stoker.storage.sources import find_files, is_s3_url, list_s3, staged
 from stoker.workers.cards import fleet_cards
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.coverage import QueueCover, cover
@@ -265,12 +265,17 @@ class Stoker:
 
     def media_under(self, target: str) -> list[tuple[str, str]]:
         """``(name, location)`` of every recording under a folder or an ``s3://`` prefix."""
-        from stoker.jobs.media import MEDIA_EXTENSIONS, find_media
+        from stoker.jobs.media import MEDIA_EXTENSIONS
 
+        return self.files_under(target, MEDIA_EXTENSIONS)
+
+    def files_under(self, target: str, suffixes: frozenset[str]) -> list[tuple[str, str]]:
+        """``(name, location)`` of every file with one of ``suffixes`` under a folder or
+        an ``s3://`` prefix, named by its path under it (``talks/a.mp3``)."""
         if is_s3_url(target):
-            return list_s3(target, self.settings, MEDIA_EXTENSIONS)
+            return list_s3(target, self.settings, suffixes)
         root = Path(target)
-        return [(p.relative_to(root).as_posix(), str(p)) for p in find_media(root)]
+        return [(p.relative_to(root).as_posix(), str(p)) for p in find_files(root, suffixes)]
 
     def done_chunks(self, job_id: str) -> set[int]:
         """Indexes of the job's finished chunks (per-chapter progress of a book)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stoker.errors import InvalidInput, MissingDependency
+from stoker.storage.sources import find_files
 
 SAMPLE_RATE = 16_000
 
@@ -100,19 +101,9 @@ def decode(
 
 
 def find_media(folder: Path) -> list[Path]:
-    """Media files under ``folder`` (recursive), by extension, sorted by relative path.
-
-    Matches MEDIA_EXTENSIONS case-insensitively; skips hidden files and everything under
-    hidden folders (names starting with ".").
-    """
-    found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.suffix.lower() in MEDIA_EXTENSIONS and path.is_file():
-            found.append(relative)
-    return [folder / relative for relative in sorted(found)]
+    """Media files under ``folder`` (recursive), by extension, sorted by relative path;
+    hidden files and everything under hidden folders are skipped."""
+    return find_files(folder, MEDIA_EXTENSIONS)
 
 
 # --- opening ----------------------------------------------------------------------

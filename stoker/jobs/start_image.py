@@ -15,6 +15,7 @@ as a recording to transcribe is, and its digest is part of each image's identity
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from stoker.storage.keys import content_input_key, file_sha256
 
 #: diffusers' own default: how far an image moves from its starting image.
 DEFAULT_STRENGTH = 0.8
+#: What a folder (or s3:// prefix) of starting images is searched for.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,26 @@ def read_start_image(path: Path, name: str) -> StartImage:
         ) from exc
     digest = file_sha256(path)
     return StartImage(name, digest, content_input_key(digest, fmt), width, height)
+
+
+def picture_names(relatives: list[str]) -> list[str]:
+    """A name in the batch (jobs/base.NAME_PATTERN) for each picture of a folder: its
+    path under the folder without the suffix, ``/`` as ``_`` and other characters a name
+    cannot hold as ``-``: ``shoots/cat 1.jpg`` → ``shoots_cat-1``. A name that is taken
+    already (``a.png`` beside ``a.jpg``) gets its picture's position: ``a-2``."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for index, relative in enumerate(relatives):
+        folder, _, file = relative.rpartition("/")
+        stem = file.rsplit(".", 1)[0] if "." in file else file
+        joined = f"{folder}_{stem}" if folder else stem
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", joined.replace("/", "_")).strip("-._")[:90]
+        name, n = base or "picture", index + 1
+        while name in taken:
+            name, n = f"{base or 'picture'}-{n}", n + 1
+        names.append(name)
+        taken.add(name)
+    return names
 
 
 def check_steps(steps: int, strength: float) -> None:

@@ -1,4 +1,5 @@
-"""Inputs that live in an S3-compatible bucket (``s3://bucket/prefix/``).
+"""Where a batch's inputs are found: files under a local folder, or objects under an
+S3-compatible bucket's prefix (``s3://bucket/prefix/``).
 
 Workers read every input from stoker's own storage under a content-addressed key, so
 a recording in another bucket is staged through the submitting machine: downloaded to
@@ -19,6 +20,20 @@ from stoker.storage.s3 import S3Storage, parse_s3_url
 
 def is_s3_url(location: str) -> bool:
     return location.startswith("s3://")
+
+
+def find_files(folder: Path, suffixes: frozenset[str]) -> list[Path]:
+    """Files under ``folder`` (recursive) whose suffix is in ``suffixes`` (matched
+    case-insensitively), sorted by relative path; hidden files and everything under
+    hidden folders (names starting with ".") are skipped."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix.lower() in suffixes and path.is_file():
+            found.append(relative)
+    return [folder / relative for relative in sorted(found)]
 
 
 def list_s3(prefix_url: str, settings: Settings, suffixes: frozenset[str]) -> list[tuple[str, str]]:

@@ -139,6 +139,47 @@ def test_run_image_starts_every_line_from_the_image_given_and_refuses_a_bad_one(
     assert "error: the starting image notes.png could not be read as an image" in refused.stderr
 
 
+def test_run_image_from_a_folder_makes_each_picture_and_fails_a_broken_one_alone(
+    tiny: TinyPipelines, data_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    # Given a folder of pictures (one in a subfolder, one broken) and a file that is not one
+    photos = tmp_path / "photos"
+    (photos / "shoot 2").mkdir(parents=True)
+    Image.new("RGB", (128, 64), "teal").save(photos / "cat.jpg", format="JPEG")
+    Image.new("RGB", (64, 128), "red").save(photos / "shoot 2" / "dog.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    (photos / "notes.txt").write_text("not a picture, and not looked at")
+    out = tmp_path / "out"
+    # When `stoker run image --image FOLDER` makes an image from each
+    result = stoker(
+        "run", "image", "--image", str(photos), "--prompt", "a watercolour", "--strength",
+        "0.5", "--model", str(tiny.image), "--steps", "4", "--out", str(out), data_dir=data_dir,
+    )  # fmt: skip
+    # Then it exits 0 (some succeeded), saying which picture failed and why
+    assert result.returncode == 0, result.stderr
+    assert "warning: 1 of 3 pictures failed (the first: " in result.stderr
+    assert "broken.png could not be read as an image" in result.stderr
+    # And each picture's image is in a folder of its name, in its proportions
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert files == ["cat/image-00.png", "shoot-2_dog/image-00.png"]
+    with Image.open(out / "cat" / "image-00.png") as image:
+        assert image.size == (88, 64)
+        assert image.text["start_image"] == "cat.jpg"  # type: ignore[attr-defined]
+    with Image.open(out / "shoot-2_dog" / "image-00.png") as image:
+        assert image.size == (64, 88)
+    # And a folder with a prompt file, or with no pictures, is refused saying what to do
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, message in (
+        (["--image", str(photos), "--prompts", str(tmp_path / "p.txt")], "one --prompt"),
+        (["--image", str(empty), "--prompt", "x"], f"{empty} holds no pictures"),
+    ):
+        refused = stoker("submit", "image", "--model", str(tiny.image), *args, data_dir=data_dir)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+
+
 def test_image_needs_one_prompt_or_one_prompt_file(tiny: TinyPipelines, data_dir: Path) -> None:
     neither = stoker("submit", "image", "--model", str(tiny.image), data_dir=data_dir)
     both = stoker(

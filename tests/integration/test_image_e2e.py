@@ -190,3 +190,17 @@ def test_images_start_from_a_local_file_or_an_s3_object_the_worker_reads_from_st
         assert [k.key for k in client.storage.list("inputs/")] == [local.params["start"]["key"]]
         images = [client.storage.get_bytes(job.outputs[0].key) for job in done]
         assert images[0] == images[1]
+    # When the bucket's prefix of pictures is submitted from the CLI, as a user would
+    s3.upload_file(str(start), s3_bucket, "sketches/more/again.png")
+    submitted = visual.cli(
+        "submit", "image", "--image", f"s3://{s3_bucket}/sketches/", "--prompt", IMAGE["prompt"],
+        "--model", "tiny_sd", "--steps", "4", "--seed", "4", "--strength", "0.5",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    # Then it is one batch of a job per picture, named after its path under the prefix
+    with Stoker(visual.settings()) as client:
+        batch = client.wait(submitted.stdout.strip(), timeout_s=120)
+        assert batch.state is JobState.SUCCEEDED, batch.error
+        kids = client.children(batch.id)
+        assert [k.params["name"] for k in kids] == ["more_again", "sketch"]
+        assert client.storage.get_bytes(kids[1].outputs[0].key) == images[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from stoker.config import load_settings
 from stoker.errors import InvalidInput
-from stoker.jobs.base import PrepareContext
+from stoker.jobs.base import NAME_PATTERN, PrepareContext
 from stoker.jobs.image import Geometry, ImageCapability, start_size
 from stoker.jobs.start_image import check_steps, load_start_image
 from stoker.storage.keys import file_sha256
@@ -196,3 +197,12 @@ def test_over_http_a_starting_image_is_an_uploaded_file_or_a_path_under_the_root
         taken = client.post("/v1/jobs", json={"kind": "image", "params": inside}, headers=alice)
         assert taken.status_code == 202, taken.text
         assert taken.json()["params"]["start"]["name"] == "in.png"
+
+
+def test_each_picture_of_a_folder_gets_a_name_a_batch_takes_and_no_two_the_same() -> None:
+    from stoker.jobs.start_image import picture_names
+
+    relatives = ["shoots/cat 1.jpg", "a.png", "a.jpg", "a-2.png", "ü.png", "x/y/z.tif"]
+    names = picture_names(relatives)
+    assert names == ["shoots_cat-1", "a", "a-3", "a-2", "picture", "x_y_z"]
+    assert all(re.fullmatch(NAME_PATTERN, n) for n in names)
