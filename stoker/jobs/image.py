@@ -229,22 +229,10 @@ class ImageCapability:
                 f"model {req.model!r} is a {cls}, which makes 3D meshes; use `stoker submit mesh`."
             )
         geo = pipeline_geometry(spec, index)
+        start = start_image.read_start(req.path, req.strength, req.steps)
         width, height = geo.default_width, geo.default_height
-        start, strength = None, None
-        uploads: dict[str, Path | bytes] = {}
-        if req.path is not None:
-            path = Path(req.path)
-            start = start_image.read_start_image(path, path.name)
+        if start is not None:
             width, height = start_size(start.width, start.height, geo)
-            strength = start_image.DEFAULT_STRENGTH if req.strength is None else req.strength
-            start_image.check_steps(req.steps, strength)
-            uploads = {start.key: path}
-        elif req.strength is not None:
-            raise InvalidInput(
-                "strength says how far to move from a starting image; give one with "
-                "--image (path), or leave strength out.",
-                "strength",
-            )
         seed = secrets.randbelow(2**32) if req.seed is None else req.seed
         params: dict[str, Any] = {
             "model": req.model,
@@ -261,13 +249,13 @@ class ImageCapability:
         }
         look = {k: params[k] for k in IDENTITY_PARAMS}
         inputs: dict[str, Any] = {}
+        uploads: dict[str, Path | bytes] = {}
         if start is not None:
             # Only image-to-image jobs carry these, so text-to-image identities (and the
             # chunks kept under them) stay as they were.
-            params["start"] = {"name": start.name, "sha256": start.sha256, "key": start.key}
-            params["strength"] = strength
-            look.update(start=start.sha256, strength=strength)
-            inputs = {"inputs": [start.key]}
+            params.update(start=start.record(), strength=start.strength)
+            look.update(start=start.sha256, strength=start.strength)
+            inputs, uploads = {"inputs": [start.key]}, {start.key: start.path}
         chunks = [
             ChunkPlan(
                 payload={"seed": seed + i, **inputs},

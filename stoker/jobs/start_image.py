@@ -31,13 +31,19 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", 
 
 @dataclass(frozen=True)
 class StartImage:
-    """A starting image as submitted: where it is stored, and its size in pixels."""
+    """A job's starting image as submitted, and how far its images move from it."""
 
+    path: Path  # on the submitting machine, uploaded from there
     name: str  # the file's name, for metadata and errors
     sha256: str
     key: str  # its content-addressed input key (storage/keys.py)
-    width: int
+    width: int  # pixels
     height: int
+    strength: float
+
+    def record(self) -> dict[str, str]:
+        """What the job's params keep of it (the workers read it by ``key``)."""
+        return {"name": self.name, "sha256": self.sha256, "key": self.key}
 
 
 def _pil() -> Any:
@@ -48,8 +54,26 @@ def _pil() -> Any:
     return Image
 
 
-def read_start_image(path: Path, name: str) -> StartImage:
-    """``path`` checked as an image (decoded whole); InvalidInput naming ``name`` otherwise."""
+def read_start(path: str | None, strength: float | None, steps: int) -> StartImage | None:
+    """The starting image of an image request (None without one), checked; InvalidInput
+    naming what is wrong: a file that is not an image, a strength without an image, or
+    a strength that leaves none of ``steps`` to run."""
+    if path is None:
+        if strength is not None:
+            raise InvalidInput(
+                "strength says how far to move from a starting image; give one with "
+                "--image (path), or leave strength out.",
+                "strength",
+            )
+        return None
+    strength = DEFAULT_STRENGTH if strength is None else strength
+    check_steps(steps, strength)
+    return read_start_image(Path(path), strength)
+
+
+def read_start_image(path: Path, strength: float) -> StartImage:
+    """``path`` checked as an image (decoded whole); InvalidInput naming it otherwise."""
+    name = path.name
     if not path.is_file():
         raise InvalidInput(f"the starting image {name} does not exist or is not a file.", "path")
     image_module = _pil()
@@ -65,7 +89,8 @@ def read_start_image(path: Path, name: str) -> StartImage:
             "path",
         ) from exc
     digest = file_sha256(path)
-    return StartImage(name, digest, content_input_key(digest, fmt), width, height)
+    key = content_input_key(digest, fmt)
+    return StartImage(path, name, digest, key, width, height, strength)
 
 
 def picture_names(relatives: list[str]) -> list[str]:
