@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
@@ -18,6 +19,10 @@ class OutputView(BaseModel):
     content_type: str
     partial: bool
     url: str  # presigned on S3 (expires after presign_expiry_s), file:// locally
+    download: str = Field(
+        description="the output through this API (GET with your key): works from any "
+        "machine that reaches the API, whatever the storage"
+    )
 
 
 class WaitingView(BaseModel):
@@ -68,6 +73,7 @@ def job_view(state: ApiState, record: JobRecord, *, with_webhook: bool = True) -
             content_type=o.content_type,
             partial=o.partial,
             url=state.stoker.output_url(o.key),
+            download=f"/v1/jobs/{record.id}/outputs/{quote(o.name)}",
         )
         for o in record.outputs
     ]

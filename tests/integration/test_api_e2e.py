@@ -212,9 +212,25 @@ def test_an_ended_job_is_deleted_over_http_by_its_owner_only(
         # Given a speak job that succeeded, with its outputs in S3
         job = http.post("/v1/jobs", json={"kind": "speak", "params": {"text": "Delete me."}})
         job_id = job.json()["id"]
-        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json(), lambda j: j["state"] == "succeeded")
+        done = wait_for(
+            lambda: http.get(f"/v1/jobs/{job_id}").json(), lambda j: j["state"] == "succeeded"
+        )
         with Stoker(deployment.settings()) as client:
             assert [o.key for o in client.storage.list(f"jobs/{job_id}/")]
+            # Then each output downloads through the API with the owner's key, as stored
+            audio = done["outputs"][0]
+            assert audio["download"] == f"/v1/jobs/{job_id}/outputs/{audio['name']}"
+            got = http.get(audio["download"])
+            assert got.status_code == 200, got.text
+            record = client.status(job_id)
+            assert got.content == client.storage.get_bytes(record.outputs[0].key)
+            assert got.headers["content-type"] == audio["content_type"]
+            assert got.headers["content-length"] == str(audio["size_bytes"])
+            assert "filename*=UTF-8''speech.wav" in got.headers["content-disposition"]
+            # And not with another owner's key, nor by a name the job has not made
+            assert http.get(audio["download"], headers=auth(eve)).status_code == 404
+            missing = http.get(f"/v1/jobs/{job_id}/outputs/nope.wav")
+            assert missing.status_code == 404 and "its outputs: speech.wav" in missing.text
             # When another owner deletes it: 404, as for a job they cannot see
             assert http.delete(f"/v1/jobs/{job_id}", headers=auth(eve)).status_code == 404
             # When its owner does, it is gone, its files with it
@@ -224,6 +240,7 @@ def test_an_ended_job_is_deleted_over_http_by_its_owner_only(
                 "id": job_id, "object": "job", "deleted": True, "jobs_deleted": 1
             }  # fmt: skip
             assert http.get(f"/v1/jobs/{job_id}").status_code == 404
+            assert http.get(audio["download"]).status_code == 404
             assert list(client.storage.list(f"jobs/{job_id}/")) == []
             assert job_id not in [j["id"] for j in http.get("/v1/jobs").json()["data"]]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from stoker.api.deps import KeyDep, StateDep
 from stoker.api.errors import ApiError
 from stoker.api.keys import ApiKey
 from stoker.api.state import ApiState
+from stoker.api.streaming import object_response
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -84,18 +84,8 @@ def get_file(file_id: str, state: StateDep, key: KeyDep) -> files.FileObject:
 )
 def file_content(file_id: str, state: StateDep, key: KeyDep) -> StreamingResponse:
     obj = files.get_file(state.meta, key, file_id)
-    handle = state.stoker.storage.open(obj.key)
-
-    def chunks() -> Iterator[bytes]:
-        with handle:
-            while block := handle.read(_COPY_BYTES):
-                yield block
-
-    return StreamingResponse(
-        chunks(),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(obj.bytes)},
-    )
+    storage = state.stoker.storage
+    return object_response(storage, obj.key, "application/octet-stream", size=obj.bytes)
 
 
 @router.delete("/{file_id}")

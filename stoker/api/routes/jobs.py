@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from stoker.api.deps import KeyDep, StateDep, owned_job
 from stoker.api.errors import ApiError
 from stoker.api.inputs import merge_input
+from stoker.api.streaming import object_response
 from stoker.api.submission import submit_job
 from stoker.api.views import JobList, JobView, job_view, waiting_view
 from stoker.api.webhook_records import WebhookSpec
@@ -130,6 +131,31 @@ def delete_job(job_id: str, state: StateDep, key: KeyDep) -> dict[str, Any]:
     # webhooks.py), as for a job deleted from the CLI.
     deleted = state.stoker.delete(job_id)
     return {"id": job_id, "object": "job", "deleted": True, "jobs_deleted": len(deleted)}
+
+
+@router.get(
+    "/{job_id}/outputs/{name:path}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def job_output(job_id: str, name: str, state: StateDep, key: KeyDep) -> StreamingResponse:
+    """One output of the job, through the API with the caller's key: how a client on
+    another machine fetches outputs when storage is a local folder (its ``file://`` URLs
+    work only on the API's machine) or an S3 endpoint it cannot reach."""
+    record = owned_job(state, key, job_id)
+    ref = next((o for o in record.outputs if o.name == name), None)
+    if ref is None:
+        names = ", ".join(o.name for o in record.outputs) or "none yet"
+        raise ApiError(
+            404,
+            f"job {job_id} has no output named {name!r}; its outputs: {names}.",
+            type="invalid_request_error",
+            code="not_found",
+        )
+    filename = name.rsplit("/", 1)[-1]
+    return object_response(
+        state.stoker.storage, ref.key, ref.content_type, size=ref.size_bytes, filename=filename
+    )
 
 
 def _event(record: JobRecord) -> str:

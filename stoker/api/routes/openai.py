@@ -31,6 +31,7 @@ from stoker.api.openai_shapes import (
 )
 from stoker.api.routes.files import save_upload
 from stoker.api.state import ApiState
+from stoker.api.streaming import object_response
 from stoker.api.submission import submit_job
 from stoker.config import Settings
 from stoker.jobs import CAPABILITIES, installed
@@ -119,16 +120,8 @@ def speech(body: OpenAIBody, state: StateDep, key: KeyDep) -> Response:
     out = output_named(done, ".wav", ".mp3", ".flac", ".ogg")
     if out is None:
         raise ApiError(500, f"job {done.id} has no audio output.", type="server_error")
-    handle = state.stoker.storage.open(out.key)
-
-    def chunks() -> Any:
-        with handle:
-            while block := handle.read(1 << 16):
-                yield block
-
-    return StreamingResponse(
-        chunks(), media_type=out.content_type, headers={"X-Stoker-Job-Id": done.id}
-    )
+    headers = {"X-Stoker-Job-Id": done.id}
+    return object_response(state.stoker.storage, out.key, out.content_type, headers=headers)
 
 
 @router.post("/audio/transcriptions")
