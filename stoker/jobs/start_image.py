@@ -25,6 +25,9 @@ from stoker.storage.keys import content_input_key, file_sha256
 
 #: diffusers' own default: how far an image moves from its starting image.
 DEFAULT_STRENGTH = 0.8
+#: The EXIF tag that says how a stored picture is turned to be seen, and its values
+#: that turn it a quarter (a phone photo taken upright is stored sideways).
+EXIF_ORIENTATION, QUARTER_TURNS = 0x0112, frozenset({5, 6, 7, 8})
 #: What a folder (or s3:// prefix) of starting images is searched for.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -81,6 +84,8 @@ def read_start_image(path: Path, strength: float) -> StartImage:
         with image_module.open(path) as image:
             image.load()  # decodes every pixel: a truncated file fails here, not on a worker
             width, height = image.size
+            if image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS:
+                width, height = height, width  # seen upright, as load_start_image uses it
             fmt = (image.format or "bin").lower()
     except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, ...)
         raise InvalidInput(
@@ -133,10 +138,18 @@ def load_start_image(path: Path, width: int, height: int) -> Any:
     """The starting image as the RGB PIL image of ``width``×``height`` a pipeline takes."""
     image_module = _pil()
     with image_module.open(path) as image:
-        rgb = image.convert("RGB")
+        rgb = _upright(image).convert("RGB")
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), image_module.Resampling.LANCZOS)
     return rgb
+
+
+def _upright(image: Any) -> Any:
+    """``image`` as it is meant to be seen: a phone photo stored sideways with an EXIF
+    Orientation tag is turned as every viewer turns it (PIL does not by itself)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image)
 
 
 def image_to_image(pipe: Any, model: str) -> Any:

@@ -13,7 +13,7 @@ from stoker.config import load_settings
 from stoker.errors import InvalidInput
 from stoker.jobs.base import NAME_PATTERN, PrepareContext
 from stoker.jobs.image import Geometry, ImageCapability, start_size
-from stoker.jobs.start_image import check_steps, load_start_image
+from stoker.jobs.start_image import EXIF_ORIENTATION, check_steps, load_start_image
 from stoker.storage.keys import file_sha256
 from stoker.workers.catalog import ModelCatalog
 from tests.diffusers_models import TinyPipelines, tiny_pipelines
@@ -206,3 +206,24 @@ def test_each_picture_of_a_folder_gets_a_name_a_batch_takes_and_no_two_the_same(
     names = picture_names(relatives)
     assert names == ["shoots_cat-1", "a", "a-3", "a-2", "picture", "x_y_z"]
     assert all(re.fullmatch(NAME_PATTERN, n) for n in names)
+
+
+def test_a_photo_stored_sideways_is_used_upright_as_its_exif_orientation_says(
+    ctx: PrepareContext, tmp_path: Path
+) -> None:
+    from PIL import ImageOps
+
+    # Given a JPEG stored 128×64 whose EXIF says "rotate 90° to view" (a phone's portrait)
+    photo = tmp_path / "portrait.jpg"
+    stored = Image.new("RGB", (128, 64), "white")
+    stored.paste((200, 0, 0), (0, 0, 64, 64))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # the 0th row is the visual right-hand side
+    stored.save(photo, format="JPEG", exif=exif.tobytes())
+    # Then it is sized as seen, 64 wide and 128 high, and handed to the pipeline upright
+    prepared = prepare(ctx, path=str(photo))
+    assert (prepared.params["width"], prepared.params["height"]) == (64, 88)
+    with Image.open(photo) as image:
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+    assert upright.size == (64, 128)
+    assert load_start_image(photo, 64, 128).tobytes() == upright.tobytes()
