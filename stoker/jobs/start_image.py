@@ -138,7 +138,11 @@ def load_start_image(path: Path, width: int, height: int) -> Any:
     """The starting image as the RGB PIL image of ``width``×``height`` a pipeline takes."""
     image_module = _pil()
     with image_module.open(path) as image:
-        rgb = _upright(image).convert("RGB")
+        upright = _upright(image).convert("RGBA")
+    # Transparent parts are seen on white, as a viewer shows them; a plain conversion
+    # would keep whatever colour they hold, often black.
+    rgb = image_module.new("RGB", upright.size, (255, 255, 255))
+    rgb.paste(upright, mask=upright.getchannel("A"))
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), image_module.Resampling.LANCZOS)
     return rgb

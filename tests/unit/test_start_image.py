@@ -227,3 +227,15 @@ def test_a_photo_stored_sideways_is_used_upright_as_its_exif_orientation_says(
         upright = ImageOps.exif_transpose(image).convert("RGB")
     assert upright.size == (64, 128)
     assert load_start_image(photo, 64, 128).tobytes() == upright.tobytes()
+
+
+def test_transparent_parts_of_a_starting_image_are_seen_on_white(tmp_path: Path) -> None:
+    # Given a PNG whose left half is opaque red and right half transparent black
+    logo = tmp_path / "logo.png"
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    image.paste((200, 0, 0, 255), (0, 0, 32, 64))
+    image.save(logo)
+    # Then the pipeline gets red on white, not red on black
+    start = load_start_image(logo, 64, 64)
+    assert start.getpixel((10, 10)) == (200, 0, 0)
+    assert start.getpixel((50, 10)) == (255, 255, 255)
