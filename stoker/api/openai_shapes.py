@@ -23,8 +23,8 @@ endpoint. Batches and the synchronous routes both use these.
   ``guidance_scale`` pass through. The body lists the images as URLs, or as base64
   (``response_format="b64_json"``).
 - ``/v1/images/edits`` → ``image`` from a starting image: ``image`` (an uploaded file
-  id) → ``path``, stoker's ``strength`` as it is; a ``mask`` is refused. Answered as a
-  generation is.
+  id) → ``path``, ``mask`` (one too) and stoker's ``strength`` as they are. Answered as
+  a generation is.
 
 A request's *response options* (``encoding_format``, an image ``response_format``) do
 not change the job, only how its result is answered: :attr:`Adapter.options` picks them
@@ -417,16 +417,9 @@ IMAGE_FIELDS = EndpointFields(
 #: from it (stoker's ``strength``); OpenAI's models edit, a diffusion pipeline redraws.
 EDIT_FIELDS = EndpointFields(
     "/v1/images/edits",
-    used=IMAGE_FIELDS.used | {"image", "strength"},
+    used=IMAGE_FIELDS.used | {"image", "mask", "strength"},
     ignored=IMAGE_FIELDS.ignored | {"input_fidelity", "safety_identifier"},
-    refused={
-        **IMAGE_FIELDS.refused,
-        "mask": (
-            (None,),
-            "masks (inpainting) are not supported: the whole image is redrawn from the "
-            "starting image; leave out mask, and set strength for how far it may move",
-        ),
-    },
+    refused=IMAGE_FIELDS.refused,
 )
 
 
@@ -436,7 +429,8 @@ def image_request(body: dict[str, Any]) -> dict[str, Any]:
 
 def edit_request(body: dict[str, Any]) -> dict[str, Any]:
     """An edit as an image job from a starting image: ``image`` (a file id; one, or a
-    list of one) → ``path``, ``strength`` as it is."""
+    list of one) → ``path``; ``mask`` (a file id: its transparent parts are redrawn)
+    and ``strength`` as they are."""
     request = _image_request(body, EDIT_FIELDS)
     image = body.get("image")
     if isinstance(image, list) and len(image) == 1:
@@ -447,8 +441,7 @@ def edit_request(body: dict[str, Any]) -> dict[str, Any]:
             param="image",
         )
     request["path"] = image
-    if body.get("strength") is not None:
-        request["strength"] = body["strength"]
+    request |= {k: body[k] for k in ("mask", "strength") if body.get(k) is not None}
     return request
 
 

@@ -62,7 +62,18 @@ StartImageOpt = Annotated[
 ]
 StrengthOpt = Annotated[
     float | None,
-    typer.Option("--strength", help="With --image: how far to move from it, 0-1 (default 0.8)."),
+    typer.Option(
+        "--strength",
+        help="With --image: how far to move from it, 0-1 (default 0.8; 1.0 with --mask).",
+    ),
+]
+MaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mask",
+        help="With --image: redraw only what this picture of its size marks (inpainting): "
+        "its transparent parts, or in a mask without transparency its white parts.",
+    ),
 ]
 ResolutionOpt = Annotated[
     int | None, typer.Option("--resolution", help="Marching-cubes grid per side (16-192).")
@@ -178,6 +189,7 @@ def submit_image(
     fmt: ImageFormatOpt = "png",
     image: StartImageOpt = None,
     strength: StrengthOpt = None,
+    mask: MaskOpt = None,
     priority: PriorityOpt = "normal",
 ) -> None:
     """Queue images from a prompt, or from each line of a file of them (--prompts);
@@ -196,6 +208,7 @@ def submit_image(
         count=count,
         format=fmt,
         strength=strength,
+        mask=mask,
     )
     submit_with(ctx, _image_submitter(prompt, prompts, image, request, parse_priority(priority)))
 
@@ -216,6 +229,7 @@ def run_image(
     fmt: ImageFormatOpt = "png",
     image: StartImageOpt = None,
     strength: StrengthOpt = None,
+    mask: MaskOpt = None,
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -232,6 +246,7 @@ def run_image(
         count=count,
         format=fmt,
         strength=strength,
+        mask=mask,
     )
     run_with(
         ctx, "image", _image_submitter(prompt, prompts, image, request, "interactive"), out, device

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +24,7 @@ from stoker.client.retries import Retried
 from stoker.config import Priority, Settings
 from stoker.errors import InvalidInput
 from stoker.jobs import get_capability
-from stoker.jobs.base import ERRORS_NAME, PrepareContext
+from stoker.jobs.base import ERRORS_NAME, FILE_FIELDS, PrepareContext
 from stoker.queues.batches import (
     BATCH_KIND,
     Refused,
@@ -255,13 +255,15 @@ class Stoker:
 
     @contextmanager
     def _staged(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """``request`` with an ``s3://`` path replaced by a local copy, for the block."""
-        location = str(request.get("path", ""))
-        if not is_s3_url(location):
-            yield request
-            return
-        with staged(location, self.settings) as path:
-            yield {**request, "path": str(path)}  # named as the object: ``staged`` keeps its name
+        """``request`` with each ``s3://`` file it names (jobs/base.FILE_FIELDS) replaced
+        by a local copy, named as the object, for the block."""
+        with ExitStack() as stack:
+            local = dict(request)
+            for field in FILE_FIELDS:
+                location = request.get(field)
+                if isinstance(location, str) and is_s3_url(location):
+                    local[field] = str(stack.enter_context(staged(location, self.settings)))
+            yield local
 
     def media_under(self, target: str) -> list[tuple[str, str]]:
         """``(name, location)`` of every recording under a folder or an ``s3://`` prefix."""

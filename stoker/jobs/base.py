@@ -55,6 +55,10 @@ ERRORS_NAME = "errors.jsonl"
 #: A job's name in a batch, given by a line of a line file (jobs/line_files.py): it
 #: names the job's outputs, or their folder, so it has no separators and no leading dot.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+#: Request fields that name a file a capability reads at submission, on the submitting
+#: machine: a recording to transcribe or an image's starting picture, and its mask.
+#: The client stages s3:// ones there, and the HTTP API guards them (api/inputs.py).
+FILE_FIELDS = ("path", "mask")
 
 
 @dataclass(frozen=True)

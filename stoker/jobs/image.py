@@ -11,8 +11,9 @@ at submission without loading any weights: the UNet's (or transformer's)
 ``sample_size`` × the VAE's scale factor, and multiples of what the pipeline needs.
 
 With ``path``, a job starts from an image instead of noise (image-to-image,
-jobs/start_image.py); its default size is then the starting image's proportions at
-about the model's default area.
+jobs/start_image.py), and with ``mask`` too redraws only the parts it marks
+(inpainting); its default size is then the starting image's proportions at about the
+model's default area.
 """
 
 from __future__ import annotations
@@ -83,7 +84,14 @@ class ImageRequest(BaseModel):
         gt=0.0,
         le=1.0,
         description="with path: how far to move from the starting image, 0 to 1 "
-        f"(None: {start_image.DEFAULT_STRENGTH})",
+        f"(None: {start_image.DEFAULT_STRENGTH}, with a mask "
+        f"{start_image.DEFAULT_INPAINT_STRENGTH})",
+    )
+    mask: str | None = Field(
+        default=None,
+        min_length=1,
+        description="with path: a picture of its size marking the parts to redraw "
+        "(inpainting): fully transparent ones, or in a mask without transparency white ones",
     )
     # Set by a line of a line file (jobs/line_files.py): the job's name in its batch.
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="its name in a batch")
@@ -229,10 +237,10 @@ class ImageCapability:
                 f"model {req.model!r} is a {cls}, which makes 3D meshes; use `stoker submit mesh`."
             )
         geo = pipeline_geometry(spec, index)
-        start = start_image.read_start(req.path, req.strength, req.steps)
+        start = start_image.read_start(req.path, req.strength, req.steps, req.mask)
         width, height = geo.default_width, geo.default_height
         if start is not None:
-            width, height = start_size(start.width, start.height, geo)
+            width, height = start_size(start.image.width, start.image.height, geo)
         seed = secrets.randbelow(2**32) if req.seed is None else req.seed
         params: dict[str, Any] = {
             "model": req.model,
@@ -253,9 +261,13 @@ class ImageCapability:
         if start is not None:
             # Only image-to-image jobs carry these, so text-to-image identities (and the
             # chunks kept under them) stay as they were.
-            params.update(start=start.record(), strength=start.strength)
-            look.update(start=start.sha256, strength=start.strength)
-            inputs, uploads = {"inputs": [start.key]}, {start.key: start.path}
+            params.update(start=start.image.record(), strength=start.strength)
+            look.update(start=start.image.sha256, strength=start.strength)
+            if start.mask is not None:
+                params["mask"] = start.mask.record()
+                look["mask"] = start.mask.sha256
+            inputs = {"inputs": [p.key for p in start.pictures()]}
+            uploads = {p.key: p.path for p in start.pictures()}
         chunks = [
             ChunkPlan(
                 payload={"seed": seed + i, **inputs},
@@ -268,11 +280,13 @@ class ImageCapability:
     def run_chunk(
         self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
     ) -> None:
-        start = None
+        start = mask = None
+        size = params["width"], params["height"]
         if "start" in params:
-            path = ctx.inputs[params["start"]["key"]]
-            start = start_image.load_start_image(path, params["width"], params["height"])
-        image = generate_image(model, params, payload["seed"], ctx.should_stop, start)
+            start = start_image.load_start_image(ctx.inputs[params["start"]["key"]], *size)
+        if "mask" in params:
+            mask = start_image.load_mask(ctx.inputs[params["mask"]["key"]], *size)
+        image = generate_image(model, params, payload["seed"], ctx.should_stop, start, mask)
         image.save(ctx.out, format="PNG", pnginfo=png_info(image_meta(params, payload["seed"])))
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
@@ -308,6 +322,9 @@ def image_meta(params: dict[str, Any], seed: int) -> dict[str, Any]:
         meta["start_image"] = params["start"]["name"]
         meta["start_image_sha256"] = params["start"]["sha256"]
         meta["strength"] = params["strength"]
+    if "mask" in params:
+        meta["mask"] = params["mask"]["name"]
+        meta["mask_sha256"] = params["mask"]["sha256"]
     return meta
 
 
@@ -334,10 +351,16 @@ def save_webp(png: Path, out: Path, meta: dict[str, Any]) -> None:
 
 
 def generate_image(
-    pipe: Any, params: dict[str, Any], seed: int, should_stop: StopCheck, start: Any = None
+    pipe: Any,
+    params: dict[str, Any],
+    seed: int,
+    should_stop: StopCheck,
+    start: Any = None,
+    mask: Any = None,
 ) -> Any:
     """One PIL image from a loaded text-to-image pipeline, seeded with ``seed``; from
-    the PIL image ``start`` (already at the job's size) when given.
+    the PIL image ``start`` (already at the job's size) when given, redrawing only what
+    the greyscale ``mask`` marks white when that is given too.
 
     The torch generator lives on the pipeline's device, so a seed gives the same image
     again on the same device and dtype. Raises JobCancelled when ``should_stop()``
@@ -359,8 +382,10 @@ def generate_image(
         kwargs.update(width=params["width"], height=params["height"])
     else:
         # Image-to-image pipelines take their size from the image itself.
-        pipe = start_image.image_to_image(pipe, params["model"])
+        pipe = start_image.task_pipeline(pipe, params["model"], inpaint=mask is not None)
         kwargs.update(image=start, strength=params["strength"])
+        if mask is not None:
+            kwargs.update(mask_image=mask, width=params["width"], height=params["height"])
     if params["guidance_scale"] is not None:
         kwargs["guidance_scale"] = params["guidance_scale"]
     if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:

@@ -1,15 +1,22 @@
-"""image's starting image (image-to-image): read and checked at submission, used on the worker.
+"""image's starting image (image-to-image) and mask (inpainting): read and checked at
+submission, used on the worker.
 
 With ``path`` set, an image job makes its images from that picture instead of from
 noise: the pipeline noises it by ``strength`` (0 keeps it, 1 keeps nothing but its
-colours' layout) and denoises it towards the prompt. The same loaded text-to-image
-pipeline does it: diffusers' ``AutoPipelineForImage2Image.from_pipe`` builds the
-image-to-image pipeline of the same family around the same components, so no second
-copy of the weights is loaded and the model manager's footprint stays true.
+colours' layout) and denoises it towards the prompt. With a ``mask`` too, only the
+parts the mask marks are redrawn (inpainting). The same loaded text-to-image pipeline
+does both: diffusers' ``AutoPipelineForImage2Image`` / ``AutoPipelineForInpainting``
+``.from_pipe`` build the pipeline of the same family around the same components, so
+no second copy of the weights is loaded and the model manager's footprint stays true.
 
-The starting image is read whole at submission, so a file that is not an image, or is
-truncated, is refused then and there, naming the file. It is stored once by content,
-as a recording to transcribe is, and its digest is part of each image's identity.
+Both pictures are read whole at submission, so a file that is not an image, or is
+truncated, is refused then and there, naming the file. Each is stored once by
+content, as a recording to transcribe is, and its digest is part of each image's
+identity.
+
+A mask marks what to redraw as OpenAI's do, by transparency (fully transparent parts
+are redrawn), when it has transparent pixels; otherwise as diffusers' do, by
+brightness (white is redrawn, black kept).
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from typing import Any
 from stoker.errors import InvalidInput, MissingDependency
 from stoker.storage.keys import content_input_key, file_sha256
 
-#: diffusers' own default: how far an image moves from its starting image.
-DEFAULT_STRENGTH = 0.8
+#: diffusers' own defaults: how far an image moves from its starting image, and how
+#: far the masked parts move when inpainting (all the way: they are redrawn).
+DEFAULT_STRENGTH, DEFAULT_INPAINT_STRENGTH = 0.8, 1.0
 #: The EXIF tag that says how a stored picture is turned to be seen, and its values
 #: that turn it a quarter (a phone photo taken upright is stored sideways).
 EXIF_ORIENTATION, QUARTER_TURNS = 0x0112, frozenset({5, 6, 7, 8})
@@ -33,20 +41,31 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", 
 
 
 @dataclass(frozen=True)
-class StartImage:
-    """A job's starting image as submitted, and how far its images move from it."""
+class Picture:
+    """A picture a job reads, as submitted."""
 
     path: Path  # on the submitting machine, uploaded from there
     name: str  # the file's name, for metadata and errors
     sha256: str
     key: str  # its content-addressed input key (storage/keys.py)
-    width: int  # pixels
+    width: int  # pixels, seen upright
     height: int
-    strength: float
 
     def record(self) -> dict[str, str]:
         """What the job's params keep of it (the workers read it by ``key``)."""
         return {"name": self.name, "sha256": self.sha256, "key": self.key}
+
+
+@dataclass(frozen=True)
+class StartImage:
+    """A job's starting image, how far its images move from it, and what to redraw."""
+
+    image: Picture
+    strength: float
+    mask: Picture | None = None  # None: the whole image is redrawn
+
+    def pictures(self) -> list[Picture]:
+        return [self.image] if self.mask is None else [self.image, self.mask]
 
 
 def _pil() -> Any:
@@ -57,45 +76,72 @@ def _pil() -> Any:
     return Image
 
 
-def read_start(path: str | None, strength: float | None, steps: int) -> StartImage | None:
-    """The starting image of an image request (None without one), checked; InvalidInput
-    naming what is wrong: a file that is not an image, a strength without an image, or
-    a strength that leaves none of ``steps`` to run."""
+def read_start(
+    path: str | None, strength: float | None, steps: int, mask: str | None = None
+) -> StartImage | None:
+    """The starting image (and mask) of an image request, None without one, checked;
+    InvalidInput naming what is wrong: a file that is not an image, a strength or a
+    mask without an image, a mask of another size or that marks nothing, or a strength
+    that leaves none of ``steps`` to run."""
     if path is None:
-        if strength is not None:
-            raise InvalidInput(
-                "strength says how far to move from a starting image; give one with "
-                "--image (path), or leave strength out.",
-                "strength",
-            )
+        for field, value in (("strength", strength), ("mask", mask)):
+            if value is not None:
+                raise InvalidInput(
+                    f"{field} applies to a starting image; give one with --image "
+                    f"(path), or leave {field} out.",
+                    field,
+                )
         return None
-    strength = DEFAULT_STRENGTH if strength is None else strength
+    if strength is None:
+        strength = DEFAULT_STRENGTH if mask is None else DEFAULT_INPAINT_STRENGTH
     check_steps(steps, strength)
-    return read_start_image(Path(path), strength)
+    image = read_picture(Path(path), "starting image", "path")
+    if mask is None:
+        return StartImage(image, strength)
+    marks = read_picture(Path(mask), "mask", "mask")
+    if (marks.width, marks.height) != (image.width, image.height):
+        raise InvalidInput(
+            f"the mask {marks.name} is {marks.width}×{marks.height} and the starting image "
+            f"{image.name} {image.width}×{image.height}; give a mask of the image's size.",
+            "mask",
+        )
+    _check_marks(marks)
+    return StartImage(image, strength, marks)
 
 
-def read_start_image(path: Path, strength: float) -> StartImage:
+def read_picture(path: Path, what: str, field: str) -> Picture:
     """``path`` checked as an image (decoded whole); InvalidInput naming it otherwise."""
     name = path.name
     if not path.is_file():
-        raise InvalidInput(f"the starting image {name} does not exist or is not a file.", "path")
+        raise InvalidInput(f"the {what} {name} does not exist or is not a file.", field)
     image_module = _pil()
     try:
         with image_module.open(path) as image:
             image.load()  # decodes every pixel: a truncated file fails here, not on a worker
             width, height = image.size
             if image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS:
-                width, height = height, width  # seen upright, as load_start_image uses it
+                width, height = height, width  # seen upright, as the worker uses it
             fmt = (image.format or "bin").lower()
     except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, ...)
         raise InvalidInput(
-            f"the starting image {name} could not be read as an image ({exc}); "
+            f"the {what} {name} could not be read as an image ({exc}); "
             f"give a PNG, JPEG or WebP file.",
-            "path",
+            field,
         ) from exc
     digest = file_sha256(path)
-    key = content_input_key(digest, fmt)
-    return StartImage(path, name, digest, key, width, height, strength)
+    return Picture(path, name, digest, content_input_key(digest, fmt), width, height)
+
+
+def _check_marks(mask: Picture) -> None:
+    """InvalidInput when ``mask`` marks nothing to redraw (the job would redraw nothing)."""
+    marks = load_mask(mask.path, mask.width, mask.height)
+    if marks.getextrema()[1] == 0:
+        raise InvalidInput(
+            f"the mask {mask.name} marks nothing to redraw: its fully transparent parts "
+            f"are redrawn (or, in a mask without transparency, its white parts); black "
+            f"or opaque parts are kept.",
+            "mask",
+        )
 
 
 def picture_names(relatives: list[str]) -> list[str]:
@@ -148,6 +194,23 @@ def load_start_image(path: Path, width: int, height: int) -> Any:
     return rgb
 
 
+def load_mask(path: Path, width: int, height: int) -> Any:
+    """The mask as the greyscale PIL image of ``width``×``height`` diffusers takes:
+    white where to redraw. A mask with transparent pixels marks them (OpenAI's way);
+    any other is read by brightness (diffusers' way)."""
+    image_module = _pil()
+    with image_module.open(path) as image:
+        upright = _upright(image)
+        alpha = upright.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            marks = alpha.point(lambda a: 255 if a == 0 else 0)
+        else:
+            marks = upright.convert("L")
+    if marks.size != (width, height):
+        marks = marks.resize((width, height), image_module.Resampling.NEAREST)
+    return marks
+
+
 def _upright(image: Any) -> Any:
     """``image`` as it is meant to be seen: a phone photo stored sideways with an EXIF
     Orientation tag is turned as every viewer turns it (PIL does not by itself)."""
@@ -156,17 +219,21 @@ def _upright(image: Any) -> Any:
     return ImageOps.exif_transpose(image)
 
 
-def image_to_image(pipe: Any, model: str) -> Any:
-    """The image-to-image pipeline of loaded text-to-image ``pipe``, sharing its
-    components (no weights are copied); InvalidInput when its family has none."""
-    from diffusers import AutoPipelineForImage2Image
+def task_pipeline(pipe: Any, model: str, *, inpaint: bool) -> Any:
+    """The image-to-image (or, with ``inpaint``, inpainting) pipeline of loaded
+    text-to-image ``pipe``, sharing its components (no weights are copied);
+    InvalidInput when its family has none."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
+    auto = AutoPipelineForInpainting if inpaint else AutoPipelineForImage2Image
     try:
-        return AutoPipelineForImage2Image.from_pipe(pipe)
+        return auto.from_pipe(pipe)
     except ValueError as exc:  # "AutoPipeline can't find a pipeline linked to X"
+        task, field, leave = (
+            ("inpainting", "mask", "--mask") if inpaint else ("image-to-image", "path", "--image")
+        )
         raise InvalidInput(
-            f"model {model!r} ({type(pipe).__name__}) has no image-to-image pipeline in "
-            f"diffusers, so it cannot start from an image; leave out --image, or use a "
-            f"Stable Diffusion, SDXL or Flux model.",
-            "path",
+            f"model {model!r} ({type(pipe).__name__}) has no {task} pipeline in diffusers; "
+            f"leave out {leave}, or use a Stable Diffusion, SDXL or Flux model.",
+            field,
         ) from exc

@@ -24,6 +24,7 @@ from tests.api_server import api_server, make_key
 from tests.deployment import Deployment
 from tests.diffusers_models import build_text_to_image
 from tests.gguf_models import write_tiny_llama
+from tests.pictures import half_mask, picture
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -269,20 +270,19 @@ def test_images_as_urls_and_as_base64(api: Api) -> None:
             assert (image.format, image.size) == ("PNG", (64, 64))
 
 
-def test_an_image_edit_redraws_the_uploaded_picture_and_leaves_no_upload(
+def test_an_image_edit_redraws_the_uploaded_picture_or_its_masked_part_leaving_no_upload(
     api: Api, tmp_path: Path
 ) -> None:
     import openai
     from PIL import Image
 
-    start = tmp_path / "sketch.png"
-    Image.new("RGB", (128, 64), "teal").save(start)
+    start = picture(tmp_path / "sketch.png", (128, 64))
     client = api.client()
     # When the official client asks for an edit of the picture, stoker's fields as extra_body
-    with start.open("rb") as picture:
+    with start.open("rb") as opened:
         edited = client.images.edit(
             model="tinysd",
-            image=picture,
+            image=opened,
             prompt="a lighthouse at dusk",
             n=2,
             response_format="b64_json",
@@ -298,13 +298,27 @@ def test_an_image_edit_redraws_the_uploaded_picture_and_leaves_no_upload(
             assert image.text["strength"] == "0.5"  # type: ignore[attr-defined]
     # And the upload is gone (the job keeps its own copy, by content)
     assert list(client.files.list()) == []
-    # And a mask, or a file that is not a picture, is refused as a bad request, naming it
+    # When a mask whose right half is transparent comes too (OpenAI's way to mark it)
+    mask = half_mask(tmp_path / "mask.png", (128, 64), transparent=True)
+    with start.open("rb") as opened, mask.open("rb") as marked:
+        inpainted = client.images.edit(
+            model="tinysd", image=opened, mask=marked, prompt="a red sofa",
+            response_format="b64_json", extra_body={"steps": 4, "seed": 5},
+        )  # fmt: skip
+    # Then the image was inpainted from both, and neither upload is left behind
+    [only] = inpainted.data or []
+    with Image.open(io.BytesIO(base64.b64decode(str(only.b64_json)))) as image:
+        assert image.text["mask"] == "mask.png"  # type: ignore[attr-defined]
+        assert image.text["strength"] == "1.0"  # type: ignore[attr-defined]
+    assert list(client.files.list()) == []
+    # And a mask of another size, or a file that is not a picture, is a bad request
+    small_mask = half_mask(tmp_path / "small.png", (64, 64), transparent=True)
     with (
-        start.open("rb") as picture,
-        start.open("rb") as mask,
-        pytest.raises(openai.BadRequestError, match=r"masks .* are not supported"),
+        start.open("rb") as opened,
+        small_mask.open("rb") as small,
+        pytest.raises(openai.BadRequestError, match=r"give a mask of the image's size"),
     ):
-        client.images.edit(model="tinysd", image=picture, mask=mask, prompt="x")
+        client.images.edit(model="tinysd", image=opened, mask=small, prompt="x")
     with pytest.raises(openai.BadRequestError, match="could not be read as an image"):
         client.images.edit(model="tinysd", image=("notes.png", b"not a picture"), prompt="x")
 

@@ -14,11 +14,12 @@ from stoker.errors import InvalidInput, JobCancelled, ModelLoadError
 from stoker.jobs.base import AssembleContext, ChunkContext, PrepareContext
 from stoker.jobs.image import EXIF_DESCRIPTION, ImageCapability
 from stoker.jobs.mesh import MeshCapability
-from stoker.jobs.start_image import image_to_image
+from stoker.jobs.start_image import task_pipeline
 from stoker.storage.keys import file_sha256
 from stoker.workers.catalog import ModelCatalog
 from stoker.workers.loaders.diffusers import DiffusersLoader
 from tests.diffusers_models import IGNORE_HEUN_WARNING, TinyPipelines, tiny_pipelines
+from tests.pictures import half_mask, picture
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings(IGNORE_HEUN_WARNING)]
 
@@ -135,8 +136,7 @@ def test_images_made_from_a_starting_image_follow_it_and_its_seed(
     from PIL import Image
 
     # Given two starting images, 128×64, one teal and one a red and white split
-    teal = tmp_path / "teal.png"
-    Image.new("RGB", (128, 64), "teal").save(teal)
+    teal = picture(tmp_path / "teal.png", (128, 64))
     split = tmp_path / "split.jpg"
     two = Image.new("RGB", (128, 64), "red")
     two.paste((255, 255, 255), (64, 0, 128, 64))
@@ -163,9 +163,34 @@ def test_images_made_from_a_starting_image_follow_it_and_its_seed(
     assert "start_image" not in after.meta
 
 
-def test_a_pipeline_family_without_image_to_image_is_named(shap_e: Any) -> None:
-    with pytest.raises(InvalidInput, match=r"'tiny_shap_e' \(ShapEPipeline\) has no image-to"):
-        image_to_image(shap_e, "tiny_shap_e")
+def test_a_mask_redraws_the_parts_it_marks_through_the_inpainting_pipeline(
+    sd: Any, catalog: ModelCatalog, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    # Given a starting image and a mask whose right half is transparent (to redraw)
+    start = picture(tmp_path / "room.png", (64, 64))
+    mask = half_mask(tmp_path / "sofa.png", (64, 64), transparent=True)
+    request = {**IMAGE, "seed": 3, "steps": 4, "path": str(start)}
+    # When the same request runs with the mask twice, and once without it
+    a = run(ImageCapability(), sd, catalog, tmp_path / "a", {**request, "mask": str(mask)})
+    b = run(ImageCapability(), sd, catalog, tmp_path / "b", {**request, "mask": str(mask)})
+    whole = run(ImageCapability(), sd, catalog, tmp_path / "c", {**request, "strength": 1.0})
+    # Then the masked runs agree with each other and differ from the unmasked one
+    assert a[0].path.read_bytes() == b[0].path.read_bytes() != whole[0].path.read_bytes()
+    # And the image says which mask it was made with
+    assert a[0].meta["mask"] == "sofa.png" and a[0].meta["strength"] == 1.0
+    assert a[0].meta["mask_sha256"] == file_sha256(mask)
+    with Image.open(a[0].path) as image:
+        assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize(("inpaint", "task"), [(False, "image-to-image"), (True, "inpainting")])
+def test_a_pipeline_family_without_image_to_image_is_named(
+    shap_e: Any, inpaint: bool, task: str
+) -> None:
+    with pytest.raises(InvalidInput, match=rf"'tiny_shap_e' \(ShapEPipeline\) has no {task} "):
+        task_pipeline(shap_e, "tiny_shap_e", inpaint=inpaint)
 
 
 @pytest.mark.parametrize("name", ["half_copied_sd", "no_unet_sd"])

@@ -13,6 +13,7 @@ from stoker.client import Stoker
 from stoker.config import load_settings
 from tests.diffusers_models import TinyPipelines, tiny_pipelines
 from tests.integration.test_cli import stoker
+from tests.pictures import half_mask, picture
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -110,8 +111,7 @@ def test_run_image_starts_every_line_from_the_image_given_and_refuses_a_bad_one(
     from PIL import Image
 
     # Given a 128×64 starting image and a file of two prompts
-    start = tmp_path / "sketch.webp"
-    Image.new("RGB", (128, 64), "teal").save(start, format="WEBP")
+    start = picture(tmp_path / "sketch.webp", (128, 64), fmt="WEBP")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a lighthouse at dusk\na red barn\n")
     out = tmp_path / "out"
@@ -139,6 +139,28 @@ def test_run_image_starts_every_line_from_the_image_given_and_refuses_a_bad_one(
     assert "error: the starting image notes.png could not be read as an image" in refused.stderr
 
 
+def test_run_image_with_a_mask_inpaints_the_starting_image(
+    tiny: TinyPipelines, data_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    # Given a starting image and a black mask, white over its right half
+    start = picture(tmp_path / "room.png", (64, 64))
+    mask = half_mask(tmp_path / "sofa.png", (64, 64), transparent=False)
+    out = tmp_path / "out"
+    # When `stoker run image --image --mask` runs
+    result = stoker(
+        "run", "image", "--image", str(start), "--mask", str(mask), "--prompt", "a red sofa",
+        "--model", str(tiny.image), "--steps", "4", "--seed", "1", "--out", str(out),
+        data_dir=data_dir,
+    )  # fmt: skip
+    # Then the image is made from both, and says so
+    assert result.returncode == 0, result.stderr
+    with Image.open(out / "image-00.png") as image:
+        assert image.text["mask"] == "sofa.png"  # type: ignore[attr-defined]
+        assert image.text["start_image"] == "room.png"  # type: ignore[attr-defined]
+
+
 def test_run_image_from_a_folder_makes_each_picture_and_fails_a_broken_one_alone(
     tiny: TinyPipelines, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -147,8 +169,8 @@ def test_run_image_from_a_folder_makes_each_picture_and_fails_a_broken_one_alone
     # Given a folder of pictures (one in a subfolder, one broken) and a file that is not one
     photos = tmp_path / "photos"
     (photos / "shoot 2").mkdir(parents=True)
-    Image.new("RGB", (128, 64), "teal").save(photos / "cat.jpg", format="JPEG")
-    Image.new("RGB", (64, 128), "red").save(photos / "shoot 2" / "dog.png")
+    picture(photos / "cat.jpg", (128, 64), fmt="JPEG")
+    picture(photos / "shoot 2" / "dog.png", (64, 128), "red")
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
     (photos / "notes.txt").write_text("not a picture, and not looked at")
     out = tmp_path / "out"
@@ -244,8 +266,7 @@ def test_run_batch_of_image_edits_reads_each_lines_starting_image_and_fails_a_ba
     from PIL import Image
 
     # Given an OpenAI Batch file of edits: one of a picture, one of a file that is not one
-    start = tmp_path / "sketch.png"
-    Image.new("RGB", (128, 64), "teal").save(start)
+    picture(tmp_path / "sketch.png", (128, 64))
     (tmp_path / "notes.png").write_text("not a picture")
     requests = tmp_path / "edits.jsonl"
     body = {"model": str(tiny.image), "steps": 4, "seed": 7, "strength": 0.5, "prompt": "x"}

@@ -14,6 +14,7 @@ from stoker.errors import InvalidInput
 from stoker.queues.records import JobState
 from tests.deployment import Deployment, can_hide
 from tests.diffusers_models import TinyPipelines, tiny_pipelines
+from tests.pictures import picture
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -162,13 +163,11 @@ def test_images_start_from_a_local_file_or_an_s3_object_the_worker_reads_from_st
     visual: Deployment, s3_endpoint: str, s3_bucket: str, tmp_path: Path
 ) -> None:
     import boto3
-    from PIL import Image
 
     # Given a starting image on this machine, and the same picture in a bucket
     mine = tmp_path / "mine"
     mine.mkdir()
-    start = mine / "sketch.png"
-    Image.new("RGB", (128, 64), "teal").save(start)
+    start = picture(mine / "sketch.png", (128, 64))
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     s3.upload_file(str(start), s3_bucket, "sketches/sketch.png")
     visual.start_worker("image", hide=mine if can_hide() else None)

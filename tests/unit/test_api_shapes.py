@@ -74,10 +74,10 @@ def test_an_image_edit_is_an_image_job_from_its_one_starting_image() -> None:
     }
     assert to({**asked, "image": "file-abc"}) == expected
     assert to({**asked, "image": ["file-abc"], "input_fidelity": "high"}) == expected
+    assert to({**asked, "image": "file-abc", "mask": "file-m"}) == {**expected, "mask": "file-m"}
     for bad, message in (
         ({"image": ["file-a", "file-b"]}, "one starting image"),
         ({}, "one starting image"),
-        ({"image": "file-a", "mask": "file-m"}, "masks .* are not supported"),
         ({"image": "file-a", "background": "transparent"}, "transparent backgrounds"),
     ):
         with pytest.raises(InvalidInput, match=message):

@@ -13,10 +13,11 @@ from stoker.config import load_settings
 from stoker.errors import InvalidInput
 from stoker.jobs.base import NAME_PATTERN, PrepareContext
 from stoker.jobs.image import Geometry, ImageCapability, start_size
-from stoker.jobs.start_image import EXIF_ORIENTATION, check_steps, load_start_image
+from stoker.jobs.start_image import EXIF_ORIENTATION, check_steps, load_mask, load_start_image
 from stoker.storage.keys import file_sha256
 from stoker.workers.catalog import ModelCatalog
 from tests.diffusers_models import TinyPipelines, tiny_pipelines
+from tests.pictures import half_mask, picture
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyPipelines:
 def ctx(tiny: TinyPipelines, tmp_path: Path) -> PrepareContext:
     settings = load_settings(data_dir=tmp_path / "data", models=tiny.models())
     return PrepareContext(settings, ModelCatalog(settings))
-
-
-def picture(path: Path, size: tuple[int, int], colour: str = "teal", fmt: str = "PNG") -> Path:
-    Image.new("RGB", size, colour).save(path, format=fmt)
-    return path
 
 
 def prepare(ctx: PrepareContext, **request: Any) -> Any:
@@ -116,7 +112,8 @@ def write_truncated_png(path: Path) -> Path:
             r"starting image start\.png could not be read as an image .*PNG, JPEG or WebP",
         ),
         (write_truncated_png, {}, r"starting image start\.png could not be read as an image"),
-        (None, {"strength": 0.5}, r"strength says how far.*--image"),
+        (None, {"strength": 0.5}, r"strength applies to a starting image.*--image"),
+        (None, {"mask": "m.png"}, r"mask applies to a starting image.*--image"),
         (picture, {"strength": 0.2, "steps": 4}, r"give --steps 5 or more, or a higher"),
         (picture, {"strength": 0.3, "steps": 3}, r"give --steps 4 or more"),
         (picture, {"strength": 0.0}, r"invalid strength 0\.0"),
@@ -197,6 +194,14 @@ def test_over_http_a_starting_image_is_an_uploaded_file_or_a_path_under_the_root
         taken = client.post("/v1/jobs", json={"kind": "image", "params": inside}, headers=alice)
         assert taken.status_code == 202, taken.text
         assert taken.json()["params"]["start"]["name"] == "in.png"
+        # And a mask is guarded as the picture is: refused outside the roots, read inside
+        masked = {**inside, "mask": str(start)}
+        refused = client.post("/v1/jobs", json={"kind": "image", "params": masked}, headers=alice)
+        assert refused.status_code == 400 and "params.mask" in refused.text
+        masked["mask"] = str(half_mask(inbox / "m.png", (64, 64), transparent=True))
+        taken = client.post("/v1/jobs", json={"kind": "image", "params": masked}, headers=alice)
+        assert taken.status_code == 202, taken.text
+        assert taken.json()["params"]["mask"]["name"] == "m.png"
 
 
 def test_each_picture_of_a_folder_gets_a_name_a_batch_takes_and_no_two_the_same() -> None:
@@ -239,3 +244,66 @@ def test_transparent_parts_of_a_starting_image_are_seen_on_white(tmp_path: Path)
     start = load_start_image(logo, 64, 64)
     assert start.getpixel((10, 10)) == (200, 0, 0)
     assert start.getpixel((50, 10)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("transparent", [True, False])
+def test_a_mask_marks_what_to_redraw_by_transparency_or_else_by_brightness(
+    tmp_path: Path, transparent: bool
+) -> None:
+    mask = half_mask(tmp_path / "mask.png", (64, 64), transparent=transparent)
+    marks = load_mask(mask, 32, 32)
+    assert marks.mode == "L" and marks.size == (32, 32)
+    assert marks.getpixel((4, 4)) == 0 and marks.getpixel((28, 4)) == 255
+
+
+def test_an_opaque_black_and_white_mask_with_an_alpha_channel_is_read_by_brightness(
+    tmp_path: Path,
+) -> None:
+    # As an editor exports one: RGBA, every pixel opaque, white where to redraw
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((255, 255, 255, 255), (32, 0, 64, 64))
+    mask.save(tmp_path / "mask.png")
+    marks = load_mask(tmp_path / "mask.png", 64, 64)
+    assert marks.getpixel((4, 4)) == 0 and marks.getpixel((60, 4)) == 255
+
+
+def test_a_mask_is_uploaded_beside_the_starting_image_and_part_of_the_identity(
+    ctx: PrepareContext, tmp_path: Path
+) -> None:
+    start = picture(tmp_path / "room.png", (128, 64))
+    mask = half_mask(tmp_path / "sofa.png", (128, 64), transparent=True)
+    prepared = prepare(ctx, path=str(start), mask=str(mask), seed=2)
+    keys = [prepared.params["start"]["key"], prepared.params["mask"]["key"]]
+    assert prepared.chunks[0].payload == {"seed": 2, "inputs": keys}
+    assert prepared.uploads == {keys[0]: start, keys[1]: mask}
+    assert prepared.params["mask"]["name"] == "sofa.png"
+    # inpainting redraws the marked parts all the way unless told otherwise
+    assert prepared.params["strength"] == 1.0
+    other = half_mask(tmp_path / "other.png", (128, 64), transparent=False)
+    unmasked = prepare(ctx, path=str(start), seed=2, strength=1.0)
+    other_mask = prepare(ctx, path=str(start), mask=str(other), seed=2)
+    identities = {str(p.chunks[0].identity) for p in (prepared, unmasked, other_mask)}
+    assert len(identities) == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: half_mask(p, (64, 64), transparent=True),
+            r"the mask m\.png is 64×64 and the starting image start\.png 128×64; give a mask",
+        ),
+        (
+            lambda p: Image.new("L", (128, 64), 0).save(p, format="PNG"),
+            r"the mask m\.png marks nothing to redraw",
+        ),
+        (lambda p: p.write_text("no"), r"the mask m\.png could not be read as an image"),
+    ],
+)
+def test_a_mask_that_cannot_mark_the_starting_image_is_refused_naming_it(
+    ctx: PrepareContext, tmp_path: Path, make: Any, message: str
+) -> None:
+    start = picture(tmp_path / "start.png", (128, 64))
+    make(tmp_path / "m.png")
+    with pytest.raises(InvalidInput, match=message):
+        prepare(ctx, path=str(start), mask=str(tmp_path / "m.png"))

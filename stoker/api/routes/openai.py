@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Form, UploadFile
@@ -234,7 +234,8 @@ def image_edits(
     negative_prompt: Annotated[str | None, Form()] = None,
     guidance_scale: Annotated[float | None, Form()] = None,
 ) -> dict[str, Any]:
-    """An image redrawn from the uploaded one (image-to-image), answered as a generation."""
+    """An image redrawn from the uploaded one (image-to-image), only where ``mask`` is
+    transparent when one is given (inpainting); answered as a generation."""
     images = [f for f in (image, *(image_list or [])) if f is not None]
     if len(images) != 1:
         raise ApiError(
@@ -262,11 +263,13 @@ def image_edits(
         "seed": seed,
         "negative_prompt": negative_prompt,
         "guidance_scale": guidance_scale,
-        "mask": None if mask is None else "-",
     }
     body = {k: v for k, v in fields.items() if v is not None}
-    # Checked before the upload is stored, so a refused request leaves nothing behind.
-    edit_request({**body, "image": "-"})
+    # Checked before the uploads are stored, so a refused request leaves nothing behind.
+    edit_request({**body, "image": "-", **({} if mask is None else {"mask": "-"})})
     require_deployed("image", state.settings)
-    with _uploaded(state, key, images[0]) as upload:
-        return _answer(state, key, "/v1/images/edits", {**body, "image": upload.id})
+    with ExitStack() as uploads:
+        body["image"] = uploads.enter_context(_uploaded(state, key, images[0])).id
+        if mask is not None:
+            body["mask"] = uploads.enter_context(_uploaded(state, key, mask)).id
+        return _answer(state, key, "/v1/images/edits", body)
