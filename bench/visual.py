@@ -22,13 +22,18 @@ image from a starting image (``--edits``: image-to-image, a 64×64 picture, stre
      pipeline, one call per seed, each image saved as PNG;
   2. stoker: `image` jobs with ``path`` and ``strength``, as in 2. above (the picture
      is read, hashed and stored once per job at submission, inside the timing).
+image with a mask (``--masks``: inpainting the right half of that picture, strength
+1.0 of 4 steps):
+  1. plain: ``AutoPipelineForInpainting.from_pipe``, one call per seed;
+  2. stoker: `image` jobs with ``path`` and ``mask``.
 mesh (tiny Shap-E, marching-cubes grid ``--resolution``):
   1. plain: the prior, ``decode_to_mesh``, a coloured trimesh exported to GLB, per prompt;
   2. stoker: one `mesh` job per prompt (GLB, no decimation, as plain), same worker
      set-up; submit to all done.
 Both stoker sides first run one warm-up job (see stoker_side).
 
-Usage: python bench/visual.py [--images 32] [--prompts 32] [--edits 32] [--meshes 6]
+Usage: python bench/visual.py [--images 32] [--prompts 32] [--edits 32] [--masks 32]
+                              [--meshes 6]
                               [--resolution 64] [--repeats 5] [--no-write]
 """
 
@@ -71,22 +76,29 @@ def load_pipeline(folder: Path) -> Any:
     return pipe
 
 
-def plain_edits(pipe: Any, n: int, start: Path, out: Path) -> None:
-    """``n`` images of PROMPT from the picture at ``start``, seeds SEED, SEED + 1, ..."""
+def plain_edits(pipe: Any, n: int, start: Path, out: Path, mask: Path | None = None) -> None:
+    """``n`` images of PROMPT from the picture at ``start``, seeds SEED, SEED + 1, ...;
+    with ``mask``, inpainting what it marks white at strength 1.0."""
     import torch
-    from diffusers import AutoPipelineForImage2Image
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
-    edit = AutoPipelineForImage2Image.from_pipe(pipe)
     with Image.open(start) as picture:
         rgb = picture.convert("RGB")
+    kwargs: dict[str, Any] = {"strength": STRENGTH, "num_inference_steps": EDIT_STEPS}
+    if mask is None:
+        edit = AutoPipelineForImage2Image.from_pipe(pipe)
+    else:
+        edit = AutoPipelineForInpainting.from_pipe(pipe)
+        with Image.open(mask) as marks:
+            kwargs = {"strength": 1.0, "num_inference_steps": STEPS, "width": SIDE,
+                      "height": SIDE, "mask_image": marks.convert("L")}  # fmt: skip
     for i in range(n):
         generator = torch.Generator("cpu").manual_seed(SEED + i)
         image = edit(
-            prompt=PROMPT, image=rgb, strength=STRENGTH, num_inference_steps=EDIT_STEPS,
-            generator=generator, output_type="pil",
-        ).images[0]  # fmt: skip
+            prompt=PROMPT, image=rgb, generator=generator, output_type="pil", **kwargs
+        ).images[0]
         image.save(out / f"image-{i:02d}.png", format="PNG")
 
 
@@ -253,27 +265,42 @@ def prompts_section(folder: Path, n: int, redis_url: str, work: Path, repeats: i
     return table(what, n, "image", plain_s, stoker_s, pairs)
 
 
-def edit_section(folder: Path, n: int, redis_url: str, work: Path, repeats: int) -> str:
+def edit_section(
+    folder: Path, n: int, redis_url: str, work: Path, repeats: int, *, masked: bool = False
+) -> str:
+    """Images from a starting picture (``masked``: inpainting its right half)."""
     from PIL import Image
 
     pipe = load_pipeline(folder)
-    start = work / "start.png"
+    start, mask = work / "start.png", work / "mask.png"
     picture = Image.new("RGB", (SIDE, SIDE), "teal")
     picture.paste((255, 255, 255), (SIDE // 2, 0, SIDE, SIDE))
     picture.save(start)
-    plain_edits(pipe, 2, start, work / "warm")
-    request = {"prompt": PROMPT, "model": str(folder), "steps": EDIT_STEPS, "path": str(start)}
-    request |= {"strength": STRENGTH, "width": SIDE, "height": SIDE}
+    marks = Image.new("L", (SIDE, SIDE), 0)
+    marks.paste(255, (SIDE // 2, 0, SIDE, SIDE))
+    marks.save(mask)
+    used = mask if masked else None
+    plain_edits(pipe, 2, start, work / "warm", used)
+    request = {"prompt": PROMPT, "model": str(folder), "path": str(start)}
+    request |= {"width": SIDE, "height": SIDE}
+    if masked:
+        request |= {"mask": str(mask), "steps": STEPS}  # strength 1.0, the default
+    else:
+        request |= {"strength": STRENGTH, "steps": EDIT_STEPS}
     requests = [
         request | {"seed": SEED + first, "count": min(MAX_COUNT, n - first)}
         for first in range(0, n, MAX_COUNT)
     ]
+    tag = "mask" if masked else "edit"
     plain_s, stoker_s, pairs = interleaved(
-        lambda r: plain_edits(pipe, n, start, work / f"plain-edit-{r}"),
-        lambda r: stoker_side("image", folder, requests, redis_url, work / f"edit-{r}"),
+        lambda r: plain_edits(pipe, n, start, work / f"plain-{tag}-{r}", used),
+        lambda r: stoker_side("image", folder, requests, redis_url, work / f"{tag}-{r}"),
         repeats,
     )
-    what = f"image --image: {n} × {SIDE}×{SIDE}, strength {STRENGTH} of {EDIT_STEPS} steps"
+    if masked:
+        what = f"image --image --mask: {n} × {SIDE}×{SIDE}, half redrawn, {STEPS} steps"
+    else:
+        what = f"image --image: {n} × {SIDE}×{SIDE}, strength {STRENGTH} of {EDIT_STEPS} steps"
     return table(what, n, "image", plain_s, stoker_s, pairs)
 
 
@@ -301,6 +328,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--prompts", type=int, default=32, help="lines of the prompt file")
     parser.add_argument("--edits", type=int, default=32, help="images from a starting image")
+    parser.add_argument("--masks", type=int, default=32, help="images inpainted with a mask")
     parser.add_argument("--meshes", type=int, default=6)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
@@ -313,6 +341,7 @@ def main() -> None:
             image_section(tiny.image, args.images, redis_url, work, args.repeats),
             prompts_section(tiny.image, args.prompts, redis_url, work, args.repeats),
             edit_section(tiny.image, args.edits, redis_url, work, args.repeats),
+            edit_section(tiny.image, args.masks, redis_url, work, args.repeats, masked=True),
             mesh_section(tiny.mesh, args.meshes, args.resolution, redis_url, work, args.repeats),
         ]
     for part in parts:
