@@ -234,8 +234,8 @@ def image_edits(
     negative_prompt: Annotated[str | None, Form()] = None,
     guidance_scale: Annotated[float | None, Form()] = None,
 ) -> dict[str, Any]:
-    """An image redrawn from the uploaded one (image-to-image), only where ``mask`` is
-    transparent when one is given (inpainting); answered as a generation."""
+    """An image redrawn from the uploaded one (image-to-image), only where ``mask``
+    marks when one is given (inpainting); answered as a generation."""
     images = [f for f in (image, *(image_list or [])) if f is not None]
     if len(images) != 1:
         raise ApiError(
