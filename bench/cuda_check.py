@@ -6,9 +6,10 @@ Every model is built here from configs with random weights, so nothing is downlo
 an embedding model of all-MiniLM-L6-v2's shape (the same compute per sentence), and
 the tiny Stable Diffusion and Shap-E pipelines of the tests.
 
-1. **Jobs on the device**: one job per capability through stoker on the embedded
-   default (SQLite broker, local outputs), served by an in-process worker on
-   ``--device``; its state, outputs and the manager's measured footprint there.
+1. **Jobs on the device**: one job per capability (and image from a picture, and with
+   a mask) through stoker on the embedded default (SQLite broker, local outputs),
+   served by an in-process worker on ``--device``; its state, outputs and the
+   manager's measured footprint there.
 2. **Budget and eviction**: a budget that fits one embedding model, two copies of it
    (two files, two models) used in turn: every use loads after evicting the other,
    and the device memory this process holds after each eviction is about one model's.
@@ -96,6 +97,18 @@ def step(results: list[dict[str, Any]], name: str, fn: Callable[[], dict[str, An
     print(json.dumps(row), flush=True)
 
 
+def starting_pictures(work: Path) -> tuple[Path, Path]:
+    """A 64×64 starting picture and a mask of its right half, for image's other modes."""
+    from PIL import Image
+
+    start, mask = work / "start.png", work / "mask.png"
+    Image.new("RGB", (64, 64), "teal").save(start)
+    marks = Image.new("L", (64, 64), 0)
+    marks.paste(255, (32, 0, 64, 64))
+    marks.save(mask)
+    return start, mask
+
+
 def jobs_on_device(work: Path, device: str, folders: dict[str, Path]) -> list[dict[str, Any]]:
     """One job per capability through stoker on ``device``; footprints from the manager."""
     from stoker.client import Stoker
@@ -107,25 +120,30 @@ def jobs_on_device(work: Path, device: str, folders: dict[str, Path]) -> list[di
         ("mini", "sentence-transformers"), ("tiny_sd", "diffusers"), ("tiny_shap_e", "diffusers")
     )}  # fmt: skip
     settings = Settings(data_dir=work / "data", models=models)  # type: ignore[arg-type]
-    requests = {
-        "embed": {"texts": story(200).split(". "), "model": "mini", "format": "npy"},
-        "image": {"prompt": "a lighthouse at dusk", "model": "tiny_sd", "steps": 4, "seed": 7},
-        "mesh": {"prompt": "a chair", "model": "tiny_shap_e", "steps": 4, "seed": 1,
-                 "resolution": 32, "format": "glb"},
-    }  # fmt: skip
+    start, mask = starting_pictures(work)
+    image = {"prompt": "a lighthouse at dusk", "model": "tiny_sd", "steps": 4, "seed": 7}
+    requests = [
+        ("embed", "embed", {"texts": story(200).split(". "), "model": "mini", "format": "npy"}),
+        ("image", "image", image),
+        # from_pipe's image-to-image and inpainting pipelines on the same warm weights
+        ("image --image", "image", {**image, "path": str(start), "strength": 0.5, "steps": 8}),
+        ("image --mask", "image", {**image, "path": str(start), "mask": str(mask)}),
+        ("mesh", "mesh", {"prompt": "a chair", "model": "tiny_shap_e", "steps": 4, "seed": 1,
+                          "resolution": 32, "format": "glb"}),
+    ]  # fmt: skip
     rows = []
     with Stoker(settings) as client:
-        for kind, request in requests.items():
+        for label, kind, request in requests:
             record = client.submit(kind, request)
             with inprocess_worker(settings, [kind], device) as executor:
                 record = client.wait(record.id, timeout_s=600)
                 (pool,) = [p for p in executor.manager.stats() if p.device == device]
                 footprints = {m.name: m.footprint_bytes for m in pool.models}
             if record.state is not JobState.SUCCEEDED:
-                raise RuntimeError(f"{kind} job {record.state}: {record.error}")
+                raise RuntimeError(f"{label} job {record.state}: {record.error}")
             rows.append(
                 {
-                    "kind": kind,
+                    "kind": label,
                     "outputs": sorted(o.name for o in record.outputs),
                     "footprint_mib": round(footprints[str(request["model"])] / MIB, 1),
                     "budget_mib": round(pool.budget_bytes / MIB),
