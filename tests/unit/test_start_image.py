@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,42 @@ def test_over_http_a_starting_image_is_an_uploaded_file_or_a_path_under_the_root
         taken = client.post("/v1/jobs", json={"kind": "image", "params": masked}, headers=alice)
         assert taken.status_code == 202, taken.text
         assert taken.json()["params"]["mask"]["name"] == "m.png"
+        # And an OpenAI batch of edits reads each line's picture and mask by file id
+        mask_upload = client.post(
+            "/v1/files",
+            files={
+                "file": (
+                    "m.png",
+                    half_mask(tmp_path / "m.png", (128, 64), transparent=True).read_bytes(),
+                )
+            },
+            data={"purpose": "user_data"},
+            headers=alice,
+        ).json()
+        edit = {"model": "tiny_sd", "prompt": "a sofa", "image": upload["id"]}
+        lines = [
+            {"custom_id": "whole", "method": "POST", "url": "/v1/images/edits", "body": edit},
+            {"custom_id": "part", "method": "POST", "url": "/v1/images/edits",
+             "body": {**edit, "mask": mask_upload["id"]}},
+        ]  # fmt: skip
+        requests = client.post(
+            "/v1/files",
+            files={"file": ("edits.jsonl", "".join(json.dumps(x) + "\n" for x in lines))},
+            data={"purpose": "batch"},
+            headers=alice,
+        ).json()
+        batch = client.post(
+            "/v1/batches",
+            json={"input_file_id": requests["id"], "endpoint": "/v1/images/edits",
+                  "completion_window": "24h"},
+            headers=alice,
+        )  # fmt: skip
+        assert batch.status_code == 200, batch.text
+        assert batch.json()["request_counts"]["failed"] == 0
+        jobs = client.get("/v1/jobs", params={"kind": "image", "limit": 2}, headers=alice)
+        kids = [j["params"] for j in jobs.json()["data"]]
+        assert sorted("mask" in k for k in kids) == [False, True]
+        assert all(k["start"]["name"] == "sketch.png" for k in kids)
 
 
 def test_each_picture_of_a_folder_gets_a_name_a_batch_takes_and_no_two_the_same() -> None:
