@@ -65,6 +65,11 @@ class JobList(BaseModel):
     )
 
 
+def download_path(job_id: str, name: str) -> str:
+    """Where the API serves output ``name`` of job ``job_id`` (routes/jobs.job_output)."""
+    return f"/v1/jobs/{job_id}/outputs/{quote(name)}"
+
+
 def job_view(state: ApiState, record: JobRecord, *, with_webhook: bool = True) -> JobView:
     outputs = [
         OutputView(
@@ -73,7 +78,7 @@ def job_view(state: ApiState, record: JobRecord, *, with_webhook: bool = True) -
             content_type=o.content_type,
             partial=o.partial,
             url=state.stoker.output_url(o.key),
-            download=f"/v1/jobs/{record.id}/outputs/{quote(o.name)}",
+            download=download_path(record.id, o.name),
         )
         for o in record.outputs
     ]

@@ -10,11 +10,11 @@ OpenAI client expects the result body or an error, never an accepted-for-later a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Form, UploadFile
+from fastapi import APIRouter, Body, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from stoker.api.deps import KeyDep, StateDep
@@ -33,6 +33,7 @@ from stoker.api.routes.files import save_upload
 from stoker.api.state import ApiState
 from stoker.api.streaming import object_response
 from stoker.api.submission import submit_job
+from stoker.api.views import download_path
 from stoker.config import Settings
 from stoker.jobs import CAPABILITIES, installed
 from stoker.queues.records import JobRecord, JobState
@@ -100,13 +101,28 @@ def run_sync(state: ApiState, key: ApiKey, endpoint: str, body: dict[str, Any]) 
     raise ApiError(status, message, type=kind, code=code, headers={"X-Stoker-Job-Id": done.id})
 
 
-def _answer(state: ApiState, key: ApiKey, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+def _answer(
+    state: ApiState, key: ApiKey, endpoint: str, body: dict[str, Any], base_url: str
+) -> dict[str, Any]:
     """Run ``body`` synchronously and answer in the endpoint's OpenAI shape."""
     record = run_sync(state, key, endpoint, body)
     adapter = ADAPTERS[endpoint]
+    url_for = _output_urls(state, record, base_url)
     return adapter.response_body(
-        record, state.stoker.output_url, state.stoker.storage.get_bytes, adapter.options(body)
+        record, url_for, state.stoker.storage.get_bytes, adapter.options(body)
     )
+
+
+def _output_urls(state: ApiState, record: JobRecord, base_url: str) -> Callable[[str], str]:
+    """How an answer points at the job's outputs: S3's presigned URLs, which any client
+    fetches; on local storage, whose ``file://`` URLs only work on this machine, this
+    API's own URL of each output (fetched with the caller's key)."""
+    storage = state.stoker.storage
+    if not storage.url.startswith("file:"):
+        return state.stoker.output_url
+    base = base_url.rstrip("/")
+    served = {o.key: base + download_path(record.id, o.name) for o in record.outputs}
+    return lambda key: served.get(key) or state.stoker.output_url(key)
 
 
 @router.post(
@@ -185,29 +201,32 @@ def _uploaded(state: ApiState, key: ApiKey, file: UploadFile) -> Iterator[FileOb
 
 
 @router.post("/embeddings")
-def embeddings(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
-    return _answer(state, key, "/v1/embeddings", body)
+def embeddings(body: OpenAIBody, state: StateDep, key: KeyDep, request: Request) -> dict[str, Any]:
+    return _answer(state, key, "/v1/embeddings", body, str(request.base_url))
 
 
 @router.post("/chat/completions")
-def chat_completions(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
-    return _answer(state, key, "/v1/chat/completions", body)
+def chat_completions(
+    body: OpenAIBody, state: StateDep, key: KeyDep, request: Request
+) -> dict[str, Any]:
+    return _answer(state, key, "/v1/chat/completions", body, str(request.base_url))
 
 
 @router.post("/completions")
-def completions(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
-    return _answer(state, key, "/v1/completions", body)
+def completions(body: OpenAIBody, state: StateDep, key: KeyDep, request: Request) -> dict[str, Any]:
+    return _answer(state, key, "/v1/completions", body, str(request.base_url))
 
 
 @router.post("/images/generations")
-def images(body: OpenAIBody, state: StateDep, key: KeyDep) -> dict[str, Any]:
-    return _answer(state, key, "/v1/images/generations", body)
+def images(body: OpenAIBody, state: StateDep, key: KeyDep, request: Request) -> dict[str, Any]:
+    return _answer(state, key, "/v1/images/generations", body, str(request.base_url))
 
 
 @router.post("/images/edits")
 def image_edits(
     state: StateDep,
     key: KeyDep,
+    request: Request,
     prompt: Annotated[str, Form()],
     image: Annotated[UploadFile | None, File()] = None,
     # OpenAI's client sends a list of images as image[]; stoker takes a list of one.
@@ -272,4 +291,4 @@ def image_edits(
         body["image"] = uploads.enter_context(_uploaded(state, key, images[0])).id
         if mask is not None:
             body["mask"] = uploads.enter_context(_uploaded(state, key, mask)).id
-        return _answer(state, key, "/v1/images/edits", body)
+        return _answer(state, key, "/v1/images/edits", body, str(request.base_url))
