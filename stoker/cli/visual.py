@@ -28,6 +28,7 @@ from stoker.cli.capabilities import run_with, submit_with
 from stoker.config import ModelEntry, Priority
 from stoker.errors import InvalidInput
 from stoker.queues.records import JobRecord
+from stoker.storage.sources import is_s3_url
 
 PromptOpt = Annotated[str | None, typer.Option("--prompt", help="What to make.")]
 PromptsOpt = Annotated[
@@ -168,7 +169,7 @@ def _is_picture_folder(target: str) -> bool:
     """Whether ``--image`` names a folder or s3:// prefix of pictures, not one picture."""
     from stoker.jobs.start_image import IMAGE_EXTENSIONS
 
-    if target.startswith("s3://"):
+    if is_s3_url(target):
         return Path(target).suffix.lower() not in IMAGE_EXTENSIONS
     return Path(target).is_dir()
 

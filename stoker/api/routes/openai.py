@@ -37,6 +37,7 @@ from stoker.api.views import download_path
 from stoker.config import Settings
 from stoker.jobs import CAPABILITIES, installed
 from stoker.queues.records import JobRecord, JobState
+from stoker.storage.sources import is_s3_url
 from stoker.workers.coverage import capabilities_run, live_beats
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -118,7 +119,7 @@ def _output_urls(state: ApiState, record: JobRecord, base_url: str) -> Callable[
     fetches; on local storage, whose ``file://`` URLs only work on this machine, this
     API's own URL of each output (fetched with the caller's key)."""
     storage = state.stoker.storage
-    if not storage.url.startswith("file:"):
+    if is_s3_url(storage.url):
         return state.stoker.output_url
     base = base_url.rstrip("/")
     served = {o.key: base + download_path(record.id, o.name) for o in record.outputs}
