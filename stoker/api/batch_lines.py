@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,10 @@ Parsed = tuple[str | None, dict[str, Any] | Refused, Options]
 #: custom_ids and requests in line order, and the response options of the lines that
 #: have any (keyed by the line's index, as a string: it is stored as JSON)
 BatchRequests = tuple[list[str | None], list[dict[str, Any] | Refused], dict[str, Options]]
+#: How a job's line points at its outputs: the job → a URL for each output's key
+#: (the API's own URLs on local storage, api/views.output_urls); by default
+#: :meth:`Stoker.output_url`.
+OutputUrls = Callable[[JobRecord], Callable[[str], str]]
 
 
 #: Where a batch submitted from the CLI keeps what its result lines need, under
@@ -100,7 +104,11 @@ def _endpoint_of(path: Path, lines: list[tuple[int, str]]) -> str:
 
 
 def result_lines(
-    stoker: Stoker, kids: list[JobRecord], kept: Mapping[str, Any], expired: bool = False
+    stoker: Stoker,
+    kids: list[JobRecord],
+    kept: Mapping[str, Any],
+    expired: bool = False,
+    urls: OutputUrls | None = None,
 ) -> Iterator[tuple[JobRecord, bool, dict[str, Any]]]:
     """(job, succeeded, its output or error line) of each of a batch's ``kids``, in line
     order; ``kept`` holds the batch's endpoint, custom_ids and options (the API's batch
@@ -113,7 +121,8 @@ def result_lines(
     def line_of(kid: JobRecord) -> tuple[bool, dict[str, Any]]:
         index = kid.parent_index or 0
         custom_id = custom_ids[index] if index < len(custom_ids) else None
-        return result_line(stoker, adapter, kid, custom_id, options.get(str(index), {}), expired)
+        line_options = options.get(str(index), {})
+        return result_line(stoker, adapter, kid, custom_id, line_options, expired, urls)
 
     for at in range(0, len(kids), RESULT_STEP):
         step = kids[at : at + RESULT_STEP]
@@ -231,12 +240,14 @@ def result_line(
     custom_id: str | None,
     options: Options,
     expired: bool = False,
+    urls: OutputUrls | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """(succeeded, the output or error line) of one child."""
     line_id = f"batch_req_{kid.id}"
     if kid.state is JobState.SUCCEEDED:
+        url_for = urls(kid) if urls else stoker.output_url
         try:
-            body = adapter.response_body(kid, stoker.output_url, stoker.storage.get_bytes, options)
+            body = adapter.response_body(kid, url_for, stoker.storage.get_bytes, options)
         except StokerError as exc:
             body, kid_error = None, str(exc)
         else:

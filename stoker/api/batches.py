@@ -28,6 +28,7 @@ from stoker.api.meta import Doc
 from stoker.api.openai_shapes import Adapter, adapter_for
 from stoker.api.state import ApiState
 from stoker.api.submission import check_capacity
+from stoker.api.views import output_urls
 from stoker.errors import InvalidInput, JobNotFound
 from stoker.queues.batches import children, counts_by_state, request_counts, submit_batch
 from stoker.queues.records import JobRecord, JobState
@@ -74,7 +75,11 @@ def create_batch(
     endpoint: str,
     completion_window: str,
     metadata: dict[str, str] | None,
+    base_url: str,
 ) -> dict[str, Any]:
+    """Submit the batch of file ``input_file_id``; ``base_url`` is the address the client
+    used, kept so that the output file's lines point at outputs on local storage by
+    this API's URLs (views.output_urls), as the synchronous answers do."""
     try:
         adapter = adapter_for(endpoint)
     except InvalidInput as exc:
@@ -117,6 +122,7 @@ def create_batch(
         "metadata": metadata,
         "custom_ids": custom_ids,
         "options": options,
+        "base_url": base_url,
     }
     state.meta.put(Doc(BATCH_NS, parent.id, key.owner, parent.created_at, data))
     return batch_object(state, parent, data)
@@ -251,7 +257,10 @@ def finalize(state: ApiState, parent: JobRecord, data: dict[str, Any]) -> dict[s
     """Write the output and error files of an ended batch whose jobs have all ended
     (:func:`_finalized` checks, before it claims the batch); returns the updated record."""
     kids = children(state.stoker.store, parent.id)
-    lines = batch_lines.result_lines(state.stoker, kids, data, bool(data.get("expired_at")))
+    base_url = data.get("base_url")  # batches made before 2026-12-07 kept none
+    urls = (lambda kid: output_urls(state.stoker, kid, base_url)) if base_url else None
+    expired = bool(data.get("expired_at"))
+    lines = batch_lines.result_lines(state.stoker, kids, data, expired, urls)
     data = dict(data)
     with tempfile.TemporaryDirectory(prefix="stoker-batch-") as tmp:
         paths = {name: Path(tmp) / f"{name}.jsonl" for name in ("output", "errors")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -9,8 +10,10 @@ from pydantic import BaseModel, Field
 
 from stoker.api import webhook_records
 from stoker.api.state import ApiState
+from stoker.client import Stoker
 from stoker.config import Priority
 from stoker.queues.records import JobError, JobRecord, JobState, Progress
+from stoker.storage.sources import is_s3_url
 
 
 class OutputView(BaseModel):
@@ -68,6 +71,18 @@ class JobList(BaseModel):
 def download_path(job_id: str, name: str) -> str:
     """Where the API serves output ``name`` of job ``job_id`` (routes/jobs.job_output)."""
     return f"/v1/jobs/{job_id}/outputs/{quote(name)}"
+
+
+def output_urls(stoker: Stoker, record: JobRecord, base_url: str) -> Callable[[str], str]:
+    """How an OpenAI answer (or a batch's output line) points at ``record``'s outputs:
+    S3's presigned URLs, which any client fetches; on local storage, whose ``file://``
+    URLs only work on the API's machine, the API's own URL of each output at
+    ``base_url`` (the address the client used; fetched with the caller's key)."""
+    if is_s3_url(stoker.storage.url):
+        return stoker.output_url
+    base = base_url.rstrip("/")
+    served = {o.key: base + download_path(record.id, o.name) for o in record.outputs}
+    return lambda key: served.get(key) or stoker.output_url(key)
 
 
 def job_view(state: ApiState, record: JobRecord, *, with_webhook: bool = True) -> JobView:

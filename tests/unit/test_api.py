@@ -198,6 +198,24 @@ def test_bad_input_answers_4xx_with_the_error_shape(
     assert assert_error(hook, 400)["param"] == "webhook.url"
 
 
+def test_an_image_edit_form_field_stoker_does_not_know_is_refused_naming_it(
+    client: TestClient, alice: dict[str, str]
+) -> None:
+    png = ("sketch.png", b"\x89PNG not read: refused before", "image/png")
+    form = {"prompt": "a sofa", "svg": "true"}
+    # A field no route parameter names is refused, not dropped by the form parser
+    typo = client.post("/v1/images/edits", data=form, files={"image": png}, headers=alice)
+    error = assert_error(typo, 400)
+    assert (
+        error["param"] == "svg"
+        and "body.svg is not a field of /v1/images/edits" in (error["message"])
+    )
+    # and one OpenAI's models take that a pipeline has no use for passes that check
+    form = {"prompt": "a sofa", "safety_identifier": "u-1", "stregth": "0.5"}
+    other = client.post("/v1/images/edits", data=form, files={"image": png}, headers=alice)
+    assert assert_error(other, 400)["param"] == "stregth"
+
+
 def test_model_paths_are_refused_with_a_400(
     client: TestClient, alice: dict[str, str], tmp_path: Path
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from stoker.api import batches, webhook_records, webhooks
@@ -23,7 +23,9 @@ class BatchRequest(BaseModel):
 
 
 @router.post("")
-def create_batch(body: BatchRequest, state: StateDep, key: KeyDep) -> dict[str, Any]:
+def create_batch(
+    body: BatchRequest, request: Request, state: StateDep, key: KeyDep
+) -> dict[str, Any]:
     if body.webhook is not None:
         webhooks.validate_target(body.webhook.url, state.settings.api)
     obj = batches.create_batch(
@@ -33,6 +35,7 @@ def create_batch(body: BatchRequest, state: StateDep, key: KeyDep) -> dict[str, 
         endpoint=body.endpoint,
         completion_window=body.completion_window,
         metadata=body.metadata,
+        base_url=str(request.base_url),
     )
     if body.webhook is not None:
         webhook_records.register(state.meta, obj["id"], key.owner, body.webhook, key.webhook_secret)

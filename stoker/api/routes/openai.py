@@ -10,11 +10,11 @@ OpenAI client expects the result body or an error, never an accepted-for-later a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Form, Request, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from stoker.api.deps import KeyDep, StateDep
@@ -23,6 +23,7 @@ from stoker.api.files import FileObject
 from stoker.api.keys import ApiKey
 from stoker.api.openai_shapes import (
     ADAPTERS,
+    EDIT_FIELDS,
     TRANSCRIPT_FORMATS,
     edit_request,
     output_named,
@@ -33,11 +34,10 @@ from stoker.api.routes.files import save_upload
 from stoker.api.state import ApiState
 from stoker.api.streaming import object_response
 from stoker.api.submission import submit_job
-from stoker.api.views import download_path
+from stoker.api.views import output_urls
 from stoker.config import Settings
 from stoker.jobs import CAPABILITIES, installed
 from stoker.queues.records import JobRecord, JobState
-from stoker.storage.sources import is_s3_url
 from stoker.workers.coverage import capabilities_run, live_beats
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -108,22 +108,10 @@ def _answer(
     """Run ``body`` synchronously and answer in the endpoint's OpenAI shape."""
     record = run_sync(state, key, endpoint, body)
     adapter = ADAPTERS[endpoint]
-    url_for = _output_urls(state, record, base_url)
+    url_for = output_urls(state.stoker, record, base_url)
     return adapter.response_body(
         record, url_for, state.stoker.storage.get_bytes, adapter.options(body)
     )
-
-
-def _output_urls(state: ApiState, record: JobRecord, base_url: str) -> Callable[[str], str]:
-    """How an answer points at the job's outputs: S3's presigned URLs, which any client
-    fetches; on local storage, whose ``file://`` URLs only work on this machine, this
-    API's own URL of each output (fetched with the caller's key)."""
-    storage = state.stoker.storage
-    if is_s3_url(storage.url):
-        return state.stoker.output_url
-    base = base_url.rstrip("/")
-    served = {o.key: base + download_path(record.id, o.name) for o in record.outputs}
-    return lambda key: served.get(key) or state.stoker.output_url(key)
 
 
 @router.post(
@@ -223,11 +211,19 @@ def images(body: OpenAIBody, state: StateDep, key: KeyDep, request: Request) -> 
     return _answer(state, key, "/v1/images/generations", body, str(request.base_url))
 
 
+async def _form_names(request: Request) -> frozenset[str]:
+    """The names of a form's fields, all of them: FastAPI's form parameters take the
+    ones they name and drop the rest. (Starlette keeps the parsed form, so it is read
+    once.)"""
+    return frozenset((await request.form()).keys())
+
+
 @router.post("/images/edits")
 def image_edits(
     state: StateDep,
     key: KeyDep,
     request: Request,
+    form_names: Annotated[frozenset[str], Depends(_form_names)],
     prompt: Annotated[str, Form()],
     image: Annotated[UploadFile | None, File()] = None,
     # OpenAI's client sends a list of images as image[]; stoker takes a list of one.
@@ -284,6 +280,10 @@ def image_edits(
         "negative_prompt": negative_prompt,
         "guidance_scale": guidance_scale,
     }
+    # A field this route does not name is checked as a body's would be: one OpenAI's
+    # models take and a pipeline has no use for passes, any other (a typo, a newer
+    # OpenAI field) is refused, naming it, rather than silently dropped.
+    EDIT_FIELDS.check(dict.fromkeys(form_names - set(fields) - {"image", "image[]", "mask"}))
     body = {k: v for k, v in fields.items() if v is not None}
     # Checked before the uploads are stored, so a refused request leaves nothing behind.
     edit_request({**body, "image": "-", **({} if mask is None else {"mask": "-"})})
