@@ -117,7 +117,8 @@ def jobs_on_device(work: Path, device: str, folders: dict[str, Path]) -> list[di
     from stoker.workers.inprocess import inprocess_worker
 
     models = {name: {"backend": backend, "path": str(folders[name])} for name, backend in (
-        ("mini", "sentence-transformers"), ("tiny_sd", "diffusers"), ("tiny_shap_e", "diffusers")
+        ("mini", "sentence-transformers"), ("tiny_sd", "diffusers"), ("tiny_shap_e", "diffusers"),
+        ("tiny_shap_e_img2img", "diffusers"),
     )}  # fmt: skip
     settings = Settings(data_dir=work / "data", models=models)  # type: ignore[arg-type]
     start, mask = starting_pictures(work)
@@ -130,6 +131,9 @@ def jobs_on_device(work: Path, device: str, folders: dict[str, Path]) -> list[di
         ("image --mask", "image", {**image, "path": str(start), "mask": str(mask)}),
         ("mesh", "mesh", {"prompt": "a chair", "model": "tiny_shap_e", "steps": 4, "seed": 1,
                           "resolution": 32, "format": "glb"}),
+        # Shap-E's image-to-3D pipeline: a CLIP vision encoder conditions the prior
+        ("mesh --image", "mesh", {"path": str(start), "model": "tiny_shap_e_img2img",
+                                  "steps": 4, "seed": 1, "resolution": 32}),
     ]  # fmt: skip
     rows = []
     with Stoker(settings) as client:
@@ -278,6 +282,7 @@ def main() -> None:
             folders["mini"] = build_embedder(work / "mini")
             tiny = tiny_pipelines(work / "diffusers")
             folders["tiny_sd"], folders["tiny_shap_e"] = tiny.image, tiny.mesh
+            folders["tiny_shap_e_img2img"] = tiny.mesh_from_picture
             return {"built": sorted(folders)}
 
         device, n = args.device, args.sentences

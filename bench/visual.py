@@ -30,6 +30,10 @@ mesh (tiny Shap-E, marching-cubes grid ``--resolution``):
   1. plain: the prior, ``decode_to_mesh``, a coloured trimesh exported to GLB, per prompt;
   2. stoker: one `mesh` job per prompt (GLB, no decimation, as plain), same worker
      set-up; submit to all done.
+mesh of a picture (tiny Shap-E image-to-3D, as many 64×64 pictures as meshes):
+  1. plain: each picture opened as RGB, then as above with the picture for the prompt;
+  2. stoker: one `mesh` job per picture (``path``; read, hashed and stored at
+     submission, inside the timing).
 Both stoker sides first run one warm-up job (see stoker_side).
 
 Usage: python bench/visual.py [--images 32] [--prompts 32] [--edits 32] [--masks 32]
@@ -117,16 +121,25 @@ def plain_images(pipe: Any, n: int, out: Path, prompts: list[str] | None = None)
         image.save(out / f"image-{i:02d}.png", format="PNG")
 
 
-def plain_meshes(pipe: Any, n: int, resolution: int, out: Path) -> None:
+def plain_meshes(
+    pipe: Any, n: int, resolution: int, out: Path, pictures: list[Path] | None = None
+) -> None:
+    """``n`` meshes from prompts, or (an image-to-3D ``pipe``) of ``pictures``."""
     import numpy as np
     import torch
     import trimesh
+    from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         generator = torch.Generator("cpu").manual_seed(SEED + i)
+        if pictures is None:
+            source, guidance = f"{PROMPT} {i}", 15.0
+        else:
+            with Image.open(pictures[i % len(pictures)]) as opened:
+                source, guidance = opened.convert("RGB"), 3.0
         latents = pipe(
-            f"{PROMPT} {i}", num_inference_steps=STEPS, guidance_scale=15.0,
+            source, num_inference_steps=STEPS, guidance_scale=guidance,
             generator=generator, output_type="latent",
         ).images  # fmt: skip
         raw = pipe.shap_e_renderer.decode_to_mesh(
@@ -305,21 +318,42 @@ def edit_section(
 
 
 def mesh_section(
-    folder: Path, n: int, resolution: int, redis_url: str, work: Path, repeats: int
+    folder: Path,
+    n: int,
+    resolution: int,
+    redis_url: str,
+    work: Path,
+    repeats: int,
+    *,
+    from_pictures: bool = False,
 ) -> str:
+    """Meshes from prompts, or (``from_pictures``, an image-to-3D ``folder``) of as many
+    pictures, each its own colour."""
+    from PIL import Image
+
     pipe = load_pipeline(folder)
-    plain_meshes(pipe, 1, resolution, work / "warm")
+    pictures = None
+    if from_pictures:
+        pictures = [work / f"object-{i}.png" for i in range(n)]
+        for i, path in enumerate(pictures):
+            Image.new("RGB", (SIDE, SIDE), (40 * i % 256, 90, 200)).save(path)
+    plain_meshes(pipe, 1, resolution, work / "warm", pictures)
+    base = {"model": str(folder), "steps": STEPS, "resolution": resolution, "format": "glb",
+            "max_faces": NO_DECIMATION}  # fmt: skip
     requests = [
-        {"prompt": f"{PROMPT} {i}", "model": str(folder), "steps": STEPS, "seed": SEED + i,
-         "resolution": resolution, "format": "glb", "max_faces": NO_DECIMATION}
+        base
+        | {"seed": SEED + i}
+        | ({"prompt": f"{PROMPT} {i}"} if pictures is None else {"path": str(pictures[i])})
         for i in range(n)
-    ]  # fmt: skip
+    ]
+    tag = "mesh-picture" if from_pictures else "mesh"
     plain_s, stoker_s, pairs = interleaved(
-        lambda r: plain_meshes(pipe, n, resolution, work / f"plain-mesh-{r}"),
-        lambda r: stoker_side("mesh", folder, requests, redis_url, work / f"mesh-{r}"),
+        lambda r: plain_meshes(pipe, n, resolution, work / f"plain-{tag}-{r}", pictures),
+        lambda r: stoker_side("mesh", folder, requests, redis_url, work / f"{tag}-{r}"),
         repeats,
     )
-    what = f"mesh: {n} prompts, grid {resolution}³, GLB"
+    source = f"{n} pictures {SIDE}×{SIDE}" if from_pictures else f"{n} prompts"
+    what = f"mesh{' --image' if from_pictures else ''}: {source}, grid {resolution}³, GLB"
     return table(what, n, "mesh", plain_s, stoker_s, pairs)
 
 
@@ -343,6 +377,15 @@ def main() -> None:
             edit_section(tiny.image, args.edits, redis_url, work, args.repeats),
             edit_section(tiny.image, args.masks, redis_url, work, args.repeats, masked=True),
             mesh_section(tiny.mesh, args.meshes, args.resolution, redis_url, work, args.repeats),
+            mesh_section(
+                tiny.mesh_from_picture,
+                args.meshes,
+                args.resolution,
+                redis_url,
+                work,
+                args.repeats,
+                from_pictures=True,
+            ),
         ]
     for part in parts:
         print(part)

@@ -1,8 +1,9 @@
 """Tiny random diffusers pipelines, built from configs and saved as real pipeline folders.
 
 No weights can be downloaded here, so tests build their own: a Stable Diffusion
-text-to-image pipeline (64×64 by default, ~0.1 s for 4 steps on a CPU core) and a Shap-E
-text-to-3D pipeline. Everything is seeded, so the same call writes the same weights.
+text-to-image pipeline (64×64 by default, ~0.1 s for 4 steps on a CPU core), a Shap-E
+text-to-3D pipeline and its image-to-3D sibling. Everything is seeded, so the same call
+writes the same weights.
 
 Shap-E's mesh decoder ships its marching-cubes lookup table as two buffers
 (``mesh_decoder.cases`` / ``mesh_decoder.masks``) that a freshly built renderer leaves
@@ -145,12 +146,12 @@ def build_text_to_image(folder: Path) -> Path:
     return folder
 
 
-def build_shap_e(folder: Path) -> Path:
-    """Save a tiny random ShapEPipeline to ``folder``, marching-cubes table filled."""
+def _shap_e_parts(proj_dim: int, proj_norm: str | None) -> dict[str, Any]:
+    """The prior (reading ``proj_dim``-wide conditioning), renderer and scheduler of a
+    tiny random Shap-E pipeline, marching-cubes table filled."""
     import torch
-    from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEPipeline
+    from diffusers import HeunDiscreteScheduler, PriorTransformer
     from diffusers.pipelines.shap_e import ShapERenderer
-    from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(0)
     dim = 32  # latent width of the prior = d_latent of the renderer
@@ -159,7 +160,8 @@ def build_shap_e(folder: Path) -> Path:
         attention_head_dim=16,
         embedding_dim=dim,
         num_embeddings=32,
-        embedding_proj_dim=32,
+        embedding_proj_dim=proj_dim,
+        embedding_proj_norm_type=proj_norm,
         time_embed_dim=dim * 4,
         num_layers=1,
         clip_embed_dim=dim * 2,
@@ -169,8 +171,6 @@ def build_shap_e(folder: Path) -> Path:
         encoder_hid_proj_type=None,
         added_emb_type=None,
     )
-    tokenizer = _clip_tokenizer()
-    text_encoder = CLIPTextModelWithProjection(_text_config(tokenizer, projection_dim=32))
     hidden = 8
     renderer = ShapERenderer(
         param_shapes=((hidden, 93), (hidden, hidden), (hidden, hidden), (hidden, hidden)),
@@ -192,13 +192,44 @@ def build_shap_e(folder: Path) -> Path:
             clip_sample=True,
             clip_sample_range=1.0,
         )
-    pipe = ShapEPipeline(
-        prior=prior,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        shap_e_renderer=renderer,
-        scheduler=scheduler,
+    return {"prior": prior, "shap_e_renderer": renderer, "scheduler": scheduler}
+
+
+def build_shap_e(folder: Path) -> Path:
+    """Save a tiny random ShapEPipeline (text-to-3D) to ``folder``."""
+    from diffusers import ShapEPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    parts = _shap_e_parts(proj_dim=32, proj_norm=None)
+    tokenizer = _clip_tokenizer()
+    text_encoder = CLIPTextModelWithProjection(_text_config(tokenizer, projection_dim=32))
+    ShapEPipeline(text_encoder=text_encoder, tokenizer=tokenizer, **parts).save_pretrained(folder)
+    return folder
+
+
+def build_shap_e_img2img(folder: Path) -> Path:
+    """Save a tiny random ShapEImg2ImgPipeline (image-to-3D) to ``folder``: a CLIP vision
+    encoder reading 32×32 pictures in 8×8 patches, whose 16 patch states condition the
+    prior (as openai/shap-e-img2img's 256 do at 224×224)."""
+    from diffusers import ShapEImg2ImgPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    side, width = 32, 32
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=width,
+            image_size=side,
+            patch_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+        )
     )
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
+    parts = _shap_e_parts(proj_dim=width, proj_norm="layer")
+    pipe = ShapEImg2ImgPipeline(image_encoder=image_encoder, image_processor=processor, **parts)
     pipe.save_pretrained(folder)
     return folder
 
@@ -222,6 +253,7 @@ class TinyPipelines:
 
     image: Path  # StableDiffusionPipeline, 64×64 by default
     mesh: Path  # ShapEPipeline
+    mesh_from_picture: Path  # ShapEImg2ImgPipeline
     image_without_unet_weights: Path  # unet/ has its config.json but no weights
     image_without_unet: Path  # no unet/ folder at all
 
@@ -230,6 +262,7 @@ class TinyPipelines:
         names = {
             "tiny_sd": self.image,
             "tiny_shap_e": self.mesh,
+            "tiny_shap_e_img2img": self.mesh_from_picture,
             "half_copied_sd": self.image_without_unet_weights,
             "no_unet_sd": self.image_without_unet,
         }
@@ -250,6 +283,7 @@ def tiny_pipelines(base: Path) -> TinyPipelines:
     built = TinyPipelines(
         image=base / "tiny-sd",
         mesh=base / "tiny-shap-e",
+        mesh_from_picture=base / "tiny-shap-e-img2img",
         image_without_unet_weights=base / "half-copied-sd",
         image_without_unet=base / "no-unet-sd",
     )
@@ -257,6 +291,7 @@ def tiny_pipelines(base: Path) -> TinyPipelines:
     if not done.exists():
         build_text_to_image(built.image)
         build_shap_e(built.mesh)
+        build_shap_e_img2img(built.mesh_from_picture)
         without_component(built.image, built.image_without_unet_weights, "unet", keep_config=True)
         without_component(built.image, built.image_without_unet, "unet", keep_config=False)
         done.touch()

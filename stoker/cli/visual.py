@@ -1,5 +1,8 @@
 """`stoker submit|run image` and `stoker submit|run mesh`: diffusers pipelines.
 
+Both take pictures with ``--image``: a file, or a folder or s3:// prefix of them
+(a batch, a job per picture): image's starting images, mesh's objects to model.
+
 ``--model`` is a catalog name (``[models.NAME] backend = "diffusers"``) or a pipeline
 folder (one that holds model_index.json). `stoker run` adds the folder to this
 process's settings (its in-process worker shares them) as a model named after it.
@@ -81,6 +84,15 @@ ResolutionOpt = Annotated[
 ]
 MaxFacesOpt = Annotated[int | None, typer.Option("--max-faces", help="Decimate above this.")]
 MeshFormatOpt = Annotated[str, typer.Option("--format", help="glb, ply or obj.")]
+MeshImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image",
+        help="A picture of the object to model (an image-to-3D model, ShapEImg2ImgPipeline; "
+        "best one object on a plain background); or each picture of a folder or s3:// "
+        "prefix (one batch, a mesh per picture).",
+    ),
+]
 
 
 def _drop_unset(request: dict[str, Any]) -> dict[str, Any]:
@@ -110,39 +122,56 @@ Submit = Callable[[Any], JobRecord]
 
 
 def _submitter(
-    kind: str, prompt: str | None, prompts: Path | None, request: dict[str, Any], priority: Priority
+    kind: str,
+    prompt: str | None,
+    prompts: Path | None,
+    request: dict[str, Any],
+    priority: Priority,
+    picture: bool = False,
 ) -> Submit:
     """How to submit ``request`` (the options, unset ones dropped): one job for
-    ``--prompt``; for ``--prompts``, one batch of a job per line of the file (read when
-    submitted), each line on top of ``request`` (jobs/line_files.py)."""
-    if (prompt is None) == (prompts is None):
-        raise InvalidInput(f"give --prompt, or --prompts with a file of prompts, for `{kind}`.")
+    ``--prompt`` (or, with ``picture``, for mesh's ``--image`` alone); for ``--prompts``,
+    one batch of a job per line of the file (read when submitted), each line on top of
+    ``request`` (jobs/line_files.py)."""
+    both, neither = None not in (prompt, prompts), prompt is None and prompts is None
+    if both or (neither and not picture):
+        also = ", or --image with a picture of the object" if kind == "mesh" else ""
+        raise InvalidInput(
+            f"give --prompt, or --prompts with a file of prompts{also}, for `{kind}`."
+        )
     options = _drop_unset(request)
     if prompts is None:
-        job = {**options, "prompt": prompt}
+        job = {**options, **({} if prompt is None else {"prompt": prompt})}
         return lambda client: client.submit(kind, job, priority=priority)
     file = prompts
     return lambda client: client.submit_lines(kind, file, options, priority=priority)
 
 
-def _image_submitter(
+def _picture_submitter(
+    kind: str,
     prompt: str | None,
     prompts: Path | None,
     image: str | None,
     request: dict[str, Any],
     priority: Priority,
 ) -> Submit:
-    """As :func:`_submitter`, each image from the picture ``image`` when given; for a
-    folder or s3:// prefix of pictures, one batch of a job per picture (each named
-    after its path, start_image.picture_names), all from ``prompt``."""
+    """As :func:`_submitter`, from the picture ``image`` when given (image's starting
+    image; the object mesh models); for a folder or s3:// prefix of pictures, one batch
+    of a job per picture (each named after its path, start_image.picture_names), image's
+    all from one ``prompt``."""
     if image is None or not _is_picture_folder(image):
-        return _submitter("image", prompt, prompts, {**request, "path": image}, priority)
-    if prompt is None or prompts is not None:
+        picture = kind == "mesh" and image is not None  # a picture is mesh's whole input
+        return _submitter(kind, prompt, prompts, {**request, "path": image}, priority, picture)
+    if prompts is not None or (kind == "image") == (prompt is None):
         raise InvalidInput(
             "--image FOLDER makes each picture from one --prompt; for a prompt per "
             'picture, give --prompts a JSONL file whose lines each name a "path".'
+            if kind == "image"
+            else "--image FOLDER makes a mesh of each picture, which is the whole input of "
+            "an image-to-3D model; leave out --prompt and --prompts."
         )
-    options, target, text = _drop_unset(request), image, prompt
+    options, target = _drop_unset(request), image
+    text = {} if prompt is None else {"prompt": prompt}
 
     def submit(client: Any) -> JobRecord:
         from stoker.jobs.start_image import IMAGE_EXTENSIONS, picture_names
@@ -155,11 +184,11 @@ def _image_submitter(
             )
         names = picture_names([name for name, _ in found])
         requests = [
-            {**options, "prompt": text, "path": location, "name": name}
+            {**options, **text, "path": location, "name": name}
             for name, (_, location) in zip(names, found, strict=True)
         ]
         return client.submit_batch(
-            "image", requests, source=target, priority=priority, unit="pictures"
+            kind, requests, source=target, priority=priority, unit="pictures"
         )
 
     return submit
@@ -211,7 +240,8 @@ def submit_image(
         strength=strength,
         mask=mask,
     )
-    submit_with(ctx, _image_submitter(prompt, prompts, image, request, parse_priority(priority)))
+    submit = _picture_submitter("image", prompt, prompts, image, request, parse_priority(priority))
+    submit_with(ctx, submit)
 
 
 @run_app.command("image")
@@ -249,9 +279,8 @@ def run_image(
         strength=strength,
         mask=mask,
     )
-    run_with(
-        ctx, "image", _image_submitter(prompt, prompts, image, request, "interactive"), out, device
-    )
+    submit = _picture_submitter("image", prompt, prompts, image, request, "interactive")
+    run_with(ctx, "image", submit, out, device)
 
 
 @submit_app.command("mesh")
@@ -266,11 +295,14 @@ def submit_mesh(
     resolution: ResolutionOpt = None,
     max_faces: MaxFacesOpt = None,
     fmt: MeshFormatOpt = "glb",
+    image: MeshImageOpt = None,
     priority: PriorityOpt = "normal",
 ) -> None:
-    """Queue a 3D mesh from a prompt, or one per line of a file of them (--prompts).
+    """Queue a 3D mesh from a prompt, or one per line of a file of them (--prompts); or
+    of the object in a picture, or in each picture of a folder (--image).
 
-    The model is a Shap-E pipeline; a file is one batch, a job per line."""
+    The model is a Shap-E pipeline: text-to-3D for prompts, image-to-3D for pictures; a
+    file or a folder is one batch, a job per line or picture."""
     request = dict(
         model=model_name(ctx, model, in_process=False),
         steps=steps,
@@ -280,7 +312,8 @@ def submit_mesh(
         max_faces=max_faces,
         format=fmt,
     )
-    submit_with(ctx, _submitter("mesh", prompt, prompts, request, parse_priority(priority)))
+    submit = _picture_submitter("mesh", prompt, prompts, image, request, parse_priority(priority))
+    submit_with(ctx, submit)
 
 
 @run_app.command("mesh")
@@ -295,10 +328,12 @@ def run_mesh(
     resolution: ResolutionOpt = None,
     max_faces: MaxFacesOpt = None,
     fmt: MeshFormatOpt = "glb",
+    image: MeshImageOpt = None,
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Make a 3D mesh on this machine (--prompts: one per line of a file); to --out."""
+    """Make a 3D mesh on this machine (--prompts: one per line of a file; --image: of
+    the object in a picture, or in each of a folder); to --out."""
     request = dict(
         model=model_name(ctx, model, in_process=True),
         steps=steps,
@@ -308,4 +343,5 @@ def run_mesh(
         max_faces=max_faces,
         format=fmt,
     )
-    run_with(ctx, "mesh", _submitter("mesh", prompt, prompts, request, "interactive"), out, device)
+    submit = _picture_submitter("mesh", prompt, prompts, image, request, "interactive")
+    run_with(ctx, "mesh", submit, out, device)

@@ -1,4 +1,11 @@
-"""mesh: a prompt → a 3D mesh (GLB, PLY or OBJ), with a diffusers Shap-E pipeline.
+"""mesh: a prompt → a 3D mesh (GLB, PLY or OBJ), with a diffusers Shap-E pipeline; or
+a picture of an object → its mesh, with Shap-E's image-to-3D pipeline.
+
+The model says which: a ``ShapEPipeline`` (openai/shap-e) reads a prompt, a
+``ShapEImg2ImgPipeline`` (openai/shap-e-img2img) a picture (``path``), best of one
+object on a plain background. The picture is read whole at submission and stored by
+content, as image's starting image is (jobs/start_image.py), and its digest is part
+of the chunk's identity.
 
 Plan: one chunk. The Shap-E prior denoises a latent; the renderer turns the latent
 into a signed-distance field on a ``resolution``³ grid and runs marching cubes on it
@@ -17,11 +24,13 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from stoker.errors import InvalidInput, JobCancelled, MissingDependency
+from stoker.jobs import start_image
 from stoker.jobs.base import (
     NAME_PATTERN,
     Artifact,
@@ -31,12 +40,18 @@ from stoker.jobs.base import (
     PrepareContext,
     Prepared,
     StopCheck,
+    SubmitNeed,
     parse_request,
 )
 from stoker.jobs.image import MAX_SEED, check_prompt, pipeline_class
 
 MAX_RESOLUTION = 192  # marching-cubes grid cells per side; 192³ SDF queries ≈ 7 M
-SHAP_E_PIPELINES = ("ShapEPipeline",)
+#: Shap-E's pipelines: from a prompt, and from a picture.
+FROM_TEXT, FROM_PICTURE = "ShapEPipeline", "ShapEImg2ImgPipeline"
+SHAP_E_PIPELINES = (FROM_TEXT, FROM_PICTURE)
+#: Guidance when none is asked for: the values of diffusers' Shap-E examples (the
+#: image prior is trained to follow its picture closely; more oversaturates).
+DEFAULT_GUIDANCE = {FROM_TEXT: 15.0, FROM_PICTURE: 3.0}
 CONTENT_TYPES = {"glb": "model/gltf-binary", "ply": "application/ply", "obj": "model/obj"}
 
 log = logging.getLogger(__name__)
@@ -47,10 +62,18 @@ class MeshRequest(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    prompt: str
+    prompt: str | None = Field(default=None, description="what to make (a text-to-3D model)")
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a picture of the object on the submitting machine (an image-to-3D "
+        "model, ShapEImg2ImgPipeline)",
+    )
     model: str | None = Field(default=None, description="catalog name of a Shap-E pipeline")
     steps: int = Field(default=64, ge=1, le=200, description="denoising steps of the prior")
-    guidance_scale: float = Field(default=15.0, ge=0.0, le=50.0)
+    guidance_scale: float | None = Field(
+        default=None, ge=0.0, le=50.0, description="None: 15 from a prompt, 3 from a picture"
+    )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="None: random")
     resolution: int = Field(
         default=128, ge=16, le=MAX_RESOLUTION, description="marching-cubes grid per side"
@@ -77,36 +100,56 @@ class MeshCapability:
     chunk_notes: bool = True  # the mesh's size and bounds, for the manifest
     work_stage: str = "generate"
     engines: tuple[tuple[str, str], ...] = (("diffusers", "image"), ("trimesh", "mesh"))
+    submit_needs = (SubmitNeed("PIL", "pillow", "reading a picture to model", always=False),)
 
     def prepare(self, request: dict[str, Any], ctx: PrepareContext) -> Prepared:
         req: MeshRequest = parse_request(request, MeshRequest)
-        prompt = check_prompt(req.prompt, ctx.settings.max_text_bytes)
         spec, cls, _ = pipeline_class(ctx, req.model, self.kind)
         if cls not in SHAP_E_PIPELINES:
             raise InvalidInput(
-                f"model {req.model!r} is a {cls}; `mesh` needs a text-to-3D Shap-E pipeline "
-                f"(ShapEPipeline). Use `stoker submit image` for image models."
+                f"model {req.model!r} is a {cls}; `mesh` needs a Shap-E pipeline "
+                f"({FROM_TEXT} for prompts, {FROM_PICTURE} for pictures). "
+                f"Use `stoker submit image` for image models."
             )
+        picture = None
+        if cls == FROM_PICTURE:
+            picture = _read_picture(req)
+            source: dict[str, Any] = {"start": picture.sha256}
+        else:
+            source = {"prompt": _read_prompt(req, ctx.settings.max_text_bytes)}
         params = {
             "model": req.model,
-            "prompt": prompt,
+            **source,
             "steps": req.steps,
-            "guidance_scale": req.guidance_scale,
+            "guidance_scale": (
+                DEFAULT_GUIDANCE[cls] if req.guidance_scale is None else req.guidance_scale
+            ),
             "seed": secrets.randbelow(2**32) if req.seed is None else req.seed,
             "resolution": req.resolution,
             "max_faces": req.max_faces,
             "format": req.format,
         }
+        # A text job's identity is what it always was; a picture's names its digest.
         shape = {k: v for k, v in params.items() if k not in ("model", "format")}
         if req.name:
             params["name"] = req.name
-        chunk = ChunkPlan(payload={}, identity={"model": spec.fingerprint, **shape})
-        return Prepared(params=params, model=req.model, chunks=[chunk])
+        payload: dict[str, Any] = {}
+        uploads: dict[str, Path | bytes] = {}
+        if picture is not None:
+            params["start"] = picture.record()
+            payload = {"inputs": [picture.key]}
+            uploads = {picture.key: picture.path}
+        chunk = ChunkPlan(payload=payload, identity={"model": spec.fingerprint, **shape})
+        return Prepared(params=params, model=req.model, chunks=[chunk], uploads=uploads)
 
     def run_chunk(
         self, model: Any, params: dict[str, Any], payload: dict[str, Any], ctx: ChunkContext
     ) -> None:
-        raw = generate_raw_mesh(model, params, ctx.should_stop)
+        picture = None
+        if "start" in params:
+            path = ctx.inputs[params["start"]["key"]]
+            picture = on_white_square(start_image.load_start_image(path))
+        raw = generate_raw_mesh(model, params, ctx.should_stop, picture)
         mesh = limit_faces(to_trimesh(raw, params), params["max_faces"])
         mesh.export(ctx.out, file_type="glb")
         ctx.notes.update(shape_of(mesh))
@@ -122,9 +165,13 @@ class MeshCapability:
             mesh = trimesh.load(chunk, file_type="glb", force="mesh", process=False)
             mesh.export(out, file_type=fmt)
             shape = shape_of(mesh)
+        source = {"prompt": params["prompt"]} if "prompt" in params else {
+            "start_image": params["start"]["name"],
+            "start_image_sha256": params["start"]["sha256"],
+        }  # fmt: skip
         meta = {
             **shape,
-            "prompt": params["prompt"],
+            **source,
             "seed": params["seed"],
             "steps": params["steps"],
             "guidance_scale": params["guidance_scale"],
@@ -132,6 +179,51 @@ class MeshCapability:
             "model": params["model"],
         }
         return [Artifact(out.name, out, CONTENT_TYPES[fmt], meta)]
+
+
+def _read_prompt(req: MeshRequest, limit: int) -> str:
+    """The prompt of a text-to-3D job; InvalidInput when there is none, or a picture."""
+    if req.path is not None:
+        raise InvalidInput(
+            f"model {req.model!r} makes meshes from text ({FROM_TEXT}); a picture (--image) "
+            f"needs an image-to-3D Shap-E pipeline ({FROM_PICTURE}, openai/shap-e-img2img).",
+            "path",
+        )
+    if req.prompt is None:
+        raise InvalidInput(f"model {req.model!r} makes meshes from text; give --prompt.", "prompt")
+    return check_prompt(req.prompt, limit)
+
+
+def _read_picture(req: MeshRequest) -> start_image.Picture:
+    """The picture of an image-to-3D job, read whole; InvalidInput when there is none,
+    it is not an image, or a prompt was given (this pipeline reads none)."""
+    if req.prompt is not None:
+        raise InvalidInput(
+            f"model {req.model!r} makes meshes from a picture ({FROM_PICTURE}) and reads no "
+            f"prompt; give --image alone, or a text-to-3D model ({FROM_TEXT}) for a prompt.",
+            "prompt",
+        )
+    if req.path is None:
+        raise InvalidInput(
+            f"model {req.model!r} makes meshes from a picture; give one with --image (path).",
+            "path",
+        )
+    return start_image.read_picture(Path(req.path), "picture", "path")
+
+
+def on_white_square(picture: Any) -> Any:
+    """The RGB PIL ``picture`` centred on a white square. Shap-E's image processor
+    crops the middle square of what it is given (then scales it to its encoder's
+    224×224), which would cut the sides off a wide photo's object; white is the
+    background the image-to-3D model was trained on."""
+    from PIL import Image
+
+    side = max(picture.size)
+    if picture.size == (side, side):
+        return picture
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
+    return square
 
 
 def shape_of(mesh: Any) -> dict[str, Any]:
@@ -143,8 +235,11 @@ def shape_of(mesh: Any) -> dict[str, Any]:
     }
 
 
-def generate_raw_mesh(pipe: Any, params: dict[str, Any], should_stop: StopCheck) -> Any:
-    """Shap-E's MeshDecoderOutput for the prompt (prior, then marching cubes).
+def generate_raw_mesh(
+    pipe: Any, params: dict[str, Any], should_stop: StopCheck, picture: Any = None
+) -> Any:
+    """Shap-E's MeshDecoderOutput for the prompt, or for the PIL image ``picture`` on an
+    image-to-3D pipeline (prior, then marching cubes).
 
     Raises JobCancelled when ``should_stop()`` turns true between the two stages, and
     InvalidInput when the field has no surface at all (an empty mesh).
@@ -156,7 +251,7 @@ def generate_raw_mesh(pipe: Any, params: dict[str, Any], should_stop: StopCheck)
     device = pipe.device
     generator = torch.Generator(device=str(device)).manual_seed(params["seed"])
     latents = pipe(
-        params["prompt"],
+        params["prompt"] if picture is None else picture,
         num_inference_steps=params["steps"],
         guidance_scale=params["guidance_scale"],
         generator=generator,
@@ -177,10 +272,11 @@ def generate_raw_mesh(pipe: Any, params: dict[str, Any], should_stop: StopCheck)
 
 
 def empty_mesh_error(params: dict[str, Any]) -> InvalidInput:
+    source = "prompt" if "prompt" in params else "picture"
     return InvalidInput(
-        f"the model made an empty mesh (no triangles) for this prompt with seed "
+        f"the model made an empty mesh (no triangles) for this {source} with seed "
         f"{params['seed']} at resolution {params['resolution']}; try another --seed or "
-        f"prompt, or a higher --resolution."
+        f"{source}, or a higher --resolution."
     )
 
 

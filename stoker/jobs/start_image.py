@@ -180,8 +180,9 @@ def check_steps(steps: int, strength: float) -> None:
     )
 
 
-def load_start_image(path: Path, width: int, height: int) -> Any:
-    """The starting image as the RGB PIL image of ``width``×``height`` a pipeline takes."""
+def load_start_image(path: Path, width: int | None = None, height: int | None = None) -> Any:
+    """The starting image as the RGB PIL image of ``width``×``height`` a pipeline takes
+    (without them, at its own size, upright)."""
     image_module = _pil()
     with image_module.open(path) as image:
         upright = _upright(image).convert("RGBA")
@@ -189,7 +190,7 @@ def load_start_image(path: Path, width: int, height: int) -> Any:
     # would keep whatever colour they hold, often black.
     rgb = image_module.new("RGB", upright.size, (255, 255, 255))
     rgb.paste(upright, mask=upright.getchannel("A"))
-    if rgb.size != (width, height):
+    if width and height and rgb.size != (width, height):
         rgb = rgb.resize((width, height), image_module.Resampling.LANCZOS)
     return rgb
 

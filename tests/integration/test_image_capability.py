@@ -233,3 +233,78 @@ def test_a_big_mesh_is_decimated_under_max_faces(
         {**request, "resolution": 32, "max_faces": 5000, "format": "ply"},
     )
     assert 0 < artifact.meta["faces"] <= 5000
+
+
+@pytest.fixture(scope="module")
+def shap_e_img2img(catalog: ModelCatalog) -> Any:
+    return DiffusersLoader().load(catalog.get("tiny_shap_e_img2img"), "cpu")
+
+
+def test_a_mesh_is_made_of_the_object_in_a_picture_by_an_image_to_3d_model(
+    shap_e_img2img: Any, catalog: ModelCatalog, tmp_path: Path
+) -> None:
+    # Given two pictures of "objects": a teal one, and a red one with a transparent border
+    from PIL import Image
+
+    teal = picture(tmp_path / "teal.png", (96, 64))
+    red = tmp_path / "red.png"
+    cutout = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    cutout.paste((200, 30, 30, 255), (16, 16, 48, 48))
+    cutout.save(red)
+    request = {"model": "tiny_shap_e_img2img", "steps": 2, "seed": 3, "resolution": 32}
+    cap = MeshCapability()
+    # When a mesh is made of each, and of the teal one again
+    a = run(cap, shap_e_img2img, catalog, tmp_path / "a", {**request, "path": str(teal)})
+    b = run(cap, shap_e_img2img, catalog, tmp_path / "b", {**request, "path": str(teal)})
+    c = run(cap, shap_e_img2img, catalog, tmp_path / "c", {**request, "path": str(red)})
+    # Then the same picture and seed give the same GLB, and another picture another mesh
+    assert a[0].path.read_bytes() == b[0].path.read_bytes() != c[0].path.read_bytes()
+    assert a[0].meta["faces"] > 0
+    # And the metadata names the picture and its digest, not a prompt, and the guidance
+    # of an image-to-3D model by default
+    assert "prompt" not in a[0].meta
+    assert a[0].meta["start_image"] == "teal.png"
+    assert a[0].meta["start_image_sha256"] == file_sha256(teal)
+    assert a[0].meta["guidance_scale"] == 3.0
+    # And a wide picture is modelled whole, as the same picture centred on a white square
+    # (the pipeline's own processor would crop its middle)
+    square = tmp_path / "square.png"
+    with Image.open(teal) as wide:
+        on_white = Image.new("RGB", (96, 96), "white")
+        on_white.paste(wide, (0, 16))
+    on_white.save(square)
+    d = run(cap, shap_e_img2img, catalog, tmp_path / "d", {**request, "path": str(square)})
+    assert d[0].path.read_bytes() == a[0].path.read_bytes()
+    # And the picture's digest is part of the chunk's identity, the prompt's place
+    settings = load_settings(data_dir=tmp_path / "e")
+    plans = [
+        cap.prepare({**request, "path": str(p)}, PrepareContext(settings, catalog)).chunks[0]
+        for p in (teal, red)
+    ]
+    assert plans[0].identity["start"] == file_sha256(teal) != plans[1].identity["start"]
+    assert "prompt" not in plans[0].identity
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"model": "tiny_shap_e_img2img", "prompt": "a chair"}, "reads no prompt"),
+        ({"model": "tiny_shap_e_img2img"}, "give one with --image"),
+        ({"model": "tiny_shap_e", "path": "PICTURE"}, "needs an image-to-3D Shap-E pipeline"),
+        ({"model": "tiny_shap_e"}, "makes meshes from text; give --prompt"),
+        ({"model": "tiny_shap_e_img2img", "path": "NOT_AN_IMAGE"}, "could not be read as an"),
+        ({"model": "tiny_sd", "prompt": "a chair"}, "needs a Shap-E pipeline"),
+    ],
+)
+def test_a_mesh_request_that_does_not_fit_its_model_is_refused_saying_what_to_give(
+    catalog: ModelCatalog, tmp_path: Path, request_: dict[str, Any], message: str
+) -> None:
+    files = {
+        "PICTURE": picture(tmp_path / "chair.png", (64, 64)),
+        "NOT_AN_IMAGE": tmp_path / "chair.txt",
+    }
+    files["NOT_AN_IMAGE"].write_text("a chair")
+    request = {k: str(files.get(v, v)) for k, v in request_.items()}
+    ctx = PrepareContext(load_settings(data_dir=tmp_path), catalog)
+    with pytest.raises(InvalidInput, match=message):
+        MeshCapability().prepare(request, ctx)

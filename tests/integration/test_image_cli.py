@@ -290,3 +290,47 @@ def test_run_batch_of_image_edits_reads_each_lines_starting_image_and_fails_a_ba
     [error] = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert error["custom_id"] == "bad"
     assert "notes.png could not be read as an image" in json.dumps(error)
+
+
+def test_run_mesh_models_the_object_in_a_picture_or_in_each_of_a_folder(
+    tiny: TinyPipelines, data_dir: Path, tmp_path: Path
+) -> None:
+    import trimesh
+
+    # Given a picture of an object, and a folder of two more and a broken one
+    chair = picture(tmp_path / "chair.png", (96, 64))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture(photos / "lamp.jpg", (64, 96), "red", fmt="JPEG")
+    picture(photos / "vase.png", (64, 64), "navy")
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    model = ["--model", str(tiny.mesh_from_picture), "--steps", "2", "--resolution", "32"]
+    many_out = tmp_path / "many"
+    # When `stoker run mesh --image` models the one, then each of the folder
+    one = stoker(
+        "run", "mesh", "--image", str(chair), *model, "--seed", "3", "--out",
+        str(tmp_path / "one"), data_dir=data_dir,
+    )  # fmt: skip
+    many = stoker(
+        "run", "mesh", "--image", str(photos), *model, "--format", "ply", "--out",
+        str(many_out), data_dir=data_dir,
+    )  # fmt: skip
+    # Then the one mesh is a GLB with triangles
+    assert one.returncode == 0, one.stderr
+    mesh = trimesh.load(tmp_path / "one" / "mesh.glb", file_type="glb", force="mesh")
+    assert len(mesh.faces) > 0
+    # And each picture of the folder has its mesh in a folder of its name; the broken
+    # one failed alone, named
+    assert many.returncode == 0, many.stderr
+    assert "warning: 1 of 3 pictures failed (the first: " in many.stderr
+    assert "broken.png could not be read as an image" in many.stderr
+    found = sorted(p.relative_to(tmp_path / "many").as_posix() for p in many_out.rglob("*.ply"))
+    assert found == ["lamp/mesh.ply", "vase/mesh.ply"]
+    # And what an image-to-3D model cannot take is refused, saying what to give
+    for args, message in (
+        (["--image", str(chair), "--prompt", "a chair"], "reads no prompt"),
+        (["--image", str(photos), "--prompt", "a chair"], "leave out --prompt and --prompts"),
+        ([], "or --image with a picture of the object, for `mesh`"),
+    ):
+        refused = stoker("submit", "mesh", *model, *args, data_dir=data_dir)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr

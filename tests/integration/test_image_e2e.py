@@ -203,3 +203,38 @@ def test_images_start_from_a_local_file_or_an_s3_object_the_worker_reads_from_st
         kids = client.children(batch.id)
         assert [k.params["name"] for k in kids] == ["more_again", "sketch"]
         assert client.storage.get_bytes(kids[1].outputs[0].key) == images[0]
+
+
+def test_meshes_of_pictures_in_a_bucket_are_made_by_a_worker_that_reads_them_from_storage(
+    visual: Deployment, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    import boto3
+    import trimesh
+
+    # Given two pictures of objects in a bucket, and a worker on the mesh queue
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    for name, colour in (("chair", "teal"), ("lamp", "red")):
+        path = picture(tmp_path / f"{name}.png", (96, 64), colour)
+        s3.upload_file(str(path), s3_bucket, f"objects/{name}.png")
+    visual.start_worker("mesh")
+    # When the prefix is submitted from the CLI to an image-to-3D model, as a user would
+    submitted = visual.cli(
+        "submit", "mesh", "--image", f"s3://{s3_bucket}/objects/", "--model",
+        "tiny_shap_e_img2img", "--steps", "2", "--seed", "3", "--resolution", "32",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    # Then it is one batch of a mesh per picture, each named after it and made of it
+    with Stoker(visual.settings()) as client:
+        batch = client.wait(submitted.stdout.strip(), timeout_s=120)
+        assert batch.state is JobState.SUCCEEDED, batch.error
+        kids = client.children(batch.id)
+        assert [k.params["name"] for k in kids] == ["chair", "lamp"]
+        meshes = []
+        for kid in kids:
+            assert kid.outputs[0].name == "mesh.glb"
+            data = client.storage.get_bytes(kid.outputs[0].key)
+            assert len(trimesh.load(io.BytesIO(data), file_type="glb", force="mesh").faces) > 0
+            manifest = json.loads(client.storage.get_bytes(kid.outputs[1].key))
+            assert manifest["outputs"][0]["meta"]["start_image"] == f"{kid.params['name']}.png"
+            meshes.append(data)
+        assert meshes[0] != meshes[1]
