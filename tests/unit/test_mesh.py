@@ -14,7 +14,7 @@ import pytest
 from stoker.config import load_settings
 from stoker.errors import InvalidInput
 from stoker.jobs.base import PrepareContext
-from stoker.jobs.mesh import MeshCapability, cluster_decimate, limit_faces, to_trimesh
+from stoker.jobs.mesh import MeshCapability, cluster_decimate, limit_faces, shape_of, to_trimesh
 from stoker.workers.catalog import ModelCatalog
 from tests.diffusers_models import TinyPipelines, marching_cubes_table, tiny_pipelines
 
@@ -121,6 +121,22 @@ def test_without_fast_simplification_it_clusters_and_says_so(
     # Then vertex clustering keeps it under the limit, and the log says why it is cruder
     assert 0 < len(small.faces) <= 1500
     assert "fast-simplification is not installed" in caplog.text
+
+
+def test_the_shape_of_a_mesh_is_trimeshs_own_counts_and_bounds() -> None:
+    import numpy as np
+    import trimesh
+
+    # A sphere, and the same with a far vertex no face uses (bounds leave it out)
+    sphere = to_trimesh(sphere_mesh(), {"seed": 1, "resolution": 24})
+    stray = trimesh.Trimesh(
+        vertices=np.vstack([sphere.vertices, [[9.0, 9.0, 9.0]]]), faces=sphere.faces, process=False
+    )
+    for mesh in (sphere, stray):
+        shape = shape_of(mesh)
+        assert (shape["vertices"], shape["faces"]) == (len(mesh.vertices), len(mesh.faces))
+        assert np.allclose(shape["bounds"], mesh.bounds, atol=1e-6)
+    assert shape_of(stray)["bounds"] == shape_of(sphere)["bounds"]
 
 
 def test_a_mesh_under_the_limit_is_unchanged() -> None:
