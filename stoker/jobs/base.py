@@ -130,6 +130,10 @@ class AssembleContext:
     # Per group, in order, the storage key of every one of its outputs (name → key):
     # what an Artifact(source_key=...) publishes without downloading it.
     group_keys: list[dict[str, str]] = field(default_factory=list)
+    # The storage key of each chunk, in order (none for a capability with groups): a
+    # chunk that is an output as it is (an image's PNG, a mesh's GLB) is published
+    # with Artifact(source_key=...), linked or copied by the storage, not written again.
+    chunk_keys: list[str] = field(default_factory=list)
 
     @property
     def workdir(self) -> Path:

@@ -14,16 +14,17 @@ mesh is kept a sensible size: the grid is capped at :data:`MAX_RESOLUTION`, and 
 mesh over ``max_faces`` triangles is decimated: quadric edge collapses with
 fast-simplification (the ``mesh`` extra), or, when it is missing, a cruder vertex
 clustering (logged). The chunk is a GLB with vertex colours, and its size and bounds
-are kept as the chunk's notes: a GLB job (the default) is assembled by copying the
-chunk, with no mesh parsed again (for a 200,000-face mesh, loading a PLY chunk back
-and writing the GLB cost ~95 ms); PLY and OBJ are converted from it with trimesh.
+are kept as the chunk's notes: a GLB job (the default) publishes the chunk as it is
+(a hard link on local storage, a server-side copy on S3), with no mesh parsed or
+written again (for a 200,000-face mesh, loading a PLY chunk back and writing the GLB
+cost ~95 ms); PLY and OBJ are converted from it with trimesh.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ from stoker.jobs.base import (
     SubmitNeed,
     parse_request,
 )
-from stoker.jobs.image import MAX_SEED, check_prompt, pipeline_class
+from stoker.jobs.image import MAX_SEED, check_prompt, pipeline_class, published
 
 MAX_RESOLUTION = 192  # marching-cubes grid cells per side; 192³ SDF queries ≈ 7 M
 #: Shap-E's pipelines: from a prompt, and from a picture.
@@ -157,10 +158,12 @@ class MeshCapability:
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
         fmt, chunk = params["format"], ctx.chunk_files[0]
         shape = ctx.chunk_notes[0] if ctx.chunk_notes else {}
-        out = ctx.workdir / f"mesh.{fmt}"
+        name = f"mesh.{fmt}"
         if fmt == "glb" and "faces" in shape:
-            shutil.copyfile(chunk, out)
+            artifact = published(ctx, 0, name, CONTENT_TYPES[fmt], {})
         else:  # another format, or a chunk without notes: parse it
+            out = ctx.workdir / name
+            artifact = Artifact(name, out, CONTENT_TYPES[fmt])
             trimesh = import_trimesh()
             mesh = trimesh.load(chunk, file_type="glb", force="mesh", process=False)
             mesh.export(out, file_type=fmt)
@@ -178,7 +181,7 @@ class MeshCapability:
             "resolution": params["resolution"],
             "model": params["model"],
         }
-        return [Artifact(out.name, out, CONTENT_TYPES[fmt], meta)]
+        return [replace(artifact, meta=meta)]
 
 
 def _read_prompt(req: MeshRequest, limit: int) -> str:

@@ -78,6 +78,7 @@ class Assembler:
                 chunk_notes=self._notes(cap, record, notes or {}),
                 group_files=[g.files for g in groups or []],
                 group_keys=[g.keys for g in groups or []],
+                chunk_keys=[c.key for c in record.chunks] if groups is None else [],
             )
             artifacts = cap.assemble(record.params, context)
             outputs = self.io.all(lambda a: self._store_artifact(record.id, a), artifacts)

@@ -319,6 +319,14 @@ def test_run_mesh_models_the_object_in_a_picture_or_in_each_of_a_folder(
     assert one.returncode == 0, one.stderr
     mesh = trimesh.load(tmp_path / "one" / "mesh.glb", file_type="glb", force="mesh")
     assert len(mesh.faces) > 0
+    # stored once: the output is the chunk itself, linked by the local storage
+    with Stoker(load_settings(data_dir=data_dir)) as client:
+        (job,) = [j for j in client.jobs() if j.params.get("start", {}).get("name") == "chair.png"]
+        with (
+            client.storage.open(job.outputs[0].key) as a,
+            client.storage.open(job.chunks[0].key) as b,
+        ):
+            assert os.fstat(a.fileno()).st_ino == os.fstat(b.fileno()).st_ino
     # And each picture of the folder has its mesh in a folder of its name; the broken
     # one failed alone, named
     assert many.returncode == 0, many.stderr
