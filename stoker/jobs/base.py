@@ -8,6 +8,7 @@ the queues layer moves the work between processes.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -142,6 +143,19 @@ class AssembleContext:
         if not self.folder.is_dir():  # a stat: far cheaper than mkdir of an existing one
             self.folder.mkdir(parents=True, exist_ok=True)
         return self.folder
+
+    def published(
+        self, index: int, name: str, content_type: str, meta: dict[str, Any] | None = None
+    ) -> Artifact:
+        """Chunk ``index`` as output ``name``, as it is: from its storage key (linked on
+        local storage, copied by the server on S3, so its bytes are not written or
+        uploaded again), or copied from its file where assembly was given no keys."""
+        meta = meta or {}
+        if index < len(self.chunk_keys):
+            return Artifact(name, None, content_type, meta, source_key=self.chunk_keys[index])
+        out = self.workdir / name
+        shutil.copyfile(self.chunk_files[index], out)
+        return Artifact(name, out, content_type, meta)
 
 
 @dataclass(frozen=True)

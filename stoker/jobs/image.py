@@ -22,7 +22,6 @@ import inspect
 import json
 import math
 import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -296,25 +295,12 @@ class ImageCapability:
             name = f"image-{i:02d}.{params['format']}"
             if params["format"] == "png":
                 # The chunk is the output: it already carries its tEXt metadata.
-                artifacts.append(published(ctx, i, name, "image/png", meta))
+                artifacts.append(ctx.published(i, name, "image/png", meta))
             else:
                 out = ctx.workdir / name
                 save_webp(chunk, out, meta)
                 artifacts.append(Artifact(out.name, out, "image/webp", meta))
         return artifacts
-
-
-def published(
-    ctx: AssembleContext, index: int, name: str, content_type: str, meta: dict[str, Any]
-) -> Artifact:
-    """Chunk ``index`` as output ``name``, as it is: from its storage key (linked on
-    local storage, copied by the server on S3, so its bytes are not written or uploaded
-    again), or copied from its file where assembly was given no keys."""
-    if index < len(ctx.chunk_keys):
-        return Artifact(name, None, content_type, meta, source_key=ctx.chunk_keys[index])
-    out = ctx.workdir / name
-    shutil.copyfile(ctx.chunk_files[index], out)
-    return Artifact(name, out, content_type, meta)
 
 
 #: The params that change the pixels (with the model and the seed).

@@ -44,7 +44,7 @@ from stoker.jobs.base import (
     SubmitNeed,
     parse_request,
 )
-from stoker.jobs.image import MAX_SEED, check_prompt, pipeline_class, published
+from stoker.jobs.image import MAX_SEED, check_prompt, pipeline_class
 
 MAX_RESOLUTION = 192  # marching-cubes grid cells per side; 192³ SDF queries ≈ 7 M
 #: Shap-E's pipelines: from a prompt, and from a picture.
@@ -112,15 +112,8 @@ class MeshCapability:
                 f"({FROM_TEXT} for prompts, {FROM_PICTURE} for pictures). "
                 f"Use `stoker submit image` for image models."
             )
-        picture = None
-        if cls == FROM_PICTURE:
-            picture = _read_picture(req)
-            source: dict[str, Any] = {"start": picture.sha256}
-        else:
-            source = {"prompt": _read_prompt(req, ctx.settings.max_text_bytes)}
-        params = {
+        params: dict[str, Any] = {
             "model": req.model,
-            **source,
             "steps": req.steps,
             "guidance_scale": (
                 DEFAULT_GUIDANCE[cls] if req.guidance_scale is None else req.guidance_scale
@@ -130,17 +123,21 @@ class MeshCapability:
             "max_faces": req.max_faces,
             "format": req.format,
         }
-        # A text job's identity is what it always was; a picture's names its digest.
-        shape = {k: v for k, v in params.items() if k not in ("model", "format")}
-        if req.name:
-            params["name"] = req.name
+        look = {k: v for k, v in params.items() if k not in ("model", "format")}
         payload: dict[str, Any] = {}
         uploads: dict[str, Path | bytes] = {}
-        if picture is not None:
-            params["start"] = picture.record()
+        if cls == FROM_PICTURE:
+            # The picture's digest takes the prompt's place in the identity; a text
+            # job's identity is what it always was.
+            picture = _read_picture(req)
+            params["start"], look["start"] = picture.record(), picture.sha256
             payload = {"inputs": [picture.key]}
             uploads = {picture.key: picture.path}
-        chunk = ChunkPlan(payload=payload, identity={"model": spec.fingerprint, **shape})
+        else:
+            params["prompt"] = look["prompt"] = _read_prompt(req, ctx.settings.max_text_bytes)
+        if req.name:
+            params["name"] = req.name
+        chunk = ChunkPlan(payload=payload, identity={"model": spec.fingerprint, **look})
         return Prepared(params=params, model=req.model, chunks=[chunk], uploads=uploads)
 
     def run_chunk(
@@ -160,7 +157,7 @@ class MeshCapability:
         shape = ctx.chunk_notes[0] if ctx.chunk_notes else {}
         name = f"mesh.{fmt}"
         if fmt == "glb" and "faces" in shape:
-            artifact = published(ctx, 0, name, CONTENT_TYPES[fmt], {})
+            artifact = ctx.published(0, name, CONTENT_TYPES[fmt])
         else:  # another format, or a chunk without notes: parse it
             out = ctx.workdir / name
             artifact = Artifact(name, out, CONTENT_TYPES[fmt])
