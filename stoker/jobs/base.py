@@ -120,7 +120,9 @@ class AssembleContext:
     capability with ``chunk_notes = True``, each chunk's notes (``{}`` when none, or
     when not among those of NotedChunks.noted_chunks)."""
 
-    chunk_files: list[Path]
+    # Fetched when first read (see workers/assembly.ChunkFiles): a chunk only
+    # published by key (``published``) is never downloaded.
+    chunk_files: Sequence[Path]
     folder: Path  # see workdir
     inputs: Mapping[str, Path] = field(default_factory=dict)
     chunk_notes: list[dict[str, Any]] = field(default_factory=list)

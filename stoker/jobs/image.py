@@ -289,17 +289,22 @@ class ImageCapability:
         image.save(ctx.out, format="PNG", pnginfo=png_info(image_meta(params, payload["seed"])))
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
+        def name(i: int) -> str:
+            return f"image-{i:02d}.{params['format']}"
+
+        def meta(i: int) -> dict[str, Any]:
+            return image_meta(params, params["seed"] + i)
+
+        if params["format"] == "png":
+            # Each chunk is its output as it is (it carries its tEXt metadata): published
+            # by key, never read here.
+            count = len(ctx.chunk_files)
+            return [ctx.published(i, name(i), "image/png", meta(i)) for i in range(count)]
         artifacts = []
-        for i, chunk in enumerate(ctx.chunk_files):
-            meta = image_meta(params, params["seed"] + i)
-            name = f"image-{i:02d}.{params['format']}"
-            if params["format"] == "png":
-                # The chunk is the output: it already carries its tEXt metadata.
-                artifacts.append(ctx.published(i, name, "image/png", meta))
-            else:
-                out = ctx.workdir / name
-                save_webp(chunk, out, meta)
-                artifacts.append(Artifact(out.name, out, "image/webp", meta))
+        for i, chunk in enumerate(ctx.chunk_files):  # iterating fetches them side by side
+            out = ctx.workdir / name(i)
+            save_webp(chunk, out, meta(i))
+            artifacts.append(Artifact(out.name, out, "image/webp", meta(i)))
         return artifacts
 
 

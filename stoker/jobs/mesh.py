@@ -153,7 +153,7 @@ class MeshCapability:
         ctx.notes.update(shape_of(mesh))
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
-        fmt, chunk = params["format"], ctx.chunk_files[0]
+        fmt = params["format"]
         shape = ctx.chunk_notes[0] if ctx.chunk_notes else {}
         name = f"mesh.{fmt}"
         if fmt == "glb" and "faces" in shape:
@@ -162,6 +162,7 @@ class MeshCapability:
             out = ctx.workdir / name
             artifact = Artifact(name, out, CONTENT_TYPES[fmt])
             trimesh = import_trimesh()
+            chunk = ctx.chunk_files[0]  # fetched only here: a published GLB is not read
             mesh = trimesh.load(chunk, file_type="glb", force="mesh", process=False)
             mesh.export(out, file_type=fmt)
             shape = shape_of(mesh)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from stoker.errors import ObjectNotFound
 from stoker.jobs.base import Artifact, AssembleContext, Capability, NotedChunks
@@ -30,6 +30,39 @@ from stoker.workers.io_threads import StorageIO
 def notes_key(chunk_key: str) -> str:
     """Where a chunk's notes are stored: beside it."""
     return f"{chunk_key}.notes.json"
+
+
+class ChunkFiles(Sequence[Path]):
+    """A job's chunk files, in order, each fetched when assembly first reads it.
+
+    An image's PNG or a mesh's GLB is published from its storage key and never read,
+    so fetching every chunk up front downloaded (or, on local storage, copied) files
+    for nothing. Iterating fetches all that are missing at once, side by side on
+    remote storage; indexing fetches the one. A fetched file is kept."""
+
+    def __init__(self, keys: Sequence[str], fetch: Callable[[int], Path], io: StorageIO) -> None:
+        self._count, self._fetch, self._io = len(keys), fetch, io
+        self._files: dict[int, Path] = {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> Path: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Path]: ...
+    def __getitem__(self, index: int | slice) -> Path | list[Path]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        i = range(self._count)[index]  # negative indexes, and IndexError past the end
+        if i not in self._files:
+            self._files[i] = self._fetch(i)
+        return self._files[i]
+
+    def __iter__(self) -> Iterator[Path]:
+        missing = [i for i in range(self._count) if i not in self._files]
+        self._files.update(zip(missing, self._io.all(self._fetch, missing), strict=True))
+        return (self._files[i] for i in range(self._count))
 
 
 class Assembler:
@@ -50,7 +83,8 @@ class Assembler:
     ) -> list[OutputRef]:
         """The job's artifacts and manifest, built and stored; its record untouched.
 
-        The chunks not in ``local`` are downloaded, and the artifacts stored, side by
+        The chunks not in ``local`` are downloaded when the capability first reads them
+        (none for a chunk it only publishes by key), and the artifacts stored, side by
         side on remote storage (one round trip each, none waiting on another)."""
         with contextlib.ExitStack() as stack:
             if scratch is None:
@@ -63,12 +97,14 @@ class Assembler:
                 cap, record, scratch / f"{record.id}-groups", local or {}
             )
             local = local or {}
-            files = self.io.all(
-                lambda c: (
-                    local.get(c.index)
-                    or self.storage.download(c.key, chunk_dir / f"{c.index:06d}.{cap.chunk_ext}")
+            keys = [c.key for c in record.chunks] if groups is None else []
+            files = ChunkFiles(
+                keys,
+                lambda i: (
+                    local.get(i)
+                    or self.storage.download(keys[i], chunk_dir / f"{i:06d}.{cap.chunk_ext}")
                 ),
-                record.chunks if groups is None else [],
+                self.io,
             )
             inputs = {k: self.inputs.path_for(k) for k in record.params.get("assemble_inputs", [])}
             context = AssembleContext(
@@ -78,7 +114,7 @@ class Assembler:
                 chunk_notes=self._notes(cap, record, notes or {}),
                 group_files=[g.files for g in groups or []],
                 group_keys=[g.keys for g in groups or []],
-                chunk_keys=[c.key for c in record.chunks] if groups is None else [],
+                chunk_keys=keys,
             )
             artifacts = cap.assemble(record.params, context)
             outputs = self.io.all(lambda a: self._store_artifact(record.id, a), artifacts)

@@ -1,9 +1,10 @@
 """A job that is not batched, against a real S3-protocol server: what its worker asks
 of storage. The chunk a worker just made is assembled from its own file (no download),
-the other chunks are downloaded and the artifacts stored side by side, and each is
-one request.
+the other chunks are downloaded when assembly reads them (an image's PNGs, published
+by key, never are) and the artifacts stored side by side, and each is one request.
 
-The real executor, job store (SQLite), Whisper tiny.en and Piper speech; storage is
+The real executor, job store (SQLite), Whisper tiny.en, Piper speech and a tiny
+random diffusers pipeline; storage is
 moto_server, seen through a wrapper that counts the calls (tests/watched_storage.py).
 Also what readers ask: a batch's downloads and an OpenAI batch's results, side by side.
 """
@@ -21,6 +22,7 @@ from stoker.errors import StorageUnavailable
 from stoker.queues.records import JobState, OutputRef, Progress, new_record
 from stoker.storage.keys import job_key
 from stoker.workers.execute import ChunkExecutor
+from tests.diffusers_models import IGNORE_HEUN_WARNING, tiny_pipelines
 from tests.media_files import speech_wav
 from tests.texts import story
 from tests.watched_storage import WatchedStorage, watched_executor
@@ -115,6 +117,48 @@ def test_the_last_chunk_downloads_only_the_others_and_a_failed_write_fails_the_j
             run_every_chunk(client, executor, again)
         assert not client.storage.exists(job_key(again, "manifest.json"))
         assert client.status(again).state is JobState.RUNNING
+
+
+@pytest.mark.filterwarnings(IGNORE_HEUN_WARNING)
+def test_an_images_assembly_reads_no_png_back_and_has_the_server_copy_them(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, s3_bucket: str
+) -> None:
+    # Given a tiny text-to-image model, and storage on the S3-protocol server
+    tiny = tiny_pipelines(tmp_path_factory.getbasetemp() / "diffusers-models")
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        storage_url=f"s3://{s3_bucket}/stoker",
+        s3_endpoint_url=s3_endpoint,
+        models=tiny.models(),
+    )
+    request = {"model": "tiny_sd", "prompt": "a lighthouse at dusk", "steps": 2, "seed": 7}
+    with Stoker(settings) as client:
+        executor, watched = watched_executor(settings)
+
+        # When a worker makes the three PNGs of a job, one chunk each
+        png = client.submit("image", {**request, "count": 3})
+        chunks = [c.key for c in client.status(png.id).chunks]
+        for index in range(3):
+            executor.run_chunk(png.id, index, {"seed": 7 + index})
+        done = client.status(png.id)
+
+        # Then each output is its chunk, copied by the server: no chunk was downloaded,
+        # though two of them were made before the last and are not on hand at assembly
+        assert done.state is JobState.SUCCEEDED, done.error
+        names = [o.name for o in done.outputs]
+        assert names == ["image-00.png", "image-01.png", "image-02.png", "manifest.json"]
+        assert not set(watched.keys("download")) & set(chunks)
+        assert sorted(watched.keys("copy")) == sorted(chunks)
+        for output, chunk in zip(done.outputs, chunks, strict=False):
+            assert client.storage.get_bytes(output.key) == client.storage.get_bytes(chunk)
+
+        # And a WebP job, whose chunks are converted, downloads the one it had not made
+        webp = client.submit("image", {**request, "seed": 20, "count": 2, "format": "webp"})
+        chunks = [c.key for c in client.status(webp.id).chunks]
+        for index in range(2):
+            executor.run_chunk(webp.id, index, {"seed": 20 + index})
+        assert client.status(webp.id).state is JobState.SUCCEEDED
+        assert [k for k in watched.keys("download") if k in chunks] == [chunks[0]]
 
 
 def _stored(client: Stoker, job_id: str, name: str, data: bytes) -> OutputRef:
