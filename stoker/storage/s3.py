@@ -135,9 +135,15 @@ class S3Storage:
         # onto itself that changes nothing. (A multipart copy sets it at creation.)
         extra = {"ContentType": content_type, "MetadataDirective": "REPLACE"}
         with self._errors(dst_key):
-            # Managed copy: one CopyObject, or UploadPartCopy parts above the threshold
-            # (CopyObject stops at 5 GB). No byte passes through this process.
-            self._client.copy(source, self.bucket, target, ExtraArgs=extra, Config=self._transfer)
+            # No byte passes through this process either way. Below the multipart
+            # threshold, one CopyObject: the managed copy would HEAD the source again
+            # for the size the stat above just read (three requests instead of two).
+            if size < self._transfer.multipart_threshold:
+                self._client.copy_object(CopySource=source, Bucket=self.bucket, Key=target, **extra)
+            else:  # UploadPartCopy parts (CopyObject stops at 5 GB)
+                self._client.copy(
+                    source, self.bucket, target, ExtraArgs=extra, Config=self._transfer
+                )
         return ObjectInfo(dst_key, size, content_type)
 
     def delete(self, key: str) -> None:

@@ -284,6 +284,24 @@ def test_s3_put_file_goes_multipart(s3_endpoint: str, s3_bucket: str, tmp_path: 
     assert head["ETag"].strip('"').endswith("-3")
 
 
+def test_s3_copy_below_the_threshold_is_a_stat_and_one_copy_object(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    # Given a stored 5 KB picture, and the requests the storage sends seen
+    s3 = s3_storage(f"s3://{s3_bucket}/p", s3_endpoint, tmp_path, S3Tuning())
+    s3.put_bytes("chunks/a.png", b"P" * 5000, "image/png")
+    sent: list[str] = []
+    s3._client.meta.events.register("before-send", lambda request, **_: sent.append(request.method))
+    # When it is copied
+    info = s3.copy("chunks/a.png", "jobs/j1/image-00.png", "image/png")
+    # Then one HEAD read its size and one CopyObject (a PUT) made the copy: the managed
+    # copy's own HEAD of the source is not sent
+    assert sent == ["HEAD", "PUT"]
+    assert info == ObjectInfo("jobs/j1/image-00.png", 5000, "image/png")
+    assert s3.get_bytes("jobs/j1/image-00.png") == b"P" * 5000
+    s3.close()
+
+
 @pytest.mark.timeout(60)
 def test_s3_copy_goes_multipart_server_side(
     s3_endpoint: str, s3_bucket: str, tmp_path: Path
