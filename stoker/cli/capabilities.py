@@ -20,7 +20,13 @@ from stoker.cli.app import (
     settings_of,
     submit_app,
 )
-from stoker.cli.jobs import exit_unless_succeeded, follow, units_of, waiting_hint
+from stoker.cli.jobs import (
+    exit_unless_succeeded,
+    follow,
+    units_of,
+    waiting_hint,
+    warn_of_outputs,
+)
 from stoker.config import Priority
 from stoker.errors import InvalidInput
 from stoker.queues.records import JobRecord, JobState
@@ -219,8 +225,10 @@ def run_with(
         # A job that succeeded is downloaded even when every item failed: its
         # manifest and errors.jsonl say why.
         if record.state is JobState.SUCCEEDED:
-            for path in client.download(record.id, out):
+            paths = client.download(record.id, out)
+            for path in paths:
                 console.print(str(path))
+            warn_of_outputs(paths, out)
         exit_unless_succeeded(client, record)
 
 

