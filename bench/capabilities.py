@@ -11,13 +11,19 @@ embed (all-MiniLM-L6-v2 on CPU):
      ``--s3-latency-ms`` through a proxy that delays each request as a network would.
      ``--redis-latency-ms`` puts the same proxy in front of Redis, for the worker (the
      submitting side connects directly), as a Redis on another machine would be.
+embed --split (``--only split``; all-MiniLM-L6-v2 on CPU):
+  1. plain sentence-transformers: encode the passages of D documents of ~600 words
+     (cut beforehand, untimed, by stoker's own splitter) at batch 64;
+  2. stoker: one job of the D documents with ``split``, one worker (preloaded); from
+     the worker being ready to the job succeeded: splitting, embedding and writing.
 generate (Gemma 3 270M Q4_K_M, greedy, fixed max tokens):
   1. plain llama-cpp-python: create_completion per prompt in a loop;
   2. stoker: one job with the same prompts as a JSONL file, one worker (preloaded);
      from submit to done. Tokens counted from each side's own usage figures.
 
 Usage: python bench/capabilities.py [--sentences 10000] [--repeats 3] [--prompts 16]
-                                   [--max-tokens 128] [--only embed|generate] [--no-write]
+                                   [--max-tokens 128] [--only embed|split|generate]
+                                   [--documents 200] [--no-write]
                                    [--storage local|s3] [--s3-latency-ms 0]
                                    [--redis-latency-ms 0]
 """
@@ -198,6 +204,71 @@ def embed_section(
     )
 
 
+def stoker_split(docs: list[str], redis_url: str, data_dir: Path) -> tuple[float, int]:
+    """(drain seconds, rows) of one embed job of ``docs`` with ``split``, one worker."""
+    from stoker.client import Stoker
+    from stoker.config import load_settings
+    from tests.deployment import Deployment
+
+    data_dir.mkdir(parents=True)
+    dep = Deployment(
+        env={"STOKER_BROKER_URL": redis_url, "STOKER_DATA_DIR": str(data_dir)}, workdir=data_dir
+    )
+    try:
+        with Stoker(load_settings(broker_url=redis_url, data_dir=data_dir)) as client:
+            job = client.submit("embed", {"texts": docs, "split": True})
+            dep.start_worker("embed", "--preload", EMBED_MODEL)  # returns once consuming
+            start = time.perf_counter()
+            done = client.wait(job.id, timeout_s=3600)
+            drained = time.perf_counter() - start
+            if done.state.value != "succeeded":
+                raise RuntimeError(f"split job {done.state.value}: {done.error}")
+            rows = len(client.storage.get_bytes(done.outputs[0].key).splitlines())
+            return drained, rows
+    finally:
+        dep.stop_all()
+
+
+def split_section(n: int, data_dir: Path, redis_url: str, repeats: int) -> str:
+    """Plain batch 64 over the passages and stoker's split job, interleaved."""
+    import redis
+    from sentence_transformers import SentenceTransformer
+
+    from stoker.jobs.passages import room_for_text, split_passages
+
+    docs = [f"Document {i}. {story(600)}" for i in range(n)]
+    path = model_path(data_dir / "catalog", EMBED_MODEL)
+    model = SentenceTransformer(str(path), device="cpu")
+    passages = split_passages(model, docs, room_for_text(model, None), 0)
+    pieces = [docs[p.source][p.start : p.end] for p in passages]
+    del model
+    plain, drains = [], []
+    for r in range(repeats):
+        plain.append(plain_embed(path, pieces, 64))
+        redis.Redis.from_url(redis_url).flushall()
+        drained, rows = stoker_split(docs, redis_url, data_dir / f"stoker-{r}")
+        if rows != len(pieces):
+            raise RuntimeError(f"stoker wrote {rows} rows for {len(pieces)} passages")
+        drains.append(drained)
+    batched, drained = statistics.median(plain), statistics.median(drains)
+    k = len(pieces)
+    rows_out = [
+        ["plain, the same passages at batch 64", f"{batched:.1f}", f"{k / batched:.0f}", "1.00"],
+        [
+            "stoker, 1 job with split, 1 worker",
+            f"{drained:.1f}",
+            f"{k / drained:.0f}",
+            f"{batched / drained:.2f}",
+        ],
+    ]
+    table = markdown_table(
+        [f"embed {n} documents of ~600 words → {k} passages", "seconds", "passages/s", "× plain"],
+        rows_out,
+    )
+    pairs = ", ".join(f"{p / d:.2f}" for p, d in zip(plain, drains, strict=True))
+    return f"{table}\n\nMedians of {repeats} interleaved runs; the ratio of each pair: {pairs}.\n"
+
+
 def plain_generate(path: Path, prompts: list[str], max_tokens: int) -> tuple[float, int]:
     import llama_cpp
 
@@ -272,7 +343,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="embed runs of each side")
-    parser.add_argument("--only", choices=["embed", "generate"])
+    parser.add_argument("--only", choices=["embed", "split", "generate"])
+    parser.add_argument("--documents", type=int, default=200, help="split: documents")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument(
         "--storage", choices=["local", "s3"], default="local", help="where embed jobs' outputs go"
@@ -306,6 +378,10 @@ def main() -> None:
             )  # fmt: skip
             parts.append(section)
             print(parts[-1])
+        if args.only == "split":  # its own section, not part of the whole run
+            section = split_section(args.documents, Path(tmp) / "split", redis_url, args.repeats)
+            parts.append(section)
+            print(section)
         if args.only in (None, "generate"):
             section = generate_section(args.prompts, args.max_tokens, Path(tmp) / "gen", redis_url)
             parts.append(section)
@@ -314,15 +390,23 @@ def main() -> None:
     if os.environ.get("TMPDIR"):  # where every scratch file and the data dir live
         command = f"TMPDIR={os.environ['TMPDIR']} {command}"
     body = f"Command: `{command.strip()}` on {machine()}.\n\n" + "\n".join(parts) + "\n"
-    if args.only != "embed":
+    if args.only in (None, "generate"):
         body += "Greedy decoding (temperature 0) on both sides, so both generate the same tokens.\n"
-    # The S3 run is its own section: embed only (generate writes one file per job).
+    if name := _section(args):
+        write_section(name, body)
+
+
+def _section(args: argparse.Namespace) -> str | None:
+    """The docs/benchmarks.md section a run's figures go in; None for runs not kept.
+    The S3 run is its own section: embed only (generate writes one file per job)."""
     if args.no_write or args.redis_latency_ms:
-        return
-    if args.storage == "local" and args.only is None:
-        write_section("capabilities", body)
-    elif args.storage == "s3" and args.only == "embed":
-        write_section("capabilities-s3", body)
+        return None
+    sections = {
+        ("local", None): "capabilities",
+        ("s3", "embed"): "capabilities-s3",
+        ("local", "split"): "capabilities-split",
+    }
+    return sections.get((args.storage, args.only))
 
 
 if __name__ == "__main__":
