@@ -17,7 +17,8 @@ FileOpt = Annotated[
     Path | None,
     typer.Option(
         "--file",
-        help='Texts to embed: one per line, or a .jsonl file of {"id", "text"} lines.',
+        help='Texts to embed: one per line, a .jsonl file of {"id", "text"} lines, or a '
+        "folder whose .txt and .md files are a text each (id: the file's path in it).",
     ),
 ]
 ModelOpt = Annotated[
@@ -53,8 +54,10 @@ def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
     """
     from stoker.jobs.text import decode_text
 
+    if path.is_dir():
+        return read_folder(path, limit_bytes)
     if not path.is_file():
-        raise InvalidInput(f"--file {path} does not exist or is not a file.")
+        raise InvalidInput(f"--file {path} does not exist or is not a file or a folder.")
     lines = decode_text(path.read_bytes(), str(path)).splitlines()
     jsonl = path.suffix.lower() == ".jsonl"
     texts, ids = [], []
@@ -70,6 +73,46 @@ def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
         texts.append(text)
         ids.append(id_)
     return _some(texts, path), ids
+
+
+#: The files of a folder given to --file that are texts, one each.
+DOCUMENT_SUFFIXES = (".txt", ".md")
+
+
+def read_folder(folder: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
+    """The text of each .txt and .md file under ``folder`` (recursively, in path
+    order) and its id, its path under the folder; InvalidInput naming a file that is
+    not UTF-8 text or is over ``limit_bytes``. Blank files are skipped with a warning
+    naming them: a folder of documents should not fail for one empty note."""
+    from stoker.cli.app import err
+    from stoker.jobs.text import decode_text
+
+    files = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in DOCUMENT_SUFFIXES and p.is_file()
+    )
+    texts, ids, blank = [], [], []
+    for path in files:
+        name = path.relative_to(folder).as_posix()
+        if path.stat().st_size > limit_bytes:
+            raise InvalidInput(
+                f"{path} is over the {limit_bytes:,}-byte limit (max_text_bytes); split it "
+                f"into several files, or raise max_text_bytes."
+            )
+        text = decode_text(path.read_bytes(), str(path))
+        if not text.strip():
+            blank.append(name)
+            continue
+        texts.append(text)
+        ids.append(name)
+    if not texts:
+        raise InvalidInput(
+            f"--file {folder} has no .txt or .md file with text in it; give a folder of "
+            f"documents, or a file of one text per line."
+        )
+    if blank:
+        shown = ", ".join(blank[:5]) + (", …" if len(blank) > 5 else "")
+        err.print(f"warning: skipped {len(blank)} blank file(s): {shown}", markup=False)
+    return texts, ids
 
 
 def _jsonl_row(line: str, path: Path, number: int) -> tuple[str, str]:

@@ -32,8 +32,13 @@ class Passage:
 def room_for_text(model: Any, prompt: str | None) -> int:
     """Tokens of a text the model reads: its window, less the special tokens its
     tokenizer adds and the prompt's tokens."""
-    tokenizer = model.tokenizer
-    room = int(model.max_seq_length) - tokenizer.num_special_tokens_to_add(pair=False)
+    tokenizer, window = model.tokenizer, getattr(model, "max_seq_length", None)
+    if not window:
+        raise InvalidInput(
+            "split needs the model's window, and this model sets no max_seq_length; "
+            "give it one as a load option (models.<name>.options.max_seq_length)."
+        )
+    room = int(window) - tokenizer.num_special_tokens_to_add(pair=False)
     if prompt:
         room -= len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     if room < 8:

@@ -99,3 +99,31 @@ def test_run_embed_split_gives_every_passage_of_a_long_text_a_row(
         refused = stoker("submit", "embed", "--file", str(texts), *args, data_dir=data_dir)
         assert refused.returncode != 0
         assert message in refused.stderr.replace("\n", " "), refused.stderr
+
+
+def test_run_embed_of_a_folder_of_documents_split_into_passages(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Given a folder of two documents, one of ~600 words, one short
+    docs = tmp_path / "docs"
+    (docs / "notes").mkdir(parents=True)
+    long = story(600)
+    (docs / "log.md").write_text(long)
+    (docs / "notes" / "tea.txt").write_text("The keeper drank his tea.")
+    out = tmp_path / "out"
+
+    # When `stoker run embed --file FOLDER --split` embeds it as parquet
+    ran = stoker(
+        "run", "embed", "--file", str(docs), "--split", "--format", "parquet",
+        "--out", str(out), data_dir=data_dir,
+    )  # fmt: skip
+
+    # Then each row names its document by its path in the folder, the long one in
+    # passages that span it
+    assert ran.returncode == 0, ran.stderr
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO((out / "embeddings.parquet").read_bytes()))
+    ids, ends = table.column("id").to_pylist(), table.column("end").to_pylist()
+    assert ids[-1] == "notes/tea.txt" and set(ids[:-1]) == {"log.md"} and len(ids) >= 4
+    assert ends[-2] == len(long) and ends[-1] == len("The keeper drank his tea.")

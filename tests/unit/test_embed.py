@@ -344,3 +344,38 @@ def test_split_is_refused_with_npy_and_overlap_without_split() -> None:
     ):
         with pytest.raises(InvalidInput, match=message):
             parse_request(request, embed.EmbedRequest)
+
+
+def test_read_texts_of_a_folder_takes_each_document_by_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a folder of notes: text and Markdown files, nested, a blank one, and others
+    docs = tmp_path / "docs"
+    (docs / "guides").mkdir(parents=True)
+    (docs / "b.txt").write_text("Second.\nWith two lines.\n")
+    (docs / "a.md").write_text("# First\n\nA note.\n")
+    (docs / "guides" / "c.TXT").write_text("Third.")
+    (docs / "empty.txt").write_text("\n  \n")
+    (docs / "image.png").write_bytes(b"\x89PNG")
+    (docs / "rows.jsonl").write_text('{"text": "not read"}\n')
+
+    # When the folder is read
+    texts, ids = read_texts(docs, 1000)
+
+    # Then each .txt and .md file is one text, whole, its id its path in the folder,
+    # in path order; the blank one is skipped, named on stderr
+    assert ids == ["a.md", "b.txt", "guides/c.TXT"]
+    assert texts == ["# First\n\nA note.\n", "Second.\nWith two lines.\n", "Third."]
+    assert "warning: skipped 1 blank file(s): empty.txt" in capsys.readouterr().err
+
+    # And a file over the limit, or not UTF-8, is refused by name; so is a folder
+    # without a document
+    (docs / "big.md").write_text("x" * 1001)
+    with pytest.raises(InvalidInput, match=r"big.md is over the 1,000-byte limit"):
+        read_texts(docs, 1000)
+    (docs / "big.md").write_bytes(b"caf\xe9")
+    with pytest.raises(InvalidInput, match=r"big.md is not valid UTF-8"):
+        read_texts(docs, 1000)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(InvalidInput, match=r"has no .txt or .md file with text in it"):
+        read_texts(tmp_path / "none", 1000)
