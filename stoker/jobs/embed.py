@@ -225,7 +225,10 @@ class EmbedCapability:
             groups.setdefault((bool(params["normalize"]), params.get("prompt")), []).append(item)
         for (normalize, prompt), group in groups.items():
             # Per item: what it embeds (its texts, or their passages) and the passages.
-            pieces = [_pieces(model, params, payload, prompt) for params, payload, _ in group]
+            # The room a passage has depends on the prompt only: worked out once a group.
+            splits = any(params.get("split") for params, _, _ in group)
+            room = room_for_text(model, prompt) if splits else 0
+            pieces = [_pieces(model, params, payload, room) for params, payload, _ in group]
             texts = [t for item_texts, _ in pieces for t in item_texts]
             vectors = model.encode(
                 texts,
@@ -255,11 +258,10 @@ class EmbedCapability:
         cut = [full > n for p in parts for n, full in zip(p.tokens, p.lengths, strict=True)]
         ids = _ids(params, ctx.inputs) or [str(i) for i in range(params.get("count", len(vectors)))]
         rows = _passage_rows(parts, ids) if params.get("split") else None
-        if rows is not None:
-            ids = [ids[r.source] for r in rows]
         fmt = params["format"]
         meta = {"count": len(vectors), "dimensions": int(vectors.shape[1])}
-        if rows is not None:
+        if rows is not None:  # a row per passage, under its text's id
+            ids = [ids[r.source] for r in rows]
             meta |= {"texts": params["count"], "overlap": params["overlap"]}
         meta |= {"model": params["model"], "normalized": params["normalize"]}
         meta |= {"prompt": params["prompt"]} if params.get("prompt") else {}
@@ -286,13 +288,13 @@ class EmbedCapability:
 
 
 def _pieces(
-    model: Any, params: dict[str, Any], payload: dict[str, Any], prompt: str | None
+    model: Any, params: dict[str, Any], payload: dict[str, Any], room: int
 ) -> tuple[list[str], list[Passage] | None]:
-    """What one chunk embeds: its texts, or with ``split`` their passages (and those)."""
+    """What one chunk embeds: its texts, or with ``split`` their passages of at most
+    ``room`` tokens (and those passages)."""
     texts: list[str] = payload["texts"]
     if not params.get("split"):
         return texts, None
-    room = room_for_text(model, prompt)
     passages = split_passages(model, texts, room, int(params.get("overlap", 0)))
     return [texts[p.source][p.start : p.end] for p in passages], passages
 
