@@ -17,8 +17,9 @@ FileOpt = Annotated[
     Path | None,
     typer.Option(
         "--file",
-        help='Texts to embed: one per line, a .jsonl file of {"id", "text"} lines, or a '
-        "folder whose .txt and .md files are a text each (id: the file's path in it).",
+        help='Texts to embed: one per line, a .jsonl file of {"id", "text"} lines, a '
+        "document (.html, .pdf: a text per page, .epub: per chapter), or a folder of "
+        "documents (.txt, .md too; id: the file's path in it).",
     ),
 ]
 ModelOpt = Annotated[
@@ -54,7 +55,7 @@ def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
     """
     from stoker.jobs.text import decode_text
 
-    if path.is_dir():
+    if path.is_dir() or (path.suffix.lower() in RICH_SUFFIXES and path.is_file()):
         return read_folder(path, limit_bytes)
     if not path.is_file():
         raise InvalidInput(f"--file {path} does not exist or is not a file or a folder.")
@@ -75,44 +76,36 @@ def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
     return _some(texts, path), ids
 
 
-#: The files of a folder given to --file that are texts, one each.
-DOCUMENT_SUFFIXES = (".txt", ".md")
+#: A --file with one of these suffixes is one document, not a text per line.
+RICH_SUFFIXES = (".html", ".htm", ".pdf", ".epub")
 
 
-def read_folder(folder: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
-    """The text of each .txt and .md file under ``folder`` (recursively, in path
-    order) and its id, its path under the folder; InvalidInput naming a file that is
-    not UTF-8 text or is over ``limit_bytes``. Blank files are skipped with a warning
-    naming them: a folder of documents should not fail for one empty note."""
+def read_folder(root: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
+    """The texts and ids of the documents under the folder ``root``, or of the one
+    document ``root`` (:func:`stoker.jobs.documents.read_documents`). A file with no
+    text is skipped with a warning naming it; none with text is InvalidInput."""
     from stoker.cli.app import err
-    from stoker.jobs.text import decode_text
+    from stoker.jobs.documents import DOCUMENT_SUFFIXES, read_documents
 
-    files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in DOCUMENT_SUFFIXES and p.is_file()
-    )
-    texts, ids, blank = [], [], []
-    for path in files:
-        name = path.relative_to(folder).as_posix()
-        if path.stat().st_size > limit_bytes:
-            raise InvalidInput(
-                f"{path} is over the {limit_bytes:,}-byte limit (max_text_bytes); split it "
-                f"into several files, or raise max_text_bytes."
-            )
-        text = decode_text(path.read_bytes(), str(path))
-        if not text.strip():
-            blank.append(name)
-            continue
-        texts.append(text)
-        ids.append(name)
-    if not texts:
+    found = read_documents(root, limit_bytes)
+    if not found.texts and root.is_dir():
         raise InvalidInput(
-            f"--file {folder} has no .txt or .md file with text in it; give a folder of "
-            f"documents, or a file of one text per line."
+            f"--file {root} has no document with text in it ({', '.join(DOCUMENT_SUFFIXES)}); "
+            f"give a folder of documents, or a file of one text per line."
         )
-    if blank:
-        shown = ", ".join(blank[:5]) + (", …" if len(blank) > 5 else "")
-        err.print(f"warning: skipped {len(blank)} blank file(s): {shown}", markup=False)
-    return texts, ids
+    if not found.texts:
+        raise InvalidInput(
+            f"--file {root} has no text in it (a PDF of scanned pages has none: run OCR "
+            f"on it first)."
+        )
+    if found.empty:
+        shown = ", ".join(found.empty[:5]) + (", …" if len(found.empty) > 5 else "")
+        err.print(
+            f"warning: skipped {len(found.empty)} file(s) with no text (blank, or a PDF "
+            f"of scanned pages): {shown}",
+            markup=False,
+        )
+    return found.texts, found.ids
 
 
 def _jsonl_row(line: str, path: Path, number: int) -> tuple[str, str]:

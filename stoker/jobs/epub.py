@@ -63,10 +63,8 @@ def read_epub(path: Path, *, name: str, one_chapter: bool = False, skip: bool = 
     speak) and MissingDependency (ebooklib or beautifulsoup4 missing).
     """
     book = _open(path, name)
-    parts = _spine_parts(book)
-    drafts = _assemble(parts, skip=skip, has_toc=any(p.listed for p in parts))
+    chapters = _chapters(book, skip)
     title = _first(book, "title") or Path(name).stem
-    chapters = chapters_from(drafts)
     if not chapters:
         raise InvalidInput(f"{name} has no text to speak (its chapters are empty or only images).")
     if one_chapter:
@@ -74,6 +72,17 @@ def read_epub(path: Path, *, name: str, one_chapter: bool = False, skip: bool = 
         chapters = (Chapter(title=title, text=text),)
     cover, cover_type = _cover(book)
     return Book(title, _author(book), chapters, cover=cover, cover_type=cover_type)
+
+
+def epub_chapters(path: Path, *, name: str, skip: bool = True) -> tuple[Chapter, ...]:
+    """The EPUB's chapters as :func:`read_epub` finds them; empty when none has text.
+    Raises InvalidInput (not a valid EPUB) and MissingDependency."""
+    return _chapters(_open(path, name), skip)
+
+
+def _chapters(book: Any, skip: bool) -> tuple[Chapter, ...]:
+    parts = _spine_parts(book)
+    return chapters_from(_assemble(parts, skip=skip, has_toc=any(p.listed for p in parts)))
 
 
 def _open(path: Path, name: str) -> Any:
@@ -244,13 +253,19 @@ def _is_note(tag: Tag) -> bool:
 
 def _clean(soup: BeautifulSoup) -> None:
     """Drop what is not read aloud and end every block with a blank line."""
-    for tag in soup.find_all(_DROPPED):
-        tag.decompose()
     for tag in soup.find_all(_is_note):
+        tag.decompose()
+    flatten_html(soup, _DROPPED, _BLOCKS)
+
+
+def flatten_html(soup: BeautifulSoup, dropped: list[str], blocks: list[str]) -> None:
+    """Remove the ``dropped`` elements; make ``<br>`` a newline and end each of the
+    ``blocks`` with a blank line, so ``get_text()`` keeps the paragraphs."""
+    for tag in soup.find_all(dropped):
         tag.decompose()
     for tag in soup.find_all("br"):
         tag.replace_with("\n")
-    for tag in soup.find_all(_BLOCKS):
+    for tag in soup.find_all(blocks):
         tag.append("\n\n")
 
 

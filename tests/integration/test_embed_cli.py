@@ -10,6 +10,7 @@ import pytest
 
 from stoker.client import Stoker
 from stoker.config import load_settings
+from tests.documents import write_pdf
 from tests.integration.test_cli import stoker
 from tests.texts import story
 
@@ -104,12 +105,13 @@ def test_run_embed_split_gives_every_passage_of_a_long_text_a_row(
 def test_run_embed_of_a_folder_of_documents_split_into_passages(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    # Given a folder of two documents, one of ~600 words, one short
+    # Given a folder of documents: one of ~600 words, one short, a PDF of two pages
     docs = tmp_path / "docs"
     (docs / "notes").mkdir(parents=True)
     long = story(600)
     (docs / "log.md").write_text(long)
     (docs / "notes" / "tea.txt").write_text("The keeper drank his tea.")
+    write_pdf(docs / "report.pdf", ["The lamp was lit at dusk.", "The ship came home."])
     out = tmp_path / "out"
 
     # When `stoker run embed --file FOLDER --split` embeds it as parquet
@@ -118,12 +120,13 @@ def test_run_embed_of_a_folder_of_documents_split_into_passages(
         "--out", str(out), data_dir=data_dir,
     )  # fmt: skip
 
-    # Then each row names its document by its path in the folder, the long one in
-    # passages that span it
+    # Then each row names its document by its path in the folder (a PDF's by its
+    # page too), the long one in passages that span it
     assert ran.returncode == 0, ran.stderr
     import pyarrow.parquet as pq
 
     table = pq.read_table(io.BytesIO((out / "embeddings.parquet").read_bytes()))
     ids, ends = table.column("id").to_pylist(), table.column("end").to_pylist()
-    assert ids[-1] == "notes/tea.txt" and set(ids[:-1]) == {"log.md"} and len(ids) >= 4
-    assert ends[-2] == len(long) and ends[-1] == len("The keeper drank his tea.")
+    assert ids[-3:] == ["notes/tea.txt", "report.pdf#page=1", "report.pdf#page=2"]
+    assert set(ids[:-3]) == {"log.md"} and len(ids) >= 6
+    assert ends[-4] == len(long) and ends[-3:] == [25, 25, 19]

@@ -366,7 +366,7 @@ def test_read_texts_of_a_folder_takes_each_document_by_its_path(
     # in path order; the blank one is skipped, named on stderr
     assert ids == ["a.md", "b.txt", "guides/c.TXT"]
     assert texts == ["# First\n\nA note.\n", "Second.\nWith two lines.\n", "Third."]
-    assert "warning: skipped 1 blank file(s): empty.txt" in capsys.readouterr().err
+    assert "warning: skipped 1 file(s) with no text" in capsys.readouterr().err
 
     # And a file over the limit, or not UTF-8, is refused by name; so is a folder
     # without a document
@@ -377,5 +377,5 @@ def test_read_texts_of_a_folder_takes_each_document_by_its_path(
     with pytest.raises(InvalidInput, match=r"big.md is not valid UTF-8"):
         read_texts(docs, 1000)
     (tmp_path / "none").mkdir()
-    with pytest.raises(InvalidInput, match=r"has no .txt or .md file with text in it"):
+    with pytest.raises(InvalidInput, match=r"has no document with text in it"):
         read_texts(tmp_path / "none", 1000)
