@@ -60,11 +60,17 @@ def _main(ctx: typer.Context, config: ConfigOpt = None) -> None:
     ctx.obj = {"config": config}
 
 
+#: Columns of job ids: never broken across lines, in a terminal of any width, since
+#: a job id is copied from the table into the next command.
+WHOLE_COLUMNS = ("id", "job")
+
+
 def table_of(*headers: str) -> Table:
-    """A table whose cells wrap instead of being cut with "…" (paths must be whole)."""
+    """A table whose cells wrap instead of being cut with "…" (paths must be whole);
+    job ids (WHOLE_COLUMNS) are not wrapped either: the other columns give way."""
     table = Table()
     for header in headers:
-        table.add_column(header, overflow="fold")
+        table.add_column(header, overflow="fold", no_wrap=header in WHOLE_COLUMNS)
     return table
 
 
