@@ -20,6 +20,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# pytest-xdist's workers set COLUMNS=80 and LINES=24 (a terminal's); the CLI run in
+# subprocesses must see what a pipe is, as in a run without -n: tables PIPED_WIDTH wide.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 
 @pytest.fixture(scope="session")
