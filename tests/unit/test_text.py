@@ -57,3 +57,7 @@ def test_binary_files_are_refused() -> None:
 def test_bom_is_dropped_and_control_characters_removed() -> None:
     assert decode_text("\ufeffhi".encode(), "f") == "hi"
     assert normalise("a\x07b\r\nc") == "ab\nc"
+    # Format characters (a soft hyphen, a zero-width space) go too; a no-break space,
+    # a separator that is not a control character, stays; text with none is unchanged
+    assert normalise("co\u00adop\u200b era\u00a0tion\ttab") == "coop era\u00a0tion\ttab"
+    assert normalise("Plain words.\n\n\tIndented.") == "Plain words.\n\n\tIndented."
