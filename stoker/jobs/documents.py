@@ -32,7 +32,7 @@ DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".epub
 PLAIN_SUFFIXES = (".txt", ".md", ".markdown")
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
-# What a page shows but does not say; nav and header/footer menus are site chrome.
+# What a page holds but a reader does not read as its text: code, styles, menus, forms.
 _HTML_DROPPED = ["head", "script", "style", "noscript", "template", "svg", "nav", "form"]
 _HTML_BLOCKS = ["p", "div", "li", "blockquote", "pre", "tr", "dt", "dd", "section", "article"]
 _HTML_BLOCKS += ["h1", "h2", "h3", "h4", "h5", "h6", "figcaption", "table", "hr", "main"]
