@@ -53,10 +53,12 @@ def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
     Texts over ``limit_bytes`` are refused here, where the line number is known
     (the job's own check can only count texts).
     """
+    from stoker.jobs.documents import RICH_SUFFIXES
     from stoker.jobs.text import decode_text
 
+    # A folder, or a PDF, HTML page or EPUB: documents. Any other file: a text a line.
     if path.is_dir() or (path.suffix.lower() in RICH_SUFFIXES and path.is_file()):
-        return read_folder(path, limit_bytes)
+        return _read_documents(path, limit_bytes)
     if not path.is_file():
         raise InvalidInput(f"--file {path} does not exist or is not a file or a folder.")
     lines = decode_text(path.read_bytes(), str(path)).splitlines()
@@ -76,11 +78,7 @@ def read_texts(path: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
     return _some(texts, path), ids
 
 
-#: A --file with one of these suffixes is one document, not a text per line.
-RICH_SUFFIXES = (".html", ".htm", ".pdf", ".epub")
-
-
-def read_folder(root: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
+def _read_documents(root: Path, limit_bytes: int) -> tuple[list[str], list[str]]:
     """The texts and ids of the documents under the folder ``root``, or of the one
     document ``root`` (:func:`stoker.jobs.documents.read_documents`). A file with no
     text is skipped with a warning naming it; none with text is InvalidInput."""

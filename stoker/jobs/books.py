@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stoker.errors import InvalidInput, MissingDependency
-from stoker.jobs.text import decode_text, normalise
+from stoker.jobs.text import decode_text, flat_paragraphs, normalise
 
 if TYPE_CHECKING:
     from markdown_it.token import Token
@@ -46,7 +46,6 @@ ChaptersBy = str
 _RULE_HELP = "use 'auto', 'heading', 'none' or 'blank-lines:N' (N blank lines between chapters)"
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"]*[^\s<>\".,;:!?)\]'’”]")
 _NOTE_MARK = re.compile(r"\[\d{1,3}\]|\*+|[†‡]|[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 # A space left before punctuation where a mark or image was removed ("word [1]." -> "word .").
 _SPACE_BEFORE_STOP = re.compile(r"[ \t]+([.,;:!?])(?=\s|$)")
 # "Chapter 1", "CHAPTER II.", "Chapter One: The Storm" alone on a line. The number must
@@ -77,8 +76,7 @@ def speakable(text: str) -> str:
     """
     text = _URL.sub("a link", normalise(text))
     text = _SPACE_BEFORE_STOP.sub(r"\1", _NOTE_MARK.sub("", text))
-    paragraphs = (" ".join(p.split()) for p in _PARAGRAPH_BREAK.split(text))
-    return "\n\n".join(p for p in paragraphs if p)
+    return flat_paragraphs(text)
 
 
 def read_book(

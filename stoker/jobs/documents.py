@@ -17,21 +17,21 @@ reader, front matter skipped). Each is imported only when a file of its kind is 
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stoker.errors import InvalidInput, MissingDependency
-from stoker.jobs.text import decode_text, normalise
+from stoker.jobs.text import decode_text, flat_paragraphs, normalise
 
-#: Files read as documents, by suffix (any case).
-DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".epub")
 #: Suffixes whose whole file is the text (so its size bounds the text's).
 PLAIN_SUFFIXES = (".txt", ".md", ".markdown")
+#: Suffixes of files that are read by a reader (and given alone are one document).
+RICH_SUFFIXES = (".html", ".htm", ".pdf", ".epub")
+#: Files read as documents, by suffix (any case).
+DOCUMENT_SUFFIXES = PLAIN_SUFFIXES + RICH_SUFFIXES
 
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 # What a page holds but a reader does not read as its text: code, styles, menus, forms.
 _HTML_DROPPED = ["head", "script", "style", "noscript", "template", "svg", "nav", "form"]
 _HTML_BLOCKS = ["p", "div", "li", "blockquote", "pre", "tr", "dt", "dd", "section", "article"]
@@ -126,16 +126,13 @@ def read_document(path: Path, name: str) -> list[Section]:
         raise InvalidInput(f"cannot read {name}: {exc.strerror or exc}.") from None
     text = decode_text(data, name)
     if suffix in (".html", ".htm"):
-        text = _html_text(text)
-    text = tidy(text) if suffix not in PLAIN_SUFFIXES else text
+        text = tidy(_html_text(text))
     return [Section("", text)] if text.strip() else []
 
 
 def tidy(text: str) -> str:
-    """Normalised, with whitespace collapsed inside paragraphs (one blank line apart):
-    text taken out of a layout (PDF lines, HTML indentation) reads as prose."""
-    paragraphs = (" ".join(p.split()) for p in _PARAGRAPH_BREAK.split(normalise(text)))
-    return "\n\n".join(p for p in paragraphs if p)
+    """Normalised, its lines joined into paragraphs (text.flat_paragraphs)."""
+    return flat_paragraphs(normalise(text))
 
 
 def _pdf_pages(path: Path, name: str) -> list[Section]:
@@ -153,10 +150,8 @@ def _pdf_pages(path: Path, name: str) -> list[Section]:
                 f"{name} is password-protected; save a copy without a password and embed that."
             )
         pages = [page.extract_text() or "" for page in reader.pages]
-    except InvalidInput:
-        raise
-    except OSError:
-        raise  # the file could not be read: said as such by read_document
+    except (InvalidInput, OSError):
+        raise  # ours, or the file could not be read (said as such by read_document)
     except Exception as exc:  # pypdf fails on damaged files in many ways
         raise InvalidInput(
             f"{name} is not a PDF stoker can read ({_reason(exc)}); "

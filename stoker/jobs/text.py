@@ -15,6 +15,7 @@ from pathlib import Path
 # whitespace; CJK full stops end a sentence without needing whitespace after them.
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|[。！？]")
 _BLANK_LINES = re.compile(r"\n\s*\n")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 
 
 def decode_text(data: bytes, source: str) -> str:
@@ -54,6 +55,13 @@ def normalise(text: str) -> str:
     if text.replace("\n", " ").replace("\t", " ").isprintable():
         return text
     return "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")
+
+
+def flat_paragraphs(text: str) -> str:
+    """Whitespace collapsed inside each paragraph, paragraphs one blank line apart,
+    empty ones dropped: text out of a layout (PDF lines, HTML indentation) as prose."""
+    paragraphs = (" ".join(p.split()) for p in _PARAGRAPH_BREAK.split(text))
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def split_sentences(text: str) -> list[str]:
